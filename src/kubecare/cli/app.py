@@ -1,0 +1,173 @@
+"""The `kubecare` / `kubectl care` command line: a thin layer over the library.
+
+Results go to stdout, progress and errors to stderr. Exit codes: 0 done, 1 the operation failed,
+2 usage error. Expected failures print one ``error: ...`` line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+from rich.text import Text
+
+from kubecare import __version__
+from kubecare.cli.common import client_options, run, with_kube
+from kubecare.cli.render import Output, age, emit, err, simple_table
+from kubecare.cli.sandbox import sandbox_app
+from kubecare.errors import KubecareError
+from kubecare.kube import ClientOptions, Kube
+from kubecare.nodes.cordon import DryRun, apply_cordon, plan_cordon
+from kubecare.nodes.inventory import list_nodes
+from kubecare.nodes.select import select_nodes, validate_selection
+
+app = typer.Typer(
+    name="kubecare",
+    help="Kubernetes maintenance: cordon, drain, outages, upgrades, backups, and a local sandbox.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    kubeconfig: str | None = typer.Option(
+        None,
+        "--kubeconfig",
+        help="Path to the kubeconfig file (default: $KUBECONFIG, ~/.kube/config).",
+    ),
+    context: str | None = typer.Option(None, "--context", help="The kubeconfig context to use."),
+    namespace: str | None = typer.Option(
+        None, "-n", "--namespace", help="Namespace, where it applies."
+    ),
+    request_timeout: float = typer.Option(
+        30.0, "--request-timeout", min=0.1, help="Seconds to wait for one API response."
+    ),
+    connect_timeout: float = typer.Option(
+        5.0, "--connect-timeout", min=0.1, help="Seconds to wait for a connection to the apiserver."
+    ),
+) -> None:
+    ctx.obj = ClientOptions(
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        connect_timeout=connect_timeout,
+        request_timeout=request_timeout,
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print kubecare's version."""
+    typer.echo(f"kubecare {__version__}")
+
+
+@app.command("nodes")
+def nodes_cmd(
+    ctx: typer.Context,
+    selector: str | None = typer.Option(None, "-l", "--selector", help="Label selector."),
+    output: Output = typer.Option(Output.TABLE, "-o", "--output", help="table, json or yaml."),
+) -> None:
+    """List nodes: status, schedulability, roles, kubelet version, pods, taints, age."""
+    rows = run(with_kube(client_options(ctx), lambda k: list_nodes(k, selector=selector)))
+    emit(
+        rows,
+        output,
+        lambda: simple_table(
+            ["name", "status", "roles", "version", "pods", "taints", "age"],
+            [
+                (
+                    r.name,
+                    r.status,
+                    ",".join(r.roles) or "<none>",
+                    r.kubelet_version,
+                    r.pods,
+                    ",".join(r.taints) or "<none>",
+                    age(r.age_seconds),
+                )
+                for r in rows
+            ],
+        ),
+    )
+
+
+def _cordon(
+    ctx: typer.Context,
+    nodes: list[str],
+    selector: str | None,
+    dry_run: DryRun,
+    output: Output,
+    unschedulable: bool,
+) -> None:
+    validate_selection(nodes, selector)
+
+    async def body(kube: Kube) -> Any:
+        targets = await select_nodes(kube, nodes, selector)
+        return await apply_cordon(
+            kube, plan_cordon(targets, unschedulable=unschedulable), dry_run=dry_run
+        )
+
+    results = run(with_kube(client_options(ctx), body))
+    suffix = {DryRun.NONE: "", DryRun.CLIENT: " (dry run)", DryRun.SERVER: " (server dry run)"}[
+        dry_run
+    ]
+    emit(results, output, lambda: "\n".join(f"node/{r.node} {r.outcome}{suffix}" for r in results))
+
+
+NODES_ARG = typer.Argument(None, help="Node names.", show_default=False)
+SELECTOR_OPT = typer.Option(None, "-l", "--selector", help="Label selector instead of names.")
+DRY_RUN_OPT = typer.Option(
+    DryRun.NONE,
+    "--dry-run",
+    help="none, client (plan only) or server (ask the apiserver, persist nothing).",
+)
+OUTPUT_OPT = typer.Option(Output.TABLE, "-o", "--output", help="table, json or yaml.")
+
+
+@app.command()
+def cordon(
+    ctx: typer.Context,
+    nodes: list[str] | None = NODES_ARG,
+    selector: str | None = SELECTOR_OPT,
+    dry_run: DryRun = DRY_RUN_OPT,
+    output: Output = OUTPUT_OPT,
+) -> None:
+    """Mark nodes unschedulable (idempotent)."""
+    _cordon(ctx, nodes or [], selector, dry_run, output, True)
+
+
+@app.command()
+def uncordon(
+    ctx: typer.Context,
+    nodes: list[str] | None = NODES_ARG,
+    selector: str | None = SELECTOR_OPT,
+    dry_run: DryRun = DRY_RUN_OPT,
+    output: Output = OUTPUT_OPT,
+) -> None:
+    """Mark nodes schedulable again (idempotent)."""
+    _cordon(ctx, nodes or [], selector, dry_run, output, False)
+
+
+app.add_typer(sandbox_app, name="sandbox")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of both `kubecare` and `kubectl-care`."""
+    try:
+        # Standalone mode prints usage errors (exit 2) and --help itself, and raises SystemExit.
+        app(args=argv, prog_name="kubecare")
+    except KubecareError as e:
+        err.print(Text.assemble(("error: ", "red"), e.message), highlight=False)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

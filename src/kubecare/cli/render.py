@@ -1,0 +1,75 @@
+"""Rendering results: tables for people, JSON/YAML for machines. Results go to stdout only."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from enum import Enum, StrEnum
+from typing import Any
+
+import orjson
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class Output(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    YAML = "yaml"
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses/enums/tuples -> JSON-able data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def emit(data: Any, output: Output, table: Callable[[], Table | str]) -> None:
+    """Print ``data`` as JSON/YAML, or the table ``table()`` builds."""
+    if output is Output.JSON:
+        sys.stdout.write(orjson.dumps(plain(data), option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif output is Output.YAML:
+        sys.stdout.write(yaml.safe_dump(plain(data), sort_keys=False))
+    else:
+        rendered = table()
+        if isinstance(rendered, str):
+            sys.stdout.write(rendered + ("\n" if rendered else ""))
+        else:
+            out.print(rendered)
+
+
+def simple_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    """A kubectl-looking table: upper-case headers, no borders."""
+    t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for h in headers:
+        t.add_column(h.upper(), no_wrap=True)
+    for r in rows:
+        t.add_row(*(str(c) for c in r))
+    return t
+
+
+def age(seconds: int) -> str:
+    """kubectl's short age: 45s, 12m, 5h, 3d."""
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def mib(n: int) -> str:
+    return f"{n / 1048576:.0f}Mi"

@@ -1,0 +1,157 @@
+"""The one way kubecare talks to an apiserver.
+
+:class:`Kube` holds a lightkube ``AsyncClient`` for typed operations (patch, eviction, watch) and a
+thin raw layer on the same authenticated httpx2 client for what lightkube does slowly or not at
+all: discovery of every group, and bulk lists paged with ``limit``/``continue`` and decoded with
+orjson. Every request goes through :func:`kubecare.kube.errors.mapped`, so callers only ever see
+:mod:`kubecare.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, cast
+
+import httpx2
+import orjson
+from lightkube import AsyncClient
+
+from kubecare.errors import Conflict
+from kubecare.kube.config import ClientOptions, load_config
+from kubecare.kube.errors import mapped
+
+JSON = dict[str, Any]
+
+
+class Kube:
+    """An authenticated connection to one cluster (one kubeconfig context)."""
+
+    def __init__(self, options: ClientOptions | None = None) -> None:
+        self.options = options or ClientOptions()
+        self.config = load_config(self.options)
+        timeout = httpx2.Timeout(self.options.request_timeout, connect=self.options.connect_timeout)
+        self.api = AsyncClient(
+            self.config,
+            namespace=self.options.namespace,
+            timeout=timeout,
+            field_manager="kubecare",
+            trust_env=False,
+        )
+        self.requests = 0  # raw requests sent; benchmarks read it
+
+    @property
+    def server(self) -> str:
+        """The apiserver URL of the selected context."""
+        return str(self.config.cluster.server)
+
+    @property
+    def namespace(self) -> str:
+        """The namespace from -n, else the context's, else ``default``."""
+        return self.options.namespace or self.config.namespace
+
+    @property
+    def http(self) -> httpx2.AsyncClient:
+        """The authenticated httpx2 client lightkube uses (same TLS, same credentials)."""
+        return self.api._client._client
+
+    def mapped(self, what: str) -> Any:
+        """Context manager: client failures inside become kubecare errors naming ``what``."""
+        return mapped(what, self.server)
+
+    async def __aenter__(self) -> Kube:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        await self.http.aclose()
+
+    async def get_json(
+        self,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        what: str | None = None,
+        accept: str = "application/json",
+    ) -> JSON:
+        """GET ``path`` and decode the JSON body."""
+        with self.mapped(what or path):
+            self.requests += 1
+            resp = await self.http.get(path, params=params, headers={"Accept": accept})
+            resp.raise_for_status()
+            return cast(JSON, orjson.loads(resp.content))
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: JSON | None = None,
+        params: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+        what: str | None = None,
+    ) -> JSON:
+        """Send ``body`` with ``method`` (POST, PUT, PATCH, DELETE) and decode the JSON answer."""
+        with self.mapped(what or path):
+            self.requests += 1
+            resp = await self.http.request(
+                method,
+                path,
+                params=params,
+                content=orjson.dumps(body) if body is not None else None,
+                headers={"Content-Type": content_type, "Accept": "application/json"},
+            )
+            resp.raise_for_status()
+            return cast(JSON, orjson.loads(resp.content)) if resp.content else {}
+
+    async def version(self) -> JSON:
+        """The server's ``/version`` (gitVersion, major, minor, ...)."""
+        return await self.get_json("/version", what="apiserver /version")
+
+    async def list_items(
+        self,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        chunk_size: int = 500,
+        what: str | None = None,
+    ) -> AsyncIterator[JSON]:
+        """Yield every item of a list, ``chunk_size`` per request.
+
+        If the continue token expires mid-list (410 Gone), the list restarts from the beginning and
+        items already yielded (by UID) are skipped, so callers see each object once.
+        """
+        seen: set[str] = set()
+        token: str | None = None
+        restarted = False
+        while True:
+            query = dict(params or {})
+            if chunk_size > 0:
+                query["limit"] = chunk_size
+            if token:
+                query["continue"] = token
+            try:
+                page = await self.get_json(path, params=query, what=what or path)
+            except Conflict as e:
+                if e.status != 410 or restarted:
+                    raise
+                restarted, token = True, None
+                continue
+            for item in page.get("items") or []:
+                uid = (item.get("metadata") or {}).get("uid")
+                if uid:
+                    if uid in seen:
+                        continue
+                    seen.add(uid)
+                yield item
+            token = (page.get("metadata") or {}).get("continue") or None
+            if not token:
+                return

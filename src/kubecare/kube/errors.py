@@ -1,0 +1,103 @@
+"""Map client-layer failures (lightkube, httpx2) onto :mod:`kubecare.errors`.
+
+Kept apart from the client so every request path (typed, raw, watch) maps errors one way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx2
+from lightkube.core.exceptions import ApiError as LightkubeApiError
+
+from kubecare import errors
+
+_BY_STATUS: dict[int, type[errors.ApiError]] = {
+    400: errors.Invalid,
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    410: errors.Conflict,
+    422: errors.Invalid,
+    429: errors.TooManyRequests,
+}
+
+
+def api_error(
+    status: int, message: str, *, what: str, reason: str = "", retry_after: float | None = None
+) -> errors.ApiError:
+    """The kubecare error for an HTTP error status on ``what`` (e.g. ``node "worker-1"``)."""
+    if status == 404:
+        text = f"{what} not found"
+    elif status == 401:
+        text = f"unauthorized for {what}: the credentials were rejected; check the kubeconfig user"
+    elif status == 403:
+        text = f"forbidden: {message or 'RBAC denies this request'} ({what})"
+    else:
+        text = f"{what}: {message or reason or f'HTTP {status}'}"
+    if status == 429:
+        return errors.TooManyRequests(text, status=status, reason=reason, retry_after=retry_after)
+    cls = _BY_STATUS.get(status, errors.ServerError if status >= 500 else errors.ApiError)
+    return cls(text, status=status, reason=reason)
+
+
+def _retry_after(response: httpx2.Response | None) -> float | None:
+    if response is None:
+        return None
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def translate(exc: BaseException, *, what: str, server: str = "") -> errors.KubecareError | None:
+    """Return the kubecare error for ``exc``, or None if it is not a client-layer failure."""
+    if isinstance(exc, errors.KubecareError):
+        return exc
+    if isinstance(exc, LightkubeApiError):
+        status = exc.status.code or exc.response.status_code
+        return api_error(
+            status,
+            exc.status.message or "",
+            what=what,
+            reason=exc.status.reason or "",
+            retry_after=_retry_after(exc.response),
+        )
+    if isinstance(exc, httpx2.HTTPStatusError):
+        resp = exc.response
+        message = ""
+        try:
+            body = resp.json()
+            if isinstance(body, dict):
+                message = str(body.get("message", ""))
+        except ValueError:
+            message = resp.text[:200]
+        return api_error(resp.status_code, message, what=what, retry_after=_retry_after(resp))
+    where = f" at {server}" if server else ""
+    if isinstance(exc, httpx2.TimeoutException):
+        return errors.Unreachable(
+            f"apiserver{where} did not answer in time ({type(exc).__name__}) while accessing {what}; "
+            "check that the cluster is up and the kubeconfig server address is right"
+        )
+    if isinstance(exc, httpx2.TransportError):
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return errors.Unreachable(
+            f"apiserver{where} is unreachable ({detail}) while accessing {what}; "
+            "check that the cluster is up and the kubeconfig server address is right"
+        )
+    return None
+
+
+@contextmanager
+def mapped(what: str, server: str = "") -> Iterator[None]:
+    """Re-raise client-layer failures inside the block as kubecare errors naming ``what``."""
+    try:
+        yield
+    except Exception as exc:
+        mapped_exc = translate(exc, what=what, server=server)
+        if mapped_exc is None or mapped_exc is exc:
+            raise
+        raise mapped_exc from exc

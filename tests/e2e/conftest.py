@@ -1,0 +1,86 @@
+"""End-to-end fixtures: one real sandbox per test session, a fresh namespace per test.
+
+The sandbox is started once (fast outage knobs, three workers) and always torn down. If it cannot
+start, every e2e test errors: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from kubecare.kube import ClientOptions, Kube
+from kubecare.sandbox import Sandbox, SandboxOptions
+
+# Fast node-outage timing so NotReady tests finish in seconds, not minutes.
+GRACE_SECONDS = 10
+EVICTION_SECONDS = 15
+
+
+@pytest.fixture(scope="session")
+def sandbox_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("sandboxes")
+    old = os.environ.get("KUBECARE_STATE_DIR")
+    os.environ["KUBECARE_STATE_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("KUBECARE_STATE_DIR", None)
+    else:
+        os.environ["KUBECARE_STATE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+async def sandbox(sandbox_state_dir: Path) -> AsyncIterator[Sandbox]:
+    sb = Sandbox(f"e2e-{uuid.uuid4().hex[:6]}")
+    try:
+        await sb.up(
+            SandboxOptions(
+                workers=3,
+                pod_eviction_timeout=EVICTION_SECONDS,
+                node_monitor_grace_period=GRACE_SECONDS,
+            )
+        )
+        yield sb
+    finally:
+        if sb.dir.exists():
+            sb.down()
+
+
+@pytest.fixture
+async def kube(sandbox: Sandbox) -> AsyncIterator[Kube]:
+    async with Kube(ClientOptions(kubeconfig=str(sandbox.kubeconfig))) as k:
+        yield k
+
+
+@pytest.fixture
+async def namespace(kube: Kube) -> AsyncIterator[str]:
+    """A fresh namespace (unique name) whose default service account exists; deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    resp = await kube.http.post("/api/v1/namespaces", json={"metadata": {"name": name}})
+    resp.raise_for_status()
+    for _ in range(200):
+        r = await kube.http.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
+        if r.status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    yield name
+    await kube.http.delete(f"/api/v1/namespaces/{name}")
+
+
+def run_cli(
+    *args: str, kubeconfig: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `kubecare` entry point in a subprocess."""
+    argv = [sys.executable, "-m", "kubecare.cli.app"]
+    if kubeconfig is not None:
+        argv += ["--kubeconfig", str(kubeconfig)]
+    return subprocess.run(
+        [*argv, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import httpx2
+import pytest
+
+from kubecare import errors
+from kubecare.kube.discovery import ApiResource, parse_aggregated, parse_resource_list
+from kubecare.kube.errors import api_error, mapped
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, errors.Invalid),
+        (401, errors.Unauthorized),
+        (403, errors.Forbidden),
+        (404, errors.NotFound),
+        (409, errors.Conflict),
+        (422, errors.Invalid),
+        (429, errors.TooManyRequests),
+        (500, errors.ServerError),
+        (503, errors.ServerError),
+    ],
+)
+def test_status_codes_map_to_one_tree(status: int, cls: type[errors.ApiError]) -> None:
+    e = api_error(status, "boom", what='node "n1"')
+    assert isinstance(e, cls) and isinstance(e, errors.KubecareError)
+    assert "n1" in e.message
+
+
+def test_not_found_names_the_object() -> None:
+    assert api_error(404, "x", what='node "w9"').message == 'node "w9" not found'
+
+
+def test_http_status_errors_are_translated_with_retry_after() -> None:
+    req = httpx2.Request("POST", "https://x/api/v1/namespaces/a/pods/p/eviction")
+    resp = httpx2.Response(
+        429, request=req, headers={"Retry-After": "3"}, json={"message": "Cannot evict pod"}
+    )
+    with pytest.raises(errors.TooManyRequests) as info, mapped('pod "a/p"'):
+        resp.raise_for_status()
+    assert info.value.retry_after == 3.0
+    assert "Cannot evict pod" in info.value.message
+
+
+def test_transport_errors_become_unreachable() -> None:
+    with (
+        pytest.raises(errors.Unreachable, match="unreachable"),
+        mapped("nodes", "https://127.0.0.1:1"),
+    ):
+        raise httpx2.ConnectError("connection refused")
+    with pytest.raises(errors.Unreachable, match="did not answer in time"), mapped("nodes"):
+        raise httpx2.ConnectTimeout("timed out")
+
+
+def test_other_exceptions_pass_through() -> None:
+    with pytest.raises(ZeroDivisionError), mapped("x"):
+        raise ZeroDivisionError
+
+
+def test_aggregated_discovery_parses_preferred_versions() -> None:
+    doc = {
+        "kind": "APIGroupDiscoveryList",
+        "items": [
+            {
+                "metadata": {"name": "apps"},
+                "versions": [
+                    {
+                        "version": "v1",
+                        "resources": [
+                            {
+                                "resource": "deployments",
+                                "responseKind": {"kind": "Deployment"},
+                                "scope": "Namespaced",
+                                "verbs": ["get", "list"],
+                            },
+                        ],
+                    },
+                    {
+                        "version": "v1beta1",
+                        "resources": [{"resource": "old", "scope": "Namespaced"}],
+                    },
+                ],
+            }
+        ],
+    }
+    [res] = parse_aggregated(doc, core=False)
+    assert res == ApiResource("apps", "v1", "deployments", "Deployment", True, ("get", "list"))
+    assert res.path("ns") == "/apis/apps/v1/namespaces/ns/deployments"
+    assert res.path() == "/apis/apps/v1/deployments"
+
+
+def test_legacy_discovery_skips_subresources() -> None:
+    doc = {
+        "resources": [
+            {"name": "nodes", "kind": "Node", "namespaced": False, "verbs": ["list"]},
+            {"name": "nodes/status", "kind": "Node", "namespaced": False},
+        ]
+    }
+    [res] = parse_resource_list(doc, "", "v1")
+    assert res.path() == "/api/v1/nodes" and not res.namespaced

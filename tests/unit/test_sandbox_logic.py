@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from kubecare.errors import UsageError
+from kubecare.files import write_atomic
+from kubecare.sandbox.binaries import (
+    DEFAULT_KUBE_VERSION,
+    KUBE_VERSIONS,
+    kube_ldflags,
+    minor_of,
+    resolve_version,
+    staging_replaces,
+    wrapper_gomod,
+)
+from kubecare.sandbox.cluster import _lease_seconds, parse_duration
+from kubecare.sandbox.nodes import node_manifest, node_specs
+from kubecare.sandbox.pki import create_pki
+
+RELEASE_GOMOD = """module k8s.io/kubernetes
+
+go 1.26.0
+
+require (
+	k8s.io/api v0.0.0
+	github.com/spf13/cobra v1.10.0
+)
+
+replace (
+	k8s.io/api => ./staging/src/k8s.io/api
+	k8s.io/client-go => ./staging/src/k8s.io/client-go
+	k8s.io/kube-aggregator => ./staging/src/k8s.io/kube-aggregator
+)
+"""
+
+
+def test_two_consecutive_minors_newest_first() -> None:
+    assert KUBE_VERSIONS[0] == DEFAULT_KUBE_VERSION
+    assert minor_of(KUBE_VERSIONS[0]) == minor_of(KUBE_VERSIONS[1]) + 1
+
+
+@pytest.mark.parametrize(
+    ("given", "full"),
+    [
+        (None, KUBE_VERSIONS[0]),
+        ("", KUBE_VERSIONS[0]),
+        (f"v{KUBE_VERSIONS[1]}", KUBE_VERSIONS[1]),
+        (KUBE_VERSIONS[1].rsplit(".", 1)[0], KUBE_VERSIONS[1]),
+        ("v" + KUBE_VERSIONS[0].rsplit(".", 1)[0], KUBE_VERSIONS[0]),
+    ],
+)
+def test_versions_resolve(given: str | None, full: str) -> None:
+    assert resolve_version(given) == full
+
+
+@pytest.mark.parametrize("bad", ["1.20", "v2.0.0", "latest", "1.3"])
+def test_unknown_versions_are_usage_errors(bad: str) -> None:
+    with pytest.raises(UsageError, match="unsupported Kubernetes version"):
+        resolve_version(bad)
+
+
+def test_staging_replaces_come_from_the_release_gomod() -> None:
+    assert staging_replaces(RELEASE_GOMOD, "1.37.2") == [
+        ("k8s.io/api", "v0.37.2"),
+        ("k8s.io/client-go", "v0.37.2"),
+        ("k8s.io/kube-aggregator", "v0.37.2"),
+    ]
+
+
+def test_wrapper_gomod_requires_and_replaces() -> None:
+    text = wrapper_gomod(
+        "x.local/w", [("k8s.io/kubernetes", "v1.37.2")], [("k8s.io/api", "v0.37.2")]
+    )
+    assert "\tk8s.io/kubernetes v1.37.2\n" in text
+    assert "\tk8s.io/api => k8s.io/api v0.37.2\n" in text
+    assert "replace" not in wrapper_gomod("x.local/w", [("a", "v1")])
+
+
+def test_ldflags_set_both_version_packages() -> None:
+    flags = kube_ldflags("1.36.3")
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        assert f"-X {pkg}.gitVersion=v1.36.3" in flags
+        assert f"-X {pkg}.gitMinor=36" in flags
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("15s", 15), ("2m", 120), ("90", 90), ("0s", 0), (None, None)]
+)
+def test_durations(text: str | None, seconds: int | None) -> None:
+    assert parse_duration(text, "--x") == seconds
+
+
+@pytest.mark.parametrize("bad", ["-5s", "soon", "5h"])
+def test_bad_durations(bad: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration(bad, "--x")
+
+
+@pytest.mark.parametrize(("grace", "lease"), [(None, 40), (10, 10), (2, 4), (300, 40)])
+def test_lease_is_renewed_well_within_the_grace_period(grace: int | None, lease: int) -> None:
+    assert _lease_seconds(grace) == lease
+
+
+def test_nodes_look_like_kubeadm_nodes() -> None:
+    specs = node_specs(3)
+    assert [s.name for s in specs] == ["control-plane", "worker-1", "worker-2", "worker-3"]
+    assert len({s.ip for s in specs}) == 4 and all(s.ip.startswith("127.") for s in specs)
+    cp = node_manifest(specs[0], "1.37.2", max_pods=110)
+    assert cp["spec"]["taints"] == [
+        {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+    ]
+    w = node_manifest(specs[1], "1.37.2", max_pods=110)
+    assert w["spec"]["taints"] == []
+    assert w["status"]["nodeInfo"]["kubeletVersion"] == "v1.37.2"
+    assert w["status"]["capacity"]["pods"] == "110"
+
+
+def test_pki_keys_are_private_and_certs_chain(tmp_path: Path) -> None:
+    pki = create_pki(tmp_path / "pki")
+    assert stat.S_IMODE((tmp_path / "pki").stat().st_mode) == 0o700
+    keys = list((tmp_path / "pki").glob("*.key"))
+    assert len(keys) >= 9
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    admin = x509.load_pem_x509_certificate(pki.pair("admin").cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
+    assert admin.issuer == ca.subject
+    assert "system:masters" in admin.subject.rfc4514_string()
+    server = x509.load_pem_x509_certificate(pki.pair("apiserver").cert.read_bytes())
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "kubernetes.default.svc" in sans.get_values_for_type(x509.DNSName)
+
+
+def test_write_atomic_sets_mode_and_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "d" / "secret"
+    write_atomic(target, "one", mode=0o600)
+    write_atomic(target, b"two", mode=0o600)
+    assert target.read_text() == "two"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in target.parent.iterdir()] == ["secret"]
