@@ -25,7 +25,7 @@ binaries: venv
 
 ## demo: set everything up, start a sandbox, show the maintenance commands on it
 demo: setup
-	$(BIN)/python -m kubecare.demo
+	$(BIN)/python scripts/demo.py
 
 ## test: lint, types, unit tests and the end-to-end tests against a real sandbox
 test: setup lint
@@ -35,8 +35,8 @@ unit: venv
 	$(BIN)/pytest -q tests/unit
 
 lint: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
 bench: setup

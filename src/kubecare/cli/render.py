@@ -11,9 +11,7 @@ from typing import Any
 import orjson
 import yaml
 from rich.console import Console
-from rich.table import Table
 
-out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -36,7 +34,7 @@ def plain(value: Any) -> Any:
     return value
 
 
-def emit(data: Any, output: Output, table: Callable[[], Table | str]) -> None:
+def emit(data: Any, output: Output, table: Callable[[], str]) -> None:
     """Print ``data`` as JSON/YAML, or the table ``table()`` builds."""
     if output is Output.JSON:
         sys.stdout.write(orjson.dumps(plain(data), option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -44,20 +42,16 @@ def emit(data: Any, output: Output, table: Callable[[], Table | str]) -> None:
         sys.stdout.write(yaml.safe_dump(plain(data), sort_keys=False))
     else:
         rendered = table()
-        if isinstance(rendered, str):
-            sys.stdout.write(rendered + ("\n" if rendered else ""))
-        else:
-            out.print(rendered)
+        sys.stdout.write(rendered + ("\n" if rendered else ""))
 
 
-def simple_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    """A kubectl-looking table: upper-case headers, no borders."""
-    t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for h in headers:
-        t.add_column(h.upper(), no_wrap=True)
-    for r in rows:
-        t.add_row(*(str(c) for c in r))
-    return t
+def simple_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A kubectl-style table: upper-case headers, columns padded with three spaces, never cut."""
+    cells = [[h.upper() for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
 
 
 def age(seconds: int) -> str:

@@ -10,7 +10,7 @@ from kubecare.cli.common import run
 from kubecare.cli.render import Output, emit, err, mib, simple_table
 from kubecare.sandbox import Sandbox, SandboxOptions
 from kubecare.sandbox.binaries import KUBE_VERSIONS, ensure_binaries, resolve_version
-from kubecare.sandbox.cluster import list_sandboxes, parse_duration
+from kubecare.sandbox.cluster import ComponentStatus, list_sandboxes, parse_duration
 
 sandbox_app = typer.Typer(
     help="A real local control plane for tests, demos and practice.", no_args_is_help=True
@@ -132,28 +132,15 @@ def status(
 
     def table() -> str:
         lines = [f"sandbox {name}: Kubernetes v{state.version}, apiserver {state.apiserver}"]
-        from io import StringIO
-
-        from rich.console import Console
-
-        buf = StringIO()
-        Console(file=buf, width=200).print(
+        lines.append(
             simple_table(
                 ["component", "pid", "port", "version", "healthy", "rss"],
                 [
-                    (
-                        c.name,
-                        c.pid or "-",
-                        c.port,
-                        c.version,
-                        "yes" if c.healthy else ("no" if c.running else "STOPPED"),
-                        mib(mem.get(c.name, 0)),
-                    )
+                    (c.name, c.pid or "-", c.port, c.version, _health(c), mib(mem.get(c.name, 0)))
                     for c in comps
                 ],
             )
         )
-        lines.append(buf.getvalue().rstrip())
         for c in comps:
             if not c.running and c.log_tail:
                 lines.append(f"--- {c.name} is not running; last log lines:\n{c.log_tail}")
@@ -162,6 +149,12 @@ def status(
     emit(data, output, table)
     if not all(c.healthy for c in comps if not c.name.startswith("kwok-")):
         raise typer.Exit(1)
+
+
+def _health(c: ComponentStatus) -> str:
+    if not c.running:
+        return "STOPPED"
+    return "yes" if c.healthy else "no"
 
 
 @sandbox_app.command()
