@@ -511,7 +511,6 @@ class Sandbox:
         if opts.workers < 0:
             raise UsageError("--nodes must not be negative")
         version = resolve_version(opts.version)
-        tools = await asyncio.to_thread(ensure_binaries, version, say)
         with self.locked():
             if self.exists():
                 state = self.load()
@@ -525,13 +524,13 @@ class Sandbox:
                     f'sandbox "{self.name}" has stale state in {self.dir} (its processes are gone); '
                     f"remove it with: kubecare sandbox down --name {self.name}"
                 )
-            if any(self.dir.iterdir()) and set(p.name for p in self.dir.iterdir()) != {".lock"}:
+            if {p.name for p in self.dir.iterdir()} - {".lock"}:
                 raise SandboxError(
                     f"{self.dir} exists and is not a sandbox state dir kubecare can reuse; "
                     f"remove it with: kubecare sandbox down --name {self.name}"
                 )
-            started_at = time.monotonic()
-            return await self._up_locked(opts, version, tools, say, started_at)
+            tools = await asyncio.to_thread(ensure_binaries, version, say)
+            return await self._up_locked(opts, version, tools, say, time.monotonic())
 
     async def _up_locked(
         self, opts: SandboxOptions, version: str, tools: Toolset, say: Progress, t0: float

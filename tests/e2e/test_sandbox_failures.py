@@ -1,0 +1,133 @@
+"""The sandbox fails loudly and cleanly: named component, its log tail, nothing left running."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import stat
+import uuid
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from kubecare.errors import SandboxError
+from kubecare.kube import ClientOptions, Kube
+from kubecare.sandbox import Sandbox, SandboxOptions, process
+from kubecare.sandbox.binaries import DEFAULT_KUBE_VERSION, KUBE_VERSIONS, ensure_binaries
+
+pytestmark = pytest.mark.e2e
+
+CRASHING_SCHEDULER = f"""#!/bin/sh
+case "$1" in --version) echo "Kubernetes v{DEFAULT_KUBE_VERSION}"; exit 0;; esac
+echo "E1126 simulated crash: cannot load scheduler configuration" >&2
+exit 1
+"""
+
+
+def sandbox_processes(sb: Sandbox) -> list[int]:
+    """Pids of live processes whose command line mentions this sandbox's state dir."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(sb.dir) in cmdline and process.is_running(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
+async def test_a_component_that_dies_on_start_is_named_with_its_log_and_nothing_is_left(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "bin" / "kube-scheduler"
+    fake.parent.mkdir()
+    fake.write_text(CRASHING_SCHEDULER)
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("KUBECARE_BIN_DIR", str(fake.parent))
+    sb = Sandbox(f"crash-{uuid.uuid4().hex[:6]}")
+    try:
+        with pytest.raises(SandboxError) as info:
+            await sb.up(SandboxOptions(workers=1))
+        assert "kube-scheduler exited during start-up" in info.value.message
+        assert "simulated crash" in info.value.message
+        assert sandbox_processes(sb) == []  # etcd and kube-apiserver were stopped again
+        # The state that is left is reported as stale, not reused or overwritten.
+        with pytest.raises(SandboxError, match="stale state"):
+            await sb.up(SandboxOptions(workers=1))
+    finally:
+        sb.down()
+    assert not sb.dir.exists()
+
+
+async def test_a_taken_port_is_reported_by_name(sandbox: Sandbox) -> None:
+    sandbox.stop_component("kube-scheduler")
+    port = sandbox.load().components["kube-scheduler"].port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(
+            SandboxError, match=f"kube-scheduler: port 127.0.0.1:{port} is already in use"
+        ):
+            await sandbox.start_component("kube-scheduler")
+    await sandbox.start_component("kube-scheduler")
+    assert all(c.healthy for c in sandbox.status()[1] if c.name == "kube-scheduler")
+
+
+async def test_a_second_sandbox_runs_beside_the_first_and_stops_cleanly(sandbox: Sandbox) -> None:
+    other = Sandbox(f"second-{uuid.uuid4().hex[:6]}")
+    try:
+        await other.up(SandboxOptions(workers=1))
+        assert other.load().apiserver != sandbox.load().apiserver
+        async with Kube(ClientOptions(kubeconfig=str(other.kubeconfig))) as kube:
+            nodes = [n["metadata"]["name"] async for n in kube.list_items("/api/v1/nodes")]
+        assert sorted(nodes) == ["control-plane", "worker-1"]
+    finally:
+        stopped = other.down()
+    assert "kube-apiserver" in stopped
+    assert sandbox_processes(other) == []
+    assert all(c.healthy for c in sandbox.status()[1])  # the first one is untouched
+
+
+async def test_kube_apiserver_can_be_restarted_with_the_previous_minor(sandbox: Sandbox) -> None:
+    older = KUBE_VERSIONS[1]
+    tools = ensure_binaries(older)
+    sb = Sandbox(f"skew-{uuid.uuid4().hex[:6]}")
+    try:
+        await sb.up(SandboxOptions(workers=1))
+        await sb.restart_component(
+            "kube-apiserver", binary=str(tools["kube-apiserver"]), version=f"v{older}"
+        )
+        async with Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as kube:
+            assert (await kube.version())["gitVersion"] == f"v{older}"
+            node = await kube.get_json("/api/v1/nodes/worker-1")
+            assert node["status"]["nodeInfo"]["kubeletVersion"] == f"v{DEFAULT_KUBE_VERSION}"
+        assert {c.name: c.version for c in sb.status()[1]}["kube-apiserver"] == f"v{older}"
+    finally:
+        sb.down()
+
+
+def test_status_of_a_missing_sandbox_says_how_to_start_one(sandbox_state_dir: Path) -> None:
+    from kubecare.errors import NotFound
+
+    with pytest.raises(NotFound, match="kubecare sandbox up --name nope"):
+        Sandbox("nope").status()
+
+
+@pytest.mark.parametrize("bad", ["UPPER", "a/b", "", "x" * 41])
+def test_bad_sandbox_names_are_usage_errors(bad: str) -> None:
+    from kubecare.errors import UsageError
+
+    with pytest.raises(UsageError):
+        Sandbox(bad)
+
+
+def test_etcd_requires_client_certificates(sandbox: Sandbox) -> None:
+    port = sandbox.load().components["etcd"].port
+    with pytest.raises(httpx2.HTTPError):
+        httpx2.get(
+            f"https://127.0.0.1:{port}/health", verify=str(sandbox.pki.etcd_ca.cert), timeout=5
+        )
