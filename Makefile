@@ -4,35 +4,42 @@ PYTHON ?= python3
 UV_VERSION ?= 0.13.8
 VENV := .venv
 BIN := $(VENV)/bin
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
-export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup venv binaries demo test unit e2e lint bench clean
+.PHONY: setup venv binaries binaries-all demo test unit e2e lint bench clean
 
-## setup: venv with Python deps (uv + committed lock), and the sandbox binaries built from source
+## setup: venv with the locked Python deps, and the sandbox binaries built from source
 setup: venv binaries
 
 venv: $(BIN)/kubecare
 
+# uv lives inside the venv (sync --inexact keeps it); the lock file pins everything else.
 $(BIN)/kubecare: pyproject.toml uv.lock
-	@command -v go >/dev/null || { echo "error: Go >= 1.26 is needed to build the sandbox (apt-get install golang-go, or https://go.dev/dl)"; exit 1; }
-	@test -x "$(UV)" || $(PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)" || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
-	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV sync --frozen --extra dev --python $(PYTHON)
+	@command -v go >/dev/null || { echo "error: Go >= 1.26 is needed to build the sandbox binaries"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || { $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip -q; \
+	  $(BIN)/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"; }
+	$(BIN)/uv sync --frozen --inexact --extra dev --python $(BIN)/python
 	@touch $@
 
 binaries: venv
 	$(BIN)/kubecare sandbox build
 
-## demo: set everything up, start a sandbox, show the maintenance commands on it
+binaries-all: venv
+	$(BIN)/kubecare sandbox build --all
+
+## demo: set everything up, start the "demo" sandbox, show kubecare's commands on it
 demo: setup
 	$(BIN)/python scripts/demo.py
 
 ## test: lint, types, unit tests and the end-to-end tests against a real sandbox
-test: setup lint
-	$(BIN)/pytest -q tests
+test: venv binaries-all lint
+	$(BIN)/pytest tests
 
 unit: venv
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest tests/unit
+
+e2e: venv binaries-all
+	$(BIN)/pytest tests/e2e
 
 lint: venv
 	$(BIN)/ruff check src tests bench scripts
