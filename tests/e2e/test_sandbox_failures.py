@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import stat
 import uuid
 from pathlib import Path
@@ -128,5 +129,7 @@ def test_etcd_requires_client_certificates(sandbox: Sandbox) -> None:
     port = sandbox.load().components["etcd"].port
     with pytest.raises(httpx2.HTTPError):
         httpx2.get(
-            f"https://127.0.0.1:{port}/health", verify=str(sandbox.pki.etcd_ca.cert), timeout=5
+            f"https://127.0.0.1:{port}/health",
+            verify=ssl.create_default_context(cafile=str(sandbox.pki.etcd_ca.cert)),
+            timeout=5,
         )

@@ -28,7 +28,13 @@ def free_ports(count: int) -> list[int]:
 
 
 def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port``.
+
+    SO_REUSEADDR as the Go servers use it: a port whose old connections linger in TIME_WAIT after
+    a restart is free for them, and must not be reported as taken.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
