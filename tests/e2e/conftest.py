@@ -11,13 +11,17 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from kubecare.kube import ClientOptions, Kube
 from kubecare.sandbox import Sandbox, SandboxOptions
+
+if TYPE_CHECKING:
+    from .workloads import Pool
 
 # Fast node-outage timing so NotReady tests finish in seconds, not minutes.
 GRACE_SECONDS = 10
@@ -59,21 +63,6 @@ async def kube(sandbox: Sandbox) -> AsyncIterator[Kube]:
         yield k
 
 
-@pytest.fixture
-async def namespace(kube: Kube) -> AsyncIterator[str]:
-    """A fresh namespace (unique name) whose default service account exists; deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    resp = await kube.http.post("/api/v1/namespaces", json={"metadata": {"name": name}})
-    resp.raise_for_status()
-    for _ in range(200):
-        r = await kube.http.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
-        if r.status_code == 200:
-            break
-        await asyncio.sleep(0.1)
-    yield name
-    await kube.http.delete(f"/api/v1/namespaces/{name}")
-
-
 def run_cli(
     *args: str, kubeconfig: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
@@ -84,3 +73,68 @@ def run_cli(
     return subprocess.run(
         [*argv, *args], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+@pytest.fixture
+async def make_pool(sandbox: Sandbox, kube: Kube) -> AsyncIterator[Callable[[], Awaitable[Pool]]]:
+    """Factory of pools: two fresh nodes only the calling test's pods can use. Node ``a`` is
+    schedulable, ``b`` cordoned at first (so everything lands on ``a``; uncordon ``b`` to give
+    evicted pods somewhere to go). Every node made is removed afterwards."""
+    from .workloads import POOL_KEY, Pool
+
+    made: list[str] = []
+
+    async def factory() -> Pool:
+        pid = uuid.uuid4().hex[:6]
+        names = (f"p{pid}-a", f"p{pid}-b")
+        taint = [{"key": POOL_KEY, "value": pid, "effect": "NoSchedule"}]
+        for n in names:
+            await sandbox.add_node(n, labels={POOL_KEY: pid}, taints=taint)
+            made.append(n)
+        await kube.request_json(
+            "PATCH",
+            f"/api/v1/nodes/{names[1]}",
+            body={"spec": {"unschedulable": True}},
+            content_type="application/merge-patch+json",
+        )
+        return Pool(pid, names)
+
+    try:
+        yield factory
+    finally:
+        for n in made:
+            await sandbox.remove_node(n)
+
+
+@pytest.fixture
+async def pool(make_pool: Callable[[], Awaitable[Pool]]) -> Pool:
+    return await make_pool()
+
+
+@pytest.fixture
+async def make_namespace(kube: Kube) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """Factory of fresh namespaces (deleted afterwards)."""
+    made: list[str] = []
+
+    async def factory() -> str:
+        name = f"t-{uuid.uuid4().hex[:8]}"
+        await kube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
+        made.append(name)
+        for _ in range(200):
+            r = await kube.http.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
+            if r.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        return name
+
+    try:
+        yield factory
+    finally:
+        for n in made:
+            await kube.http.delete(f"/api/v1/namespaces/{n}")
+
+
+@pytest.fixture
+async def namespace(make_namespace: Callable[[], Awaitable[str]]) -> str:
+    """A fresh namespace (unique name) whose default service account exists; deleted afterwards."""
+    return await make_namespace()

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from kubecare import __version__
 from kubecare.cli.common import client_options, run, with_kube
+from kubecare.cli.drain import register as register_drain
 from kubecare.cli.render import Output, age, emit, err, simple_table
 from kubecare.cli.sandbox import sandbox_app
 from kubecare.errors import KubecareError
@@ -153,6 +154,7 @@ def uncordon(
 
 
 app.add_typer(sandbox_app, name="sandbox")
+register_drain(app)
 
 
 def main(argv: list[str] | None = None) -> int:

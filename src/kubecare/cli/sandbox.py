@@ -184,8 +184,12 @@ def node_down(
 
 @sandbox_app.command("node-up")
 def node_up(
-    node: str = typer.Argument(..., help="Sandbox node name."), name: str = NAME_OPT
+    node: str = typer.Argument(..., help="Sandbox node name."),
+    name: str = NAME_OPT,
+    reboot: bool = typer.Option(
+        False, "--reboot", help="Come back with a new boot ID, as after a reboot."
+    ),
 ) -> None:
     """The node resumes reporting and becomes Ready again."""
-    run(Sandbox(name).node_up(node))
+    run(Sandbox(name).node_up(node, reboot=reboot))
     err.print(f"node/{node} is reporting again and Ready")

@@ -116,6 +116,41 @@ class Kube:
         """The server's ``/version`` (gitVersion, major, minor, ...)."""
         return await self.get_json("/version", what="apiserver /version")
 
+    async def list_all(
+        self,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        chunk_size: int = 500,
+        what: str | None = None,
+    ) -> tuple[list[JSON], str]:
+        """Every item of a list and the list's resourceVersion (to start a watch from).
+
+        Pages of one list share the first page's snapshot, so its resourceVersion covers them all.
+        """
+        items: list[JSON] = []
+        token: str | None = None
+        version = ""
+        while True:
+            query = dict(params or {})
+            if chunk_size > 0:
+                query["limit"] = chunk_size
+            if token:
+                query["continue"] = token
+            try:
+                page = await self.get_json(path, params=query, what=what or path)
+            except Conflict as e:
+                if e.status != 410 or not token:
+                    raise
+                items, token, version = [], None, ""  # continue token expired: list again
+                continue
+            meta = page.get("metadata") or {}
+            version = version or meta.get("resourceVersion", "")
+            items.extend(page.get("items") or [])
+            token = meta.get("continue") or None
+            if not token:
+                return items, version
+
     async def list_items(
         self,
         path: str,

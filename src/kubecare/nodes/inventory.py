@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kubecare.kube import JSON, Kube
+from kubecare.kube.objects import parse_time
 
 ROLE_PREFIX = "node-role.kubernetes.io/"
 
@@ -25,13 +26,6 @@ class NodeRow:
     pods: int
     taints: tuple[str, ...]
     age_seconds: int
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """An RFC 3339 timestamp from the API, or None."""
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def ready_status(node: JSON) -> str:

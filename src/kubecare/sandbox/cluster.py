@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -27,13 +28,14 @@ import yaml
 
 from kubecare.errors import NotFound, SandboxError, UsageError
 from kubecare.files import write_atomic
-from kubecare.kube import ClientOptions, Kube
+from kubecare.kube import JSON, ClientOptions, Kube
 from kubecare.sandbox import process
 from kubecare.sandbox.binaries import (
     ETCD_VERSION,
     KWOK_VERSION,
     Toolset,
     ensure_binaries,
+    find_toolset,
     resolve_version,
 )
 from kubecare.sandbox.nodes import (
@@ -42,6 +44,7 @@ from kubecare.sandbox.nodes import (
     node_manifest,
     node_specs,
     register_node,
+    set_boot_id,
     wait_ready,
 )
 from kubecare.sandbox.pki import SandboxPKI, create_pki
@@ -116,6 +119,7 @@ class SandboxState:
     apiserver: str
     nodes: list[str] = field(default_factory=list)
     components: dict[str, ComponentState] = field(default_factory=dict)
+    next_node_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -561,6 +565,7 @@ class Sandbox:
                 await self._wait_healthy(comp, 60, started)
             specs = node_specs(opts.workers)
             state.nodes = [s.name for s in specs]
+            state.next_node_index = len(specs)
             say(f"registering {len(specs)} nodes")
             async with Kube(self.client_options()) as kube:
                 await asyncio.gather(
@@ -708,15 +713,70 @@ class Sandbox:
             async with Kube(self.client_options()) as kube:
                 await wait_ready(kube, [node], ready=False, timeout=timeout)
 
-    async def node_up(self, node: str, *, wait: bool = True, timeout: float = 60) -> None:
-        """Start the node's kwok again; the node reports Ready once more."""
+    async def node_up(
+        self, node: str, *, wait: bool = True, reboot: bool = False, timeout: float = 60
+    ) -> None:
+        """Start the node's kwok again; the node reports Ready once more.
+
+        With ``reboot`` the node comes back with a new boot ID, as after a real reboot.
+        """
         state = self.load()
         comp = self._node_component(state, node)
-        if not process.is_running(comp.pid, comp.binary):
-            await self.start_component(comp.name, timeout=30)
-        if wait:
-            async with Kube(self.client_options()) as kube:
+        async with Kube(self.client_options()) as kube:
+            if reboot:
+                await set_boot_id(kube, node)
+            if not process.is_running(comp.pid, comp.binary):
+                await self.start_component(comp.name, timeout=30)
+            if wait:
                 await wait_ready(kube, [node], timeout=timeout)
+
+    async def add_node(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        taints: list[JSON] | None = None,
+        timeout: float = 60,
+    ) -> None:
+        """Register one more worker (with its own kwok) in a running sandbox and wait until Ready.
+
+        Tests use it to get a node of their own, so draining it touches nothing else.
+        """
+        with self.locked():
+            state = self.load()
+            if name in state.nodes:
+                raise SandboxError(f'sandbox "{self.name}" already has a node "{name}"')
+            spec = NodeSpec(name, state.next_node_index, False)
+            manifest = node_manifest(
+                spec, state.version, max_pods=int(state.options.get("max_pods", 500))
+            )
+            manifest["metadata"]["labels"].update(labels or {})
+            manifest["spec"]["taints"] = list(taints or [])
+            tools, _ = find_toolset(state.version)
+            async with Kube(self.client_options()) as kube:
+                await register_node(kube, manifest)
+                lease = _lease_seconds(state.options.get("node_monitor_grace_period"))
+                comp = self._kwok(tools, spec, process.free_ports(1)[0], lease)
+                self._start(comp)
+                state.components[comp.name] = comp
+                state.nodes.append(name)
+                state.next_node_index += 1
+                self.save(state)
+                await self._wait_healthy(comp, 30, [comp])
+                await wait_ready(kube, [name], timeout=timeout)
+
+    async def remove_node(self, name: str) -> None:
+        """Stop the node's kwok and delete the Node object (its pods are garbage-collected)."""
+        with self.locked():
+            state = self.load()
+            comp = self._node_component(state, name)
+            process.stop(comp.pid, comp.binary)
+            del state.components[comp.name]
+            state.nodes.remove(name)
+            self.save(state)
+        async with Kube(self.client_options()) as kube:
+            with contextlib.suppress(NotFound):
+                await kube.request_json("DELETE", f"/api/v1/nodes/{name}", what=f'node "{name}"')
 
     def memory(self) -> dict[str, int]:
         """Resident memory (bytes) of each running component."""

@@ -1,0 +1,87 @@
+"""Watches: a stream of (type, object) events that survives disconnects and expired versions.
+
+Start from a list's resourceVersion (:meth:`Kube.list_all`). When the server says the version is
+too old (410 Gone), the watch calls ``relist`` to get a fresh snapshot and continues from it, so
+callers never miss a deletion: anything absent from the new snapshot is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import orjson
+
+from kubecare.errors import KubecareError
+from kubecare.kube.client import JSON, Kube
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED, or RELISTED (a fresh snapshot after 410 Gone)
+    object: JSON
+
+
+Relist = Callable[[], Awaitable[tuple[list[JSON], str]]]
+
+
+async def watch(
+    kube: Kube,
+    path: str,
+    *,
+    resource_version: str,
+    params: dict[str, Any] | None = None,
+    relist: Relist | None = None,
+    what: str | None = None,
+) -> AsyncIterator[WatchEvent]:
+    """Yield events for ``path`` after ``resource_version`` until the caller stops iterating."""
+    version = resource_version
+    failures = 0
+    while True:
+        query = dict(params or {})
+        query.update({"watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "290"})
+        if version:
+            query["resourceVersion"] = version
+        gone = False
+        try:
+            with kube.mapped(what or f"watch {path}"):
+                kube.requests += 1
+                timeout = httpx2.Timeout(
+                    kube.options.request_timeout, connect=kube.options.connect_timeout, read=None
+                )
+                async with kube.http.stream("GET", path, params=query, timeout=timeout) as resp:
+                    resp.raise_for_status()
+                    failures = 0
+                    async for line in resp.aiter_lines():
+                        if not line:
+                            continue
+                        event = orjson.loads(line)
+                        kind, obj = event.get("type"), event.get("object") or {}
+                        if kind == "ERROR":
+                            gone = obj.get("code") == 410
+                            if not gone:
+                                raise KubecareError(
+                                    f"{what or path}: watch error: {obj.get('message', obj)}"
+                                )
+                            break
+                        version = (obj.get("metadata") or {}).get("resourceVersion", version)
+                        if kind == "BOOKMARK":
+                            continue
+                        yield WatchEvent(kind, obj)
+        except KubecareError as e:  # includes Unreachable: a dropped connection is retried
+            if getattr(e, "status", None) == 410:
+                gone = True
+            else:
+                failures += 1
+                if failures > 5:
+                    raise
+                await asyncio.sleep(min(0.2 * 2**failures, 5))
+        if gone:
+            if relist is None:
+                version = ""
+                continue
+            items, version = await relist()
+            yield WatchEvent("RELISTED", {"items": items})

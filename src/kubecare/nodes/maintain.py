@@ -1,0 +1,181 @@
+"""The OS-maintenance flow: drain → run the work → wait until the node is Ready again → uncordon.
+
+If the work fails or the node does not come back in time, the node is left cordoned and the error
+says exactly that: a half-maintained node must not receive pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kubecare.errors import OperationFailed, UsageError
+from kubecare.events import Event, EventSink, ignore
+from kubecare.kube import JSON, Kube
+from kubecare.nodes.cordon import DryRun, set_unschedulable
+from kubecare.nodes.drain import DrainOptions, NodeReport, drain_nodes
+from kubecare.nodes.inventory import ready_status
+
+
+@dataclass(frozen=True)
+class MaintainOptions:
+    """What to run, where, and how long to wait for the node to come back."""
+
+    command: tuple[str, ...]
+    ssh: str | None = None  # user@host: run the command there (asyncssh) instead of locally
+    expect_reboot: bool = False  # also require a new boot ID before uncordoning
+    ready_timeout: float = 600.0
+    command_timeout: float | None = None
+    known_hosts: str | None = (
+        None  # None: ~/.ssh/known_hosts, as ssh does; host keys are always checked
+    )
+
+
+@dataclass
+class MaintainReport:
+    node: str
+    drain: NodeReport | None = None
+    exit_code: int | None = None
+    boot_id_before: str = ""
+    boot_id_after: str = ""
+    seconds: float = 0.0
+    uncordoned: bool = False
+
+
+def boot_id(node: JSON) -> str:
+    return str(((node.get("status") or {}).get("nodeInfo") or {}).get("bootID") or "")
+
+
+async def run_local(command: Sequence[str], env: dict[str, str], timeout: float | None) -> int:
+    """Run ``command`` here with the node's name in $NODE; output goes straight to the terminal."""
+    proc = await asyncio.create_subprocess_exec(*command, env={**os.environ, **env})
+    try:
+        async with asyncio.timeout(timeout):
+            return await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise OperationFailed(
+            f"command {shlex.join(command)} did not finish within {timeout:g}s"
+        ) from None
+
+
+async def run_ssh(
+    target: str,
+    command: Sequence[str],
+    env: dict[str, str],
+    timeout: float | None,
+    known_hosts: str | None = None,
+) -> int:
+    """Run ``command`` on ``user@host[:port]`` over SSH (keys from the agent / ~/.ssh).
+
+    Its output is passed through to this process's stdout/stderr, as a local command's would be.
+    """
+    import asyncssh
+
+    user, _, hostport = target.rpartition("@")
+    host, _, port = hostport.partition(":")
+    if not host:
+        raise UsageError(f"--ssh {target!r}: expected user@host or user@host:port")
+    line = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(command)
+    try:
+        async with (
+            asyncio.timeout(timeout),
+            asyncssh.connect(
+                host,
+                port=int(port) if port else 22,
+                username=user or None,
+                known_hosts=known_hosts or (),
+            ) as conn,
+        ):
+            result = await conn.run(line, check=False, stdout=sys.stdout, stderr=sys.stderr)
+    except TimeoutError:
+        raise OperationFailed(f"command on {target} did not finish within {timeout:g}s") from None
+    except (OSError, asyncssh.Error) as e:
+        raise OperationFailed(f"ssh to {target} failed: {e}") from None
+    return int(result.exit_status or 0)
+
+
+async def wait_back(
+    kube: Kube, node: str, *, old_boot: str, expect_reboot: bool, timeout: float
+) -> str:
+    """Wait until the node is Ready (and, if asked, has a new boot ID); return the boot ID."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = await kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
+        ready = ready_status(obj) == "True"
+        current = boot_id(obj)
+        if ready and (not expect_reboot or (current and current != old_boot)):
+            return current
+        if time.monotonic() > deadline:
+            why = "is not Ready" if not ready else "did not reboot (boot ID unchanged)"
+            raise OperationFailed(
+                f'node "{node}" {why} after {timeout:g}s; it stays cordoned: check it, then run kubecare uncordon {node}'
+            )
+        await asyncio.sleep(1.0)
+
+
+async def maintain(
+    kube: Kube,
+    node: str,
+    opts: MaintainOptions,
+    drain_opts: DrainOptions,
+    *,
+    on_event: EventSink = ignore,
+    report: MaintainReport | None = None,
+) -> MaintainReport:
+    """Drain ``node``, run the command, wait for the node, uncordon it."""
+    if not opts.command:
+        raise UsageError(
+            "give the maintenance command after --, e.g. kubecare maintain NODE -- ./upgrade.sh"
+        )
+    if drain_opts.dry_run is not DryRun.NONE:
+        raise UsageError(
+            "maintain does not support --dry-run; use kubecare drain NODE --plan to preview"
+        )
+    report = report or MaintainReport(node)
+    t0 = time.monotonic()
+    before = await kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
+    report.boot_id_before = boot_id(before)
+    reports: list[NodeReport] = []
+    await drain_nodes(kube, [node], drain_opts, on_event=on_event, reports=reports)
+    report.drain = reports[0]
+    where = f"on {opts.ssh}" if opts.ssh else "locally"
+    on_event(
+        Event("command", f"running {shlex.join(opts.command)} {where} (NODE={node})", node=node)
+    )
+    env = {"NODE": node}
+    if opts.ssh:
+        code = await run_ssh(opts.ssh, opts.command, env, opts.command_timeout, opts.known_hosts)
+    else:
+        code = await run_local(opts.command, env, opts.command_timeout)
+    report.exit_code = code
+    if code != 0:
+        raise OperationFailed(
+            f'maintenance command exited {code}; node "{node}" stays cordoned: fix it, then run kubecare uncordon {node}'
+        )
+    on_event(
+        Event(
+            "waiting",
+            f"waiting for node/{node} to be Ready"
+            + (" with a new boot ID" if opts.expect_reboot else ""),
+            node=node,
+        )
+    )
+    report.boot_id_after = await wait_back(
+        kube,
+        node,
+        old_boot=report.boot_id_before,
+        expect_reboot=opts.expect_reboot,
+        timeout=opts.ready_timeout,
+    )
+    await set_unschedulable(kube, node, False)
+    report.uncordoned = True
+    report.seconds = time.monotonic() - t0
+    on_event(Event("uncordoned", f"node/{node} uncordoned", node=node))
+    return report
