@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from kubecare.durations import parse_duration
 from kubecare.errors import UsageError
 from kubecare.files import write_atomic
 from kubecare.sandbox.binaries import (
@@ -17,7 +18,7 @@ from kubecare.sandbox.binaries import (
     staging_replaces,
     wrapper_gomod,
 )
-from kubecare.sandbox.cluster import _lease_seconds, parse_duration
+from kubecare.sandbox.cluster import _lease_seconds
 from kubecare.sandbox.nodes import node_manifest, node_specs
 from kubecare.sandbox.pki import create_pki
 

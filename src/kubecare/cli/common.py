@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -26,6 +28,16 @@ def client_options(ctx: typer.Context) -> ClientOptions:
 
 
 async def with_kube(options: ClientOptions, body: Callable[[Kube], Awaitable[T]]) -> T:
-    """Open a client, run ``body`` with it, close it."""
-    async with Kube(options) as kube:
+    """Open a client, run ``body`` with it, close it.
+
+    With $KUBECARE_REQUEST_COUNT_FILE set, the number of HTTP requests sent is written there at
+    the end (the drain benchmark compares it with kubectl's -v=6 request log).
+    """
+    kube = Kube(options)
+    try:
         return await body(kube)
+    finally:
+        await kube.close()
+        count_file = os.environ.get("KUBECARE_REQUEST_COUNT_FILE")
+        if count_file:
+            Path(count_file).write_text(str(kube.requests))  # noqa: ASYNC240 (once, at exit)

@@ -10,6 +10,7 @@ import typer
 
 from kubecare.cli.common import client_options, run, with_kube
 from kubecare.cli.render import Output, emit, err, simple_table
+from kubecare.durations import parse_duration
 from kubecare.errors import KubecareError, UsageError
 from kubecare.events import Event
 from kubecare.kube import Kube
@@ -18,7 +19,6 @@ from kubecare.nodes.drain import DrainOptions, NodeReport, drain_nodes, plan_nod
 from kubecare.nodes.drain_plan import DrainPlan
 from kubecare.nodes.maintain import MaintainOptions, MaintainReport, maintain
 from kubecare.nodes.select import select_nodes, validate_selection
-from kubecare.sandbox.cluster import parse_duration
 
 
 class ProgressPrinter:
@@ -333,6 +333,9 @@ def register(app: typer.Typer) -> None:
         ssh: str | None = typer.Option(
             None, "--ssh", help="Run the command on user@host[:port] over SSH."
         ),
+        ssh_key: str | None = typer.Option(
+            None, "--ssh-key", help="Private key for --ssh (default: the agent, ~/.ssh/id_*)."
+        ),
         known_hosts: str | None = typer.Option(
             None, "--known-hosts", help="known_hosts file for --ssh (default ~/.ssh/known_hosts)."
         ),
@@ -378,6 +381,7 @@ def register(app: typer.Typer) -> None:
             command=tuple(command),
             ssh=ssh,
             known_hosts=known_hosts,
+            identity=ssh_key,
             expect_reboot=expect_reboot,
             ready_timeout=float(parse_duration(ready_timeout, "--ready-timeout") or 0),
         )

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import typer
 
 from kubecare.cli.common import run
 from kubecare.cli.render import Output, emit, err, mib, simple_table
-from kubecare.sandbox import Sandbox, SandboxOptions
+from kubecare.durations import parse_duration
 from kubecare.sandbox.binaries import KUBE_VERSIONS, ensure_binaries, resolve_version
-from kubecare.sandbox.cluster import ComponentStatus, list_sandboxes, parse_duration
+
+if TYPE_CHECKING:
+    from kubecare.sandbox.cluster import ComponentStatus, Sandbox
+
+
+def _sandbox(name: str) -> Sandbox:
+    # Imported here, not at module level: it pulls in cryptography, which every other command
+    # would pay for at start-up.
+    from kubecare.sandbox.cluster import Sandbox
+
+    return Sandbox(name)
+
 
 sandbox_app = typer.Typer(
     help="A real local control plane for tests, demos and practice.", no_args_is_help=True
@@ -65,6 +77,8 @@ def up(
     ),
 ) -> None:
     """Start a sandbox and wait until /readyz is OK and every node is Ready."""
+    from kubecare.sandbox.cluster import SandboxOptions
+
     opts = SandboxOptions(
         workers=nodes,
         version=version,
@@ -73,7 +87,7 @@ def up(
             node_monitor_grace_period, "--node-monitor-grace-period"
         ),
     )
-    sb = Sandbox(name)
+    sb = _sandbox(name)
     seconds = run(sb.up(opts, _progress))
     state = sb.load()
     err.print(
@@ -92,7 +106,7 @@ def down(
     ),
 ) -> None:
     """Stop every process of the sandbox and remove its state (unless --keep)."""
-    stopped = Sandbox(name).down(keep=keep)
+    stopped = _sandbox(name).down(keep=keep)
     err.print(
         f"sandbox {name}: stopped {len(stopped)} processes"
         + (" (state kept)" if keep else ", state removed")
@@ -102,7 +116,7 @@ def down(
 @sandbox_app.command()
 def env(name: str = NAME_OPT) -> None:
     """Print `export KUBECONFIG=...` for the sandbox (use with eval)."""
-    sb = Sandbox(name)
+    sb = _sandbox(name)
     sb.load()
     typer.echo(f"export KUBECONFIG={sb.kubeconfig}")
 
@@ -110,6 +124,8 @@ def env(name: str = NAME_OPT) -> None:
 @sandbox_app.command("list")
 def list_cmd() -> None:
     """List sandboxes on this machine."""
+    from kubecare.sandbox.cluster import list_sandboxes
+
     for n in list_sandboxes():
         typer.echo(n)
 
@@ -119,7 +135,7 @@ def status(
     name: str = NAME_OPT, output: Output = typer.Option(Output.TABLE, "-o", "--output")
 ) -> None:
     """Each component: pid, port, version, health; the log tail of a crashed one."""
-    sb = Sandbox(name)
+    sb = _sandbox(name)
     state, comps = sb.status()
     mem = sb.memory()
     data = {
@@ -166,7 +182,7 @@ def logs(
     lines: int = typer.Option(50, "--tail", min=1, help="Lines to show."),
 ) -> None:
     """Show the end of one component's log."""
-    typer.echo(Sandbox(name).logs(component, lines))
+    typer.echo(_sandbox(name).logs(component, lines))
 
 
 @sandbox_app.command("node-down")
@@ -178,7 +194,7 @@ def node_down(
     ),
 ) -> None:
     """The node stops reporting (its kwok stops), so the node lifecycle controller reacts."""
-    run(Sandbox(name).node_down(node, wait=wait))
+    run(_sandbox(name).node_down(node, wait=wait))
     err.print(f"node/{node} stopped reporting" + (" and is NotReady" if wait else ""))
 
 
@@ -191,5 +207,5 @@ def node_up(
     ),
 ) -> None:
     """The node resumes reporting and becomes Ready again."""
-    run(Sandbox(name).node_up(node, reboot=reboot))
+    run(_sandbox(name).node_up(node, reboot=reboot))
     err.print(f"node/{node} is reporting again and Ready")

@@ -38,7 +38,13 @@ class Kube:
             field_manager="kubecare",
             trust_env=False,
         )
-        self.requests = 0  # raw requests sent; benchmarks read it
+        self.requests = (
+            0  # every HTTP request sent, typed or raw (benchmarks compare it with kubectl's)
+        )
+        self.http.event_hooks["request"].append(self._count)
+
+    async def _count(self, _request: httpx2.Request) -> None:
+        self.requests += 1
 
     @property
     def server(self) -> str:
@@ -84,7 +90,6 @@ class Kube:
     ) -> JSON:
         """GET ``path`` and decode the JSON body."""
         with self.mapped(what or path):
-            self.requests += 1
             resp = await self.http.get(path, params=params, headers={"Accept": accept})
             resp.raise_for_status()
             return cast(JSON, orjson.loads(resp.content))
@@ -101,7 +106,6 @@ class Kube:
     ) -> JSON:
         """Send ``body`` with ``method`` (POST, PUT, PATCH, DELETE) and decode the JSON answer."""
         with self.mapped(what or path):
-            self.requests += 1
             resp = await self.http.request(
                 method,
                 path,

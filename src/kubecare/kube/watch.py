@@ -48,7 +48,6 @@ async def watch(
         gone = False
         try:
             with kube.mapped(what or f"watch {path}"):
-                kube.requests += 1
                 timeout = httpx2.Timeout(
                     kube.options.request_timeout, connect=kube.options.connect_timeout, read=None
                 )

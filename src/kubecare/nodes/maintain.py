@@ -31,9 +31,9 @@ class MaintainOptions:
     expect_reboot: bool = False  # also require a new boot ID before uncordoning
     ready_timeout: float = 600.0
     command_timeout: float | None = None
-    known_hosts: str | None = (
-        None  # None: ~/.ssh/known_hosts, as ssh does; host keys are always checked
-    )
+    # None: ~/.ssh/known_hosts, as ssh does (host keys are always checked)
+    known_hosts: str | None = None
+    identity: str | None = None  # private key file; None: the agent and ~/.ssh/id_*
 
 
 @dataclass
@@ -71,6 +71,7 @@ async def run_ssh(
     env: dict[str, str],
     timeout: float | None,
     known_hosts: str | None = None,
+    identity: str | None = None,
 ) -> int:
     """Run ``command`` on ``user@host[:port]`` over SSH (keys from the agent / ~/.ssh).
 
@@ -91,6 +92,7 @@ async def run_ssh(
                 port=int(port) if port else 22,
                 username=user or None,
                 known_hosts=known_hosts or (),
+                client_keys=[identity] if identity else (),
             ) as conn,
         ):
             result = await conn.run(line, check=False, stdout=sys.stdout, stderr=sys.stderr)
@@ -151,7 +153,9 @@ async def maintain(
     )
     env = {"NODE": node}
     if opts.ssh:
-        code = await run_ssh(opts.ssh, opts.command, env, opts.command_timeout, opts.known_hosts)
+        code = await run_ssh(
+            opts.ssh, opts.command, env, opts.command_timeout, opts.known_hosts, opts.identity
+        )
     else:
         code = await run_local(opts.command, env, opts.command_timeout)
     report.exit_code = code

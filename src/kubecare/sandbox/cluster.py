@@ -26,6 +26,7 @@ from typing import Any
 import httpx2
 import yaml
 
+from kubecare.durations import parse_duration as parse_duration  # re-exported for callers
 from kubecare.errors import NotFound, SandboxError, UsageError
 from kubecare.files import write_atomic
 from kubecare.kube import JSON, ClientOptions, Kube
@@ -60,25 +61,6 @@ def state_root() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_STATE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "kubecare" / "sandboxes"
-
-
-def parse_duration(value: str | int | None, what: str) -> int | None:
-    """``15s``/``2m``/``90`` -> seconds; :class:`UsageError` for anything else or negative."""
-    if value is None or value == "":
-        return None
-    text = str(value).strip()
-    mult = 1
-    if text.endswith("m"):
-        mult, text = 60, text[:-1]
-    elif text.endswith("s"):
-        text = text[:-1]
-    try:
-        seconds = int(float(text) * mult)
-    except ValueError:
-        raise UsageError(f"{what} {value!r} is not a duration; use e.g. 15s or 2m") from None
-    if seconds < 0:
-        raise UsageError(f"{what} must not be negative (got {value!r})")
-    return seconds
 
 
 @dataclass(frozen=True)

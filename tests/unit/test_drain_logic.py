@@ -1,0 +1,259 @@
+"""kubectl drain's filter table, and the plan built on it, without a cluster."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubecare.kube.lock import holder_of
+from kubecare.nodes.drain_plan import plan_drain
+from kubecare.nodes.filters import (
+    DAEMONSET_FATAL,
+    LOCAL_STORAGE_FATAL,
+    UNMANAGED_FATAL,
+    Action,
+    FilterOptions,
+    blocking_errors,
+    judge_all,
+    pod_facts,
+)
+from kubecare.nodes.selectors import selector_matches
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def pod(
+    name: str,
+    *,
+    owner: str | None = "ReplicaSet",
+    phase: str = "Running",
+    empty_dir: bool = False,
+    mirror: bool = False,
+    deleted_ago: float | None = None,
+    labels: dict[str, str] | None = None,
+    ready: bool = True,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "ns",
+        "uid": f"uid-{name}",
+        "labels": labels or {},
+    }
+    if owner:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "apps/v1" if owner != "Job" else "batch/v1",
+                "kind": owner,
+                "name": f"{name}-owner",
+                "controller": True,
+            }
+        ]
+    if mirror:
+        meta["annotations"] = {"kubernetes.io/config.mirror": "x"}
+    if deleted_ago is not None:
+        meta["deletionTimestamp"] = (
+            (NOW - timedelta(seconds=deleted_ago)).isoformat().replace("+00:00", "Z")
+        )
+    spec = {"volumes": [{"name": "v", "emptyDir": {}}] if empty_dir else []}
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    return {"metadata": meta, "spec": spec, "status": {"phase": phase, "conditions": conditions}}
+
+
+DS_EXISTS = {"ns/ds-owner"}
+
+
+@pytest.mark.parametrize(
+    ("p", "opts", "action", "reason"),
+    [
+        (pod("rs"), FilterOptions(), Action.EVICT, ""),
+        (pod("ds", owner="DaemonSet"), FilterOptions(), Action.BLOCK, DAEMONSET_FATAL),
+        (
+            pod("ds", owner="DaemonSet"),
+            FilterOptions(ignore_daemonsets=True),
+            Action.SKIP,
+            "ignoring DaemonSet-managed Pods",
+        ),
+        (pod("ds", owner="DaemonSet", phase="Succeeded"), FilterOptions(), Action.EVICT, ""),
+        (
+            pod("orphan", owner="DaemonSet"),
+            FilterOptions(ignore_daemonsets=True),
+            Action.BLOCK,
+            'daemonsets.apps "orphan-owner" not found',
+        ),
+        (pod("orphan", owner="DaemonSet"), FilterOptions(force=True), Action.EVICT, ""),
+        (
+            pod("static", owner=None, mirror=True),
+            FilterOptions(),
+            Action.SKIP,
+            "mirror (static) pod",
+        ),
+        (pod("scratch", empty_dir=True), FilterOptions(), Action.BLOCK, LOCAL_STORAGE_FATAL),
+        (
+            pod("scratch", empty_dir=True),
+            FilterOptions(delete_emptydir_data=True),
+            Action.EVICT,
+            "",
+        ),
+        (pod("scratch", empty_dir=True, phase="Failed"), FilterOptions(), Action.EVICT, ""),
+        (pod("bare", owner=None), FilterOptions(), Action.BLOCK, UNMANAGED_FATAL),
+        (pod("bare", owner=None), FilterOptions(force=True), Action.EVICT, ""),
+        (pod("bare", owner=None, phase="Succeeded"), FilterOptions(), Action.EVICT, ""),
+        (
+            pod("old", deleted_ago=30),
+            FilterOptions(skip_wait_for_delete_timeout=10),
+            Action.SKIP,
+            "terminating for longer than --skip-wait-for-delete-timeout",
+        ),
+        (
+            pod("young", deleted_ago=5),
+            FilterOptions(skip_wait_for_delete_timeout=10),
+            Action.EVICT,
+            "",
+        ),
+        (pod("old", deleted_ago=30), FilterOptions(), Action.EVICT, ""),
+        # the first "don't delete" wins: a DaemonSet pod with emptyDir is blocked for the DaemonSet
+        (
+            pod("ds", owner="DaemonSet", empty_dir=True),
+            FilterOptions(),
+            Action.BLOCK,
+            DAEMONSET_FATAL,
+        ),
+        # a mirror pod with emptyDir is skipped before local storage is looked at
+        (
+            pod("static", owner=None, mirror=True, empty_dir=True),
+            FilterOptions(),
+            Action.SKIP,
+            "mirror (static) pod",
+        ),
+    ],
+)
+def test_filters_follow_kubectl(
+    p: dict[str, Any], opts: FilterOptions, action: Action, reason: str
+) -> None:
+    [(_, verdict)] = judge_all([pod_facts(p)], opts, DS_EXISTS | {"ns/ds-owner"}, NOW)
+    assert (verdict.action, verdict.reason) == (action, reason)
+
+
+def test_warnings_from_every_filter_are_kept() -> None:
+    p = pod("bare-scratch", owner=None, empty_dir=True)
+    [(_, v)] = judge_all(
+        [pod_facts(p)], FilterOptions(force=True, delete_emptydir_data=True), set(), NOW
+    )
+    assert v.action is Action.EVICT
+    assert v.warnings == (
+        "deleting Pods with local storage",
+        "deleting Pods that declare no controller",
+    )
+
+
+def test_errors_group_pods_by_reason_in_kubectl_words() -> None:
+    judged = judge_all(
+        [
+            pod_facts(p)
+            for p in (pod("a", owner=None), pod("b", owner=None), pod("c", empty_dir=True))
+        ],
+        FilterOptions(),
+        set(),
+        NOW,
+    )
+    assert blocking_errors(judged) == [
+        f"cannot delete {UNMANAGED_FATAL}: ns/a, ns/b",
+        f"cannot delete {LOCAL_STORAGE_FATAL}: ns/c",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "matches"),
+    [
+        ({}, {"a": "1"}, True),
+        (None, {"a": "1"}, False),
+        ({"matchLabels": {"app": "web"}}, {"app": "web", "x": "y"}, True),
+        ({"matchLabels": {"app": "web"}}, {"app": "db"}, False),
+        (
+            {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]},
+            {"tier": "b"},
+            True,
+        ),
+        ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+        ({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}, {}, False),
+        ({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}, {"tier": "x"}, False),
+    ],
+)
+def test_pdb_selectors(
+    selector: dict[str, Any] | None, labels: dict[str, str], matches: bool
+) -> None:
+    assert selector_matches(selector, labels) is matches
+
+
+def pdb(name: str, app: str, allowed: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"selector": {"matchLabels": {"app": app}}},
+        "status": {
+            "disruptionsAllowed": allowed,
+            "currentHealthy": 3,
+            "desiredHealthy": 3,
+            "expectedPods": 3,
+        },
+    }
+
+
+def test_plan_names_pdbs_holds_and_workloads_that_lose_every_ready_replica() -> None:
+    pods = [pod(f"web-{i}", labels={"app": "web"}) for i in range(2)] + [
+        pod("db-0", owner="StatefulSet", labels={"app": "db"})
+    ]
+    owners = {
+        "ns/ReplicaSet/web-0-owner": "ns/Deployment/web",
+        "ns/ReplicaSet/web-1-owner": "ns/Deployment/web",
+    }
+    plan = plan_drain(
+        "n1",
+        pods,
+        FilterOptions(),
+        daemonsets=set(),
+        pdbs=[pdb("web-pdb", "web", 1), pdb("db-pdb", "db", 0)],
+        owners=owners,
+        ready_replicas={"ns/Deployment/web": 4, "ns/StatefulSet/db-0-owner": 1},
+        now=NOW,
+    )
+    assert [p.owner for p in plan.pods] == [
+        "Deployment/web",
+        "Deployment/web",
+        "StatefulSet/db-0-owner",
+    ]
+    assert plan.pods[0].pdbs == ("ns/web-pdb",)
+    assert [r.workload for r in plan.at_risk] == [
+        "ns/StatefulSet/db-0-owner"
+    ]  # web keeps 2 of 4 elsewhere
+    assert plan.holds == (
+        "PDB ns/db-pdb allows 0 disruptions now: 1 pod(s) will wait for replacements to become ready",
+        "PDB ns/web-pdb allows 1 disruption(s) for 2 pod(s): the rest will wait for replacements",
+    )
+    assert not plan.can_finish_now and not plan.blocked
+
+
+def test_plan_of_an_empty_node_can_finish_now() -> None:
+    plan = plan_drain("n1", [], FilterOptions(), daemonsets=set())
+    assert plan.can_finish_now and plan.pods == ()
+
+
+def lease(identity: str, renewed_ago: float, ttl: int = 60) -> dict[str, Any]:
+    t = (NOW - timedelta(seconds=renewed_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {
+        "metadata": {"name": "kubecare-maintenance-0"},
+        "spec": {
+            "holderIdentity": identity,
+            "leaseDurationSeconds": ttl,
+            "acquireTime": t,
+            "renewTime": t,
+        },
+    }
+
+
+def test_a_lease_is_held_until_its_ttl_runs_out() -> None:
+    held = holder_of(lease("host/n1", 10), NOW)
+    assert held is not None and held.identity == "host/n1" and round(held.expires_in) == 50
+    assert holder_of(lease("host/n1", 61), NOW) is None
+    assert holder_of({"metadata": {"name": "x"}, "spec": {}}, NOW) is None
