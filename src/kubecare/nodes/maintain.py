@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,10 +71,10 @@ async def run_ssh(
     timeout: float | None,
     known_hosts: str | None = None,
     identity: str | None = None,
-) -> int:
+) -> tuple[int, str]:
     """Run ``command`` on ``user@host[:port]`` over SSH (keys from the agent / ~/.ssh).
 
-    Its output is passed through to this process's stdout/stderr, as a local command's would be.
+    Returns the exit status and the command's output (stdout then stderr).
     """
     import asyncssh
 
@@ -95,12 +94,16 @@ async def run_ssh(
                 client_keys=[identity] if identity else (),
             ) as conn,
         ):
-            result = await conn.run(line, check=False, stdout=sys.stdout, stderr=sys.stderr)
+            result = await conn.run(line, check=False)
     except TimeoutError:
         raise OperationFailed(f"command on {target} did not finish within {timeout:g}s") from None
     except (OSError, asyncssh.Error) as e:
         raise OperationFailed(f"ssh to {target} failed: {e}") from None
-    return int(result.exit_status or 0)
+    return int(result.exit_status or 0), _text(result.stdout) + _text(result.stderr)
+
+
+def _text(data: str | bytes | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
 async def wait_back(
@@ -153,9 +156,11 @@ async def maintain(
     )
     env = {"NODE": node}
     if opts.ssh:
-        code = await run_ssh(
+        code, output = await run_ssh(
             opts.ssh, opts.command, env, opts.command_timeout, opts.known_hosts, opts.identity
         )
+        if output:
+            on_event(Event("command-output", str(output).rstrip("\n"), node=node))
     else:
         code = await run_local(opts.command, env, opts.command_timeout)
     report.exit_code = code
