@@ -30,6 +30,44 @@ def sh(*args: str, check: bool = True) -> int:
     return rc
 
 
+WORKLOAD = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: demo}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      labels: {app: web}
+      annotations: {pod-ready.stage.kwok.x-k8s.io/delay: 1s}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers: [{name: web, image: nginx:1.27}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: demo}
+spec:
+  maxUnavailable: 1
+  selector: {matchLabels: {app: web}}
+"""
+
+
+def _busiest_worker(kubectl: str) -> str:
+    out = subprocess.run(
+        [kubectl, "-n", "demo", "get", "pods", "-o", "jsonpath={.items[*].spec.nodeName}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return max(set(out), key=out.count) if out else "worker-1"
+
+
 def main() -> None:
     from kubecare.sandbox import Sandbox
 
@@ -64,6 +102,47 @@ def main() -> None:
 
     step("5. Bad input gets one clear line and changes nothing")
     sh(KUBECARE, "cordon", "worker-9", check=False)
+
+    kubectl = str(BIN / "kubectl")
+    step("6. A workload under a PodDisruptionBudget (maxUnavailable=1, replicas Ready after ~1s)")
+    subprocess.run(
+        [kubectl, "delete", "namespace", "demo", "--ignore-not-found", "--wait"], check=True
+    )
+    subprocess.run([kubectl, "apply", "-f", "-"], input=WORKLOAD, text=True, check=True)
+    sh(kubectl, "-n", "demo", "rollout", "status", "deployment/web", "--timeout=120s")
+    sh(kubectl, "-n", "demo", "get", "pods", "-o", "wide")
+
+    step("7. Before draining: what will the drain do? (--plan changes nothing)")
+    node = _busiest_worker(kubectl)
+    sh(KUBECARE, "drain", node, "--plan")
+
+    step(
+        f"8. Drain {node}: evictions wait on the PDB and go as soon as it allows (watch, not 5 s sleeps)"
+    )
+    sh(KUBECARE, "drain", node, "--ignore-daemonsets")
+    sh(KUBECARE, "uncordon", node)
+
+    step(
+        "9. OS maintenance of a node: drain -> the work (here: the node goes down and reboots) -> Ready -> uncordon"
+    )
+    work = (
+        f"{KUBECARE} sandbox node-down $NODE --name {NAME} --wait && "
+        f"{KUBECARE} sandbox node-up $NODE --name {NAME} --reboot"
+    )
+    sh(
+        KUBECARE,
+        "maintain",
+        "worker-2",
+        "--ignore-daemonsets",
+        "--expect-reboot",
+        "--ready-timeout",
+        "2m",
+        "--",
+        "sh",
+        "-c",
+        work,
+    )
+    sh(KUBECARE, "nodes")
 
     kubectl = BIN / "kubectl"
     step("Reach the cluster yourself")

@@ -420,3 +420,86 @@ async def test_bad_input_exits_clearly_and_cordons_nothing(
     assert message in res.stderr
     assert "Traceback" not in res.stderr
     assert not await cordoned(kube, "worker-1")
+
+
+async def test_ctrl_c_says_what_was_done_and_leaves_the_node_cordoned(
+    sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
+) -> None:
+    slow = {"pod-ready.stage.kwok.x-k8s.io/delay": "2s"}
+    await apply(
+        kube,
+        namespace,
+        deployment("web", 4, pool.pod_spec(), annotations=slow),
+        pdb("web", {"app": "web"}, max_unavailable=1),
+    )
+    await wait_running(kube, namespace, 4)
+    await wait_for(lambda: _pdb_observed(kube, namespace, "web"))
+    await kube.request_json(
+        "PATCH",
+        f"/api/v1/nodes/{pool.nodes[1]}",
+        body={"spec": {"unschedulable": None}},
+        content_type="application/merge-patch+json",
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "kubecare.cli.app",
+        "--kubeconfig",
+        str(sandbox.kubeconfig),
+        "drain",
+        pool.nodes[0],
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    async def some_moved() -> bool:
+        return "web" in await roles_on(kube, namespace, pool.nodes[1])
+
+    await wait_for(some_moved, timeout=60, interval=0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted. What was done:" in err
+    assert f"node/{pool.nodes[0]}: cordoned, " in err and "still to go" in err
+    assert "Traceback" not in err
+    assert await cordoned(kube, pool.nodes[0])
+    # The lock was given back: another node can be drained at once.
+    assert drain(sandbox, pool.nodes[1], "--timeout", "20s", "--disable-eviction").returncode == 0
+
+
+async def test_parallel_nodes_drain_together_within_the_lock_limit(
+    sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
+) -> None:
+    await kube.request_json(
+        "PATCH",
+        f"/api/v1/nodes/{pool.nodes[1]}",
+        body={"spec": {"unschedulable": None}},
+        content_type="application/merge-patch+json",
+    )
+    for i, node in enumerate(pool.nodes):
+        await apply(
+            kube,
+            namespace,
+            pod(
+                f"p{i}",
+                pool.pod_spec(node=node),
+                annotations={"pod-delete.stage.kwok.x-k8s.io/delay": "2s"},
+            ),
+        )
+    await wait_running(kube, namespace, 2)
+    res = drain(
+        sandbox,
+        *pool.nodes,
+        "--force",
+        "--parallel-nodes",
+        "2",
+        "--max-concurrent-drains",
+        "2",
+        "-o",
+        "json",
+    )
+    assert res.returncode == 0, res.stderr
+    a, b = json.loads(res.stdout)
+    assert (
+        a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
+    )  # they overlapped
+    assert await pods(kube, namespace) == []

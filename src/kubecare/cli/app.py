@@ -15,13 +15,17 @@ from rich.text import Text
 from kubecare import __version__
 from kubecare.cli.common import client_options, run, with_kube
 from kubecare.cli.drain import register as register_drain
+from kubecare.cli.outage import register as register_outage
+from kubecare.cli.outage import report_text
 from kubecare.cli.render import Output, age, emit, err, simple_table
 from kubecare.cli.sandbox import sandbox_app
 from kubecare.errors import KubecareError
 from kubecare.kube import ClientOptions, Kube
 from kubecare.nodes.cordon import DryRun, apply_cordon, plan_cordon
-from kubecare.nodes.inventory import list_nodes
+from kubecare.nodes.inventory import NodeRow, list_nodes
+from kubecare.nodes.outage import OutageReport, outage_report
 from kubecare.nodes.select import select_nodes, validate_selection
+from kubecare.nodes.snapshot import take_snapshot
 
 app = typer.Typer(
     name="kubecare",
@@ -71,29 +75,44 @@ def version() -> None:
 def nodes_cmd(
     ctx: typer.Context,
     selector: str | None = typer.Option(None, "-l", "--selector", help="Label selector."),
+    wide: bool = typer.Option(
+        False, "--wide", help="Also OS image and runtime, and the outage report."
+    ),
     output: Output = typer.Option(Output.TABLE, "-o", "--output", help="table, json or yaml."),
 ) -> None:
     """List nodes: status, schedulability, roles, kubelet version, pods, taints, age."""
-    rows = run(with_kube(client_options(ctx), lambda k: list_nodes(k, selector=selector)))
-    emit(
-        rows,
-        output,
-        lambda: simple_table(
-            ["name", "status", "roles", "version", "pods", "taints", "age"],
-            [
-                (
-                    r.name,
-                    r.status,
-                    ",".join(r.roles) or "<none>",
-                    r.kubelet_version,
-                    r.pods,
-                    ",".join(r.taints) or "<none>",
-                    age(r.age_seconds),
-                )
-                for r in rows
-            ],
-        ),
-    )
+
+    async def body(kube: Kube) -> tuple[list[NodeRow], OutageReport | None]:
+        rows = await list_nodes(kube, selector=selector)
+        if not wide:
+            return rows, None
+        snap = await take_snapshot(kube)
+        return rows, outage_report(snap.nodes, snap.pods, snap.settings)
+
+    rows, report = run(with_kube(client_options(ctx), body))
+    headers = ["name", "status", "roles", "version", "pods", "taints", "age"]
+
+    def line(r: NodeRow) -> tuple[object, ...]:
+        base = (
+            r.name,
+            r.status,
+            ",".join(r.roles) or "<none>",
+            r.kubelet_version,
+            r.pods,
+            ",".join(r.taints) or "<none>",
+            age(r.age_seconds),
+        )
+        return base + ((r.os_image, r.container_runtime) if wide else ())
+
+    def table() -> str:
+        text = simple_table(
+            headers + (["os-image", "container-runtime"] if wide else []), [line(r) for r in rows]
+        )
+        if report is not None:
+            text += "\n\n" + report_text(report)
+        return text
+
+    emit({"nodes": rows, "outage": report} if wide else rows, output, table)
 
 
 def _cordon(
@@ -155,6 +174,7 @@ def uncordon(
 
 app.add_typer(sandbox_app, name="sandbox")
 register_drain(app)
+register_outage(app)
 
 
 def main(argv: list[str] | None = None) -> int:

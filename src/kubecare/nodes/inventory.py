@@ -26,6 +26,8 @@ class NodeRow:
     pods: int
     taints: tuple[str, ...]
     age_seconds: int
+    os_image: str = ""
+    container_runtime: str = ""
 
 
 def ready_status(node: JSON) -> str:
@@ -82,6 +84,10 @@ def summarize_nodes(
                 pods=per_node.get(meta["name"], 0),
                 taints=tuple(format_taint(t) for t in spec.get("taints") or []),
                 age_seconds=int((now - created).total_seconds()) if created else 0,
+                os_image=((node.get("status") or {}).get("nodeInfo") or {}).get("osImage", ""),
+                container_runtime=((node.get("status") or {}).get("nodeInfo") or {}).get(
+                    "containerRuntimeVersion", ""
+                ),
             )
         )
     return rows

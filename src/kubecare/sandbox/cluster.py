@@ -556,6 +556,12 @@ class Sandbox:
                         for s in specs
                     )
                 )
+                await kube.request_json(
+                    "POST",
+                    "/api/v1/namespaces/kube-system/configmaps",
+                    body=kubeadm_config(self.name, version, opts),
+                    what="configmap kube-system/kubeadm-config",
+                )
                 ports = process.free_ports(len(specs))
                 lease = _lease_seconds(opts.node_monitor_grace_period)
                 for spec, port in zip(specs, ports, strict=True):
@@ -768,6 +774,37 @@ class Sandbox:
             for c in state.components.values()
             if process.is_running(c.pid, c.binary)
         }
+
+
+def kubeadm_config(name: str, version: str, opts: SandboxOptions) -> JSON:
+    """kube-system/kubeadm-config as kubeadm writes it, with the flags this sandbox really uses,
+    so tools (kubecare outage among them) can read the cluster's settings as on a kubeadm cluster."""
+    api_args, cm_args = [], []
+    if opts.pod_eviction_timeout is not None:
+        for flag in (
+            "default-not-ready-toleration-seconds",
+            "default-unreachable-toleration-seconds",
+        ):
+            api_args.append({"name": flag, "value": str(opts.pod_eviction_timeout)})
+    if opts.node_monitor_grace_period is not None:
+        cm_args.append(
+            {"name": "node-monitor-grace-period", "value": f"{opts.node_monitor_grace_period}s"}
+        )
+    cluster_configuration = {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "ClusterConfiguration",
+        "clusterName": f"kubecare-{name}",
+        "kubernetesVersion": f"v{version}",
+        "apiServer": {"extraArgs": api_args},
+        "controllerManager": {"extraArgs": cm_args},
+        "networking": {"serviceSubnet": "10.96.0.0/16", "podSubnet": "10.244.0.0/16"},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+        "data": {"ClusterConfiguration": yaml.safe_dump(cluster_configuration, sort_keys=False)},
+    }
 
 
 def _lease_seconds(grace: int | None) -> int:

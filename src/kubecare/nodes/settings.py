@@ -1,0 +1,185 @@
+"""The cluster's node-outage settings, read from what is visible, or assumed (and said so).
+
+Sources, best first: the flags of kube-controller-manager / kube-apiserver static (mirror) pods in
+kube-system; kubeadm's ``kube-system/kubeadm-config`` ClusterConfiguration extraArgs; for the
+toleration, the tolerations DefaultTolerationSeconds injected into running pods. Anything not
+found is "assumed default", naming the default.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import yaml
+
+from kubecare.durations import parse_duration
+from kubecare.errors import KubecareError, NotFound
+from kubecare.kube import JSON, Kube
+
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+DEFAULT_TOLERATION_SECONDS = 300  # DefaultTolerationSeconds; what --pod-eviction-timeout=5m was
+DEFAULT_GRACE_SECONDS = 50  # --node-monitor-grace-period since Kubernetes 1.32 (40 s before)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One value and where it came from ("kube-controller-manager flag", "assumed default", ...)."""
+
+    name: str
+    seconds: int
+    source: str
+
+    @property
+    def assumed(self) -> bool:
+        return self.source.startswith("assumed")
+
+
+@dataclass(frozen=True)
+class OutageSettings:
+    node_monitor_grace_period: Setting
+    not_ready_toleration: Setting
+    unreachable_toleration: Setting
+
+
+def flags_from_command(command: Sequence[str]) -> dict[str, str]:
+    """``--name=value`` and ``--name value`` flags of a component's command line."""
+    out: dict[str, str] = {}
+    items = list(command)
+    for i, arg in enumerate(items):
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg[2:].partition("=")
+        if not eq and i + 1 < len(items) and not items[i + 1].startswith("--"):
+            value = items[i + 1]
+        out[name] = value
+    return out
+
+
+def kubeadm_extra_args(cluster_configuration: str) -> dict[str, dict[str, str]]:
+    """extraArgs per component from a kubeadm ClusterConfiguration (v1beta3 map or v1beta4 list)."""
+    try:
+        doc = yaml.safe_load(cluster_configuration) or {}
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for component in ("apiServer", "controllerManager"):
+        if not isinstance(doc, dict) or component not in doc:
+            continue
+        raw = (doc.get(component) or {}).get("extraArgs") or {}
+        if isinstance(raw, list):
+            out[component] = {
+                str(a.get("name")): str(a.get("value")) for a in raw if isinstance(a, dict)
+            }
+        elif isinstance(raw, dict):
+            out[component] = {str(k): str(v) for k, v in raw.items()}
+    return out
+
+
+def injected_toleration_seconds(pods: Iterable[JSON], key: str) -> tuple[int, int] | None:
+    """The most common tolerationSeconds for ``key`` among pods (value, how many pods), if any."""
+    seen: Counter[int] = Counter()
+    for pod in pods:
+        for t in (pod.get("spec") or {}).get("tolerations") or []:
+            if (
+                t.get("key") == key
+                and t.get("effect") == "NoExecute"
+                and t.get("tolerationSeconds") is not None
+            ):
+                seen[int(t["tolerationSeconds"])] += 1
+    if not seen:
+        return None
+    return seen.most_common(1)[0]
+
+
+def resolve_settings(
+    *,
+    controller_manager_flags: Mapping[str, str] | None,
+    apiserver_flags: Mapping[str, str] | None,
+    pods: Sequence[JSON],
+    controller_manager_source: str = "static pod",
+    apiserver_source: str = "static pod",
+) -> OutageSettings:
+    """Pure: combine what was found into settings, saying where each came from."""
+    cm = controller_manager_flags or {}
+    api = apiserver_flags or {}
+    grace = parse_duration(cm.get("node-monitor-grace-period"), "--node-monitor-grace-period")
+    grace_setting = (
+        Setting(
+            "node-monitor-grace-period",
+            grace,
+            f"kube-controller-manager flag ({controller_manager_source})",
+        )
+        if grace is not None
+        else Setting(
+            "node-monitor-grace-period",
+            DEFAULT_GRACE_SECONDS,
+            f"assumed default ({DEFAULT_GRACE_SECONDS}s since 1.32)",
+        )
+    )
+
+    def toleration(flag: str, key: str) -> Setting:
+        if flag in api:
+            return Setting(flag, int(api[flag]), f"kube-apiserver flag ({apiserver_source})")
+        observed = injected_toleration_seconds(pods, key)
+        if observed:
+            return Setting(
+                flag,
+                observed[0],
+                f"injected into {observed[1]} running pod(s) by DefaultTolerationSeconds",
+            )
+        return Setting(
+            flag, DEFAULT_TOLERATION_SECONDS, f"assumed default ({DEFAULT_TOLERATION_SECONDS}s)"
+        )
+
+    return OutageSettings(
+        grace_setting,
+        toleration("default-not-ready-toleration-seconds", NOT_READY_TAINT),
+        toleration("default-unreachable-toleration-seconds", UNREACHABLE_TAINT),
+    )
+
+
+async def read_settings(kube: Kube, pods: Sequence[JSON]) -> OutageSettings:
+    """Read the settings from static pods or kubeadm-config where readable; never fails."""
+    found: dict[str, tuple[dict[str, str], str]] = {}
+    try:
+        system = [
+            p
+            async for p in kube.list_items(
+                "/api/v1/namespaces/kube-system/pods",
+                params={"labelSelector": "tier=control-plane"},
+            )
+        ]
+    except KubecareError:
+        system = []  # not readable with these credentials: fall back
+    for p in system:
+        component = ((p.get("metadata") or {}).get("labels") or {}).get("component", "")
+        containers = (p.get("spec") or {}).get("containers") or [{}]
+        command = list(containers[0].get("command") or []) + list(containers[0].get("args") or [])
+        if component in ("kube-controller-manager", "kube-apiserver") and component not in found:
+            found[component] = (flags_from_command(command), "static pod")
+    if len(found) < 2:
+        try:
+            cfg = await kube.get_json(
+                "/api/v1/namespaces/kube-system/configmaps/kubeadm-config", what="kubeadm-config"
+            )
+            extra = kubeadm_extra_args(str((cfg.get("data") or {}).get("ClusterConfiguration", "")))
+            for component, key in (
+                ("kube-controller-manager", "controllerManager"),
+                ("kube-apiserver", "apiServer"),
+            ):
+                if component not in found and key in extra:
+                    found[component] = (extra[key], "kubeadm-config")
+        except (NotFound, KubecareError):
+            pass
+    cm = found.get("kube-controller-manager")
+    api = found.get("kube-apiserver")
+    return resolve_settings(
+        controller_manager_flags=cm[0] if cm else None,
+        apiserver_flags=api[0] if api else None,
+        pods=pods,
+        controller_manager_source=cm[1] if cm else "",
+        apiserver_source=api[1] if api else "",
+    )
