@@ -133,6 +133,22 @@ def test_kubeadm_extra_args_in_both_formats() -> None:
     assert kubeadm_extra_args(": bad yaml [") == {}
 
 
+def test_go_durations_and_odd_values_in_component_flags() -> None:
+    s = resolve_settings(
+        controller_manager_flags={"node-monitor-grace-period": "1m0s"},
+        apiserver_flags={"default-unreachable-toleration-seconds": "x"},
+        pods=[],
+    )
+    assert s.node_monitor_grace_period.seconds == 60
+    assert s.unreachable_toleration.assumed  # a malformed flag value is not trusted
+    odd = resolve_settings(
+        controller_manager_flags={"node-monitor-grace-period": "soon"},
+        apiserver_flags=None,
+        pods=[],
+    )
+    assert odd.node_monitor_grace_period.assumed
+
+
 def test_settings_say_where_they_come_from() -> None:
     assumed = resolve_settings(controller_manager_flags=None, apiserver_flags=None, pods=[])
     assert (

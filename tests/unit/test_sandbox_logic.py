@@ -89,13 +89,23 @@ def test_ldflags_set_both_version_packages() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("15s", 15), ("2m", 120), ("90", 90), ("0s", 0), (None, None)]
+    ("text", "seconds"),
+    [
+        ("15s", 15),
+        ("2m", 120),
+        ("90", 90),
+        ("0s", 0),
+        (None, None),
+        ("1m30s", 90),
+        ("1h", 3600),
+        ("1500ms", 1),
+    ],
 )
 def test_durations(text: str | None, seconds: int | None) -> None:
     assert parse_duration(text, "--x") == seconds
 
 
-@pytest.mark.parametrize("bad", ["-5s", "soon", "5h"])
+@pytest.mark.parametrize("bad", ["-5s", "soon", "5x", "1m-3s", "s"])
 def test_bad_durations(bad: str) -> None:
     with pytest.raises(UsageError):
         parse_duration(bad, "--x")

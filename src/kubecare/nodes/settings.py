@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from kubecare.durations import parse_duration
+from kubecare.durations import go_duration_seconds
 from kubecare.errors import KubecareError, NotFound
 from kubecare.kube import JSON, Kube
 
@@ -105,7 +105,11 @@ def resolve_settings(
     """Pure: combine what was found into settings, saying where each came from."""
     cm = controller_manager_flags or {}
     api = apiserver_flags or {}
-    grace = parse_duration(cm.get("node-monitor-grace-period"), "--node-monitor-grace-period")
+    raw_grace = cm.get("node-monitor-grace-period")
+    parsed = (
+        go_duration_seconds(raw_grace) if raw_grace else None
+    )  # a malformed value counts as unset
+    grace = int(parsed) if parsed is not None else None
     grace_setting = (
         Setting(
             "node-monitor-grace-period",
@@ -121,7 +125,7 @@ def resolve_settings(
     )
 
     def toleration(flag: str, key: str) -> Setting:
-        if flag in api:
+        if flag in api and str(api[flag]).isdigit():
             return Setting(flag, int(api[flag]), f"kube-apiserver flag ({apiserver_source})")
         observed = injected_toleration_seconds(pods, key)
         if observed:

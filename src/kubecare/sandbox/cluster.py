@@ -26,7 +26,6 @@ from typing import Any
 import httpx2
 import yaml
 
-from kubecare.durations import parse_duration as parse_duration  # re-exported for callers
 from kubecare.errors import NotFound, SandboxError, UsageError
 from kubecare.files import write_atomic
 from kubecare.kube import JSON, ClientOptions, Kube
