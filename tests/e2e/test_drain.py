@@ -13,7 +13,7 @@ import time
 import pytest
 
 from kubecare.kube import Kube
-from kubecare.sandbox import Sandbox
+from kubecare.sandbox import Sandbox, SandboxOptions
 
 from .conftest import run_cli
 from .scenarios import mixed_node, roles_on
@@ -503,3 +503,68 @@ async def test_parallel_nodes_drain_together_within_the_lock_limit(
         a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
     )  # they overlapped
     assert await pods(kube, namespace) == []
+
+
+async def test_an_apiserver_outage_mid_drain_is_retried_then_reported_and_the_rerun_resumes(
+    sandbox: Sandbox,
+) -> None:
+    import uuid
+
+    from kubecare.kube import ClientOptions
+
+    sb = Sandbox(
+        f"flaky-{uuid.uuid4().hex[:6]}"
+    )  # its own control plane: this test stops the apiserver
+    try:
+        await sb.up(SandboxOptions(workers=2))
+        async with Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as k:
+            await k.request_json(
+                "PATCH",
+                "/api/v1/nodes/worker-2",
+                body={"spec": {"unschedulable": True}},
+                content_type="application/merge-patch+json",
+            )
+            await apply(
+                k,
+                "default",
+                deployment(
+                    "web",
+                    2,
+                    {
+                        "containers": [{"name": "c", "image": "pause"}],
+                        "terminationGracePeriodSeconds": 0,
+                    },
+                ),
+            )
+            await apply(k, "default", pdb("web", {"app": "web"}, max_unavailable=0))
+            await wait_running(k, "default", 2)
+            await wait_for(lambda: _pdb_observed(k, "default", "web"))
+        argv = [
+            sys.executable,
+            "-m",
+            "kubecare.cli.app",
+            "--kubeconfig",
+            str(sb.kubeconfig),
+            "drain",
+            "worker-1",
+        ]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        await asyncio.sleep(4)  # the drain is now waiting on the PDB
+        sb.stop_component("kube-apiserver")
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        assert "retrying pod default/" in err
+        assert 'drain of node "worker-1" stopped: apiserver at https://127.0.0.1:' in err
+        assert "the node stays cordoned; run the same drain again to resume" in err
+        assert "Traceback" not in err
+        await sb.start_component("kube-apiserver")
+        async with Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as k:
+            assert await cordoned(k, "worker-1")
+            await k.request_json(
+                "DELETE", "/apis/policy/v1/namespaces/default/poddisruptionbudgets/web"
+            )
+        res = run_cli("drain", "worker-1", "-o", "json", kubeconfig=sb.kubeconfig, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert {p["outcome"] for p in json.loads(res.stdout)[0]["pods"].values()} == {"evicted"}
+    finally:
+        sb.down()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from kubecare.errors import Conflict, NotFound, OperationFailed
+from kubecare.errors import Conflict, KubecareError, NotFound, OperationFailed
 from kubecare.kube.client import JSON, Kube
 from kubecare.kube.objects import parse_time
 
@@ -205,7 +205,9 @@ class MaintenanceLock:
         if self.lease is None:
             return
         name, self.lease = self.lease, None
-        with contextlib.suppress(NotFound, Conflict):
+        # Best effort: if the apiserver is gone, the lease expires by itself (and the same host and
+        # node take it back at once), so a failed release must not hide the error that got us here.
+        with contextlib.suppress(KubecareError):
             lease = await self.kube.get_json(self._path(name))
             if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 await self.kube.request_json(

@@ -193,15 +193,19 @@ class DeletionTracker:
         async def relist() -> tuple[list[JSON], str]:
             return await self.kube.list_all("/api/v1/pods", params=params)
 
-        async for ev in watch(
-            self.kube, "/api/v1/pods", resource_version=version, params=params, relist=relist
-        ):
-            if ev.type == "RELISTED":
-                self.present = {p["metadata"]["uid"]: p for p in ev.object.get("items", [])}
-            elif ev.type == "DELETED":
-                self.present.pop(ev.object["metadata"]["uid"], None)
-            else:
-                self.present[ev.object["metadata"]["uid"]] = ev.object
+        try:
+            async for ev in watch(
+                self.kube, "/api/v1/pods", resource_version=version, params=params, relist=relist
+            ):
+                if ev.type == "RELISTED":
+                    self.present = {p["metadata"]["uid"]: p for p in ev.object.get("items", [])}
+                elif ev.type == "DELETED":
+                    self.present.pop(ev.object["metadata"]["uid"], None)
+                else:
+                    self.present[ev.object["metadata"]["uid"]] = ev.object
+                async with self._changed:
+                    self._changed.notify_all()
+        finally:  # the watch gave up (apiserver gone too long): wake the waiters so they can fail
             async with self._changed:
                 self._changed.notify_all()
 
@@ -209,9 +213,8 @@ class DeletionTracker:
         pod = self.present.get(uid)
         if pod is None:
             return True
-        if (
-            self.skip_after > 0
-        ):  # kubectl: terminating longer than --skip-wait-for-delete-timeout counts as done
+        if self.skip_after > 0:
+            # kubectl: a pod terminating longer than --skip-wait-for-delete-timeout counts as done
             deleted = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
             if deleted is not None and time.time() - deleted.timestamp() > self.skip_after:
                 return True
@@ -220,6 +223,12 @@ class DeletionTracker:
     async def wait_gone(self, uid: str) -> None:
         async with self._changed:
             while not self._gone(uid):
+                if self._task.done() and not self._task.cancelled():
+                    error = self._task.exception()
+                    raise OperationFailed(
+                        f'lost the watch on pods of node "{self.node}": {error}; '
+                        "the node stays cordoned; run the same drain again to resume"
+                    )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0 if self.skip_after > 0 else None):
                         await self._changed.wait()
