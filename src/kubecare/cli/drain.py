@@ -51,8 +51,8 @@ class ProgressPrinter:
                 self.last_lock = time.monotonic()
                 self._say(e.message)
             return
-        if e.kind == "evicting" and self.quiet:
-            return
+        if self.quiet and e.kind in ("evicting", "evicted", "deleted"):
+            return  # -q: no per-pod lines; waits, warnings, errors and the summary remain
         self._say(e.message)
 
     def _summary(self) -> None:
