@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from kubecare.kube import ClientOptions, Kube
+from kubecare.nodes.cordon import set_unschedulable
 from kubecare.sandbox import Sandbox, SandboxOptions
 
 if TYPE_CHECKING:
@@ -91,12 +92,7 @@ async def make_pool(sandbox: Sandbox, kube: Kube) -> AsyncIterator[Callable[[], 
         for n in names:
             await sandbox.add_node(n, labels={POOL_KEY: pid}, taints=taint)
             made.append(n)
-        await kube.request_json(
-            "PATCH",
-            f"/api/v1/nodes/{names[1]}",
-            body={"spec": {"unschedulable": True}},
-            content_type="application/merge-patch+json",
-        )
+        await set_unschedulable(kube, names[1], True)
         return Pool(pid, names)
 
     try:

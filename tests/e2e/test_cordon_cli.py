@@ -14,12 +14,9 @@ from kubecare.kube import Kube
 from kubecare.sandbox import Sandbox
 
 from .conftest import run_cli
+from .workloads import cordoned
 
 pytestmark = pytest.mark.e2e
-
-
-async def unschedulable(kube: Kube, node: str) -> bool:
-    return bool((await kube.get_json(f"/api/v1/nodes/{node}")).get("spec", {}).get("unschedulable"))
 
 
 async def test_nodes_lists_every_node_with_roles_versions_and_pods(sandbox: Sandbox) -> None:
@@ -42,14 +39,14 @@ async def test_cordon_then_uncordon_is_idempotent(sandbox: Sandbox, kube: Kube) 
     first = run_cli("cordon", "worker-1", kubeconfig=kc)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "node/worker-1 cordoned"
-    assert await unschedulable(kube, "worker-1")
+    assert await cordoned(kube, "worker-1")
     again = run_cli("cordon", "worker-1", kubeconfig=kc)
     assert again.stdout.strip() == "node/worker-1 already cordoned"
     shown = json.loads(run_cli("nodes", "-o", "json", kubeconfig=kc).stdout)
     assert next(r for r in shown if r["name"] == "worker-1")["status"] == "Ready,SchedulingDisabled"
     back = run_cli("uncordon", "worker-1", kubeconfig=kc)
     assert back.stdout.strip() == "node/worker-1 uncordoned"
-    assert not await unschedulable(kube, "worker-1")
+    assert not await cordoned(kube, "worker-1")
     assert (
         run_cli("uncordon", "worker-1", kubeconfig=kc).stdout.strip()
         == "node/worker-1 already uncordoned"
@@ -61,7 +58,7 @@ async def test_dry_run_changes_nothing(sandbox: Sandbox, kube: Kube, mode: str) 
     res = run_cli("cordon", "worker-2", f"--dry-run={mode}", kubeconfig=sandbox.kubeconfig)
     assert res.returncode == 0, res.stderr
     assert "cordoned" in res.stdout and "dry run" in res.stdout
-    assert not await unschedulable(kube, "worker-2")
+    assert not await cordoned(kube, "worker-2")
 
 
 async def test_selector_cordons_every_matching_node(sandbox: Sandbox, kube: Kube) -> None:
@@ -77,8 +74,8 @@ async def test_selector_cordons_every_matching_node(sandbox: Sandbox, kube: Kube
             "worker-3",
         ]
         for n in ("worker-1", "worker-2", "worker-3"):
-            assert await unschedulable(kube, n)
-        assert not await unschedulable(kube, "control-plane")
+            assert await cordoned(kube, n)
+        assert not await cordoned(kube, "control-plane")
     finally:
         assert (
             run_cli(
@@ -86,7 +83,7 @@ async def test_selector_cordons_every_matching_node(sandbox: Sandbox, kube: Kube
             ).returncode
             == 0
         )
-    assert not await unschedulable(kube, "worker-3")
+    assert not await cordoned(kube, "worker-3")
 
 
 async def test_unknown_node_is_named_and_nothing_changes(sandbox: Sandbox, kube: Kube) -> None:
@@ -94,7 +91,7 @@ async def test_unknown_node_is_named_and_nothing_changes(sandbox: Sandbox, kube:
     assert res.returncode == 1
     assert 'node "no-such-node" not found' in res.stderr
     assert "Traceback" not in res.stderr
-    assert not await unschedulable(kube, "worker-1")  # checked up front: nothing was cordoned
+    assert not await cordoned(kube, "worker-1")  # checked up front: nothing was cordoned
 
 
 @pytest.mark.parametrize(
@@ -113,7 +110,7 @@ async def test_usage_errors_exit_2_and_cordon_nothing(
     res = run_cli(*args, kubeconfig=sandbox.kubeconfig)
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert message in res.stderr
-    assert not await unschedulable(kube, "worker-1")
+    assert not await cordoned(kube, "worker-1")
 
 
 async def test_selector_matching_nothing_fails(sandbox: Sandbox) -> None:

@@ -13,19 +13,16 @@ import time
 import pytest
 
 from kubecare.kube import Kube
+from kubecare.nodes.cordon import set_unschedulable
 from kubecare.sandbox import Sandbox, SandboxOptions
 
 from .conftest import run_cli
 from .scenarios import mixed_node, roles_on
-from .workloads import Pool, apply, deployment, pdb, pod, pods, wait_for, wait_running
+from .workloads import Pool, apply, cordoned, deployment, pdb, pod, pods, wait_for, wait_running
 
 pytestmark = pytest.mark.e2e
 
 OVERRIDES = ("--ignore-daemonsets", "--delete-emptydir-data", "--force")
-
-
-async def cordoned(kube: Kube, node: str) -> bool:
-    return bool((await kube.get_json(f"/api/v1/nodes/{node}"))["spec"].get("unschedulable"))
 
 
 def drain(sandbox: Sandbox, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -215,12 +212,7 @@ async def test_availability_never_drops_below_the_pdb(
     )
     await wait_running(kube, namespace, 5)
     await wait_for(lambda: _pdb_observed(kube, namespace, "web"))
-    await kube.request_json(
-        "PATCH",
-        f"/api/v1/nodes/{pool.nodes[1]}",
-        body={"spec": {"unschedulable": None}},
-        content_type="application/merge-patch+json",
-    )
+    await set_unschedulable(kube, pool.nodes[1], False)
     lowest = 5
     stop = asyncio.Event()
 
@@ -259,12 +251,7 @@ async def test_several_nodes_one_after_another(
     sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
 ) -> None:
     await apply(kube, namespace, pod("a1", pool.pod_spec(node=pool.nodes[0])))
-    await kube.request_json(
-        "PATCH",
-        f"/api/v1/nodes/{pool.nodes[1]}",
-        body={"spec": {"unschedulable": None}},
-        content_type="application/merge-patch+json",
-    )
+    await set_unschedulable(kube, pool.nodes[1], False)
     await apply(kube, namespace, pod("b1", pool.pod_spec(node=pool.nodes[1])))
     await wait_running(kube, namespace, 2)
     res = drain(sandbox, "-l", f"kubecare.test/pool={pool.name}", "--force", "-o", "json")
@@ -290,12 +277,7 @@ async def test_two_concurrent_runs_never_drain_two_nodes_at_once(
             ),
         )
         if i == 0:
-            await kube.request_json(
-                "PATCH",
-                f"/api/v1/nodes/{pool.nodes[1]}",
-                body={"spec": {"unschedulable": None}},
-                content_type="application/merge-patch+json",
-            )
+            await set_unschedulable(kube, pool.nodes[1], False)
     await wait_running(kube, namespace, 2)
     argv = [
         sys.executable,
@@ -363,12 +345,7 @@ async def test_kill_9_mid_drain_leaves_the_node_cordoned_and_a_rerun_finishes(
     )
     await wait_running(kube, namespace, 6)
     await wait_for(lambda: _pdb_observed(kube, namespace, "web"))
-    await kube.request_json(
-        "PATCH",
-        f"/api/v1/nodes/{pool.nodes[1]}",
-        body={"spec": {"unschedulable": None}},
-        content_type="application/merge-patch+json",
-    )
+    await set_unschedulable(kube, pool.nodes[1], False)
     argv = [
         sys.executable,
         "-m",
@@ -434,12 +411,7 @@ async def test_ctrl_c_says_what_was_done_and_leaves_the_node_cordoned(
     )
     await wait_running(kube, namespace, 4)
     await wait_for(lambda: _pdb_observed(kube, namespace, "web"))
-    await kube.request_json(
-        "PATCH",
-        f"/api/v1/nodes/{pool.nodes[1]}",
-        body={"spec": {"unschedulable": None}},
-        content_type="application/merge-patch+json",
-    )
+    await set_unschedulable(kube, pool.nodes[1], False)
     argv = [
         sys.executable,
         "-m",
@@ -469,12 +441,7 @@ async def test_ctrl_c_says_what_was_done_and_leaves_the_node_cordoned(
 async def test_parallel_nodes_drain_together_within_the_lock_limit(
     sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
 ) -> None:
-    await kube.request_json(
-        "PATCH",
-        f"/api/v1/nodes/{pool.nodes[1]}",
-        body={"spec": {"unschedulable": None}},
-        content_type="application/merge-patch+json",
-    )
+    await set_unschedulable(kube, pool.nodes[1], False)
     for i, node in enumerate(pool.nodes):
         await apply(
             kube,
@@ -518,12 +485,7 @@ async def test_an_apiserver_outage_mid_drain_is_retried_then_reported_and_the_re
     try:
         await sb.up(SandboxOptions(workers=2))
         async with Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as k:
-            await k.request_json(
-                "PATCH",
-                "/api/v1/nodes/worker-2",
-                body={"spec": {"unschedulable": True}},
-                content_type="application/merge-patch+json",
-            )
+            await set_unschedulable(k, "worker-2", True)
             await apply(
                 k,
                 "default",

@@ -13,11 +13,12 @@ import asyncssh
 import pytest
 
 from kubecare.kube import Kube
+from kubecare.nodes.cordon import set_unschedulable
 from kubecare.sandbox import Sandbox
 
 from .conftest import run_cli
 from .scenarios import roles_on
-from .workloads import Pool, apply, deployment, wait_running
+from .workloads import Pool, apply, cordoned, deployment, wait_running
 
 pytestmark = pytest.mark.e2e
 
@@ -37,10 +38,6 @@ def outage_command(sandbox: Sandbox, *, reboot: bool = True, come_back: bool = T
     return ["sh", "-c", f"{down} && {up}" if come_back else down]
 
 
-async def cordoned(kube: Kube, node: str) -> bool:
-    return bool((await kube.get_json(f"/api/v1/nodes/{node}"))["spec"].get("unschedulable"))
-
-
 async def boot_id(kube: Kube, node: str) -> str:
     return str(
         (await kube.get_json(f"/api/v1/nodes/{node}"))["status"]["nodeInfo"].get("bootID", "")
@@ -50,12 +47,7 @@ async def boot_id(kube: Kube, node: str) -> str:
 async def start_web(kube: Kube, namespace: str, pool: Pool) -> None:
     await apply(kube, namespace, deployment("web", 3, pool.pod_spec()))
     await wait_running(kube, namespace, 3)
-    await kube.request_json(
-        "PATCH",
-        f"/api/v1/nodes/{pool.nodes[1]}",
-        body={"spec": {"unschedulable": None}},
-        content_type="application/merge-patch+json",
-    )
+    await set_unschedulable(kube, pool.nodes[1], False)
 
 
 async def test_maintain_drains_reboots_waits_and_uncordons(

@@ -16,6 +16,7 @@ import pytest
 
 from kubecare.kube import Kube
 from kubecare.kube.objects import parse_time
+from kubecare.nodes.cordon import set_unschedulable
 from kubecare.nodes.outage import Fate, outage_report
 from kubecare.nodes.settings import UNREACHABLE_TAINT
 from kubecare.nodes.snapshot import take_snapshot
@@ -25,6 +26,7 @@ from .conftest import EVICTION_SECONDS, GRACE_SECONDS, run_cli
 from .workloads import (
     Pool,
     apply,
+    cordoned,
     daemonset,
     deployment,
     pdb,
@@ -65,12 +67,7 @@ async def outage_scenario(kube: Kube, ns: str, pool: Pool) -> None:
     await wait_running(
         kube, ns, 9
     )  # web x2, db, agent x2 (one per pool node), lonely, fast, patient, forever
-    await kube.request_json(
-        "PATCH",
-        f"/api/v1/nodes/{pool.nodes[1]}",
-        body={"spec": {"unschedulable": None}},
-        content_type="application/merge-patch+json",
-    )
+    await set_unschedulable(kube, pool.nodes[1], False)
 
 
 def role(p: dict[str, object]) -> str:
@@ -237,9 +234,7 @@ async def test_risk_shows_the_blast_radius_of_a_node(
     assert order[0] == pool.nodes[0]  # the biggest blast radius comes first
     text = run_cli("risk", "--all", kubeconfig=sandbox.kubeconfig)
     assert "RANK" in text.stdout and f"node/{pool.nodes[0]} — if it went down now" in text.stdout
-    assert not (await kube.get_json(f"/api/v1/nodes/{pool.nodes[0]}"))["spec"].get(
-        "unschedulable"
-    )  # what-if only
+    assert not await cordoned(kube, pool.nodes[0])  # what-if only: nothing changed
 
 
 async def test_odd_nodes_and_tolerations_are_shown_not_tracebacks(

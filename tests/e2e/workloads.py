@@ -160,6 +160,13 @@ async def pods(kube: Kube, namespace: str, selector: str | None = None) -> list[
     return [p async for p in kube.list_items(f"/api/v1/namespaces/{namespace}/pods", params=params)]
 
 
+async def cordoned(kube: Kube, node: str) -> bool:
+    """Whether ``node`` is marked unschedulable, read from the API."""
+    return bool(
+        ((await kube.get_json(f"/api/v1/nodes/{node}")).get("spec") or {}).get("unschedulable")
+    )
+
+
 def is_ready(p: JSON) -> bool:
     return is_pod_ready(p)
 

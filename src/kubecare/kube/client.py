@@ -120,6 +120,33 @@ class Kube:
         """The server's ``/version`` (gitVersion, major, minor, ...)."""
         return await self.get_json("/version", what="apiserver /version")
 
+    async def _pages(
+        self, path: str, params: dict[str, Any] | None, chunk_size: int, what: str | None
+    ) -> AsyncIterator[tuple[JSON, bool]]:
+        """Pages of a list, ``chunk_size`` items per request, each with a flag that is True when
+        the list started over (its continue token expired: 410 Gone), so callers can reset."""
+        token: str | None = None
+        restarts = 0
+        fresh = False
+        while True:
+            query = dict(params or {})
+            if chunk_size > 0:
+                query["limit"] = chunk_size
+            if token:
+                query["continue"] = token
+            try:
+                page = await self.get_json(path, params=query, what=what or path)
+            except Conflict as e:
+                if e.status != 410 or not token or restarts >= 3:
+                    raise
+                restarts, token, fresh = restarts + 1, None, True
+                continue
+            yield page, fresh
+            fresh = False
+            token = (page.get("metadata") or {}).get("continue") or None
+            if not token:
+                return
+
     async def list_all(
         self,
         path: str,
@@ -133,27 +160,13 @@ class Kube:
         Pages of one list share the first page's snapshot, so its resourceVersion covers them all.
         """
         items: list[JSON] = []
-        token: str | None = None
         version = ""
-        while True:
-            query = dict(params or {})
-            if chunk_size > 0:
-                query["limit"] = chunk_size
-            if token:
-                query["continue"] = token
-            try:
-                page = await self.get_json(path, params=query, what=what or path)
-            except Conflict as e:
-                if e.status != 410 or not token:
-                    raise
-                items, token, version = [], None, ""  # continue token expired: list again
-                continue
-            meta = page.get("metadata") or {}
-            version = version or meta.get("resourceVersion", "")
+        async for page, fresh in self._pages(path, params, chunk_size, what):
+            if fresh:
+                items, version = [], ""
+            version = version or (page.get("metadata") or {}).get("resourceVersion", "")
             items.extend(page.get("items") or [])
-            token = meta.get("continue") or None
-            if not token:
-                return items, version
+        return items, version
 
     async def list_items(
         self,
@@ -163,27 +176,13 @@ class Kube:
         chunk_size: int = 500,
         what: str | None = None,
     ) -> AsyncIterator[JSON]:
-        """Yield every item of a list, ``chunk_size`` per request.
+        """Yield every item of a list as pages arrive (memory stays flat).
 
-        If the continue token expires mid-list (410 Gone), the list restarts from the beginning and
-        items already yielded (by UID) are skipped, so callers see each object once.
+        If the list starts over mid-way (410 Gone), items already yielded are skipped by UID, so
+        callers see each object once.
         """
         seen: set[str] = set()
-        token: str | None = None
-        restarted = False
-        while True:
-            query = dict(params or {})
-            if chunk_size > 0:
-                query["limit"] = chunk_size
-            if token:
-                query["continue"] = token
-            try:
-                page = await self.get_json(path, params=query, what=what or path)
-            except Conflict as e:
-                if e.status != 410 or restarted:
-                    raise
-                restarted, token = True, None
-                continue
+        async for page, _ in self._pages(path, params, chunk_size, what):
             for item in page.get("items") or []:
                 uid = (item.get("metadata") or {}).get("uid")
                 if uid:
@@ -191,6 +190,3 @@ class Kube:
                         continue
                     seen.add(uid)
                 yield item
-            token = (page.get("metadata") or {}).get("continue") or None
-            if not token:
-                return
