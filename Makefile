@@ -48,8 +48,11 @@ lint: venv
 	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
+## bench: every benchmark (kubecare vs kubectl on the same sandbox); results in docs/benchmarks.md
 bench: setup
-	$(BIN)/python bench/sandbox_bench.py
+	$(BIN)/python bench/sandbox_bench.py --runs 5
+	$(BIN)/python bench/drain_bench.py --runs 3
+	$(BIN)/python bench/outage_bench.py --runs 7
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
