@@ -225,3 +225,29 @@ async def test_an_unknown_host_key_is_refused(
     assert res.returncode == 1
     assert f"ssh to root@127.0.0.1:{port} failed" in res.stderr
     assert await cordoned(kube, pool.nodes[0])  # the work never ran: the node stays out of service
+
+
+async def test_maintain_holds_the_lock_until_the_node_is_back(
+    sandbox: Sandbox, kube: Kube, pool: Pool
+) -> None:
+    import subprocess
+
+    first, second = pool.nodes
+    await set_unschedulable(kube, second, False)
+    argv = [sys.executable, "-m", "kubecare.cli.app", "--kubeconfig", str(sandbox.kubeconfig)]
+    work = subprocess.Popen(
+        [*argv, "maintain", first, "--", "sleep", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    await asyncio.sleep(2)  # the drain is done; the "work" is running
+    res = await asyncio.to_thread(
+        run_cli, "drain", second, kubeconfig=sandbox.kubeconfig, timeout=60
+    )
+    _, err = work.communicate(timeout=60)
+    assert work.returncode == 0, err
+    assert res.returncode == 0, res.stderr
+    assert "waiting for the maintenance lock, held by " in res.stderr and f"/{first}" in res.stderr
+    assert not await cordoned(kube, first)
+    await set_unschedulable(kube, second, False)

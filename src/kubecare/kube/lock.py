@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kubecare.errors import Conflict, KubecareError, NotFound, OperationFailed
+from kubecare.events import Event, EventSink
 from kubecare.kube.client import JSON, Kube
 from kubecare.kube.objects import parse_time
 
@@ -217,3 +218,30 @@ class MaintenanceLock:
                         "preconditions": {"resourceVersion": lease["metadata"]["resourceVersion"]}
                     },
                 )
+
+
+@contextlib.asynccontextmanager
+async def maintenance_lock(
+    kube: Kube, node: str, *, namespace: str, slots: int, ttl: int, on_event: EventSink
+) -> AsyncIterator[MaintenanceLock]:
+    """Hold a maintenance slot for ``node`` for the duration of the block (waits, reporting who
+    holds the slots, while none is free)."""
+    lock = MaintenanceLock(kube, node, namespace=namespace, slots=slots, ttl=ttl)
+
+    def waiting(holders: list[LockHolder]) -> None:
+        who = ", ".join(f"{h.identity} for {h.age_seconds:.0f}s" for h in holders) or "another run"
+        on_event(
+            Event(
+                "lock-wait",
+                f"waiting for the maintenance lock, held by {who}",
+                node=node,
+                data={"holders": [h.identity for h in holders]},
+            )
+        )
+
+    await lock.acquire(on_wait=waiting)
+    on_event(Event("lock", f"maintenance lock {namespace}/{lock.lease} acquired", node=node))
+    try:
+        yield lock
+    finally:
+        await lock.release()

@@ -31,7 +31,7 @@ from kubecare.errors import (
 )
 from kubecare.events import Event, EventSink, ignore
 from kubecare.kube import JSON, Kube
-from kubecare.kube.lock import LockHolder, MaintenanceLock
+from kubecare.kube.lock import maintenance_lock
 from kubecare.kube.objects import parse_time, ref
 from kubecare.kube.watch import watch
 from kubecare.nodes.cordon import DryRun, set_unschedulable
@@ -268,22 +268,23 @@ class NodeDrain:
     async def run(self) -> NodeReport:
         started = time.monotonic()
         opts = self.opts
-        lock = None
-        if opts.lock and opts.dry_run is DryRun.NONE:
-            lock = MaintenanceLock(
-                self.kube,
-                self.node,
-                namespace=opts.lock_namespace,
-                slots=opts.max_concurrent_drains,
-                ttl=opts.lock_ttl,
-            )
         try:
-            if lock:
-                await lock.acquire(on_wait=self._lock_wait)
-                self.report.lock_wait_seconds = time.monotonic() - started
-                self._event("lock", f"maintenance lock {opts.lock_namespace}/{lock.lease} acquired")
-            self.report.started_at = time.time()
-            await self._drain()
+            async with contextlib.AsyncExitStack() as stack:
+                if opts.lock and opts.dry_run is DryRun.NONE:
+                    await stack.enter_async_context(
+                        maintenance_lock(
+                            self.kube,
+                            self.node,
+                            namespace=opts.lock_namespace,
+                            slots=opts.max_concurrent_drains,
+                            ttl=opts.lock_ttl,
+                            on_event=self.emit,
+                        )
+                    )
+                    self.report.lock_wait_seconds = time.monotonic() - started
+                self.report.started_at = time.time()
+                await self._drain()
+                self.report.finished_at = time.time()  # before the lock is given back
         except asyncio.CancelledError:
             self.report.status = "interrupted"
             raise
@@ -295,19 +296,9 @@ class NodeDrain:
             raise
         finally:
             self.report.seconds = time.monotonic() - started
-            self.report.finished_at = time.time()
+            self.report.finished_at = self.report.finished_at or time.time()
             await self.pdbs.stop()
-            if lock:
-                await lock.release()
         return self.report
-
-    def _lock_wait(self, holders: list[LockHolder]) -> None:
-        who = ", ".join(f"{h.identity} for {h.age_seconds:.0f}s" for h in holders) or "another run"
-        self._event(
-            "lock-wait",
-            f"waiting for the maintenance lock, held by {who}",
-            holders=[h.identity for h in holders],
-        )
 
     async def _drain(self) -> None:
         opts, node = self.opts, self.node

@@ -7,15 +7,17 @@ says exactly that: a half-maintained node must not receive pods.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubecare.errors import OperationFailed, UsageError
 from kubecare.events import Event, EventSink, ignore
 from kubecare.kube import JSON, Kube
+from kubecare.kube.lock import maintenance_lock
 from kubecare.nodes.cordon import DryRun, set_unschedulable
 from kubecare.nodes.drain import DrainOptions, NodeReport, drain_nodes
 from kubecare.nodes.inventory import ready_status
@@ -144,6 +146,33 @@ async def maintain(
             "maintain does not support --dry-run; use kubecare drain NODE --plan to preview"
         )
     report = report or MaintainReport(node)
+    async with contextlib.AsyncExitStack() as stack:
+        # The whole flow holds the maintenance lock, not just the drain: the node is out of
+        # service until it is uncordoned.
+        if drain_opts.lock:
+            await stack.enter_async_context(
+                maintenance_lock(
+                    kube,
+                    node,
+                    namespace=drain_opts.lock_namespace,
+                    slots=drain_opts.max_concurrent_drains,
+                    ttl=drain_opts.lock_ttl,
+                    on_event=on_event,
+                )
+            )
+        return await _maintain_locked(
+            kube, node, opts, replace(drain_opts, lock=False), on_event, report
+        )
+
+
+async def _maintain_locked(
+    kube: Kube,
+    node: str,
+    opts: MaintainOptions,
+    drain_opts: DrainOptions,
+    on_event: EventSink,
+    report: MaintainReport,
+) -> MaintainReport:
     t0 = time.monotonic()
     before = await kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
     report.boot_id_before = boot_id(before)
