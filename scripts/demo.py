@@ -134,8 +134,9 @@ def main() -> None:
     sh(KUBECARE, "drain", node, "--ignore-daemonsets")
     sh(KUBECARE, "uncordon", node)
 
+    busy = _busiest_worker(kubectl)
     step(
-        "9. OS maintenance of a node: drain -> the work (here: the node goes down and reboots) -> Ready -> uncordon"
+        f"9. OS maintenance of {busy}: drain -> the work (here: the node goes down and reboots) -> Ready -> uncordon"
     )
     work = (
         f"{KUBECARE} sandbox node-down $NODE --name {NAME} --wait && "
@@ -144,7 +145,7 @@ def main() -> None:
     sh(
         KUBECARE,
         "maintain",
-        "worker-2",
+        busy,
         "--ignore-daemonsets",
         "--expect-reboot",
         "--ready-timeout",
