@@ -29,7 +29,7 @@ from kubecare.nodes.snapshot import take_snapshot
 
 app = typer.Typer(
     name="kubecare",
-    help="Kubernetes maintenance: cordon, drain, outages, upgrades, backups, and a local sandbox.",
+    help="Kubernetes node maintenance: cordon, drain, maintain, node outages and risks, and a local sandbox.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
