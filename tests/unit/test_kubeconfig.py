@@ -86,3 +86,18 @@ def test_bad_kubeconfigs_say_what_is_wrong(
 def test_missing_kubeconfig_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(ClientOptions(kubeconfig=str(tmp_path / "nope")))
+
+
+def test_in_cluster_without_service_env_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("t")
+    (sa / "namespace").write_text("ns")
+    monkeypatch.setenv("KUBECARE_SERVICE_ACCOUNT_DIR", str(sa))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr("kubecare.kube.config.DEFAULT_KUBECONFIG", tmp_path / "none")
+    with pytest.raises(ConfigError, match=r"needs \$KUBERNETES_SERVICE_HOST"):
+        load_config(ClientOptions())

@@ -23,6 +23,13 @@ from kubecare.errors import ConfigError
 DEFAULT_KUBECONFIG = Path.home() / ".kube" / "config"
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
+
+def service_account_dir() -> Path:
+    """Where a pod's service-account token is mounted ($KUBECARE_SERVICE_ACCOUNT_DIR overrides it,
+    e.g. for a token mounted elsewhere)."""
+    return Path(os.environ.get("KUBECARE_SERVICE_ACCOUNT_DIR") or SERVICE_ACCOUNT_DIR)
+
+
 # Keys whose values are file paths, per section; kubectl resolves them relative to the file.
 _PATH_KEYS = {
     "cluster": ("certificate-authority",),
@@ -106,11 +113,16 @@ def load_config(options: ClientOptions) -> SingleConfig:
     """Build the connection config for ``options``, or raise :class:`ConfigError` naming the fix."""
     paths = kubeconfig_paths(options.kubeconfig)
     if not paths:
-        if (SERVICE_ACCOUNT_DIR / "token").exists():
+        sa_dir = service_account_dir()
+        if (sa_dir / "token").exists():
             try:
-                in_cluster = KubeConfig.from_service_account().get()
+                in_cluster = KubeConfig.from_service_account(service_account=sa_dir).get()
             except LightkubeConfigError as e:
                 raise ConfigError(f"in-cluster service account config is unusable: {e}") from None
+            except KeyError as e:
+                raise ConfigError(
+                    f"in-cluster config needs ${e.args[0]} (set in every pod); outside a pod pass --kubeconfig"
+                ) from None
             if in_cluster is None:
                 raise ConfigError("in-cluster service account config has no context")
             return _with_namespace(in_cluster, options.namespace)
