@@ -64,15 +64,24 @@ async def kube(sandbox: Sandbox) -> AsyncIterator[Kube]:
         yield k
 
 
+def cli_argv(*args: str, kubeconfig: Path | None = None) -> list[str]:
+    """The command line of the real `kubecare` entry point (for run_cli, or a Popen)."""
+    argv = [sys.executable, "-m", "kubecare.cli.app"]
+    if kubeconfig is not None:
+        argv += ["--kubeconfig", str(kubeconfig)]
+    return [*argv, *args]
+
+
 def run_cli(
     *args: str, kubeconfig: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run the real `kubecare` entry point in a subprocess."""
-    argv = [sys.executable, "-m", "kubecare.cli.app"]
-    if kubeconfig is not None:
-        argv += ["--kubeconfig", str(kubeconfig)]
     return subprocess.run(
-        [*argv, *args], capture_output=True, text=True, timeout=timeout, check=False
+        cli_argv(*args, kubeconfig=kubeconfig),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

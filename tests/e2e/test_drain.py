@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -16,7 +15,7 @@ from kubecare.kube import Kube
 from kubecare.nodes.cordon import set_unschedulable
 from kubecare.sandbox import Sandbox, SandboxOptions
 
-from .conftest import run_cli
+from .conftest import cli_argv, run_cli
 from .scenarios import mixed_node, roles_on
 from .workloads import Pool, apply, cordoned, deployment, pdb, pod, pods, wait_for, wait_running
 
@@ -27,6 +26,23 @@ OVERRIDES = ("--ignore-daemonsets", "--delete-emptydir-data", "--force")
 
 def drain(sandbox: Sandbox, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return run_cli("drain", *args, kubeconfig=sandbox.kubeconfig, timeout=timeout)
+
+
+async def web_under_pdb(
+    kube: Kube, ns: str, pool: Pool, *, replicas: int, ready_delay: str
+) -> None:
+    """A Deployment "web" on the pool's first node under a PDB allowing one disruption, whose
+    replacements become Ready after ``ready_delay``; the second node is opened for them."""
+    slow = {"pod-ready.stage.kwok.x-k8s.io/delay": ready_delay}
+    await apply(
+        kube,
+        ns,
+        deployment("web", replicas, pool.pod_spec(), annotations=slow),
+        pdb("web", {"app": "web"}, max_unavailable=1),
+    )
+    await wait_running(kube, ns, replicas)
+    await wait_for(lambda: _pdb_observed(kube, ns, "web"))
+    await set_unschedulable(kube, pool.nodes[1], False)
 
 
 async def test_blocking_pods_are_listed_by_reason_and_nothing_is_evicted(
@@ -203,16 +219,7 @@ async def test_terminating_pods_are_skipped_after_the_skip_wait_timeout(
 async def test_availability_never_drops_below_the_pdb(
     sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
 ) -> None:
-    slow = {"pod-ready.stage.kwok.x-k8s.io/delay": "1s"}
-    await apply(
-        kube,
-        namespace,
-        deployment("web", 5, pool.pod_spec(), annotations=slow),
-        pdb("web", {"app": "web"}, max_unavailable=1),
-    )
-    await wait_running(kube, namespace, 5)
-    await wait_for(lambda: _pdb_observed(kube, namespace, "web"))
-    await set_unschedulable(kube, pool.nodes[1], False)
+    await web_under_pdb(kube, namespace, pool, replicas=5, ready_delay="1s")
     lowest = 5
     stop = asyncio.Event()
 
@@ -279,17 +286,7 @@ async def test_two_concurrent_runs_never_drain_two_nodes_at_once(
         if i == 0:
             await set_unschedulable(kube, pool.nodes[1], False)
     await wait_running(kube, namespace, 2)
-    argv = [
-        sys.executable,
-        "-m",
-        "kubecare.cli.app",
-        "--kubeconfig",
-        str(sandbox.kubeconfig),
-        "drain",
-        "--force",
-        "-o",
-        "json",
-    ]
+    argv = cli_argv("drain", "--force", "-o", "json", kubeconfig=sandbox.kubeconfig)
     procs = [
         subprocess.Popen([*argv, n], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for n in pool.nodes
@@ -336,25 +333,8 @@ async def test_a_stale_lock_expires(
 async def test_kill_9_mid_drain_leaves_the_node_cordoned_and_a_rerun_finishes(
     sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
 ) -> None:
-    slow = {"pod-ready.stage.kwok.x-k8s.io/delay": "1s"}
-    await apply(
-        kube,
-        namespace,
-        deployment("web", 6, pool.pod_spec(), annotations=slow),
-        pdb("web", {"app": "web"}, max_unavailable=1),
-    )
-    await wait_running(kube, namespace, 6)
-    await wait_for(lambda: _pdb_observed(kube, namespace, "web"))
-    await set_unschedulable(kube, pool.nodes[1], False)
-    argv = [
-        sys.executable,
-        "-m",
-        "kubecare.cli.app",
-        "--kubeconfig",
-        str(sandbox.kubeconfig),
-        "drain",
-        pool.nodes[0],
-    ]
+    await web_under_pdb(kube, namespace, pool, replicas=6, ready_delay="1s")
+    argv = cli_argv("drain", pool.nodes[0], kubeconfig=sandbox.kubeconfig)
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -402,25 +382,8 @@ async def test_bad_input_exits_clearly_and_cordons_nothing(
 async def test_ctrl_c_says_what_was_done_and_leaves_the_node_cordoned(
     sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
 ) -> None:
-    slow = {"pod-ready.stage.kwok.x-k8s.io/delay": "2s"}
-    await apply(
-        kube,
-        namespace,
-        deployment("web", 4, pool.pod_spec(), annotations=slow),
-        pdb("web", {"app": "web"}, max_unavailable=1),
-    )
-    await wait_running(kube, namespace, 4)
-    await wait_for(lambda: _pdb_observed(kube, namespace, "web"))
-    await set_unschedulable(kube, pool.nodes[1], False)
-    argv = [
-        sys.executable,
-        "-m",
-        "kubecare.cli.app",
-        "--kubeconfig",
-        str(sandbox.kubeconfig),
-        "drain",
-        pool.nodes[0],
-    ]
+    await web_under_pdb(kube, namespace, pool, replicas=4, ready_delay="2s")
+    argv = cli_argv("drain", pool.nodes[0], kubeconfig=sandbox.kubeconfig)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     async def some_moved() -> bool:
@@ -501,15 +464,7 @@ async def test_an_apiserver_outage_mid_drain_is_retried_then_reported_and_the_re
             await apply(k, "default", pdb("web", {"app": "web"}, max_unavailable=0))
             await wait_running(k, "default", 2)
             await wait_for(lambda: _pdb_observed(k, "default", "web"))
-        argv = [
-            sys.executable,
-            "-m",
-            "kubecare.cli.app",
-            "--kubeconfig",
-            str(sb.kubeconfig),
-            "drain",
-            "worker-1",
-        ]
+        argv = cli_argv("drain", "worker-1", kubeconfig=sb.kubeconfig)
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         await asyncio.sleep(4)  # the drain is now waiting on the PDB
         sb.stop_component("kube-apiserver")

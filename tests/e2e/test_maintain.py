@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
-import sys
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from kubecare.kube import Kube
 from kubecare.nodes.cordon import set_unschedulable
 from kubecare.sandbox import Sandbox
 
-from .conftest import run_cli
+from .conftest import cli_argv, run_cli
 from .scenarios import roles_on
 from .workloads import Pool, apply, cordoned, deployment, wait_running
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 
 def kubecare_sh(sandbox: Sandbox, *args: str) -> str:
-    return shlex.join([sys.executable, "-m", "kubecare.cli.app", *args, "--name", sandbox.name])
+    return shlex.join(cli_argv(*args, "--name", sandbox.name))
 
 
 def outage_command(sandbox: Sandbox, *, reboot: bool = True, come_back: bool = True) -> list[str]:
@@ -174,27 +174,34 @@ async def ssh_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path, Path]]:
         await server.wait_closed()
 
 
-async def test_maintain_runs_the_command_on_the_node_over_ssh(
-    sandbox: Sandbox, kube: Kube, pool: Pool, ssh_server: tuple[int, Path, Path], tmp_path: Path
-) -> None:
-    port, key, known = ssh_server
-    marker = tmp_path / "ran-on"
-    res = await asyncio.to_thread(
+async def maintain_over_ssh(
+    sandbox: Sandbox, node: str, port: int, key: Path, known_hosts: Path, *command: str
+) -> subprocess.CompletedProcess[str]:
+    # In a thread: the SSH server answers from this test's event loop.
+    return await asyncio.to_thread(
         run_cli,
         "maintain",
-        pool.nodes[0],
+        node,
         "--ssh",
         f"root@127.0.0.1:{port}",
         "--ssh-key",
         str(key),
         "--known-hosts",
-        str(known),
+        str(known_hosts),
         "--",
-        "sh",
-        "-c",
-        f'echo "$NODE" > {marker}',
+        *command,
         kubeconfig=sandbox.kubeconfig,
         timeout=120,
+    )
+
+
+async def test_maintain_runs_the_command_on_the_node_over_ssh(
+    sandbox: Sandbox, kube: Kube, pool: Pool, ssh_server: tuple[int, Path, Path], tmp_path: Path
+) -> None:
+    port, key, known = ssh_server
+    marker = tmp_path / "ran-on"
+    res = await maintain_over_ssh(
+        sandbox, pool.nodes[0], port, key, known, "sh", "-c", f'echo "$NODE" > {marker}'
     )
     assert res.returncode == 0, res.stderr
     assert marker.read_text().strip() == pool.nodes[0]
@@ -207,21 +214,7 @@ async def test_an_unknown_host_key_is_refused(
     port, key, _ = ssh_server
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    res = await asyncio.to_thread(
-        run_cli,
-        "maintain",
-        pool.nodes[0],
-        "--ssh",
-        f"root@127.0.0.1:{port}",
-        "--ssh-key",
-        str(key),
-        "--known-hosts",
-        str(empty),
-        "--",
-        "true",
-        kubeconfig=sandbox.kubeconfig,
-        timeout=120,
-    )
+    res = await maintain_over_ssh(sandbox, pool.nodes[0], port, key, empty, "true")
     assert res.returncode == 1
     assert f"ssh to root@127.0.0.1:{port} failed" in res.stderr
     assert await cordoned(kube, pool.nodes[0])  # the work never ran: the node stays out of service
@@ -230,13 +223,11 @@ async def test_an_unknown_host_key_is_refused(
 async def test_maintain_holds_the_lock_until_the_node_is_back(
     sandbox: Sandbox, kube: Kube, pool: Pool
 ) -> None:
-    import subprocess
 
     first, second = pool.nodes
     await set_unschedulable(kube, second, False)
-    argv = [sys.executable, "-m", "kubecare.cli.app", "--kubeconfig", str(sandbox.kubeconfig)]
     work = subprocess.Popen(
-        [*argv, "maintain", first, "--", "sleep", "4"],
+        cli_argv("maintain", first, "--", "sleep", "4", kubeconfig=sandbox.kubeconfig),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
