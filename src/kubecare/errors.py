@@ -18,6 +18,7 @@ object and says what to do. The CLI prints ``error: <message>`` and exits 1 (2 f
      │    ├── Invalid               422 / 400: the server rejected the object
      │    └── ServerError           5xx
      ├── Unreachable                the apiserver could not be reached (connect/read timeout, refused)
+     ├── TlsError                   the TLS handshake failed (certificate not valid for the address, unknown CA)
      ├── OperationFailed            an operation ran but did not reach its goal
      └── SandboxError               the local control plane could not be built, started or stopped
           └── BuildError            a ``go build`` step failed
@@ -94,6 +95,11 @@ class ServerError(ApiError):
 
 class Unreachable(KubecareError):
     """Raised when the apiserver cannot be reached within the connect timeout."""
+
+
+class TlsError(KubecareError):
+    """Raised when the TLS handshake with the apiserver fails: its certificate does not match the
+    address or is signed by an unknown authority, or our client certificate was refused."""
 
 
 class OperationFailed(KubecareError):

@@ -101,7 +101,7 @@ async def test_unknown_node_is_named_and_nothing_changes(sandbox: Sandbox, kube:
         (["cordon"], "name at least one node"),
         (["cordon", "-l", "a=b;c"], "invalid label selector"),
         (["cordon", "worker-1", "--dry-run=maybe"], "maybe"),
-        (["cordon", "--frobnicate"], "No such option"),
+        (["cordon", "--frobnicate"], "unknown flag: --frobnicate; see 'kubecare cordon --help'"),
     ],
 )
 async def test_usage_errors_exit_2_and_cordon_nothing(

@@ -79,7 +79,7 @@ async def test_overrides_evict_everything_but_daemonset_and_mirror_pods(
     res = drain(sandbox, pool.nodes[0], *OVERRIDES, "-o", "json")
     assert res.returncode == 0, res.stderr
     [report] = json.loads(res.stdout)
-    outcomes = {before[k]: v["outcome"] for k, v in report["pods"].items()}
+    outcomes = {before[k]: v["state"] for k, v in report["pods"].items()}
     assert outcomes == {
         "web": "evicted",
         "db": "evicted",
@@ -184,7 +184,7 @@ async def test_disable_eviction_deletes_past_a_pdb_because_the_user_asked(
     assert await roles_on(kube, namespace, pool.nodes[0]) == ["web", "web"]  # the PDB held
     res = drain(sandbox, pool.nodes[0], "--disable-eviction", "-o", "json")
     assert res.returncode == 0, res.stderr
-    assert {p["outcome"] for p in json.loads(res.stdout)[0]["pods"].values()} == {"deleted"}
+    assert {p["state"] for p in json.loads(res.stdout)[0]["pods"].values()} == {"deleted"}
     assert await roles_on(kube, namespace, pool.nodes[0]) == []
 
 
@@ -206,7 +206,7 @@ async def test_terminating_pods_are_skipped_after_the_skip_wait_timeout(
             sandbox, pool.nodes[0], "--force", "--skip-wait-for-delete-timeout", "1", "-o", "json"
         )
         assert skipped.returncode == 0, skipped.stderr
-        assert [p["outcome"] for p in json.loads(skipped.stdout)[0]["pods"].values()] == ["skipped"]
+        assert [p["state"] for p in json.loads(skipped.stdout)[0]["pods"].values()] == ["skipped"]
     finally:
         await kube.request_json(
             "PATCH",
@@ -363,10 +363,10 @@ async def test_kill_9_mid_drain_leaves_the_node_cordoned_and_a_rerun_finishes(
         (["worker-1", "-l", "a=b"], 2, "not both"),
         (["-l", "a=b;c"], 2, "invalid label selector"),
         (["worker-1", "--grace-period", "-5"], 2, "--grace-period must be -1"),
-        (["worker-1", "--timeout", "-1s"], 2, "must not be negative"),
+        (["worker-1", "--timeout=-1s"], 2, "must not be negative"),
         (["worker-1", "--chunk-size", "-1"], 2, "--chunk-size must not be negative"),
         (["worker-1", "--concurrency", "0"], 2, "at least 1"),
-        (["worker-1", "--bogus"], 2, "No such option"),
+        (["worker-1", "--bogus"], 2, "unknown flag: --bogus"),
     ],
 )
 async def test_bad_input_exits_clearly_and_cordons_nothing(
@@ -482,6 +482,6 @@ async def test_an_apiserver_outage_mid_drain_is_retried_then_reported_and_the_re
             )
         res = run_cli("drain", "worker-1", "-o", "json", kubeconfig=sb.kubeconfig, timeout=120)
         assert res.returncode == 0, res.stderr
-        assert {p["outcome"] for p in json.loads(res.stdout)[0]["pods"].values()} == {"evicted"}
+        assert {p["state"] for p in json.loads(res.stdout)[0]["pods"].values()} == {"evicted"}
     finally:
         sb.down()

@@ -99,7 +99,7 @@ async def test_kubecare_drains_exactly_like_kubectl(
         roles2[k]
         for r in (json.loads(ours.stdout) if ours.stdout.strip() else [])
         for k, p in r["pods"].items()
-        if p["outcome"] == "evicted"
+        if p["state"] == "evicted"
     )
     our_staying = await roles_on(kube, ns2, pool2.nodes[0])
 

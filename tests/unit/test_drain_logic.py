@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from kubecare.kube.lock import holder_of
 from kubecare.nodes.drain_plan import plan_drain
 from kubecare.nodes.filters import (
     DAEMONSET_FATAL,
@@ -20,6 +19,7 @@ from kubecare.nodes.filters import (
     pod_facts,
 )
 from kubecare.nodes.selectors import selector_matches
+from kubecare.nodes.workloads import WorkloadIndex
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -179,6 +179,22 @@ def test_errors_group_pods_by_reason_in_kubectl_words() -> None:
         ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]}, {}, True),
         ({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}, {}, False),
         ({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}, {"tier": "x"}, False),
+        # invalid selectors match nothing (metav1.LabelSelectorAsSelector returns an error)
+        (
+            {"matchExpressions": [{"key": "tier", "operator": "In", "values": []}]},
+            {"tier": "a"},
+            False,
+        ),
+        (
+            {"matchExpressions": [{"key": "tier", "operator": "Exists", "values": ["a"]}]},
+            {"tier": "a"},
+            False,
+        ),
+        (
+            {"matchExpressions": [{"key": "tier", "operator": "Gt", "values": ["1"]}]},
+            {"tier": "2"},
+            False,
+        ),
     ],
 )
 def test_pdb_selectors(
@@ -204,18 +220,28 @@ def test_plan_names_pdbs_holds_and_workloads_that_lose_every_ready_replica() -> 
     pods = [pod(f"web-{i}", labels={"app": "web"}) for i in range(2)] + [
         pod("db-0", owner="StatefulSet", labels={"app": "db"})
     ]
-    owners = {
-        "ns/ReplicaSet/web-0-owner": "ns/Deployment/web",
-        "ns/ReplicaSet/web-1-owner": "ns/Deployment/web",
-    }
+
+    def obj(name: str, ready: int, owner: str | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "namespace": "ns"}
+        if owner:
+            meta["ownerReferences"] = [{"kind": "Deployment", "name": owner, "controller": True}]
+        return {"metadata": meta, "status": {"readyReplicas": ready}}
+
+    workloads = WorkloadIndex.from_objects(
+        [
+            ("ReplicaSet", obj("web-0-owner", 2, owner="web")),
+            ("ReplicaSet", obj("web-1-owner", 2, owner="web")),
+            ("Deployment", obj("web", 4)),
+            ("StatefulSet", obj("db-0-owner", 1)),
+        ]
+    )
     plan = plan_drain(
         "n1",
         pods,
         FilterOptions(),
         daemonsets=set(),
         pdbs=[pdb("web-pdb", "web", 1), pdb("db-pdb", "db", 0)],
-        owners=owners,
-        ready_replicas={"ns/Deployment/web": 4, "ns/StatefulSet/db-0-owner": 1},
+        workloads=workloads,
         now=NOW,
     )
     assert [p.owner for p in plan.pods] == [
@@ -239,21 +265,18 @@ def test_plan_of_an_empty_node_can_finish_now() -> None:
     assert plan.can_finish_now and plan.pods == ()
 
 
-def lease(identity: str, renewed_ago: float, ttl: int = 60) -> dict[str, Any]:
-    t = (NOW - timedelta(seconds=renewed_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {
-        "metadata": {"name": "kubecare-maintenance-0"},
-        "spec": {
-            "holderIdentity": identity,
-            "leaseDurationSeconds": ttl,
-            "acquireTime": t,
-            "renewTime": t,
-        },
-    }
-
-
-def test_a_lease_is_held_until_its_ttl_runs_out() -> None:
-    held = holder_of(lease("host/n1", 10), NOW)
-    assert held is not None and held.identity == "host/n1" and round(held.expires_in) == 50
-    assert holder_of(lease("host/n1", 61), NOW) is None
-    assert holder_of({"metadata": {"name": "x"}, "spec": {}}, NOW) is None
+def test_pods_under_overlapping_pdbs_block_the_drain_unless_eviction_is_disabled() -> None:
+    pods = [pod("web-0", labels={"app": "web"}), pod("other", labels={"app": "other"})]
+    both = [pdb("a", "web", 1), pdb("b", "web", 1)]
+    plan = plan_drain("n1", pods, FilterOptions(), daemonsets=set(), pdbs=both, now=NOW)
+    assert plan.blocked
+    assert plan.errors == (
+        "cannot delete Pods covered by more than one PodDisruptionBudget (ns/a, ns/b), which the "
+        "eviction API refuses (make the budgets not overlap, or use --disable-eviction to bypass "
+        "them): ns/web-0",
+    )
+    assert [p.key for p in plan.to_evict] == ["ns/other"]
+    deleting = plan_drain(
+        "n1", pods, FilterOptions(eviction=False), daemonsets=set(), pdbs=both, now=NOW
+    )
+    assert not deleting.blocked and len(deleting.to_evict) == 2

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from kubecare.errors import ConfigError
-from kubecare.kube.config import ClientOptions, load_config, merge_kubeconfigs
+from kubecare.kube.config import ClientOptions, load_connection, merge_kubeconfigs
 
 
 def doc(
@@ -59,10 +59,10 @@ def test_kubeconfig_env_list_is_merged(tmp_path: Path, monkeypatch: pytest.Monke
     a.write_text(yaml.safe_dump(doc("one", "https://one")))
     b.write_text(yaml.safe_dump(doc("two", "https://two", current="two")))
     monkeypatch.setenv("KUBECONFIG", f"{a}:{tmp_path / 'missing'}:{b}")
-    cfg = load_config(ClientOptions())
-    assert cfg.context_name == "two" and cfg.cluster.server == "https://two"
-    assert load_config(ClientOptions(context="one")).cluster.server == "https://one"
-    assert load_config(ClientOptions(context="one", namespace="ns1")).namespace == "ns1"
+    cfg = load_connection(ClientOptions())
+    assert cfg.context_name == "two" and cfg.server == "https://two"
+    assert load_connection(ClientOptions(context="one")).server == "https://one"
+    assert load_connection(ClientOptions(context="one", namespace="ns1")).namespace == "ns1"
 
 
 @pytest.mark.parametrize(
@@ -80,12 +80,12 @@ def test_bad_kubeconfigs_say_what_is_wrong(
     path = tmp_path / "kc"
     path.write_text(content)
     with pytest.raises(ConfigError, match=message):
-        load_config(ClientOptions(kubeconfig=str(path), context=context))
+        load_connection(ClientOptions(kubeconfig=str(path), context=context))
 
 
 def test_missing_kubeconfig_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(ClientOptions(kubeconfig=str(tmp_path / "nope")))
+        load_connection(ClientOptions(kubeconfig=str(tmp_path / "nope")))
 
 
 def test_in_cluster_without_service_env_says_what_is_missing(
@@ -100,4 +100,129 @@ def test_in_cluster_without_service_env_says_what_is_missing(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setattr("kubecare.kube.config.DEFAULT_KUBECONFIG", tmp_path / "none")
     with pytest.raises(ConfigError, match=r"needs \$KUBERNETES_SERVICE_HOST"):
-        load_config(ClientOptions())
+        load_connection(ClientOptions())
+
+
+def one_user(
+    user: dict[str, object], cluster: dict[str, object] | None = None
+) -> dict[str, object]:
+    return {
+        "clusters": [{"name": "c", "cluster": cluster or {"server": "https://10.0.0.1:6443"}}],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+
+
+@pytest.mark.parametrize(
+    ("user", "message"),
+    [
+        ({"auth-provider": {"name": "gcp"}}, "gke-gcloud-auth-plugin"),
+        ({"auth-provider": {"name": "oidc"}}, "kubelogin"),
+        (
+            {"exec": {"command": "x", "apiVersion": "client.authentication.k8s.io/v1alpha1"}},
+            "not supported",
+        ),
+        (
+            {"exec": {"command": "x", "apiVersion": "client.authentication.k8s.io/v1"}},
+            "interactiveMode must be set",
+        ),
+        (
+            {
+                "exec": {
+                    "command": "x",
+                    "apiVersion": "client.authentication.k8s.io/v1",
+                    "interactiveMode": "Sometimes",
+                }
+            },
+            "must be Never, IfAvailable or Always",
+        ),
+        ({"exec": {"apiVersion": "client.authentication.k8s.io/v1"}}, "exec needs a command"),
+        (
+            {"client-certificate": "/nonexistent/cert.pem"},
+            "cannot read client-certificate /nonexistent",
+        ),
+    ],
+)
+def test_users_kubectl_would_refuse_are_refused_with_the_fix(
+    tmp_path: Path, user: dict[str, object], message: str
+) -> None:
+    path = tmp_path / "kc"
+    path.write_text(yaml.safe_dump(one_user(user)))
+    with pytest.raises(ConfigError, match=message):
+        load_connection(ClientOptions(kubeconfig=str(path)))
+
+
+def test_v1beta1_exec_defaults_to_if_available_as_client_go_does(tmp_path: Path) -> None:
+    path = tmp_path / "kc"
+    exec_cfg = {
+        "command": "plugin",
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "args": ["a"],
+    }
+    path.write_text(yaml.safe_dump(one_user({"exec": exec_cfg})))
+    conn = load_connection(ClientOptions(kubeconfig=str(path)))
+    assert conn.exec is not None and conn.exec.interactive_mode == "IfAvailable"
+    assert conn.exec.args == ("a",)
+
+
+def test_cluster_options_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "kc"
+    cluster = {
+        "server": "https://10.0.0.1:6443/",
+        "insecure-skip-tls-verify": True,
+        "tls-server-name": "kubernetes",
+        "proxy-url": "http://127.0.0.1:3128",
+    }
+    path.write_text(yaml.safe_dump(one_user({"token": "t"}, cluster)))
+    conn = load_connection(ClientOptions(kubeconfig=str(path)))
+    assert (conn.server, conn.insecure, conn.tls_server_name, conn.proxy_url, conn.token) == (
+        "https://10.0.0.1:6443",
+        True,
+        "kubernetes",
+        "http://127.0.0.1:3128",
+        "t",
+    )
+
+
+@pytest.mark.parametrize(
+    ("stdout", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b'{"kind": "Secret"}', "did not print an ExecCredential"),
+        (
+            b'{"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1beta1", "status": {"token": "t"}}',
+            "expected 'client.authentication.k8s.io/v1'",
+        ),
+        (
+            b'{"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1", "status": {}}',
+            "neither a token",
+        ),
+        (
+            b'{"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1", "status": {"clientCertificateData": "x"}}',
+            "neither a token",
+        ),
+        (
+            b'{"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1", "status": {"token": "t", "expirationTimestamp": "soon"}}',
+            "malformed expirationTimestamp",
+        ),
+    ],
+)
+def test_bad_exec_plugin_output_is_one_clear_error(stdout: bytes, message: str) -> None:
+    from kubecare.kube.auth import parse_exec_credential
+    from kubecare.kube.config import ExecConfig
+
+    with pytest.raises(ConfigError, match=message):
+        parse_exec_credential(stdout, ExecConfig(command="plugin"))
+
+
+def test_exec_credentials_carry_their_expiry() -> None:
+    from kubecare.kube.auth import parse_exec_credential
+    from kubecare.kube.config import ExecConfig
+
+    cred = parse_exec_credential(
+        b'{"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1",'
+        b' "status": {"token": "t", "expirationTimestamp": "2030-01-01T00:00:00Z"}}',
+        ExecConfig(command="plugin"),
+    )
+    assert cred.token == "t" and cred.expires == 1893456000.0

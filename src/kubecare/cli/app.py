@@ -2,193 +2,121 @@
 
 Results go to stdout, progress and errors to stderr. Exit codes: 0 done, 1 the operation failed,
 2 usage error. Expected failures print one ``error: ...`` line, never a traceback.
+
+Start-up is kept small on purpose: declaring every command's flags is cheap (argparse and the
+``kubecare.cli`` modules only), and the library behind a command — HTTP client, YAML, SSH — is
+imported inside the handler that runs. ``tests/unit/test_startup_imports.py`` guards that.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Any
-
-import typer
-from rich.text import Text
+from collections.abc import Callable, Sequence
 
 from kubecare import __version__
-from kubecare.cli.common import client_options, run, with_kube
-from kubecare.cli.drain import register as register_drain
-from kubecare.cli.outage import register as register_outage
-from kubecare.cli.outage import report_text
-from kubecare.cli.render import Output, age, emit, err, simple_table
-from kubecare.cli.sandbox import sandbox_app
-from kubecare.errors import KubecareError
-from kubecare.kube import ClientOptions, Kube
-from kubecare.nodes.cordon import DryRun, apply_cordon, plan_cordon
-from kubecare.nodes.inventory import NodeRow, list_nodes
-from kubecare.nodes.outage import OutageReport, outage_report
-from kubecare.nodes.select import select_nodes, validate_selection
-from kubecare.nodes.snapshot import take_snapshot
+from kubecare.cli import completion, drain, nodes, outage, sandbox
+from kubecare.cli.args import add_global_flags
 
-app = typer.Typer(
-    name="kubecare",
-    help="Kubernetes node maintenance: cordon, drain, maintain, node outages and risks, and a local sandbox.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    add_completion=False,
+DESCRIPTION = (
+    "Kubernetes node maintenance: cordon, drain, maintain, node outages and risks, "
+    "and a local sandbox control plane."
+)
+# Commands that take a command line after `--` (it is split off before parsing).
+TAKES_COMMAND = {"maintain"}
+
+Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
+MODULES: tuple[Register, ...] = (
+    nodes.register,
+    drain.register,
+    outage.register,
+    sandbox.register,
+    completion.register,
 )
 
 
-@app.callback()
-def main_options(
-    ctx: typer.Context,
-    kubeconfig: str | None = typer.Option(
-        None,
-        "--kubeconfig",
-        help="Path to the kubeconfig file (default: $KUBECONFIG, ~/.kube/config).",
-    ),
-    context: str | None = typer.Option(None, "--context", help="The kubeconfig context to use."),
-    namespace: str | None = typer.Option(
-        None, "-n", "--namespace", help="Namespace, where it applies."
-    ),
-    request_timeout: float = typer.Option(
-        30.0, "--request-timeout", min=0.1, help="Seconds to wait for one API response."
-    ),
-    connect_timeout: float = typer.Option(
-        5.0, "--connect-timeout", min=0.1, help="Seconds to wait for a connection to the apiserver."
-    ),
-) -> None:
-    ctx.obj = ClientOptions(
-        kubeconfig=kubeconfig,
-        context=context,
-        namespace=namespace,
-        connect_timeout=connect_timeout,
-        request_timeout=request_timeout,
+class Parser(argparse.ArgumentParser):
+    """argparse with kubectl's habits: exit 2 with one `error:` line and where to look."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        from kubecare.cli.render import error
+
+        error(message if "--help" in message else f"{message}; see '{self.prog} --help'")
+        sys.exit(2)
+
+
+def build_parser() -> Parser:
+    root = Parser(
+        prog="kubecare",
+        description=DESCRIPTION,
+        epilog="Installed as kubectl-care, every command also runs as `kubectl care ...`.",
     )
-
-
-@app.command()
-def version() -> None:
-    """Print kubecare's version."""
-    typer.echo(f"kubecare {__version__}")
-
-
-@app.command("nodes")
-def nodes_cmd(
-    ctx: typer.Context,
-    selector: str | None = typer.Option(None, "-l", "--selector", help="Label selector."),
-    wide: bool = typer.Option(
-        False, "--wide", help="Also OS image and runtime, and the outage report."
-    ),
-    output: Output = typer.Option(Output.TABLE, "-o", "--output", help="table, json or yaml."),
-) -> None:
-    """List nodes: status, schedulability, roles, kubelet version, pods, taints, age."""
-
-    async def body(kube: Kube) -> tuple[list[NodeRow], OutageReport | None]:
-        rows = await list_nodes(kube, selector=selector)
-        if not wide:
-            return rows, None
-        snap = await take_snapshot(kube)
-        return rows, outage_report(snap.nodes, snap.pods, snap.settings)
-
-    rows, report = run(with_kube(client_options(ctx), body))
-    headers = ["name", "status", "roles", "version", "pods", "taints", "age"]
-
-    def line(r: NodeRow) -> tuple[object, ...]:
-        base = (
-            r.name,
-            r.status,
-            ",".join(r.roles) or "<none>",
-            r.kubelet_version,
-            r.pods,
-            ",".join(r.taints) or "<none>",
-            age(r.age_seconds),
+    add_global_flags(root, defaults=True)
+    root.add_argument("--version", action="version", version=f"kubecare {__version__}")
+    subs = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    version = subs.add_parser("version", help="print kubecare's version")
+    version.set_defaults(handler=lambda _args: print(f"kubecare {__version__}"))
+    for register in MODULES:
+        register(subs)
+    for sub in _all_subparsers(root):
+        add_global_flags(sub, defaults=False)
+        sub.set_defaults(parser_prog=sub.prog)  # the deepest command's wins: for error hints
+        sub.epilog = (
+            sub.epilog or "Global options (--kubeconfig, --context, -n, ...): kubecare --help"
         )
-        return base + ((r.os_image, r.container_runtime) if wide else ())
-
-    def table() -> str:
-        text = simple_table(
-            headers + (["os-image", "container-runtime"] if wide else []), [line(r) for r in rows]
-        )
-        if report is not None:
-            text += "\n\n" + report_text(report)
-        return text
-
-    emit({"nodes": rows, "outage": report} if wide else rows, output, table)
+    return root
 
 
-def _cordon(
-    ctx: typer.Context,
-    nodes: list[str],
-    selector: str | None,
-    dry_run: DryRun,
-    output: Output,
-    unschedulable: bool,
-) -> None:
-    validate_selection(nodes, selector)
-
-    async def body(kube: Kube) -> Any:
-        targets = await select_nodes(kube, nodes, selector)
-        return await apply_cordon(
-            kube, plan_cordon(targets, unschedulable=unschedulable), dry_run=dry_run
-        )
-
-    results = run(with_kube(client_options(ctx), body))
-    suffix = {DryRun.NONE: "", DryRun.CLIENT: " (dry run)", DryRun.SERVER: " (server dry run)"}[
-        dry_run
-    ]
-    emit(results, output, lambda: "\n".join(f"node/{r.node} {r.outcome}{suffix}" for r in results))
+def _all_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                out.append(sub)
+                out.extend(_all_subparsers(sub))
+    return out
 
 
-NODES_ARG = typer.Argument(None, help="Node names.", show_default=False)
-SELECTOR_OPT = typer.Option(None, "-l", "--selector", help="Label selector instead of names.")
-DRY_RUN_OPT = typer.Option(
-    DryRun.NONE,
-    "--dry-run",
-    help="none, client (plan only) or server (ask the apiserver, persist nothing).",
-)
-OUTPUT_OPT = typer.Option(Output.TABLE, "-o", "--output", help="table, json or yaml.")
+def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``[flags...] -- COMMAND...`` -> (flags, COMMAND) for commands that run a command line."""
+    argv = list(argv)
+    if "--" in argv and any(a in TAKES_COMMAND for a in argv[: argv.index("--")]):
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
 
 
-@app.command()
-def cordon(
-    ctx: typer.Context,
-    nodes: list[str] | None = NODES_ARG,
-    selector: str | None = SELECTOR_OPT,
-    dry_run: DryRun = DRY_RUN_OPT,
-    output: Output = OUTPUT_OPT,
-) -> None:
-    """Mark nodes unschedulable (idempotent)."""
-    _cordon(ctx, nodes or [], selector, dry_run, output, True)
-
-
-@app.command()
-def uncordon(
-    ctx: typer.Context,
-    nodes: list[str] | None = NODES_ARG,
-    selector: str | None = SELECTOR_OPT,
-    dry_run: DryRun = DRY_RUN_OPT,
-    output: Output = OUTPUT_OPT,
-) -> None:
-    """Mark nodes schedulable again (idempotent)."""
-    _cordon(ctx, nodes or [], selector, dry_run, output, False)
-
-
-app.add_typer(sandbox_app, name="sandbox")
-register_drain(app)
-register_outage(app)
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of both `kubecare` and `kubectl-care`."""
+    from kubecare.errors import KubecareError
+
+    args_in, command = split_command(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == [completion.COMPLETE]:
+        return completion.complete(build_parser(), args_in[1:])
+    parser = build_parser()
+    args, extra = parser.parse_known_args(args_in)
+    if extra:
+        prog = getattr(args, "parser_prog", "kubecare")
+        what = "flag" if extra[0].startswith("-") else "argument"
+        parser.error(f"unknown {what}: {' '.join(extra)}; see '{prog} --help'")
+    args.command_line = command
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
     try:
-        # Standalone mode prints usage errors (exit 2) and --help itself, and raises SystemExit.
-        app(args=argv, prog_name="kubecare")
+        code = handler(args)
     except KubecareError as e:
-        err.print(Text.assemble(("error: ", "red"), e.message), highlight=False)
+        from kubecare.cli.render import error
+
+        error(e.message)
         return e.exit_code
     except KeyboardInterrupt:
-        err.print("interrupted")
+        sys.stderr.write("interrupted\n")
         return 130
-    return 0
+    except BrokenPipeError:  # `kubecare nodes | head`: the reader left; not an error
+        return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import argparse
+from typing import TYPE_CHECKING
 
-import typer
+from kubecare.cli.args import add_output
 
-from kubecare.cli.common import client_options, run, with_kube
-from kubecare.cli.render import Output, emit, simple_table
-from kubecare.errors import NotFound, UsageError
-from kubecare.kube import Kube
-from kubecare.nodes.outage import NodeOutage, OutageReport, outage_report
-from kubecare.nodes.risk import NodeRisk, assess, rank
-from kubecare.nodes.settings import OutageSettings
-from kubecare.nodes.snapshot import ClusterSnapshot, take_snapshot
+if TYPE_CHECKING:
+    from kubecare.kube import Kube
+    from kubecare.nodes.outage import NodeOutage, OutageReport
+    from kubecare.nodes.risk import NodeRisk
+    from kubecare.nodes.settings import OutageSettings
+    from kubecare.nodes.snapshot import ClusterSnapshot
 
 
 def _when(seconds: float | None) -> str:
@@ -32,11 +31,13 @@ def settings_lines(s: OutageSettings) -> list[str]:
 
 
 def outage_text(nodes: tuple[NodeOutage, ...], notes: tuple[str, ...] = ()) -> str:
+    from kubecare.cli.render import simple_table
+
     if not nodes:
         return "no node outage: every node is Ready and untainted"
     out = []
     for n in nodes:
-        since = f" since {n.since.isoformat()}" if isinstance(n.since, datetime) else ""
+        since = f" since {n.since.isoformat()}" if n.since is not None else ""
         taints = (
             ", ".join(
                 f"{t.key}:{t.effect}"
@@ -78,6 +79,8 @@ def report_text(r: OutageReport) -> str:
 
 
 def risk_text(risks: list[NodeRisk], settings: OutageSettings, ranked: bool) -> str:
+    from kubecare.cli.render import simple_table
+
     out = settings_lines(settings)
     if ranked:
         out.append(
@@ -124,45 +127,62 @@ def risk_text(risks: list[NodeRisk], settings: OutageSettings, ranked: bool) -> 
     return "\n".join(out)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def outage(
-        ctx: typer.Context,
-        output: Output = typer.Option(Output.TABLE, "-o", "--output", help="table, json or yaml."),
-    ) -> None:
-        """Nodes that are NotReady or unreachable: when each pod is evicted and what becomes of it."""
+def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    o = subs.add_parser(
+        "outage",
+        help="NotReady/unreachable nodes: when each pod is evicted and what becomes of it",
+    )
+    add_output(o)
+    o.set_defaults(handler=outage_cmd)
+    r = subs.add_parser(
+        "risk",
+        help="what if NODE went down (or were drained) now: losses, PDBs, local data; changes nothing",
+    )
+    r.add_argument("node", nargs="?", metavar="NODE", help="the node to assess")
+    r.add_argument(
+        "--all", dest="all_nodes", action="store_true", help="rank every node by blast radius"
+    )
+    add_output(r)
+    r.set_defaults(handler=risk_cmd, completes_nodes=True)
 
-        async def body(kube: Kube) -> OutageReport:
-            snap = await take_snapshot(kube)
-            return outage_report(snap.nodes, snap.pods, snap.settings)
 
-        report = run(with_kube(client_options(ctx), body))
-        emit(report, output, lambda: report_text(report))
+def outage_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import with_cluster
+    from kubecare.cli.render import emit
+    from kubecare.nodes.outage import outage_report
+    from kubecare.nodes.snapshot import take_snapshot
 
-    @app.command()
-    def risk(
-        ctx: typer.Context,
-        node: str | None = typer.Argument(None, help="The node to assess.", show_default=False),
-        all_nodes: bool = typer.Option(False, "--all", help="Rank every node by blast radius."),
-        output: Output = typer.Option(Output.TABLE, "-o", "--output", help="table, json or yaml."),
-    ) -> None:
-        """What if NODE went down (or were drained) now: losses, PDBs, local data, timeline. Changes nothing."""
-        if bool(node) == all_nodes:
-            raise UsageError("name one node, or pass --all")
+    async def body(kube: Kube) -> OutageReport:
+        snap = await take_snapshot(kube)
+        return outage_report(snap.nodes, snap.pods, snap.settings, workloads=snap.workloads)
 
-        async def body(kube: Kube) -> tuple[list[NodeRisk], ClusterSnapshot]:
-            snap = await take_snapshot(kube, volumes=True)
-            if all_nodes:
-                return rank(snap), snap
-            if node not in {n["metadata"]["name"] for n in snap.nodes}:
-                raise NotFound(
-                    f'node "{node}" not found; list nodes with: kubecare nodes', status=404
-                )
-            return [assess(str(node), snap)], snap
+    report = with_cluster(args, body)
+    emit(report, args.output, lambda: report_text(report))
 
-        risks, snap = run(with_kube(client_options(ctx), body))
-        data = {"settings": snap.settings, "nodes": [_risk_data(r) for r in risks]}
-        emit(data, output, lambda: risk_text(risks, snap.settings, all_nodes))
+
+def risk_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import with_cluster
+    from kubecare.cli.render import emit
+    from kubecare.errors import NotFound, UsageError
+    from kubecare.nodes.risk import assess, rank
+    from kubecare.nodes.snapshot import take_snapshot
+
+    if bool(args.node) == args.all_nodes:
+        raise UsageError("name one node, or pass --all")
+
+    async def body(kube: Kube) -> tuple[list[NodeRisk], ClusterSnapshot]:
+        snap = await take_snapshot(kube, volumes=True)
+        if args.all_nodes:
+            return rank(snap), snap
+        if args.node not in {n["metadata"]["name"] for n in snap.nodes}:
+            raise NotFound(
+                f'node "{args.node}" not found; list nodes with: kubecare nodes', status=404
+            )
+        return [assess(str(args.node), snap)], snap
+
+    risks, snap = with_cluster(args, body)
+    data = {"settings": snap.settings, "nodes": [_risk_data(r) for r in risks]}
+    emit(data, args.output, lambda: risk_text(risks, snap.settings, args.all_nodes))
 
 
 def _risk_data(r: NodeRisk) -> dict[str, object]:

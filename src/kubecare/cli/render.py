@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from enum import Enum, StrEnum
 from typing import Any
-
-import orjson
-import yaml
-from rich.console import Console
-
-err = Console(stderr=True, soft_wrap=True)
 
 
 class Output(StrEnum):
@@ -21,8 +15,22 @@ class Output(StrEnum):
     YAML = "yaml"
 
 
+def say(line: str) -> None:
+    """One line of progress or a note, on stderr (stdout carries results only)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def error(message: str) -> None:
+    """The one ``error: ...`` line of a failed command (red on a terminal)."""
+    red = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    sys.stderr.write(("\x1b[31merror:\x1b[0m " if red else "error: ") + message + "\n")
+
+
 def plain(value: Any) -> Any:
     """Dataclasses/enums/tuples -> JSON-able data."""
+    import dataclasses
+
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Enum):
@@ -34,11 +42,15 @@ def plain(value: Any) -> Any:
     return value
 
 
-def emit(data: Any, output: Output, table: Callable[[], str]) -> None:
+def emit(data: Any, output: Output | str, table: Callable[[], str]) -> None:
     """Print ``data`` as JSON/YAML, or the table ``table()`` builds."""
-    if output is Output.JSON:
+    if output == Output.JSON:
+        import orjson
+
         sys.stdout.write(orjson.dumps(plain(data), option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif output is Output.YAML:
+    elif output == Output.YAML:
+        import yaml
+
         sys.stdout.write(yaml.safe_dump(plain(data), sort_keys=False))
     else:
         rendered = table()

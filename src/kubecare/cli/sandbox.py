@@ -2,144 +2,174 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import TYPE_CHECKING
 
-import typer
-
-from kubecare.cli.common import run
-from kubecare.cli.render import Output, emit, err, mib, simple_table
-from kubecare.durations import parse_duration
-from kubecare.sandbox.binaries import KUBE_VERSIONS, ensure_binaries, resolve_version
+from kubecare.cli.args import add_output
 
 if TYPE_CHECKING:
     from kubecare.sandbox.cluster import ComponentStatus, Sandbox
 
+SUPPORTED = "1.37, 1.36"  # kept in step with sandbox.binaries.KUBE_VERSIONS (a unit test checks)
+
+
+def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    group = subs.add_parser(
+        "sandbox", help="a real local control plane for tests, demos and practice"
+    )
+    group.set_defaults(handler=lambda _a: group.print_help())
+    cmds = group.add_subparsers(dest="sandbox_command", metavar="COMMAND")
+
+    def named(name: str, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = cmds.add_parser(name, help=help_text)
+        p.add_argument("--name", default="kubecare", help="sandbox name (several can run at once)")
+        return p
+
+    b = cmds.add_parser("build", help="build the binaries from source (cached per version)")
+    b.add_argument("--version", help=f"Kubernetes version ({SUPPORTED}); default the newest")
+    b.add_argument(
+        "--all", dest="all_versions", action="store_true", help="every supported version"
+    )
+    b.set_defaults(handler=build_cmd)
+
+    u = named("up", "start a sandbox; returns when /readyz is OK and every node is Ready")
+    u.add_argument(
+        "--nodes", type=int, default=3, help="worker nodes (plus one control-plane node)"
+    )
+    u.add_argument("--version", help=f"Kubernetes version ({SUPPORTED})")
+    u.add_argument(
+        "--pod-eviction-timeout",
+        help="default not-ready/unreachable toleration (e.g. 15s); the apiserver's default is 300s",
+    )
+    u.add_argument(
+        "--node-monitor-grace-period",
+        help="how long a silent node stays Ready (e.g. 10s); default 50s",
+    )
+    u.add_argument(
+        "--audit-log",
+        action="store_true",
+        help="write the apiserver's audit log (logs/audit.log): who sent which request",
+    )
+    u.set_defaults(handler=up_cmd)
+
+    d = named("down", "stop every process of the sandbox and remove its state (unless --keep)")
+    d.add_argument("--keep", action="store_true", help="keep the state dir (etcd data, logs, pki)")
+    d.set_defaults(handler=down_cmd)
+
+    named("env", "print `export KUBECONFIG=...` for the sandbox (use with eval)").set_defaults(
+        handler=env_cmd
+    )
+    cmds.add_parser("list", help="sandboxes on this machine").set_defaults(handler=list_cmd)
+
+    s = named("status", "each component: pid, port, version, health, memory")
+    add_output(s)
+    s.set_defaults(handler=status_cmd)
+
+    lg = named("logs", "the end of one component's log")
+    lg.add_argument(
+        "component",
+        help="etcd, kube-apiserver, kube-controller-manager, kube-scheduler or kwok-NODE",
+    )
+    lg.add_argument("--tail", type=int, default=50, help="lines to show")
+    lg.set_defaults(handler=logs_cmd)
+
+    nd = named("node-down", "the node stops reporting, so the node lifecycle controller reacts")
+    nd.add_argument("node", metavar="NODE")
+    nd.add_argument("--wait", action="store_true", help="wait until the node is NotReady")
+    nd.set_defaults(handler=node_down_cmd)
+
+    nu = named("node-up", "the node resumes reporting and becomes Ready again")
+    nu.add_argument("node", metavar="NODE")
+    nu.add_argument("--reboot", action="store_true", help="come back with a new boot ID")
+    nu.set_defaults(handler=node_up_cmd)
+
 
 def _sandbox(name: str) -> Sandbox:
-    # Imported here, not at module level: it pulls in cryptography, which every other command
-    # would pay for at start-up.
     from kubecare.sandbox.cluster import Sandbox
 
     return Sandbox(name)
 
 
-sandbox_app = typer.Typer(
-    help="A real local control plane for tests, demos and practice.", no_args_is_help=True
-)
-
-NAME_OPT = typer.Option("kubecare", "--name", help="Sandbox name (several can run at once).")
-
-
 def _progress(message: str) -> None:
-    err.print(f"[dim]…[/dim] {message}", highlight=False)
+    from kubecare.cli.render import say
+
+    say(f"… {message}")
 
 
-@sandbox_app.command()
-def build(
-    version: str | None = typer.Option(
-        None,
-        "--version",
-        help=f"Kubernetes version ({', '.join(KUBE_VERSIONS)}); default the newest.",
-    ),
-    all_versions: bool = typer.Option(
-        False, "--all", help="Build every supported Kubernetes version."
-    ),
-) -> None:
-    """Build the binaries from source through the Go module proxy (cached per version)."""
-    versions = list(KUBE_VERSIONS) if all_versions else [resolve_version(version)]
+def build_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.render import say
+    from kubecare.sandbox.binaries import KUBE_VERSIONS, ensure_binaries, resolve_version
+
+    versions = list(KUBE_VERSIONS) if args.all_versions else [resolve_version(args.version)]
     for v in versions:
         t0 = time.monotonic()
         tools = ensure_binaries(v, _progress)
-        err.print(f"binaries for v{v} ready in {time.monotonic() - t0:.0f}s")
+        say(f"binaries for v{v} ready in {time.monotonic() - t0:.0f}s")
         for name, path in sorted(tools.paths.items()):
-            typer.echo(f"{name}\t{path}")
+            print(f"{name}\t{path}")
 
 
-@sandbox_app.command()
-def up(
-    name: str = NAME_OPT,
-    nodes: int = typer.Option(
-        3, "--nodes", min=0, max=50, help="Worker nodes (plus one control-plane node)."
-    ),
-    version: str | None = typer.Option(
-        None, "--version", help=f"Kubernetes version ({', '.join(KUBE_VERSIONS)})."
-    ),
-    pod_eviction_timeout: str | None = typer.Option(
-        None,
-        "--pod-eviction-timeout",
-        help="Default not-ready/unreachable toleration (e.g. 15s); the apiserver's default is 300s.",
-    ),
-    node_monitor_grace_period: str | None = typer.Option(
-        None,
-        "--node-monitor-grace-period",
-        help="How long a silent node stays Ready (e.g. 10s); default 50s.",
-    ),
-) -> None:
-    """Start a sandbox and wait until /readyz is OK and every node is Ready."""
+def up_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import run
+    from kubecare.cli.render import say
+    from kubecare.durations import parse_duration
+    from kubecare.errors import UsageError
     from kubecare.sandbox.cluster import SandboxOptions
 
+    if not 0 <= args.nodes <= 50:
+        raise UsageError(f"--nodes must be between 0 and 50 (got {args.nodes})")
     opts = SandboxOptions(
-        workers=nodes,
-        version=version,
-        pod_eviction_timeout=parse_duration(pod_eviction_timeout, "--pod-eviction-timeout"),
+        workers=args.nodes,
+        version=args.version,
+        pod_eviction_timeout=parse_duration(args.pod_eviction_timeout, "--pod-eviction-timeout"),
         node_monitor_grace_period=parse_duration(
-            node_monitor_grace_period, "--node-monitor-grace-period"
+            args.node_monitor_grace_period, "--node-monitor-grace-period"
         ),
+        audit_log=args.audit_log,
     )
-    sb = _sandbox(name)
+    sb = _sandbox(args.name)
     seconds = run(sb.up(opts, _progress))
     state = sb.load()
-    err.print(
-        f"sandbox [bold]{name}[/bold] (Kubernetes v{state.version}, {len(state.nodes)} nodes) is up in {seconds:.1f}s"
+    say(
+        f"sandbox {args.name} (Kubernetes v{state.version}, {len(state.nodes)} nodes) is up in {seconds:.1f}s"
     )
-    err.print(
-        f"use it with: eval $(kubecare sandbox env --name {name})   or: kubectl --kubeconfig {sb.kubeconfig} get nodes"
-    )
-
-
-@sandbox_app.command()
-def down(
-    name: str = NAME_OPT,
-    keep: bool = typer.Option(
-        False, "--keep", help="Keep the state dir (etcd data, logs, certificates)."
-    ),
-) -> None:
-    """Stop every process of the sandbox and remove its state (unless --keep)."""
-    stopped = _sandbox(name).down(keep=keep)
-    err.print(
-        f"sandbox {name}: stopped {len(stopped)} processes"
-        + (" (state kept)" if keep else ", state removed")
+    say(
+        f"use it with: eval $(kubecare sandbox env --name {args.name})   or: kubectl --kubeconfig {sb.kubeconfig} get nodes"
     )
 
 
-@sandbox_app.command()
-def env(name: str = NAME_OPT) -> None:
-    """Print `export KUBECONFIG=...` for the sandbox (use with eval)."""
-    sb = _sandbox(name)
+def down_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.render import say
+
+    stopped = _sandbox(args.name).down(keep=args.keep)
+    say(
+        f"sandbox {args.name}: stopped {len(stopped)} processes"
+        + (" (state kept)" if args.keep else ", state removed")
+    )
+
+
+def env_cmd(args: argparse.Namespace) -> None:
+    sb = _sandbox(args.name)
     sb.load()
-    typer.echo(f"export KUBECONFIG={sb.kubeconfig}")
+    print(f"export KUBECONFIG={sb.kubeconfig}")
 
 
-@sandbox_app.command("list")
-def list_cmd() -> None:
-    """List sandboxes on this machine."""
-    from kubecare.sandbox.cluster import list_sandboxes
+def list_cmd(_args: argparse.Namespace) -> None:
+    from kubecare.sandbox.state import list_sandboxes
 
     for n in list_sandboxes():
-        typer.echo(n)
+        print(n)
 
 
-@sandbox_app.command()
-def status(
-    name: str = NAME_OPT, output: Output = typer.Option(Output.TABLE, "-o", "--output")
-) -> None:
-    """Each component: pid, port, version, health; the log tail of a crashed one."""
-    sb = _sandbox(name)
+def status_cmd(args: argparse.Namespace) -> int:
+    from kubecare.cli.render import emit, mib, simple_table
+
+    sb = _sandbox(args.name)
     state, comps = sb.status()
     mem = sb.memory()
     data = {
-        "name": name,
+        "name": args.name,
         "version": state.version,
         "apiserver": state.apiserver,
         "kubeconfig": str(sb.kubeconfig),
@@ -147,7 +177,7 @@ def status(
     }
 
     def table() -> str:
-        lines = [f"sandbox {name}: Kubernetes v{state.version}, apiserver {state.apiserver}"]
+        lines = [f"sandbox {args.name}: Kubernetes v{state.version}, apiserver {state.apiserver}"]
         lines.append(
             simple_table(
                 ["component", "pid", "port", "version", "healthy", "rss"],
@@ -162,9 +192,8 @@ def status(
                 lines.append(f"--- {c.name} is not running; last log lines:\n{c.log_tail}")
         return "\n".join(lines)
 
-    emit(data, output, table)
-    if not all(c.healthy for c in comps if not c.name.startswith("kwok-")):
-        raise typer.Exit(1)
+    emit(data, args.output, table)
+    return 0 if all(c.healthy for c in comps if not c.name.startswith("kwok-")) else 1
 
 
 def _health(c: ComponentStatus) -> str:
@@ -173,39 +202,25 @@ def _health(c: ComponentStatus) -> str:
     return "yes" if c.healthy else "no"
 
 
-@sandbox_app.command()
-def logs(
-    component: str = typer.Argument(
-        ..., help="etcd, kube-apiserver, kube-controller-manager, kube-scheduler or kwok-NODE."
-    ),
-    name: str = NAME_OPT,
-    lines: int = typer.Option(50, "--tail", min=1, help="Lines to show."),
-) -> None:
-    """Show the end of one component's log."""
-    typer.echo(_sandbox(name).logs(component, lines))
+def logs_cmd(args: argparse.Namespace) -> None:
+    from kubecare.errors import UsageError
+
+    if args.tail < 1:
+        raise UsageError("--tail must be at least 1")
+    print(_sandbox(args.name).logs(args.component, args.tail))
 
 
-@sandbox_app.command("node-down")
-def node_down(
-    node: str = typer.Argument(..., help="Sandbox node name."),
-    name: str = NAME_OPT,
-    wait: bool = typer.Option(
-        False, "--wait", help="Wait until the node lifecycle controller marks it NotReady."
-    ),
-) -> None:
-    """The node stops reporting (its kwok stops), so the node lifecycle controller reacts."""
-    run(_sandbox(name).node_down(node, wait=wait))
-    err.print(f"node/{node} stopped reporting" + (" and is NotReady" if wait else ""))
+def node_down_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import run
+    from kubecare.cli.render import say
+
+    run(_sandbox(args.name).node_down(args.node, wait=args.wait))
+    say(f"node/{args.node} stopped reporting" + (" and is NotReady" if args.wait else ""))
 
 
-@sandbox_app.command("node-up")
-def node_up(
-    node: str = typer.Argument(..., help="Sandbox node name."),
-    name: str = NAME_OPT,
-    reboot: bool = typer.Option(
-        False, "--reboot", help="Come back with a new boot ID, as after a reboot."
-    ),
-) -> None:
-    """The node resumes reporting and becomes Ready again."""
-    run(_sandbox(name).node_up(node, reboot=reboot))
-    err.print(f"node/{node} is reporting again and Ready")
+def node_up_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import run
+    from kubecare.cli.render import say
+
+    run(_sandbox(args.name).node_up(args.node, reboot=args.reboot))
+    say(f"node/{args.node} is reporting again and Ready")

@@ -1,10 +1,10 @@
 """The one way kubecare talks to an apiserver.
 
-:class:`Kube` holds a lightkube ``AsyncClient`` for typed operations (patch, eviction, watch) and a
-thin raw layer on the same authenticated httpx2 client for what lightkube does slowly or not at
-all: discovery of every group, and bulk lists paged with ``limit``/``continue`` and decoded with
-orjson. Every request goes through :func:`kubecare.kube.errors.mapped`, so callers only ever see
-:mod:`kubecare.errors`.
+:class:`Kube` is a thin JSON layer on one authenticated httpx2 client (built by
+:mod:`kubecare.kube.auth` from the kubeconfig): requests with plain dicts decoded by orjson, bulk
+lists paged with ``limit``/``continue``. Discovery and watches build on it
+(:mod:`~kubecare.kube.discovery`, :mod:`~kubecare.kube.watch`). Every request goes through
+:func:`kubecare.kube.errors.mapped`, so callers only ever see :mod:`kubecare.errors`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any, cast
 
 import httpx2
 import orjson
-from lightkube import AsyncClient
 
 from kubecare.errors import Conflict
-from kubecare.kube.config import ClientOptions, load_config
+from kubecare.kube.auth import build_client
+from kubecare.kube.config import ClientOptions, Connection, load_connection
 from kubecare.kube.errors import mapped
 
 JSON = dict[str, Any]
@@ -29,18 +29,13 @@ class Kube:
 
     def __init__(self, options: ClientOptions | None = None) -> None:
         self.options = options or ClientOptions()
-        self.config = load_config(self.options)
-        timeout = httpx2.Timeout(self.options.request_timeout, connect=self.options.connect_timeout)
-        self.api = AsyncClient(
-            self.config,
-            namespace=self.options.namespace,
-            timeout=timeout,
-            field_manager="kubecare",
-            trust_env=False,
+        self.connection: Connection = load_connection(self.options)
+        self.http: httpx2.AsyncClient = build_client(
+            self.connection,
+            connect_timeout=self.options.connect_timeout,
+            request_timeout=self.options.request_timeout,
         )
-        self.requests = (
-            0  # every HTTP request sent, typed or raw (benchmarks compare it with kubectl's)
-        )
+        self.requests = 0  # every HTTP request sent (benchmarks compare it with kubectl's)
         self.http.event_hooks["request"].append(self._count)
 
     async def _count(self, _request: httpx2.Request) -> None:
@@ -49,17 +44,12 @@ class Kube:
     @property
     def server(self) -> str:
         """The apiserver URL of the selected context."""
-        return str(self.config.cluster.server)
+        return self.connection.server
 
     @property
     def namespace(self) -> str:
         """The namespace from -n, else the context's, else ``default``."""
-        return self.options.namespace or self.config.namespace
-
-    @property
-    def http(self) -> httpx2.AsyncClient:
-        """The authenticated httpx2 client lightkube uses (same TLS, same credentials)."""
-        return self.api._client._client
+        return self.connection.namespace
 
     def mapped(self, what: str) -> Any:
         """Context manager: client failures inside become kubecare errors naming ``what``."""

@@ -17,6 +17,16 @@ _AGGREGATED = (
 
 
 @dataclass(frozen=True)
+class Subresource:
+    """A subresource (``pods/eviction``) and the group/version of what it takes."""
+
+    name: str
+    group: str
+    version: str
+    verbs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ApiResource:
     """One resource type: where it lives and what can be done with it."""
 
@@ -26,6 +36,10 @@ class ApiResource:
     kind: str
     namespaced: bool
     verbs: tuple[str, ...]
+    subresources: tuple[Subresource, ...] = ()
+
+    def subresource(self, name: str) -> Subresource | None:
+        return next((s for s in self.subresources if s.name == name), None)
 
     @property
     def group_version(self) -> str:
@@ -48,22 +62,45 @@ def parse_aggregated(doc: JSON, *, core: bool) -> list[ApiResource]:
         if not versions:
             continue
         preferred = versions[0]  # the server lists versions in preference order
+        version = preferred.get("version", "")
         for res in preferred.get("resources") or []:
+            subs = tuple(
+                Subresource(
+                    name=str(sub.get("subresource", "")),
+                    group=str((sub.get("responseKind") or {}).get("group", group_name)),
+                    version=str((sub.get("responseKind") or {}).get("version", version)),
+                    verbs=tuple(sub.get("verbs") or ()),
+                )
+                for sub in res.get("subresources") or []
+            )
             out.append(
                 ApiResource(
                     group=group_name,
-                    version=preferred.get("version", ""),
+                    version=version,
                     resource=res.get("resource", ""),
                     kind=(res.get("responseKind") or {}).get("kind", ""),
                     namespaced=res.get("scope") == "Namespaced",
                     verbs=tuple(res.get("verbs") or ()),
+                    subresources=subs,
                 )
             )
     return out
 
 
 def parse_resource_list(doc: JSON, group: str, version: str) -> list[ApiResource]:
-    """Resources of a legacy APIResourceList, without subresources (names containing '/')."""
+    """Resources of a legacy APIResourceList; ``name/sub`` entries become their subresources."""
+    subs: dict[str, list[Subresource]] = {}
+    for r in doc.get("resources") or []:
+        parent, slash, sub = str(r.get("name", "")).partition("/")
+        if slash:
+            subs.setdefault(parent, []).append(
+                Subresource(
+                    name=sub,
+                    group=str(r.get("group") or group),
+                    version=str(r.get("version") or version),
+                    verbs=tuple(r.get("verbs") or ()),
+                )
+            )
     return [
         ApiResource(
             group=group,
@@ -72,6 +109,7 @@ def parse_resource_list(doc: JSON, group: str, version: str) -> list[ApiResource
             kind=r.get("kind", ""),
             namespaced=bool(r.get("namespaced")),
             verbs=tuple(r.get("verbs") or ()),
+            subresources=tuple(subs.get(r["name"], ())),
         )
         for r in doc.get("resources") or []
         if "/" not in r.get("name", "")
@@ -105,3 +143,22 @@ async def find(kube: Kube, group: str, resource: str) -> ApiResource | None:
         if r.group == group and r.resource == resource:
             return r
     return None
+
+
+async def core_resource(kube: Kube, resource: str) -> ApiResource | None:
+    """One resource of the core group (v1), from the one discovery request that serves it."""
+    doc = await kube.get_json("/api", accept=_AGGREGATED, what="API discovery (/api)")
+    if doc.get("kind") == "APIGroupDiscoveryList":
+        found = parse_aggregated(doc, core=True)
+    else:
+        v1 = await kube.get_json("/api/v1", what="API discovery (/api/v1)")
+        found = parse_resource_list(v1, "", "v1")
+    return next((r for r in found if r.resource == resource), None)
+
+
+async def eviction_supported(kube: Kube) -> bool:
+    """Whether the server takes policy/v1 Evictions on pods/eviction (what the drain needs to
+    honour PodDisruptionBudgets). kubectl asks the same question (drain.CheckEvictionSupport)."""
+    pods = await core_resource(kube, "pods")
+    sub = pods.subresource("eviction") if pods else None
+    return sub is not None and sub.group == "policy" and sub.version == "v1"

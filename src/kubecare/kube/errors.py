@@ -1,15 +1,15 @@
-"""Map client-layer failures (lightkube, httpx2) onto :mod:`kubecare.errors`.
+"""Map client-layer failures (httpx2, ssl) onto :mod:`kubecare.errors`.
 
 Kept apart from the client so every request path (typed, raw, watch) maps errors one way.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx2
-from lightkube.core.exceptions import ApiError as LightkubeApiError
 
 from kubecare import errors
 
@@ -57,15 +57,6 @@ def translate(exc: BaseException, *, what: str, server: str = "") -> errors.Kube
     """Return the kubecare error for ``exc``, or None if it is not a client-layer failure."""
     if isinstance(exc, errors.KubecareError):
         return exc
-    if isinstance(exc, LightkubeApiError):
-        status = exc.status.code or exc.response.status_code
-        return api_error(
-            status,
-            exc.status.message or "",
-            what=what,
-            reason=exc.status.reason or "",
-            retry_after=_retry_after(exc.response),
-        )
     if isinstance(exc, httpx2.HTTPStatusError):
         resp = exc.response
         message = ""
@@ -82,6 +73,11 @@ def translate(exc: BaseException, *, what: str, server: str = "") -> errors.Kube
             f"apiserver{where} did not answer in time ({type(exc).__name__}) while accessing {what}; "
             "check that the cluster is up and the kubeconfig server address is right"
         )
+    tls = _tls_failure(exc)
+    if tls is not None:
+        return errors.TlsError(
+            f"TLS problem with the apiserver{where} while accessing {what}: {tls}"
+        )
     if isinstance(exc, httpx2.TransportError):
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return errors.Unreachable(
@@ -89,6 +85,42 @@ def translate(exc: BaseException, *, what: str, server: str = "") -> errors.Kube
             "check that the cluster is up and the kubeconfig server address is right"
         )
     return None
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """What went wrong in the TLS handshake, with kubectl's hint; None if it was not TLS."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # the cause chain, bounded
+        if seen is None or isinstance(seen, ssl.SSLError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(seen, ssl.SSLError):
+        if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+            return None
+        text = str(exc)
+    elif isinstance(seen, ssl.SSLCertVerificationError):
+        text = seen.verify_message or str(seen)
+    else:
+        text = str(seen)
+    text = text.strip()
+    lowered = text.lower()
+    if "not valid for" in lowered or "mismatch" in lowered:
+        return (
+            f"the server's certificate is not valid for this address ({text}); connect through a "
+            "name or address the certificate lists, or set tls-server-name in the kubeconfig cluster"
+        )
+    if "local issuer" in lowered or "self-signed" in lowered or "self signed" in lowered:
+        return (
+            f"the server's certificate is signed by an unknown authority ({text}); "
+            "check certificate-authority(-data) of the kubeconfig cluster"
+        )
+    if "expired" in lowered:
+        return (
+            f"a certificate has expired ({text}); renew it (kubeadm certs renew) or fix the clock"
+        )
+    if "unknown ca" in lowered or "bad certificate" in lowered or "certificate required" in lowered:
+        return f"the server refused our client certificate ({text}); check the kubeconfig user"
+    return f"{text or type(exc).__name__}; check the kubeconfig's certificates"
 
 
 @contextmanager

@@ -1,61 +1,116 @@
 """A cluster-wide maintenance lock: at most N nodes in maintenance at once, across kubecare runs.
 
 N coordination.k8s.io/v1 Leases (``kubecare-maintenance-0..N-1`` in one namespace) are the slots.
-A run takes a free slot by writing its identity (``host/node``) with optimistic concurrency (the
-Lease's resourceVersion), renews it every third of its TTL, and deletes it when done. A slot whose
-holder stopped renewing for longer than the TTL is stale and can be taken over; a run for the same
-node from the same host takes its own slot back at once, which is how an interrupted drain resumes.
+A run takes a free slot by writing its identity with optimistic concurrency (the Lease's
+resourceVersion), renews it every third of its TTL, and deletes it when done.
+
+Whether another holder is still alive is judged as client-go's leader election judges it: by how
+long *this* process has watched the Lease stay unchanged, never by comparing the holder's
+timestamps with the local clock — so clock skew between hosts, however large, cannot let a second
+run take a live lock. A slot first seen held counts as held for a full TTL from that moment.
+One exception: a holder on this same machine whose process is gone (``kill -9``) is known dead, so
+a rerun takes its slot back at once; that is how an interrupted drain resumes without waiting.
+
+The identity is unique per process (host, node, machine, pid, random suffix). The slot limit is
+written on every Lease; a run that asks for another limit while slots are held is told the limit
+in force. A run that cannot renew its slot for longer than the TTL, or finds it taken over, sets
+:attr:`MaintenanceLock.lost`; the operation it protects stops at its next safe point.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
-from kubecare.errors import Conflict, KubecareError, NotFound, OperationFailed
+from kubecare.errors import Conflict, KubecareError, NotFound, OperationFailed, UsageError
 from kubecare.events import Event, EventSink
 from kubecare.kube.client import JSON, Kube
 from kubecare.kube.objects import parse_time
 
 LEASE_PREFIX = "kubecare-maintenance-"
+LIMIT_ANNOTATION = "kubecare.io/max-concurrent-drains"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kubecare"}
+
+
+class LockLost(OperationFailed):
+    """Raised by an operation when its maintenance lock was taken over or could not be renewed."""
 
 
 @dataclass(frozen=True)
 class LockHolder:
-    """Who holds a slot, and since when."""
+    """Who holds a slot, and (as far as this process can tell) for how much longer."""
 
     lease: str
     identity: str
-    age_seconds: float
-    expires_in: float
+    age_seconds: float  # from the holder's acquireTime: for display only (its clock, not ours)
+    expires_in: float  # by our own observation
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+@dataclass(frozen=True)
+class Identity:
+    """``host/node/machine-pid-suffix``: who holds a slot, parseable for the same-machine rule."""
+
+    host: str
+    node: str
+    machine: str
+    pid: int
+    suffix: str
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.node}/{self.machine}-{self.pid}-{self.suffix}"
+
+    @staticmethod
+    def parse(text: str) -> Identity | None:
+        host, _, rest = text.partition("/")
+        node, _, tail = rest.rpartition("/")
+        parts = tail.split("-")
+        if not host or not node or len(parts) != 3 or not parts[1].isdigit():
+            return None
+        return Identity(host, node, parts[0], int(parts[1]), parts[2])
+
+
+def machine_id() -> str:
+    """A short id of this machine (hostnames collide across machines; machine-ids do not)."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            text = Path(path).read_text().strip()
+            if text:
+                return text[:8]
+    return "nomachine"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def record_of(lease: JSON) -> tuple[object, ...]:
+    """What client-go compares to decide that a Lease changed (its LeaderElectionRecord)."""
+    spec = lease.get("spec") or {}
+    return (
+        spec.get("holderIdentity"),
+        spec.get("leaseDurationSeconds"),
+        spec.get("acquireTime"),
+        spec.get("renewTime"),
+        spec.get("leaseTransitions"),
+    )
 
 
 def _micro(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def holder_of(lease: JSON, now: datetime) -> LockHolder | None:
-    """The live holder of ``lease``, or None when it is free or stale."""
-    spec = lease.get("spec") or {}
-    identity = spec.get("holderIdentity")
-    renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
-    if not identity or renewed is None:
-        return None
-    ttl = int(spec.get("leaseDurationSeconds") or 0)
-    left = ttl - (now - renewed).total_seconds()
-    if left <= 0:
-        return None
-    acquired = parse_time(spec.get("acquireTime")) or renewed
-    return LockHolder(lease["metadata"]["name"], identity, (now - acquired).total_seconds(), left)
 
 
 class MaintenanceLock:
@@ -69,6 +124,7 @@ class MaintenanceLock:
         namespace: str = "kube-system",
         slots: int = 1,
         ttl: int = 60,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube, self.node, self.namespace, self.slots, self.ttl = (
             kube,
@@ -77,124 +133,221 @@ class MaintenanceLock:
             slots,
             ttl,
         )
-        self.identity = f"{socket.gethostname()}/{node}"
+        self.me = Identity(
+            socket.gethostname(), node, machine_id(), os.getpid(), secrets.token_hex(3)
+        )
+        self.identity = str(self.me)
         self.lease: str | None = None
-        self._version = ""
+        self.lost = asyncio.Event()
+        self.lost_reason = ""
+        self._clock = clock
+        self._observed: dict[str, tuple[tuple[object, ...], float]] = {}
+        self._renewed_at = 0.0
         self._renewer: asyncio.Task[None] | None = None
 
+    # -- observation ---------------------------------------------------------------------------
+    def _observe(self, lease: JSON) -> float:
+        """Record what we see of ``lease``; return how long (by our clock) it has been unchanged."""
+        name = lease["metadata"]["name"]
+        record = record_of(lease)
+        now = self._clock()
+        seen = self._observed.get(name)
+        if seen is None or seen[0] != record:
+            self._observed[name] = (record, now)
+            return 0.0
+        return now - seen[1]
+
+    def holder_of(self, lease: JSON) -> LockHolder | None:
+        """The live holder of ``lease`` as this process judges it, or None when it is free,
+        expired by our observation, or held by a dead process of this machine."""
+        spec = lease.get("spec") or {}
+        identity = spec.get("holderIdentity")
+        unchanged = self._observe(lease)
+        if not identity:
+            return None
+        ttl = float(spec.get("leaseDurationSeconds") or self.ttl)
+        if unchanged >= ttl:
+            return None
+        other = Identity.parse(str(identity))
+        if (
+            other is not None
+            and other.machine == self.me.machine
+            and other.host == self.me.host
+            and other.pid != self.me.pid
+            and not pid_alive(other.pid)
+        ):
+            return None  # its process on this machine is gone: it cannot renew any more
+        acquired = parse_time(spec.get("acquireTime"))
+        age = (datetime.now(UTC) - acquired).total_seconds() if acquired else 0.0
+        return LockHolder(lease["metadata"]["name"], str(identity), max(0.0, age), ttl - unchanged)
+
+    # -- requests ------------------------------------------------------------------------------
     def _path(self, name: str = "") -> str:
         base = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
         return f"{base}/{name}" if name else base
 
-    def _body(self, name: str, version: str = "", acquired: str | None = None) -> JSON:
-        now = _micro(_now())
+    def _body(self, name: str, previous: JSON | None) -> JSON:
+        now = _micro(datetime.now(UTC))
         meta: JSON = {
             "name": name,
             "namespace": self.namespace,
-            "labels": {"app.kubernetes.io/managed-by": "kubecare"},
+            "labels": dict(MANAGED_BY),
+            "annotations": {LIMIT_ANNOTATION: str(self.slots)},
         }
-        if version:
-            meta["resourceVersion"] = version
+        spec: JSON = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": self.ttl,
+            "acquireTime": now,
+            "renewTime": now,
+            "leaseTransitions": 0,
+        }
+        if previous is not None:
+            meta["resourceVersion"] = previous["metadata"]["resourceVersion"]
+            old = previous.get("spec") or {}
+            transitions = int(old.get("leaseTransitions") or 0)
+            if old.get("holderIdentity") == self.identity:
+                spec["acquireTime"] = old.get("acquireTime") or now
+                spec["leaseTransitions"] = transitions
+            else:
+                spec["leaseTransitions"] = transitions + 1
         return {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": meta,
-            "spec": {
-                "holderIdentity": self.identity,
-                "leaseDurationSeconds": self.ttl,
-                "acquireTime": acquired or now,
-                "renewTime": now,
-            },
+            "spec": spec,
         }
 
-    async def holders(self) -> list[LockHolder]:
-        """Live holders of every slot."""
+    async def _leases(self) -> list[JSON]:
+        # By name, not by label: a slot someone made by hand (or an older kubecare) still counts.
+        items, _ = await self.kube.list_all(
+            self._path(), what=f"maintenance lock leases in {self.namespace}"
+        )
+        return [i for i in items if i["metadata"]["name"].startswith(LEASE_PREFIX)]
+
+    async def holders(self, leases: list[JSON] | None = None) -> list[LockHolder]:
+        """Live holders of every slot (judged by this process's observations)."""
         out = []
-        now = _now()
-        for i in range(self.slots):
-            try:
-                lease = await self.kube.get_json(
-                    self._path(f"{LEASE_PREFIX}{i}"), what="maintenance lock"
-                )
-            except NotFound:
-                continue
-            h = holder_of(lease, now)
+        for lease in leases if leases is not None else await self._leases():
+            h = self.holder_of(lease)
             if h:
                 out.append(h)
         return out
 
-    async def _try_slot(self, name: str) -> bool:
-        try:
-            lease = await self.kube.get_json(
-                self._path(name), what=f"lease {self.namespace}/{name}"
-            )
-        except NotFound:
+    def _check_limit(self, leases: list[JSON]) -> None:
+        for lease in leases:
+            limit = ((lease["metadata"].get("annotations") or {}).get(LIMIT_ANNOTATION)) or ""
+            if limit.isdigit() and int(limit) != self.slots:
+                holder = self.holder_of(lease)
+                if holder is not None:
+                    raise UsageError(
+                        f"the maintenance lock in {self.namespace} is in use with "
+                        f"--max-concurrent-drains={limit} (held by {holder.identity}); "
+                        f"run with --max-concurrent-drains={limit}, or wait until it is free"
+                    )
+
+    async def _try_slot(self, name: str, existing: JSON | None) -> bool:
+        what = f"lease {self.namespace}/{name}"
+        if existing is None:
             try:
-                created = await self.kube.request_json(
-                    "POST",
-                    self._path(),
-                    body=self._body(name),
-                    what=f"lease {self.namespace}/{name}",
+                await self.kube.request_json(
+                    "POST", self._path(), body=self._body(name, None), what=what
                 )
             except Conflict:
                 return False
-            self._version = created["metadata"]["resourceVersion"]
-            return True
-        holder = holder_of(lease, _now())
-        if holder is not None and holder.identity != self.identity:
-            return False
-        acquired = (lease.get("spec") or {}).get("acquireTime") if holder else None
-        body = self._body(name, lease["metadata"]["resourceVersion"], acquired)
-        try:
-            updated = await self.kube.request_json(
-                "PUT", self._path(name), body=body, what=f"lease {self.namespace}/{name}"
-            )
-        except Conflict:
-            return False
-        self._version = updated["metadata"]["resourceVersion"]
+        else:
+            holder = self.holder_of(existing)
+            if holder is not None and holder.identity != self.identity:
+                return False
+            try:
+                await self.kube.request_json(
+                    "PUT", self._path(name), body=self._body(name, existing), what=what
+                )
+            except Conflict:
+                return False
+        self._renewed_at = self._clock()
         return True
 
     async def acquire(
         self,
         *,
-        deadline: float | None = None,
+        timeout: float = 0,
         on_wait: Callable[[list[LockHolder]], None] | None = None,
     ) -> str:
-        """Take a free slot, waiting (and reporting holders) while all are held."""
+        """Take a free slot, waiting (and reporting holders) while all are held; ``timeout``
+        seconds at most (0: forever)."""
+        deadline = self._clock() + timeout if timeout > 0 else None
         while True:
+            leases = await self._leases()
+            self._check_limit(leases)
+            by_name = {lease["metadata"]["name"]: lease for lease in leases}
             for i in range(self.slots):
                 name = f"{LEASE_PREFIX}{i}"
-                if await self._try_slot(name):
+                if await self._try_slot(name, by_name.get(name)):
                     self.lease = name
                     self._renewer = asyncio.create_task(self._renew_forever())
                     return name
-            holders = await self.holders()
+            holders = await self.holders(leases)
             if on_wait:
                 on_wait(holders)
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and self._clock() > deadline:
                 who = (
-                    ", ".join(f"{h.identity} ({h.age_seconds:.0f}s)" for h in holders) or "unknown"
+                    ", ".join(f"{h.identity} ({h.age_seconds:.0f}s)" for h in holders)
+                    or "another run"
                 )
                 raise OperationFailed(
-                    f"maintenance lock in {self.namespace} is held by {who}; wait, or raise --max-concurrent-drains"
+                    f"maintenance lock in {self.namespace} is still held by {who} after "
+                    f"--lock-timeout={timeout:g}s; wait, or raise --max-concurrent-drains"
                 )
-            await asyncio.sleep(2)
+            await asyncio.sleep(min(2.0, self.ttl / 4))
+
+    def lost_error(self) -> LockLost:
+        return LockLost(
+            f'lost the maintenance lock {self.namespace}/{self.lease} for node "{self.node}": '
+            f"{self.lost_reason}; stopped before doing more. The node stays cordoned; check who "
+            "holds the lock (kubectl get leases -n "
+            f"{self.namespace}), then run the same command again to resume"
+        )
+
+    def _lose(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.lost_reason = reason
+            self.lost.set()
 
     async def _renew_forever(self) -> None:
         assert self.lease is not None
+        name = self.lease
+        interval = self.ttl / 3
+        await asyncio.sleep(interval)
         while True:
-            await asyncio.sleep(self.ttl / 3)
-            with contextlib.suppress(Exception):  # a missed renewal is retried; the TTL has slack
-                lease = await self.kube.get_json(self._path(self.lease))
-                body = self._body(
-                    self.lease,
-                    lease["metadata"]["resourceVersion"],
-                    (lease.get("spec") or {}).get("acquireTime"),
+            try:
+                lease = await self.kube.get_json(
+                    self._path(name), what=f"lease {self.namespace}/{name}"
                 )
-                if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-                    return  # taken over after we stalled past the TTL; nothing left to renew
-                updated = await self.kube.request_json("PUT", self._path(self.lease), body=body)
-                self._version = updated["metadata"]["resourceVersion"]
+                holder = (lease.get("spec") or {}).get("holderIdentity")
+                if holder != self.identity:
+                    self._lose(f"it was taken over by {holder or 'nobody (released)'}")
+                    return
+                await self.kube.request_json(
+                    "PUT",
+                    self._path(name),
+                    body=self._body(name, lease),
+                    what=f"lease {self.namespace}/{name}",
+                )
+                self._renewed_at = self._clock()
+                await asyncio.sleep(interval)
+            except NotFound:
+                self._lose("its Lease was deleted")
+                return
+            except KubecareError as e:
+                # A missed renewal is retried soon; past the TTL another run may take the slot,
+                # so from then on we no longer hold it.
+                unrenewed = self._clock() - self._renewed_at
+                if unrenewed >= self.ttl:
+                    self._lose(
+                        f"it could not be renewed for {unrenewed:.0f}s (TTL {self.ttl}s): {e.message}"
+                    )
+                    return
+                await asyncio.sleep(min(1.0, interval))
 
     async def release(self) -> None:
         """Give the slot back (delete the Lease if we still hold it)."""
@@ -206,8 +359,10 @@ class MaintenanceLock:
         if self.lease is None:
             return
         name, self.lease = self.lease, None
-        # Best effort: if the apiserver is gone, the lease expires by itself (and the same host and
-        # node take it back at once), so a failed release must not hide the error that got us here.
+        if self.lost.is_set():
+            return  # not ours any more
+        # Best effort: if the apiserver is gone, the lease expires by itself (and a rerun on this
+        # machine takes it back at once), so a failed release must not hide the error that got us here.
         with contextlib.suppress(KubecareError):
             lease = await self.kube.get_json(self._path(name))
             if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
@@ -222,7 +377,14 @@ class MaintenanceLock:
 
 @contextlib.asynccontextmanager
 async def maintenance_lock(
-    kube: Kube, node: str, *, namespace: str, slots: int, ttl: int, on_event: EventSink
+    kube: Kube,
+    node: str,
+    *,
+    namespace: str,
+    slots: int,
+    ttl: int,
+    on_event: EventSink,
+    timeout: float = 0,
 ) -> AsyncIterator[MaintenanceLock]:
     """Hold a maintenance slot for ``node`` for the duration of the block (waits, reporting who
     holds the slots, while none is free)."""
@@ -239,7 +401,7 @@ async def maintenance_lock(
             )
         )
 
-    await lock.acquire(on_wait=waiting)
+    await lock.acquire(timeout=timeout, on_wait=waiting)
     on_event(Event("lock", f"maintenance lock {namespace}/{lock.lease} acquired", node=node))
     try:
         yield lock

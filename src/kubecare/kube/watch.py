@@ -3,6 +3,11 @@
 Start from a list's resourceVersion (:meth:`Kube.list_all`). When the server says the version is
 too old (410 Gone), the watch calls ``relist`` to get a fresh snapshot and continues from it, so
 callers never miss a deletion: anything absent from the new snapshot is gone.
+
+A dropped or cut connection, or a 5xx, is retried from the last version seen (with back-off, five
+times in a row at most). The server ends each watch after ``ClientOptions.watch_timeout`` seconds
+and a connection that stays silent for longer than that (plus slack: the server sends bookmarks)
+is treated as dead and re-opened, so a half-open TCP connection cannot hang a caller.
 """
 
 from __future__ import annotations
@@ -42,16 +47,23 @@ async def watch(
     failures = 0
     while True:
         query = dict(params or {})
-        query.update({"watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "290"})
+        server_timeout = max(1, int(kube.options.watch_timeout))
+        query.update(
+            {"watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": str(server_timeout)}
+        )
         if version:
             query["resourceVersion"] = version
         gone = False
         try:
             with kube.mapped(what or f"watch {path}"):
                 timeout = httpx2.Timeout(
-                    kube.options.request_timeout, connect=kube.options.connect_timeout, read=None
+                    kube.options.request_timeout,
+                    connect=kube.options.connect_timeout,
+                    read=server_timeout + max(5.0, server_timeout / 4),
                 )
                 async with kube.http.stream("GET", path, params=query, timeout=timeout) as resp:
+                    if resp.is_error:
+                        await resp.aread()  # so the error mapping can read the Status body
                     resp.raise_for_status()
                     failures = 0
                     async for line in resp.aiter_lines():

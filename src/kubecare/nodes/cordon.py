@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lightkube.resources.core_v1 import Node
-from lightkube.types import PatchType
-
 from kubecare.kube import JSON, Kube
 
 
@@ -72,14 +69,14 @@ async def set_unschedulable(
     kube: Kube, node: str, unschedulable: bool, *, dry_run: bool = False
 ) -> None:
     """Patch one node's ``spec.unschedulable`` (the single write behind cordon, uncordon, drain)."""
-    with kube.mapped(f'node "{node}"'):
-        await kube.api.patch(
-            Node,
-            node,
-            {"spec": {"unschedulable": True if unschedulable else None}},
-            patch_type=PatchType.MERGE,
-            dry_run=dry_run,
-        )
+    await kube.request_json(
+        "PATCH",
+        f"/api/v1/nodes/{node}",
+        body={"spec": {"unschedulable": True if unschedulable else None}},
+        params={"dryRun": "All"} if dry_run else None,
+        content_type="application/merge-patch+json",
+        what=f'node "{node}"',
+    )
 
 
 async def apply_cordon(

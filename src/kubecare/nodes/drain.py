@@ -1,12 +1,25 @@
 """Draining nodes: cordon, plan, evict (PDB-aware, bounded concurrency), wait by watch.
 
 kubectl's semantics where kubectl is right (k8s.io/kubectl/pkg/drain): cordon first, the same
-filters, eviction through policy/v1 falling back to delete, 404 counts as done, a recreated pod
-with the same name counts as gone, ``--timeout`` bounds the whole eviction phase. Where kubectl's
-users suffer, better: a 429 from a PodDisruptionBudget is retried as soon as a watch on that PDB
-shows a disruption allowed (capped backoff otherwise) instead of every 5 s in silence; waiting for
-deletion is one watch per node instead of one GET per pod per second; concurrency is bounded; a
-cluster-wide Lease lock keeps concurrent runs from draining too many nodes at once.
+filters, eviction through policy/v1, ``--timeout`` bounds the whole eviction phase, several nodes
+are drained one after another and the first failure stops the run (``--ignore-errors`` goes on).
+Stricter than kubectl where a pod's fate is at stake:
+
+- a pod counts as gone only when the deletion watch no longer has its UID. A 404 or 409 from the
+  eviction subresource is a claim to be confirmed, not a result: the apiserver also answers 409
+  when its own resourceVersion precondition keeps failing, while the pod is still running;
+- when one pod's removal fails, every other eviction of that drain is cancelled before the lock
+  is released, and the report says which pods were still in flight;
+- when the server has no policy/v1 ``pods/eviction``, the drain refuses instead of deleting pods
+  past their PodDisruptionBudgets (kubectl falls back to delete silently); ``--disable-eviction``
+  is how a user asks for that;
+- pods covered by more than one PodDisruptionBudget, which the eviction API refuses with a 500,
+  block the drain up front (in the plan) with both budgets named.
+
+Faster than kubectl where kubectl's users suffer: a 429 from a budget is retried as soon as a
+watch on that budget shows a disruption allowed (at most as many waiters as it allows), and a
+waiting pod gives its concurrency slot back, so one slow workload never delays the others;
+deletion is confirmed by one watch per node instead of one GET per pod per second.
 
 Interrupted drains leave the node cordoned; running the same drain again resumes (already
 evicted pods are gone from the node, so the new plan only has what is left).
@@ -19,32 +32,40 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from kubecare.errors import (
     Conflict,
     Forbidden,
+    KubecareError,
     NotFound,
     OperationFailed,
     ServerError,
     TooManyRequests,
     Unreachable,
+    UsageError,
 )
 from kubecare.events import Event, EventSink, ignore
 from kubecare.kube import JSON, Kube
-from kubecare.kube.lock import maintenance_lock
-from kubecare.kube.objects import parse_time, ref
-from kubecare.kube.watch import watch
+from kubecare.kube.deletions import DeletionTracker
+from kubecare.kube.discovery import eviction_supported
+from kubecare.kube.lock import MaintenanceLock, maintenance_lock
+from kubecare.kube.pdbs import Claim, PdbWatcher
 from kubecare.nodes.cordon import DryRun, set_unschedulable
 from kubecare.nodes.drain_plan import DrainPlan, PodPlan, collect, plan_drain
 from kubecare.nodes.filters import FilterOptions
 
 MAX_PDB_BACKOFF = 8.0
+MAX_CONFLICT_BACKOFF = 5.0
 TRANSIENT_RETRIES = 5  # unreachable apiserver / 5xx: 2+4+8+8+8 s of retries, then fail
+CONFIRM_SECONDS = 5.0  # how long a 404/409 waits for the watch to confirm the UID is gone
+OVERLAPPING_PDBS = "more than one PodDisruptionBudget"  # the eviction API's 500 (eviction.go)
 
 
 @dataclass(frozen=True)
 class DrainOptions:
-    """kubectl drain's flags, plus kubecare's own (concurrency, lock)."""
+    """kubectl drain's flags, plus kubecare's own (concurrency, lock). One object for every
+    command that drains (drain, maintain), as kubectl's drain.Helper is."""
 
     ignore_daemonsets: bool = False
     force: bool = False
@@ -57,10 +78,12 @@ class DrainOptions:
     chunk_size: int = 500
     dry_run: DryRun = DryRun.NONE
     concurrency: int = 50
+    ignore_errors: bool = False  # several nodes: go on after a node fails (kubectl's flag)
     lock: bool = True
     lock_namespace: str = "kube-system"
     max_concurrent_drains: int = 1
     lock_ttl: int = 60
+    lock_timeout: float = 0  # seconds to wait for a free slot; 0 = forever
 
     def filters(self) -> FilterOptions:
         return FilterOptions(
@@ -68,7 +91,40 @@ class DrainOptions:
             force=self.force,
             delete_emptydir_data=self.delete_emptydir_data,
             skip_wait_for_delete_timeout=self.skip_wait_for_delete_timeout,
+            eviction=not self.disable_eviction,
         )
+
+
+class PodState(StrEnum):
+    """Where one pod of a drain is. The last four are final."""
+
+    PENDING = "pending"  # not started
+    EVICTING = "evicting"  # a request is being sent (or retried)
+    WAITING_PDB = "waiting for PDB"  # refused by a budget, waiting for it to allow one more
+    TERMINATING = "terminating"  # the apiserver accepted; waiting until the UID is gone
+    SKIPPED = "skipped"  # the plan keeps it (DaemonSet, mirror, ...)
+    WOULD_EVICT = "would evict"  # client dry run
+    EVICTED = "evicted"
+    DELETED = "deleted"  # --disable-eviction
+    GONE = "gone"  # it went away by itself before (or while) we asked
+
+    @property
+    def in_flight(self) -> bool:
+        return self in (PodState.EVICTING, PodState.WAITING_PDB, PodState.TERMINATING)
+
+    @property
+    def removed(self) -> bool:
+        return self in (PodState.EVICTED, PodState.DELETED, PodState.GONE)
+
+
+class NodeStatus(StrEnum):
+    PENDING = "pending"
+    DRAINED = "drained"
+    PLANNED = "planned"  # dry run
+    BLOCKED = "blocked"  # filters refused; nothing evicted
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    NOT_STARTED = "not started"  # an earlier node failed
 
 
 @dataclass
@@ -76,10 +132,11 @@ class PodOutcome:
     """What happened to one pod during the drain."""
 
     pod: str
-    outcome: str = "pending"  # evicted, deleted, gone, skipped, would evict, pending
+    state: PodState = PodState.PENDING
     seconds: float = 0.0
     pdb_wait_seconds: float = 0.0
     attempts: int = 0
+    finished_at: float = 0.0  # wall clock, for lining pods up in tests and reports
     message: str = ""
 
 
@@ -88,7 +145,7 @@ class NodeReport:
     """The drain of one node, filled in as it goes (so an interrupt can say what was done)."""
 
     node: str
-    status: str = "pending"  # drained, blocked, failed, interrupted, planned
+    status: NodeStatus = NodeStatus.PENDING
     cordoned: bool = False
     plan: DrainPlan | None = None
     pods: dict[str, PodOutcome] = field(default_factory=dict)
@@ -97,14 +154,15 @@ class NodeReport:
     finished_at: float = 0.0  # ... and ended: lines up concurrent runs
     lock_wait_seconds: float = 0.0
     error: str = ""
+    in_flight: list[str] = field(default_factory=list)  # pods mid-removal when it stopped
 
     @property
     def done(self) -> list[PodOutcome]:
-        return [p for p in self.pods.values() if p.outcome not in ("pending", "skipped")]
+        return [p for p in self.pods.values() if p.state.removed or p.state is PodState.WOULD_EVICT]
 
     @property
     def remaining(self) -> list[PodOutcome]:
-        return [p for p in self.pods.values() if p.outcome == "pending"]
+        return [p for p in self.pods.values() if p.state is PodState.PENDING or p.state.in_flight]
 
 
 class DrainBlocked(OperationFailed):
@@ -116,138 +174,21 @@ class DrainBlocked(OperationFailed):
         self.errors = tuple(errors)
 
 
-class PdbWatcher:
-    """Current ``disruptionsAllowed`` of every PDB, and a way to wait until one allows another."""
+class DrainFailed(OperationFailed):
+    """Raised at the end of a multi-node drain when any node failed; every report is attached."""
 
-    def __init__(self, kube: Kube) -> None:
-        self.kube = kube
-        self.allowed: dict[str, int] = {}
-        self._changed = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
-        self._start_lock = asyncio.Lock()
-
-    async def ensure_started(self) -> None:
-        async with self._start_lock:
-            if self._task is not None:
-                return
-            items, version = await self.kube.list_all(
-                "/apis/policy/v1/poddisruptionbudgets", what="PodDisruptionBudgets"
-            )
-            self._update(items)
-            self._task = asyncio.create_task(self._run(version))
-
-    def _update(self, items: Sequence[JSON]) -> None:
-        for pdb in items:
-            self.allowed[ref(pdb)] = int((pdb.get("status") or {}).get("disruptionsAllowed") or 0)
-
-    async def _run(self, version: str) -> None:
-        async def relist() -> tuple[list[JSON], str]:
-            return await self.kube.list_all("/apis/policy/v1/poddisruptionbudgets")
-
-        async for ev in watch(
-            self.kube,
-            "/apis/policy/v1/poddisruptionbudgets",
-            resource_version=version,
-            relist=relist,
-        ):
-            items = ev.object.get("items", []) if ev.type == "RELISTED" else [ev.object]
-            if ev.type == "DELETED":
-                self.allowed.pop(ref(ev.object), None)
-            else:
-                self._update(items)
-            async with self._changed:
-                self._changed.notify_all()
-
-    async def wait_allowed(self, keys: Sequence[str], timeout: float) -> None:
-        """Return when one of ``keys`` allows a disruption after a change, or after ``timeout``."""
-
-        def ready() -> bool:
-            return not keys or any(self.allowed.get(k, 1) > 0 for k in keys)
-
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait()  # the 429 just said "not now": wait for news first
-                await self._changed.wait_for(ready)
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+    def __init__(self, message: str, reports: Sequence[NodeReport]) -> None:
+        super().__init__(message)
+        self.reports = list(reports)
 
 
-class DeletionTracker:
-    """Knows which pods on a node still exist, by UID, from one watch (not one GET per pod)."""
-
-    def __init__(
-        self, kube: Kube, node: str, pods: Sequence[JSON], version: str, skip_after: int
-    ) -> None:
-        self.kube, self.node, self.skip_after = kube, node, skip_after
-        self.present: dict[str, JSON] = {p["metadata"]["uid"]: p for p in pods}
-        self._changed = asyncio.Condition()
-        self._task = asyncio.create_task(self._run(version))
-
-    async def _run(self, version: str) -> None:
-        params = {"fieldSelector": f"spec.nodeName={self.node}"}
-
-        async def relist() -> tuple[list[JSON], str]:
-            return await self.kube.list_all("/api/v1/pods", params=params)
-
-        try:
-            async for ev in watch(
-                self.kube, "/api/v1/pods", resource_version=version, params=params, relist=relist
-            ):
-                if ev.type == "RELISTED":
-                    self.present = {p["metadata"]["uid"]: p for p in ev.object.get("items", [])}
-                elif ev.type == "DELETED":
-                    self.present.pop(ev.object["metadata"]["uid"], None)
-                else:
-                    self.present[ev.object["metadata"]["uid"]] = ev.object
-                async with self._changed:
-                    self._changed.notify_all()
-        finally:  # the watch gave up (apiserver gone too long): wake the waiters so they can fail
-            async with self._changed:
-                self._changed.notify_all()
-
-    def _gone(self, uid: str) -> bool:
-        pod = self.present.get(uid)
-        if pod is None:
-            return True
-        if self.skip_after > 0:
-            # kubectl: a pod terminating longer than --skip-wait-for-delete-timeout counts as done
-            deleted = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
-            if deleted is not None and time.time() - deleted.timestamp() > self.skip_after:
-                return True
-        return False
-
-    async def wait_gone(self, uid: str) -> None:
-        async with self._changed:
-            while not self._gone(uid):
-                if self._task.done() and not self._task.cancelled():
-                    error = self._task.exception()
-                    raise OperationFailed(
-                        f'lost the watch on pods of node "{self.node}": {error}; '
-                        "the node stays cordoned; run the same drain again to resume"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0 if self.skip_after > 0 else None):
-                        await self._changed.wait()
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
-
-
-async def eviction_supported(kube: Kube) -> bool:
-    """Whether the server offers pods/eviction (policy/v1); else the drain deletes pods."""
-    doc = await kube.get_json("/api/v1", what="API discovery (/api/v1)")
-    return any(
-        r.get("name") == "pods/eviction"
-        and r.get("group", "policy") == "policy"
-        and r.get("version", "v1") == "v1"
-        for r in doc.get("resources") or []
-    )
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real failure in a (nested) exception group from a TaskGroup."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        return exc
+    return group
 
 
 class NodeDrain:
@@ -260,24 +201,29 @@ class NodeDrain:
         self.use_eviction = use_eviction and not opts.disable_eviction
         self.report = NodeReport(node)
         self.pdbs = PdbWatcher(kube)
-        self.deadline: float | None = None
+        self.slots = asyncio.Semaphore(max(1, opts.concurrency))
+        self.tracker: DeletionTracker | None = None
+        self.lock: MaintenanceLock | None = None
 
     def _event(self, kind: str, message: str, pod: str = "", **data: object) -> None:
         self.emit(Event(kind, message, node=self.node, pod=pod, data=dict(data)))
 
-    async def run(self) -> NodeReport:
+    async def run(self, lock: MaintenanceLock | None = None) -> NodeReport:
+        """Drain, holding the maintenance lock (taken here unless the caller holds ``lock``)."""
         started = time.monotonic()
         opts = self.opts
+        self.lock = lock
         try:
             async with contextlib.AsyncExitStack() as stack:
-                if opts.lock and opts.dry_run is DryRun.NONE:
-                    await stack.enter_async_context(
+                if lock is None and opts.lock and opts.dry_run is DryRun.NONE:
+                    self.lock = await stack.enter_async_context(
                         maintenance_lock(
                             self.kube,
                             self.node,
                             namespace=opts.lock_namespace,
                             slots=opts.max_concurrent_drains,
                             ttl=opts.lock_ttl,
+                            timeout=opts.lock_timeout,
                             on_event=self.emit,
                         )
                     )
@@ -286,19 +232,23 @@ class NodeDrain:
                 await self._drain()
                 self.report.finished_at = time.time()  # before the lock is given back
         except asyncio.CancelledError:
-            self.report.status = "interrupted"
+            self._stopped(NodeStatus.INTERRUPTED, "interrupted")
             raise
         except DrainBlocked as e:
-            self.report.status, self.report.error = "blocked", e.message
+            self._stopped(NodeStatus.BLOCKED, e.message)
             raise
-        except Exception as e:
-            self.report.status, self.report.error = "failed", str(e)
+        except KubecareError as e:
+            self._stopped(NodeStatus.FAILED, e.message)
             raise
         finally:
             self.report.seconds = time.monotonic() - started
             self.report.finished_at = self.report.finished_at or time.time()
             await self.pdbs.stop()
         return self.report
+
+    def _stopped(self, status: NodeStatus, error: str) -> None:
+        self.report.status, self.report.error = status, error
+        self.report.in_flight = [p.pod for p in self.report.pods.values() if p.state.in_flight]
 
     async def _drain(self) -> None:
         opts, node = self.opts, self.node
@@ -314,138 +264,187 @@ class NodeDrain:
         )
         self.report.plan = plan
         for p in plan.pods:
-            self.report.pods[p.key] = PodOutcome(
-                p.key, "pending" if p.action.value == "evict" else "skipped", message=p.reason
-            )
+            state = PodState.PENDING if p.action.value == "evict" else PodState.SKIPPED
+            self.report.pods[p.key] = PodOutcome(p.key, state, message=p.reason)
         for w in plan.warnings:
             self._event("warning", f"Warning: {w}")
         if plan.blocked:
             raise DrainBlocked(node, plan.errors)
         if opts.dry_run is DryRun.CLIENT:
             for p in plan.to_evict:
-                self.report.pods[p.key].outcome = "would evict"
+                self.report.pods[p.key].state = PodState.WOULD_EVICT
                 self._event("evicting", f"evicting pod {p.key} (dry run)", pod=p.key)
-            self.report.status = "planned"
+            self.report.status = NodeStatus.PLANNED
             return
-        if opts.timeout > 0:
-            self.deadline = time.monotonic() + opts.timeout
-        tracker = None
         if opts.dry_run is DryRun.NONE:
-            tracker = DeletionTracker(
-                self.kube, node, facts.pods, facts.pods_version, opts.skip_wait_for_delete_timeout
+            self.tracker = DeletionTracker(
+                self.kube,
+                facts.pods,
+                facts.pods_version,
+                field_selector=f"spec.nodeName={node}",
+                what=f'pods of node "{node}"',
+                skip_after=opts.skip_wait_for_delete_timeout,
             )
-        sem = asyncio.Semaphore(max(1, opts.concurrency))
         try:
-            async with asyncio.timeout_at(self._loop_deadline()):
-                await asyncio.gather(*(self._remove(p, sem, tracker) for p in plan.to_evict))
+            async with asyncio.timeout(opts.timeout if opts.timeout > 0 else None):
+                await self._remove_all(plan.to_evict)
         except TimeoutError:
             left = [p.pod for p in self.report.remaining]
+            self.report.in_flight = left
             raise OperationFailed(
                 f'drain of node "{node}" did not finish within --timeout={opts.timeout:g}s; '
                 f"{len(left)} pod(s) left: {', '.join(left[:10])}{' ...' if len(left) > 10 else ''}; "
                 "the node stays cordoned; run the same drain again to resume"
             ) from None
         finally:
-            if tracker:
-                await tracker.stop()
-        self.report.status = "drained" if opts.dry_run is DryRun.NONE else "planned"
+            if self.tracker:
+                await self.tracker.stop()
+        self.report.status = (
+            NodeStatus.DRAINED if opts.dry_run is DryRun.NONE else NodeStatus.PLANNED
+        )
         self._event(
             "drained",
             f"node/{node} drained" + (" (server dry run)" if opts.dry_run is DryRun.SERVER else ""),
         )
 
-    def _loop_deadline(self) -> float | None:
-        if self.deadline is None:
-            return None
-        return asyncio.get_running_loop().time() + (self.deadline - time.monotonic())
+    async def _remove_all(self, pods: Sequence[PodPlan]) -> None:
+        """Remove every pod; the first failure (or a lost lock) cancels all the others."""
+        try:
+            async with asyncio.TaskGroup() as outer:
+                guard = outer.create_task(self._guard_lock()) if self.lock else None
+                async with asyncio.TaskGroup() as tg:
+                    for p in pods:
+                        tg.create_task(self._remove(p))
+                if guard:
+                    guard.cancel()
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
 
-    async def _remove(
-        self, pod: PodPlan, sem: asyncio.Semaphore, tracker: DeletionTracker | None
-    ) -> None:
+    async def _guard_lock(self) -> None:
+        assert self.lock is not None
+        await self.lock.lost.wait()
+        raise self.lock.lost_error()
+
+    def _check_lock(self) -> None:
+        if self.lock is not None and self.lock.lost.is_set():
+            raise self.lock.lost_error()
+
+    async def _remove(self, pod: PodPlan) -> None:
+        """Evict (or delete) one pod until its UID is gone; raise on a failure that must stop
+        the drain."""
         outcome = self.report.pods[pod.key]
         t0 = time.monotonic()
         suffix = " (server dry run)" if self.opts.dry_run is DryRun.SERVER else ""
-        async with sem:
-            done = await self._request_removal(pod, outcome, suffix)
-        if done is not None:
-            outcome.outcome, outcome.seconds = done, time.monotonic() - t0
-            return
-        if tracker is None:  # server dry run: the apiserver accepted it, nothing to wait for
-            outcome.outcome, outcome.seconds = (
-                "evicted" if self.use_eviction else "deleted",
-                time.monotonic() - t0,
-            )
-            self._event("evicted", f"pod/{pod.name} evicted{suffix}", pod=pod.key)
-            return
-        await tracker.wait_gone(pod.uid)
-        outcome.outcome = "evicted" if self.use_eviction else "deleted"
-        outcome.seconds = time.monotonic() - t0
-        self._event(
-            outcome.outcome,
-            f"pod/{pod.name} {outcome.outcome}",
-            pod=pod.key,
-            seconds=round(outcome.seconds, 2),
-        )
-
-    async def _request_removal(self, pod: PodPlan, outcome: PodOutcome, suffix: str) -> str | None:
-        """Evict (or delete) until the apiserver accepts; returns an outcome if nothing is left to wait for."""
-        backoff = 0.5
-        transient = 0
-        blocked_since: float | None = None
-        self._event(
-            "evicting",
-            f"{'evicting' if self.use_eviction else 'deleting'} pod {pod.key}{suffix}",
-            pod=pod.key,
-        )
+        verb = "evicting" if self.use_eviction else "deleting"
+        retry = _Retry()
+        claim: Claim | None = None
+        self._event("evicting", f"{verb} pod {pod.key}{suffix}", pod=pod.key)
         while True:
+            self._check_lock()
+            outcome.state = PodState.EVICTING
             outcome.attempts += 1
             try:
-                await self._send(pod)
-            except NotFound:
-                return "gone"
-            except Conflict:
-                return "gone"  # the UID precondition failed: the pod we meant is already gone
-            except TooManyRequests as e:
-                if blocked_since is None:
-                    blocked_since = time.monotonic()
-                waited = time.monotonic() - blocked_since
-                outcome.pdb_wait_seconds = waited
-                self._event(
-                    "blocked",
-                    f"pod {pod.key} waits on PDB {', '.join(pod.pdbs) or '(unknown)'}: {e.message.split(':', 1)[-1].strip()}",
-                    pod=pod.key,
-                    pdbs=list(pod.pdbs),
-                    waited=round(waited, 1),
+                async with self.slots:  # a slot is held only while a request is in flight
+                    await self._send(pod)
+            except (NotFound, Conflict) as e:
+                # The name is gone (404) or a precondition failed (409): either our pod is gone,
+                # or the server could not act on it this time. Only the watch can tell.
+                if await self._confirm_gone(pod):
+                    self._finish(outcome, PodState.GONE, t0, f"{e.status}: {e.message}")
+                    return
+                await self._pause(
+                    pod, retry.conflict(), f"{e.status} and pod {pod.key} still exists"
                 )
-                if e.retry_after:
-                    await asyncio.sleep(e.retry_after)
-                else:
-                    await self.pdbs.ensure_started()
-                    await self.pdbs.wait_allowed(pod.pdbs, backoff)
-                    backoff = min(backoff * 2, MAX_PDB_BACKOFF)
+                continue
+            except TooManyRequests as e:
+                self.pdbs.release(claim)
+                claim = await self._wait_budget(pod, outcome, e, retry)
                 continue
             except Forbidden as e:
                 if "being terminated" in e.message or "NamespaceTerminating" in e.message:
                     await asyncio.sleep(1)  # as kubectl: a terminating namespace refuses evictions
                     continue
                 raise
-            except (Unreachable, ServerError) as e:
-                transient += 1
-                if transient > TRANSIENT_RETRIES:
+            except ServerError as e:
+                if OVERLAPPING_PDBS in e.message:
                     raise OperationFailed(
-                        f'drain of node "{self.node}" stopped: {e.message} (after {transient - 1} retries); '
-                        "the node stays cordoned; run the same drain again to resume"
+                        f"pod {pod.key} is covered by more than one PodDisruptionBudget ({', '.join(pod.pdbs) or 'see kubecare drain --plan'}), "
+                        "which the eviction API refuses; make the budgets not overlap, or pass "
+                        f'--disable-eviction to bypass them; node "{self.node}" stays cordoned'
                     ) from e
-                self._event(
-                    "retry",
-                    f"retrying pod {pod.key} in {min(2**transient, 8)}s: {e.message}",
-                    pod=pod.key,
-                )
-                await asyncio.sleep(min(2**transient, 8))
+                await self._transient(pod, e, retry)
                 continue
-            if blocked_since is not None:
-                outcome.pdb_wait_seconds = time.monotonic() - blocked_since
+            except Unreachable as e:
+                await self._transient(pod, e, retry)
+                continue
+            break
+        if outcome.state is PodState.WAITING_PDB or retry.pdb_since is not None:
+            outcome.pdb_wait_seconds = retry.pdb_waited()
+        done = PodState.EVICTED if self.use_eviction else PodState.DELETED
+        if self.tracker is None:  # server dry run: the apiserver accepted it, nothing to wait for
+            self._finish(outcome, done, t0)
+            self._event("evicted", f"pod/{pod.name} evicted{suffix}", pod=pod.key)
+            return
+        outcome.state = PodState.TERMINATING
+        await self._wait_gone(pod)
+        self._finish(outcome, done, t0)
+        self._event(
+            done.value,
+            f"pod/{pod.name} {done.value}",
+            pod=pod.key,
+            seconds=round(outcome.seconds, 2),
+        )
+
+    def _finish(self, outcome: PodOutcome, state: PodState, t0: float, message: str = "") -> None:
+        outcome.state, outcome.seconds, outcome.finished_at = (
+            state,
+            time.monotonic() - t0,
+            time.time(),
+        )
+        if message:
+            outcome.message = message
+
+    async def _confirm_gone(self, pod: PodPlan) -> bool:
+        if self.tracker is None:  # server dry run: nothing is deleted, trust the answer
+            return True
+        return await self.tracker.wait_gone(pod.uid, timeout=CONFIRM_SECONDS)
+
+    async def _wait_gone(self, pod: PodPlan) -> None:
+        assert self.tracker is not None
+        await self.tracker.wait_gone(pod.uid)
+
+    async def _pause(self, pod: PodPlan, seconds: float, why: str) -> None:
+        self._event("retry", f"retrying pod {pod.key} in {seconds:.1f}s: {why}", pod=pod.key)
+        await asyncio.sleep(seconds)
+
+    async def _transient(self, pod: PodPlan, e: KubecareError, retry: _Retry) -> None:
+        delay = retry.transient()
+        if delay is None:
+            raise OperationFailed(
+                f'drain of node "{self.node}" stopped: {e.message} (after {TRANSIENT_RETRIES} retries); '
+                "the node stays cordoned; run the same drain again to resume"
+            ) from e
+        await self._pause(pod, delay, e.message)
+
+    async def _wait_budget(
+        self, pod: PodPlan, outcome: PodOutcome, e: TooManyRequests, retry: _Retry
+    ) -> Claim | None:
+        """Refused with 429: wait for the budget (slot given back) or the server's Retry-After."""
+        outcome.state = PodState.WAITING_PDB
+        waited = retry.pdb_waited()
+        outcome.pdb_wait_seconds = waited
+        self._event(
+            "blocked",
+            f"pod {pod.key} waits on PDB {', '.join(pod.pdbs) or '(unknown)'}: {e.message.split(':', 1)[-1].strip()}",
+            pod=pod.key,
+            pdbs=list(pod.pdbs),
+            waited=round(waited, 1),
+        )
+        if e.retry_after:  # API priority and fairness (or a server that knows): do as it says
+            await asyncio.sleep(e.retry_after)
             return None
+        await self.pdbs.ensure_started()
+        return await self.pdbs.admit(pod.pdbs, retry.pdb_backoff())
 
     async def _send(self, pod: PodPlan) -> None:
         options: JSON = {"preconditions": {"uid": pod.uid}}
@@ -477,6 +476,37 @@ class NodeDrain:
             )
 
 
+class _Retry:
+    """Back-off bookkeeping of one pod's removal."""
+
+    def __init__(self) -> None:
+        self.transients = 0
+        self.conflicts = 0
+        self.pdb_since: float | None = None
+        self._pdb_backoff = 0.5
+
+    def transient(self) -> float | None:
+        """Seconds to wait before retrying a 5xx/unreachable, or None when out of retries."""
+        self.transients += 1
+        if self.transients > TRANSIENT_RETRIES:
+            return None
+        return float(min(2**self.transients, 8))
+
+    def conflict(self) -> float:
+        self.conflicts += 1
+        return float(min(0.5 * 2 ** (self.conflicts - 1), MAX_CONFLICT_BACKOFF))
+
+    def pdb_waited(self) -> float:
+        if self.pdb_since is None:
+            self.pdb_since = time.monotonic()
+        return time.monotonic() - self.pdb_since
+
+    def pdb_backoff(self) -> float:
+        current = self._pdb_backoff
+        self._pdb_backoff = min(current * 2, MAX_PDB_BACKOFF)
+        return current
+
+
 async def plan_nodes(kube: Kube, nodes: Sequence[str], opts: DrainOptions) -> list[DrainPlan]:
     """The detailed preflight plan for each node (``drain --plan``); changes nothing."""
     plans = []
@@ -491,11 +521,24 @@ async def plan_nodes(kube: Kube, nodes: Sequence[str], opts: DrainOptions) -> li
                 opts.filters(),
                 daemonsets=facts.daemonsets,
                 pdbs=facts.pdbs,
-                owners=facts.owners,
-                ready_replicas=facts.ready_replicas,
+                workloads=facts.workloads,
             )
         )
     return plans
+
+
+async def check_eviction(kube: Kube, opts: DrainOptions) -> bool:
+    """Whether evictions will be used; refuses when PDBs cannot be honoured and the user did not
+    ask to bypass them."""
+    if opts.disable_eviction:
+        return False
+    if await eviction_supported(kube):
+        return True
+    raise OperationFailed(
+        f"the apiserver at {kube.server} does not offer policy/v1 pods/eviction, so a drain cannot "
+        "honour PodDisruptionBudgets; kubecare does not fall back to deleting pods on its own "
+        "(kubectl does): pass --disable-eviction to delete them, bypassing the budgets"
+    )
 
 
 async def drain_nodes(
@@ -506,30 +549,43 @@ async def drain_nodes(
     parallel_nodes: int = 1,
     on_event: EventSink = ignore,
     reports: list[NodeReport] | None = None,
+    lock: MaintenanceLock | None = None,
 ) -> list[NodeReport]:
-    """Drain ``nodes`` (one after another, or ``parallel_nodes`` at a time).
+    """Drain ``nodes`` one after another (or ``parallel_nodes`` at a time).
 
-    Like kubectl, a node that cannot be drained does not stop the others; the first failure is
-    raised at the end. ``reports`` (if given) is filled as nodes start, for interrupt reporting.
+    As kubectl does, the first node that fails stops the run: nodes not started yet are reported
+    "not started" (``opts.ignore_errors`` drains them anyway); nodes already draining in parallel
+    finish. Every node's report is in ``reports`` (filled as nodes start, for interrupt
+    reporting); any failure raises :class:`DrainFailed` at the end, carrying them all.
     """
     reports = reports if reports is not None else []
-    use_eviction = not opts.disable_eviction and await eviction_supported(kube)
+    use_eviction = await check_eviction(kube, opts)
     sem = asyncio.Semaphore(max(1, parallel_nodes))
-    failures: list[Exception] = []
+    stop = asyncio.Event()
+    by_node = {n: NodeReport(n) for n in nodes}
+    reports.extend(by_node.values())
 
     async def one(node: str) -> None:
         async with sem:
+            if stop.is_set() and not opts.ignore_errors:
+                by_node[node].status = NodeStatus.NOT_STARTED
+                return
             d = NodeDrain(kube, node, opts, on_event, use_eviction)
-            reports.append(d.report)
+            d.report = by_node[node]
             try:
-                await d.run()
-            except OperationFailed as e:
-                failures.append(e)
+                await d.run(lock)
+            except UsageError:
+                raise  # the command itself is wrong (e.g. the lock's limit): not one node's fault
+            except KubecareError as e:
+                stop.set()
                 on_event(Event("failed", f"error: {e}", node=node))
 
     await asyncio.gather(*(one(n) for n in nodes))
-    if failures:
-        if len(failures) == 1:
-            raise failures[0]
-        raise OperationFailed("; ".join(str(f) for f in failures))
+    failed = [r for r in by_node.values() if r.status in (NodeStatus.FAILED, NodeStatus.BLOCKED)]
+    if failed:
+        skipped = [r.node for r in by_node.values() if r.status is NodeStatus.NOT_STARTED]
+        message = "; ".join(r.error for r in failed)
+        if skipped:
+            message += f"; not started: {', '.join(skipped)} (use --ignore-errors to go on after a failure)"
+        raise DrainFailed(message, list(by_node.values()))
     return reports

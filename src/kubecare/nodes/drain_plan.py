@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kubecare.errors import NotFound
 from kubecare.kube import JSON, Kube
 from kubecare.kube.objects import is_pod_ready, ref
 from kubecare.nodes.filters import (
     Action,
     FilterOptions,
     PodFacts,
+    Verdict,
     blocking_errors,
     judge_all,
     pod_facts,
     warning_lines,
 )
 from kubecare.nodes.selectors import selector_matches
+from kubecare.nodes.workloads import WorkloadIndex, fetch_workloads
+
+OVERLAP_FATAL = (
+    "Pods covered by more than one PodDisruptionBudget ({pdbs}), which the eviction API refuses "
+    "(make the budgets not overlap, or use --disable-eviction to bypass them)"
+)
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,15 @@ def pdb_status(pdb: JSON) -> PdbStatus:
     )
 
 
+def pdbs_by_namespace(pdbs: Sequence[JSON]) -> dict[str, list[JSON]]:
+    out: dict[str, list[JSON]] = defaultdict(list)
+    for p in pdbs:
+        out[(p.get("metadata") or {}).get("namespace", "")].append(p)
+    return out
+
+
 def covering_pdbs(pod: PodFacts, pdbs: Sequence[JSON]) -> tuple[str, ...]:
-    """The PDBs (ns/name) in the pod's namespace whose selector matches its labels."""
+    """The PDBs (ns/name) of the pod's namespace that the eviction API applies to it."""
     return tuple(
         ref(p)
         for p in pdbs
@@ -130,29 +143,42 @@ def plan_drain(
     *,
     daemonsets: Collection[str],
     pdbs: Sequence[JSON] = (),
-    owners: Mapping[str, str] | None = None,
-    ready_replicas: Mapping[str, int] | None = None,
+    workloads: WorkloadIndex | None = None,
     now: datetime | None = None,
 ) -> DrainPlan:
     """Plan draining ``node``.
 
-    ``owners`` maps a controller ("ns/ReplicaSet/web-5d9c") to the workload above it
-    ("ns/Deployment/web"); ``ready_replicas`` maps a workload to its ready replicas cluster-wide.
-    Both are optional: without them the plan names direct controllers and skips workload risk.
+    ``workloads`` (optional) resolves each pod's owner chain to its workload and gives its ready
+    replicas cluster-wide; without it the plan names direct controllers and skips workload risk.
+    With eviction (not ``--disable-eviction``), a pod covered by more than one budget blocks the
+    drain: the eviction API would refuse it with a 500.
     """
-    owners = owners or {}
+    index = workloads or WorkloadIndex()
     facts = [pod_facts(p) for p in pods]
-    ready = {pod_facts(p).uid: is_pod_ready(p) for p in pods}
+    ready = {f.uid: is_pod_ready(p) for f, p in zip(facts, pods, strict=True)}
+    owners = {f.uid: index.workload_of(p) for f, p in zip(facts, pods, strict=True)}
     judged = judge_all(facts, opts, daemonsets, now)
+    by_ns = pdbs_by_namespace(pdbs)
+    covering = {pod.uid: covering_pdbs(pod, by_ns.get(pod.namespace, ())) for pod, _ in judged}
+    if opts.eviction:
+        judged = [
+            (
+                pod,
+                Verdict(
+                    Action.BLOCK,
+                    OVERLAP_FATAL.format(pdbs=", ".join(covering[pod.uid])),
+                    verdict.warnings,
+                ),
+            )
+            if verdict.action is Action.EVICT and len(covering[pod.uid]) > 1
+            else (pod, verdict)
+            for pod, verdict in judged
+        ]
     plans: list[PodPlan] = []
     ready_on_node: dict[str, int] = defaultdict(int)
     for pod, verdict in judged:
-        controller = (
-            f"{pod.namespace}/{pod.controller_kind}/{pod.controller_name}"
-            if pod.controller_kind
-            else ""
-        )
-        workload = owners.get(controller, controller)
+        owner = owners[pod.uid]
+        workload = owner.key if owner else ""
         loss = []
         if pod.empty_dir and not pod.finished:
             loss.append("emptyDir")
@@ -166,18 +192,19 @@ def plan_drain(
                 action=verdict.action,
                 reason=verdict.reason,
                 warnings=verdict.warnings,
-                owner=workload.split("/", 1)[1] if workload else "<none>",
-                pdbs=covering_pdbs(pod, pdbs),
+                owner=owner.short if owner else "<none>",
+                pdbs=covering[pod.uid],
                 data_loss=tuple(loss) if verdict.action is Action.EVICT else (),
                 ready=ready[pod.uid],
             )
         )
         if verdict.action is Action.EVICT and workload and ready[pod.uid]:
             ready_on_node[workload] += 1
+    totals = {o.key: index.ready(o) for o in owners.values() if o is not None}
     risks = tuple(
-        WorkloadRisk(w, ready_replicas[w], n)
+        WorkloadRisk(w, total, n)
         for w, n in sorted(ready_on_node.items())
-        if ready_replicas is not None and w in ready_replicas and n >= ready_replicas[w] > 0
+        if (total := totals.get(w)) is not None and n >= total > 0
     )
     statuses = {ref(p): pdb_status(p) for p in pdbs}
     used = sorted({k for p in plans if p.action is Action.EVICT for k in p.pdbs})
@@ -212,8 +239,7 @@ class ClusterFacts:
     pods_version: str
     daemonsets: set[str]
     pdbs: list[JSON]
-    owners: dict[str, str]
-    ready_replicas: dict[str, int] | None
+    workloads: WorkloadIndex | None
 
 
 async def collect(
@@ -239,68 +265,10 @@ async def collect(
             what="PodDisruptionBudgets",
         ),
     )
-    owners: dict[str, str] = {}
-    ready: dict[str, int] | None = None
-    if detailed:
-        owners, ready = await _workloads(kube, pods)
-    return ClusterFacts(pods, version, daemonsets, pdbs, owners, ready)
+    workloads = await fetch_workloads(kube, pods) if detailed else None
+    return ClusterFacts(pods, version, daemonsets, pdbs, workloads)
 
 
 async def _daemonsets(kube: Kube) -> set[str]:
     items, _ = await kube.list_all("/apis/apps/v1/daemonsets", what="DaemonSets")
     return {ref(d) for d in items}
-
-
-_WORKLOAD_PATHS = {
-    "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
-    "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
-    "DaemonSet": "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
-    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
-    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
-}
-
-
-async def _workloads(kube: Kube, pods: Sequence[JSON]) -> tuple[dict[str, str], dict[str, int]]:
-    """Owner chain (ReplicaSet -> Deployment) and ready replicas of each workload, one GET each."""
-    controllers = {
-        (f.namespace, f.controller_kind, f.controller_name)
-        for f in map(pod_facts, pods)
-        if f.controller_kind in _WORKLOAD_PATHS and f.controller_name
-    }
-    owners: dict[str, str] = {}
-    ready: dict[str, int] = {}
-
-    async def one(ns: str, kind: str, name: str) -> None:
-        key = f"{ns}/{kind}/{name}"
-        try:
-            obj = await kube.get_json(
-                _WORKLOAD_PATHS[kind].format(ns=ns, name=name), what=f"{kind} {ns}/{name}"
-            )
-        except NotFound:
-            return
-        parent = next(
-            (
-                o
-                for o in (obj.get("metadata") or {}).get("ownerReferences") or []
-                if o.get("controller")
-            ),
-            None,
-        )
-        if kind == "ReplicaSet" and parent and parent.get("kind") == "Deployment":
-            dep_key = f"{ns}/Deployment/{parent['name']}"
-            owners[key] = dep_key
-            try:
-                dep = await kube.get_json(
-                    _WORKLOAD_PATHS["Deployment"].format(ns=ns, name=parent["name"])
-                )
-                ready[dep_key] = int((dep.get("status") or {}).get("readyReplicas") or 0)
-            except NotFound:
-                pass
-            return
-        status = obj.get("status") or {}
-        ready[key] = int(
-            status.get("readyReplicas") or status.get("numberReady") or status.get("ready") or 0
-        )
-
-    await asyncio.gather(*(one(*c) for c in controllers))
-    return owners, ready

@@ -48,6 +48,7 @@ class FilterOptions:
     force: bool = False
     delete_emptydir_data: bool = False
     skip_wait_for_delete_timeout: int = 0  # seconds; 0 = never skip terminating pods
+    eviction: bool = True  # False with --disable-eviction: pods are deleted, budgets bypassed
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,13 @@
 """The OS-maintenance flow: drain → run the work → wait until the node is Ready again → uncordon.
 
 If the work fails or the node does not come back in time, the node is left cordoned and the error
-says exactly that: a half-maintained node must not receive pods.
+says exactly that: a half-maintained node must not receive pods. The maintenance lock is held for
+the whole flow; if it is lost, the flow stops at the next safe point (never mid-command: the
+command is left to finish, and the node is not uncordoned).
+
+The command's output never reaches kubecare's stdout (which carries results, e.g. ``-o json``): it
+is streamed line by line as ``command-output`` events, which the CLI prints on stderr, and its
+last lines are kept in the report.
 """
 
 from __future__ import annotations
@@ -11,13 +17,14 @@ import contextlib
 import os
 import shlex
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from kubecare.errors import OperationFailed, UsageError
 from kubecare.events import Event, EventSink, ignore
 from kubecare.kube import JSON, Kube
-from kubecare.kube.lock import maintenance_lock
+from kubecare.kube.lock import MaintenanceLock, maintenance_lock
 from kubecare.nodes.cordon import DryRun, set_unschedulable
 from kubecare.nodes.drain import DrainOptions, NodeReport, drain_nodes
 from kubecare.nodes.inventory import ready_status
@@ -46,17 +53,39 @@ class MaintainReport:
     boot_id_after: str = ""
     seconds: float = 0.0
     uncordoned: bool = False
+    output_tail: list[str] = field(default_factory=list)  # the command's last lines
+
+
+OUTPUT_TAIL = 50
 
 
 def boot_id(node: JSON) -> str:
     return str(((node.get("status") or {}).get("nodeInfo") or {}).get("bootID") or "")
 
 
-async def run_local(command: Sequence[str], env: dict[str, str], timeout: float | None) -> int:
-    """Run ``command`` here with the node's name in $NODE; output goes straight to the terminal."""
-    proc = await asyncio.create_subprocess_exec(*command, env={**os.environ, **env})
+async def run_local(
+    command: Sequence[str],
+    env: dict[str, str],
+    timeout: float | None,
+    on_line: Callable[[str], None],
+) -> int:
+    """Run ``command`` here with the node's name in $NODE; each line of its output (stdout and
+    stderr together) goes to ``on_line``, never to kubecare's stdout."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            env={**os.environ, **env},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as e:
+        raise OperationFailed(f"cannot run {shlex.join(command)}: {e.strerror or e}") from None
+    assert proc.stdout is not None
     try:
         async with asyncio.timeout(timeout):
+            async for raw in proc.stdout:
+                on_line(raw.decode(errors="replace").rstrip("\n"))
             return await proc.wait()
     except TimeoutError:
         proc.kill()
@@ -64,6 +93,10 @@ async def run_local(command: Sequence[str], env: dict[str, str], timeout: float 
         raise OperationFailed(
             f"command {shlex.join(command)} did not finish within {timeout:g}s"
         ) from None
+    except asyncio.CancelledError:
+        proc.kill()
+        await proc.wait()
+        raise
 
 
 async def run_ssh(
@@ -149,20 +182,25 @@ async def maintain(
     async with contextlib.AsyncExitStack() as stack:
         # The whole flow holds the maintenance lock, not just the drain: the node is out of
         # service until it is uncordoned.
+        lock = None
         if drain_opts.lock:
-            await stack.enter_async_context(
+            lock = await stack.enter_async_context(
                 maintenance_lock(
                     kube,
                     node,
                     namespace=drain_opts.lock_namespace,
                     slots=drain_opts.max_concurrent_drains,
                     ttl=drain_opts.lock_ttl,
+                    timeout=drain_opts.lock_timeout,
                     on_event=on_event,
                 )
             )
-        return await _maintain_locked(
-            kube, node, opts, replace(drain_opts, lock=False), on_event, report
-        )
+        return await _maintain_locked(kube, node, opts, drain_opts, on_event, report, lock)
+
+
+def _check(lock: MaintenanceLock | None) -> None:
+    if lock is not None and lock.lost.is_set():
+        raise lock.lost_error()
 
 
 async def _maintain_locked(
@@ -172,27 +210,41 @@ async def _maintain_locked(
     drain_opts: DrainOptions,
     on_event: EventSink,
     report: MaintainReport,
+    lock: MaintenanceLock | None,
 ) -> MaintainReport:
     t0 = time.monotonic()
     before = await kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
     report.boot_id_before = boot_id(before)
     reports: list[NodeReport] = []
-    await drain_nodes(kube, [node], drain_opts, on_event=on_event, reports=reports)
-    report.drain = reports[0]
+    try:
+        await drain_nodes(kube, [node], drain_opts, on_event=on_event, reports=reports, lock=lock)
+    finally:
+        report.drain = reports[0] if reports else None
+    _check(lock)
     where = f"on {opts.ssh}" if opts.ssh else "locally"
     on_event(
         Event("command", f"running {shlex.join(opts.command)} {where} (NODE={node})", node=node)
     )
     env = {"NODE": node}
-    if opts.ssh:
-        code, output = await run_ssh(
-            opts.ssh, opts.command, env, opts.command_timeout, opts.known_hosts, opts.identity
-        )
-        if output:
-            on_event(Event("command-output", str(output).rstrip("\n"), node=node))
-    else:
-        code = await run_local(opts.command, env, opts.command_timeout)
+    tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
+
+    def line(text: str) -> None:
+        tail.append(text)
+        on_event(Event("command-output", text, node=node))
+
+    try:
+        if opts.ssh:
+            code, output = await run_ssh(
+                opts.ssh, opts.command, env, opts.command_timeout, opts.known_hosts, opts.identity
+            )
+            for text in output.splitlines():
+                line(text)
+        else:
+            code = await run_local(opts.command, env, opts.command_timeout, line)
+    finally:
+        report.output_tail = list(tail)
     report.exit_code = code
+    _check(lock)
     if code != 0:
         raise OperationFailed(
             f'maintenance command exited {code}; node "{node}" stays cordoned: fix it, then run kubecare uncordon {node}'
@@ -212,6 +264,7 @@ async def _maintain_locked(
         expect_reboot=opts.expect_reboot,
         timeout=opts.ready_timeout,
     )
+    _check(lock)
     await set_unschedulable(kube, node, False)
     report.uncordoned = True
     report.seconds = time.monotonic() - t0

@@ -1,20 +1,25 @@
 """Node outages: when will a dead node's pods be evicted, and what will be lost for good.
 
 The node lifecycle controller taints a node that stops reporting (``unreachable``) or reports
-NotReady (``not-ready``) with NoExecute after the node-monitor grace period; the taint eviction
-controller then evicts each pod when its toleration for the taint runs out (the smallest matching
-tolerationSeconds; no matching toleration: at once; matching without seconds: never). What
-happens next depends on the owner: ReplicaSets and Jobs replace the pod elsewhere at once;
+NotReady (``not-ready``) with NoExecute after the node-monitor grace period — unless its zone is
+in a disruption mode that pauses tainting. The taint eviction controller then evicts each pod
+when its toleration runs out, computed as the controller computes it (``GetMatchingTolerations``
+and ``getMinTolerationTime``): for every NoExecute taint on the node, the *first* toleration in
+the pod's list that tolerates it; a taint without one means eviction at once; otherwise the
+smallest ``tolerationSeconds`` among those (<= 0: at once; none with seconds: never).
+
+What happens next depends on the owner: ReplicaSets and Jobs replace the pod elsewhere at once;
 DaemonSet pods tolerate the taints; a StatefulSet waits until the old pod is really gone, which on
 an unreachable node means until the node returns or someone force-deletes it; a pod without a
 controller is gone for good.
 
-Everything here is pure: the API objects and the settings go in, a report comes out.
+Everything here is pure: the API objects and the settings go in, a report comes out, in time
+linear in the number of pods.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,8 +29,10 @@ from kubecare.kube import JSON
 from kubecare.kube.objects import is_pod_ready, parse_time
 from kubecare.nodes.inventory import ready_status
 from kubecare.nodes.settings import NOT_READY_TAINT, UNREACHABLE_TAINT, OutageSettings
+from kubecare.nodes.workloads import Workload, WorkloadIndex
 
 OUTAGE_TAINTS = (NOT_READY_TAINT, UNREACHABLE_TAINT)
+EXCLUDE_DISRUPTION_LABEL = "node.kubernetes.io/exclude-disruption"  # node_lifecycle_controller.go
 
 
 class Fate(StrEnum):
@@ -36,11 +43,20 @@ class Fate(StrEnum):
     UNKNOWN = "depends"  # owned by a controller kubecare does not know
 
 
+class ZoneState(StrEnum):
+    """The node lifecycle controller's zone states (ComputeZoneState)."""
+
+    NORMAL = "Normal"
+    PARTIAL = "PartialDisruption"
+    FULL = "FullDisruption"
+
+
 @dataclass(frozen=True)
 class Taint:
     key: str
     effect: str
     time_added: datetime | None
+    value: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,8 @@ class NodeOutage:
     taints: tuple[Taint, ...]
     pods: tuple[PodOutlook, ...]
     workloads_without_ready_replica: tuple[str, ...]
+    zone: str = ""
+    tainting_paused: str = ""  # why the controller will not taint this node now ("" if it will)
 
 
 @dataclass(frozen=True)
@@ -80,74 +98,179 @@ class OutageReport:
     notes: tuple[str, ...]
 
 
-# -- tolerations ---------------------------------------------------------------------------------
-def tolerates(toleration: JSON, taint_key: str) -> bool:
-    """Whether a toleration matches a NoExecute taint with this key and no value."""
-    if toleration.get("effect") not in (None, "", "NoExecute"):
+# -- tolerations (k8s.io/api core/v1 toleration.go, pkg/apis/core/v1/helper, tainteviction) ------
+def tolerates_taint(toleration: JSON, taint: JSON) -> bool:
+    """``Toleration.ToleratesTaint`` with the alpha comparison operators off (their default)."""
+    effect = toleration.get("effect") or ""
+    if effect and effect != (taint.get("effect") or ""):
         return False
-    op = toleration.get("operator") or "Equal"
     key = toleration.get("key") or ""
-    if not key:
-        return op == "Exists"  # an empty key with Exists tolerates everything
-    if key != taint_key:
+    if key and key != (taint.get("key") or ""):
         return False
-    return op == "Exists" or (toleration.get("value") or "") == ""
+    op = toleration.get("operator") or ""
+    if op in ("", "Equal"):
+        return (toleration.get("value") or "") == (taint.get("value") or "")
+    return op == "Exists"  # Lt/Gt need the TaintTolerationComparisonOperators gate (alpha, off)
 
 
-def eviction_delay(tolerations: Sequence[JSON], taint_keys: Sequence[str]) -> int | None:
-    """Seconds a pod stays after the taints appear: 0 if one is not tolerated, None if forever.
-
-    As the taint eviction controller computes it: the smallest tolerationSeconds among the
-    tolerations that match; a matching toleration without seconds does not limit.
-    """
+def matching_tolerations(
+    taints: Sequence[JSON], tolerations: Sequence[JSON]
+) -> tuple[bool, list[JSON]]:
+    """``GetMatchingTolerations``: whether every taint is tolerated, and for each taint the first
+    toleration (in the pod's order) that tolerates it."""
+    if not taints:
+        return True, []
     used = []
-    for key in taint_keys:
-        matching = [t for t in tolerations if tolerates(t, key)]
-        if not matching:
+    for taint in taints:
+        first = next((t for t in tolerations if tolerates_taint(t, taint)), None)
+        if first is None:
+            return False, []
+        used.append(first)
+    return True, used
+
+
+def min_toleration_seconds(tolerations: Sequence[JSON]) -> int:
+    """``getMinTolerationTime``: 0 for none (or any <= 0), -1 for forever, else the minimum."""
+    if not tolerations:
+        return 0
+    found: int | None = None
+    for t in tolerations:
+        seconds = t.get("tolerationSeconds")
+        if seconds is None:
+            continue
+        if int(seconds) <= 0:
             return 0
-        used.extend(matching)
-    seconds = [int(t["tolerationSeconds"]) for t in used if t.get("tolerationSeconds") is not None]
-    if not seconds:
-        return None
-    return max(0, min(seconds))
+        found = int(seconds) if found is None else min(found, int(seconds))
+    return -1 if found is None else found
+
+
+def eviction_delay(tolerations: Sequence[JSON], taints: Sequence[JSON]) -> int | None:
+    """Seconds a pod stays once ``taints`` (NoExecute) are on its node: 0 if one is not
+    tolerated, None if it stays forever — as processPodOnNode decides."""
+    all_tolerated, used = matching_tolerations(taints, tolerations)
+    if not all_tolerated:
+        return 0
+    seconds = min_toleration_seconds(used)
+    return None if seconds < 0 else seconds
 
 
 def toleration_source(
-    tolerations: Sequence[JSON], key: str, delay: int | None, settings: OutageSettings
+    tolerations: Sequence[JSON], taint: JSON, delay: int | None, settings: OutageSettings
 ) -> str:
-    if delay == 0 and not any(tolerates(t, key) for t in tolerations):
+    first = next((t for t in tolerations if tolerates_taint(t, taint)), None)
+    if first is None:
         return "none: evicted as soon as the node is tainted"
     default = (
         settings.unreachable_toleration.seconds
-        if key == UNREACHABLE_TAINT
+        if taint.get("key") == UNREACHABLE_TAINT
         else settings.not_ready_toleration.seconds
     )
-    for t in tolerations:
-        if (
-            t.get("key") == key
-            and t.get("operator") == "Exists"
-            and t.get("tolerationSeconds") == default == delay
-        ):
-            return "default (DefaultTolerationSeconds)"
+    if (
+        first.get("key") == taint.get("key")
+        and first.get("operator") == "Exists"
+        and first.get("tolerationSeconds") == default == delay
+    ):
+        return "default (DefaultTolerationSeconds)"
     return "own"
 
 
-# -- owners --------------------------------------------------------------------------------------
-def workload_of(pod: JSON) -> tuple[str, str]:
-    """(kind, name) of the pod's workload: a ReplicaSet's Deployment is derived from the
-    pod-template-hash label, which the Deployment controller sets on every pod it makes."""
-    meta = pod.get("metadata") or {}
-    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), None)
-    if owner is None:
-        return "", ""
-    kind, name = str(owner.get("kind", "")), str(owner.get("name", ""))
-    template_hash = (meta.get("labels") or {}).get("pod-template-hash")
-    if kind == "ReplicaSet" and template_hash and name.endswith("-" + template_hash):
-        return "Deployment", name[: -len(template_hash) - 1]
-    return kind, name
+# -- zones (node lifecycle controller) -----------------------------------------------------------
+def zone_key(node: JSON) -> str:
+    """``topology.GetZoneKey``: region and zone labels (beta names first), "" when neither."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    zone = labels.get(
+        "failure-domain.beta.kubernetes.io/zone", labels.get("topology.kubernetes.io/zone", "")
+    )
+    region = labels.get(
+        "failure-domain.beta.kubernetes.io/region", labels.get("topology.kubernetes.io/region", "")
+    )
+    if not region and not zone:
+        return ""
+    return f"{region}:\x00:{zone}"
 
 
-def fate_of(kind: str, name: str, taint_key: str, delay: int | None) -> tuple[Fate, str]:
+def zone_name(key: str) -> str:
+    return key.replace(":\x00:", "/").strip("/") or "(no zone label)"
+
+
+def compute_zone_state(ready: Sequence[str | None], threshold: float) -> tuple[int, ZoneState]:
+    """``ComputeZoneState``: (not-ready count, state) from the nodes' Ready condition statuses."""
+    ready_nodes = sum(1 for r in ready if r == "True")
+    not_ready = len(ready) - ready_nodes
+    if ready_nodes == 0 and not_ready > 0:
+        return not_ready, ZoneState.FULL
+    if not_ready > 2 and not_ready / (not_ready + ready_nodes) >= threshold:
+        return not_ready, ZoneState.PARTIAL
+    return not_ready, ZoneState.NORMAL
+
+
+def _ready_condition(node: JSON) -> str | None:
+    for c in (node.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return str(c.get("status"))
+    return None
+
+
+@dataclass(frozen=True)
+class ZoneReport:
+    zone: str
+    nodes: int
+    not_ready: int
+    state: ZoneState
+    tainting: str  # what the controller does about new NoExecute taints in this zone
+
+
+def zone_states(
+    nodes: Sequence[JSON], *, threshold: float, large_cluster: int
+) -> dict[str, ZoneReport]:
+    """Every zone's state and what it means for tainting (handleDisruption, setLimiterInZone)."""
+    by_zone: dict[str, list[str | None]] = defaultdict(list)
+    for n in nodes:
+        if EXCLUDE_DISRUPTION_LABEL in ((n.get("metadata") or {}).get("labels") or {}):
+            continue
+        by_zone[zone_key(n)].append(_ready_condition(n))
+    states = {z: compute_zone_state(r, threshold) for z, r in by_zone.items()}
+    all_full = bool(states) and all(s is ZoneState.FULL for _, s in states.values())
+    out = {}
+    for z, (not_ready, state) in states.items():
+        size = len(by_zone[z])
+        if all_full:
+            tainting = (
+                "every node of every zone is NotReady: the controller assumes a control-plane "
+                "problem, stops all evictions and removes the outage taints (full disruption)"
+            )
+        elif state is ZoneState.PARTIAL:
+            tainting = (
+                f"{not_ready} of {size} nodes NotReady (>= {threshold:.0%}): "
+                + (
+                    f"tainting in this zone stops (zone of <= {large_cluster} nodes)"
+                    if size <= large_cluster
+                    else "tainting in this zone slows to the secondary rate"
+                )
+                + " (partial disruption)"
+            )
+        elif state is ZoneState.FULL:
+            tainting = "every node of the zone is NotReady; other zones are healthy, so tainting goes on at the normal rate (full disruption)"
+        else:
+            tainting = ""
+        out[z] = ZoneReport(zone_name(z), size, not_ready, state, tainting)
+    return out
+
+
+def tainting_paused(report: ZoneReport | None, large_cluster: int) -> str:
+    """Why new outage taints will not be added in this zone now ("" if they will)."""
+    if report is None:
+        return ""
+    if report.state is ZoneState.FULL and "every zone" in report.tainting:
+        return report.tainting
+    if report.state is ZoneState.PARTIAL and report.nodes <= large_cluster:
+        return report.tainting
+    return ""
+
+
+# -- owners and fates ----------------------------------------------------------------------------
+def fate_of(workload: Workload | None, taint_key: str, delay: int | None) -> tuple[Fate, str]:
+    kind, name = (workload.kind, workload.name) if workload else ("", "")
     if delay is None:
         why = (
             "DaemonSet pods tolerate node outages"
@@ -175,6 +298,40 @@ def fate_of(kind: str, name: str, taint_key: str, delay: int | None) -> tuple[Fa
     return Fate.UNKNOWN, f"depends on its {kind} controller"
 
 
+class PodIndex:
+    """Pods by node and ready replicas per workload and node, built once per snapshot, so every
+    node's outlook costs only its own pods (outage and ``risk --all`` stay linear in pods)."""
+
+    def __init__(self, pods: Sequence[JSON], workloads: WorkloadIndex) -> None:
+        self.workloads = workloads
+        self.by_node: dict[str, list[JSON]] = defaultdict(list)
+        self.owner: dict[str, Workload | None] = {}  # by pod UID
+        self.ready: dict[str, Counter[str]] = defaultdict(Counter)  # workload -> node -> ready
+        for p in pods:
+            node = (p.get("spec") or {}).get("nodeName") or ""
+            owner = workloads.workload_of(p)
+            self.owner[_uid(p)] = owner
+            if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            if node:
+                self.by_node[node].append(p)
+            if owner and is_pod_ready(p) and not (p.get("metadata") or {}).get("deletionTimestamp"):
+                self.ready[owner.key][node] += 1
+
+    def workload_of(self, pod: JSON) -> Workload | None:
+        uid = _uid(pod)
+        return self.owner[uid] if uid in self.owner else self.workloads.workload_of(pod)
+
+    def ready_outside(self, workload: Workload, nodes: set[str]) -> int:
+        counts = self.ready.get(workload.key, Counter())
+        return sum(n for node, n in counts.items() if node not in nodes)
+
+
+def _uid(pod: JSON) -> str:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
+
+
 # -- the report ----------------------------------------------------------------------------------
 def outage_taint_key(node: JSON) -> str | None:
     """The taint the lifecycle controller puts on this node now: by its Ready condition."""
@@ -187,8 +344,14 @@ def outage_taint_key(node: JSON) -> str | None:
 
 
 def node_taints(node: JSON) -> tuple[Taint, ...]:
+    """The node's NoExecute taints (the only ones the taint eviction controller looks at)."""
     return tuple(
-        Taint(t.get("key", ""), t.get("effect", ""), parse_time(t.get("timeAdded")))
+        Taint(
+            t.get("key", ""),
+            t.get("effect", ""),
+            parse_time(t.get("timeAdded")),
+            t.get("value") or "",
+        )
         for t in (node.get("spec") or {}).get("taints") or []
         if t.get("effect") == "NoExecute"
     )
@@ -202,29 +365,38 @@ def ready_since(node: JSON) -> datetime | None:
 
 
 def outlook(
+    *,
     node: str,
     condition: str,
     since: datetime | None,
     taints: tuple[Taint, ...],
     taint_key: str,
     taint_time: datetime,
-    pods_here: Sequence[JSON],
-    all_pods: Sequence[JSON],
-    failing_nodes: set[str],
+    index: PodIndex,
+    failing: set[str],
     settings: OutageSettings,
     now: datetime,
+    paused: str = "",
+    zone: str = "",
 ) -> NodeOutage:
-    """What happens to ``pods_here`` once ``taint_key`` is added at ``taint_time``."""
-    keys = sorted({t.key for t in taints if t.key in OUTAGE_TAINTS} | {taint_key})
+    """What happens to the pods of ``node`` once ``taint_key`` is on it (from ``taint_time``),
+    besides the NoExecute taints it already has."""
+    effective = [{"key": t.key, "value": t.value, "effect": "NoExecute"} for t in taints]
+    if taint_key not in {t.key for t in taints}:
+        effective.append({"key": taint_key, "value": "", "effect": "NoExecute"})
+    outage_taint = next(t for t in effective if t["key"] == taint_key)
     outlooks = []
-    affected: set[tuple[str, str, str]] = set()
-    for pod in pods_here:
+    affected: dict[str, Workload] = {}
+    for pod in index.by_node.get(node, []):
         meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
         tolerations = spec.get("tolerations") or []
-        delay = eviction_delay(tolerations, keys)
-        kind, wname = workload_of(pod)
-        fate, detail = fate_of(kind, wname, taint_key, delay)
+        delay = eviction_delay(tolerations, effective)
+        workload = index.workload_of(pod)
+        fate, detail = fate_of(workload, taint_key, delay)
         evict_at = taint_time + timedelta(seconds=delay) if delay is not None else None
+        if paused and delay is not None and taint_key not in {t.key for t in taints}:
+            evict_at = None
+            detail = f"not evicted while tainting is paused ({paused}); then: {detail}"
         terminating = bool(meta.get("deletionTimestamp"))
         if terminating and fate is Fate.RECREATED:
             detail = "evicted (Terminating); " + detail
@@ -232,9 +404,9 @@ def outlook(
             PodOutlook(
                 namespace=meta.get("namespace", ""),
                 name=meta.get("name", ""),
-                workload=f"{kind}/{wname}" if kind else "<none>",
+                workload=workload.short if workload else "<none>",
                 toleration_seconds=delay,
-                toleration_source=toleration_source(tolerations, taint_key, delay, settings),
+                toleration_source=toleration_source(tolerations, outage_taint, delay, settings),
                 evict_at=evict_at,
                 seconds_left=(evict_at - now).total_seconds() if evict_at else None,
                 terminating=terminating,
@@ -242,53 +414,42 @@ def outlook(
                 detail=detail,
             )
         )
-        if kind and fate is not Fate.STAYS:
-            affected.add((meta.get("namespace", ""), kind, wname))
-    ready_elsewhere: dict[tuple[str, str, str], int] = defaultdict(int)
-    for pod in all_pods:
-        kind, wname = workload_of(pod)
-        if not kind or (pod.get("spec") or {}).get("nodeName") in failing_nodes:
-            continue
-        if is_pod_ready(pod) and not (pod.get("metadata") or {}).get("deletionTimestamp"):
-            ready_elsewhere[((pod.get("metadata") or {}).get("namespace", ""), kind, wname)] += 1
-    without = tuple(
-        sorted(f"{ns}/{k}/{n}" for ns, k, n in affected if ready_elsewhere[(ns, k, n)] == 0)
+        if workload and fate is not Fate.STAYS:
+            affected[workload.key] = workload
+    without = tuple(sorted(k for k, w in affected.items() if index.ready_outside(w, failing) == 0))
+    return NodeOutage(
+        node,
+        condition,
+        since,
+        taints,
+        tuple(sorted(outlooks, key=_order)),
+        without,
+        zone=zone,
+        tainting_paused=paused,
     )
-    return NodeOutage(node, condition, since, taints, tuple(sorted(outlooks, key=_order)), without)
 
 
 def _order(p: PodOutlook) -> tuple[float, str]:
     return (p.seconds_left if p.seconds_left is not None else float("inf"), p.key)
 
 
-def disruption_notes(nodes: Sequence[JSON]) -> tuple[str, ...]:
-    """The lifecycle controller's disruption modes (one zone assumed)."""
-    if not nodes:
-        return ()
-    unhealthy = sum(1 for n in nodes if ready_status(n) != "True")
-    if unhealthy == 0:
-        return ()
-    if unhealthy == len(nodes):
-        return (
-            "every node is NotReady: the node lifecycle controller assumes a control-plane problem and evicts nothing (full disruption)",
-        )
-    if unhealthy / len(nodes) > 0.55:
-        mode = "stops evicting" if len(nodes) <= 50 else "evicts at the secondary (slow) rate"
-        return (
-            f"{unhealthy} of {len(nodes)} nodes are NotReady (more than 55%): the node lifecycle controller {mode} (partial disruption)",
-        )
-    return ()
-
-
 def outage_report(
     nodes: Sequence[JSON],
     pods: Sequence[JSON],
     settings: OutageSettings,
+    *,
+    workloads: WorkloadIndex | None = None,
     now: datetime | None = None,
 ) -> OutageReport:
     """Every NotReady/Unknown (or outage-tainted) node, with its pods' outlook."""
     now = now or datetime.now(UTC)
-    by_node: Mapping[str, list[JSON]] = _pods_by_node(pods)
+    index = PodIndex(pods, workloads or WorkloadIndex())
+    zones = zone_states(
+        nodes,
+        threshold=settings.unhealthy_zone_threshold.value,
+        large_cluster=int(settings.large_cluster_size_threshold.value),
+    )
+    large = int(settings.large_cluster_size_threshold.value)
     failing = {n["metadata"]["name"] for n in nodes if _in_outage(n)}
     out = []
     for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
@@ -301,28 +462,33 @@ def outage_report(
         )
         present = next((t for t in taints if t.key == key), None)
         since = ready_since(node)
+        # Not tainted yet: the controller taints in the same pass that marks the node NotReady or
+        # Unknown, so the Ready condition's transition time is when the clock started.
         taint_time = (
             (present.time_added if present and present.time_added else None) or since or now
         )
         condition = {"False": "NotReady", "Unknown": "Unknown (unreachable)"}.get(
             ready_status(node), "Ready (tainted)"
         )
+        zone = zones.get(zone_key(node))
         out.append(
             outlook(
-                name,
-                condition,
-                since,
-                taints,
-                key,
-                taint_time,
-                by_node.get(name, []),
-                pods,
-                failing,
-                settings,
-                now,
+                node=name,
+                condition=condition,
+                since=since,
+                taints=taints,
+                taint_key=key,
+                taint_time=taint_time,
+                index=index,
+                failing=failing,
+                settings=settings,
+                now=now,
+                paused=tainting_paused(zone, large),
+                zone=zone.zone if zone else "",
             )
         )
-    return OutageReport(tuple(out), settings, disruption_notes(nodes))
+    notes = tuple(f"zone {z.zone}: {z.tainting}" for z in zones.values() if z.tainting)
+    return OutageReport(tuple(out), settings, notes + settings.warnings)
 
 
 def _in_outage(node: JSON) -> bool:
@@ -331,10 +497,6 @@ def _in_outage(node: JSON) -> bool:
     )
 
 
-def _pods_by_node(pods: Sequence[JSON]) -> dict[str, list[JSON]]:
-    out: dict[str, list[JSON]] = defaultdict(list)
-    for p in pods:
-        node = (p.get("spec") or {}).get("nodeName")
-        if node and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-            out[node].append(p)
-    return out
+def pods_by_node(pods: Sequence[JSON]) -> Mapping[str, list[JSON]]:
+    """Non-terminated pods per node."""
+    return PodIndex(pods, WorkloadIndex()).by_node

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 from kubecare.kube import JSON
 from kubecare.kube.objects import is_pod_ready, ref
-from kubecare.nodes.drain_plan import DrainPlan, plan_drain
+from kubecare.nodes.drain_plan import DrainPlan, pdbs_by_namespace, plan_drain
 from kubecare.nodes.filters import FilterOptions
-from kubecare.nodes.outage import Fate, NodeOutage, _pods_by_node, outlook
+from kubecare.nodes.outage import Fate, NodeOutage, PodIndex, node_taints, outlook
 from kubecare.nodes.selectors import selector_matches
 from kubecare.nodes.settings import UNREACHABLE_TAINT
 from kubecare.nodes.snapshot import ClusterSnapshot
@@ -74,7 +74,10 @@ def _pv_on_node(pv: JSON, node: str) -> bool:
 def pdbs_broken(pods_here: Sequence[JSON], pdbs: Sequence[JSON]) -> list[str]:
     """PDBs that losing these pods at once would push below their minimum."""
     out = []
+    namespaces = {(p.get("metadata") or {}).get("namespace") for p in pods_here}
     for pdb in pdbs:
+        if (pdb.get("metadata") or {}).get("namespace") not in namespaces:
+            continue
         meta, status = pdb.get("metadata") or {}, pdb.get("status") or {}
         selector = (pdb.get("spec") or {}).get("selector")
         covered = [
@@ -114,28 +117,41 @@ def timeline(outage: NodeOutage, grace: int) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def assess(node: str, snap: ClusterSnapshot, now: datetime | None = None) -> NodeRisk:
+def assess(
+    node: str, snap: ClusterSnapshot, now: datetime | None = None, index: PodIndex | None = None
+) -> NodeRisk:
+    """The blast radius of ``node``; pass ``index`` when assessing many nodes of one snapshot."""
     now = now or datetime.now(UTC)
-    pods_here = _pods_by_node(snap.pods).get(node, [])
+    index = index or PodIndex(snap.pods, snap.workloads)
+    pods_here = index.by_node.get(node, [])
     grace = snap.settings.node_monitor_grace_period.seconds
+    node_obj = next((n for n in snap.nodes if n["metadata"]["name"] == node), {})
     out = outlook(
-        node,
-        "Ready (what-if: down now)",
-        None,
-        (),
-        UNREACHABLE_TAINT,
-        now + timedelta(seconds=grace),
-        pods_here,
-        snap.pods,
-        {node},
-        snap.settings,
-        now,
+        node=node,
+        condition="Ready (what-if: down now)",
+        since=None,
+        taints=node_taints(node_obj),
+        taint_key=UNREACHABLE_TAINT,
+        taint_time=now + timedelta(seconds=grace),
+        index=index,
+        failing={node},
+        settings=snap.settings,
+        now=now,
     )
     pvs = {p["metadata"]["name"]: p for p in snap.pvs}
     pvcs = {ref(c): c for c in snap.pvcs}
     data = [d for p in pods_here for d in local_data(p, node, pvs, pvcs)]
+    by_ns = pdbs_by_namespace(snap.pdbs)
+    namespaces = {(p.get("metadata") or {}).get("namespace", "") for p in pods_here}
+    pdbs_here = [pdb for ns in namespaces for pdb in by_ns.get(ns, [])]
     drain = plan_drain(
-        node, pods_here, FilterOptions(), daemonsets=snap.daemonsets, pdbs=snap.pdbs, now=now
+        node,
+        pods_here,
+        FilterOptions(),
+        daemonsets=snap.daemonsets,
+        pdbs=pdbs_here,
+        workloads=snap.workloads,
+        now=now,
     )
     if drain.blocked:
         verdict = "blocked without overrides: " + "; ".join(drain.errors)
@@ -145,7 +161,7 @@ def assess(node: str, snap: ClusterSnapshot, now: datetime | None = None) -> Nod
         verdict = "could finish now"
     lost = tuple(p.key for p in out.pods if p.fate is Fate.LOST)
     stuck = tuple(p.key for p in out.pods if p.fate is Fate.STUCK)
-    below = tuple(pdbs_broken(pods_here, snap.pdbs))
+    below = tuple(pdbs_broken(pods_here, pdbs_here))
     lose_all = out.workloads_without_ready_replica
     score = (
         10 * len(lost)
@@ -172,6 +188,7 @@ def assess(node: str, snap: ClusterSnapshot, now: datetime | None = None) -> Nod
 
 
 def rank(snap: ClusterSnapshot, now: datetime | None = None) -> list[NodeRisk]:
-    """Every node, biggest blast radius first."""
-    risks = [assess(n["metadata"]["name"], snap, now) for n in snap.nodes]
+    """Every node, biggest blast radius first (one index for all: linear in pods)."""
+    index = PodIndex(snap.pods, snap.workloads)
+    risks = [assess(n["metadata"]["name"], snap, now, index) for n in snap.nodes]
     return sorted(risks, key=lambda r: (-r.score, r.node))

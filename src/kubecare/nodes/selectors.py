@@ -9,8 +9,10 @@ from typing import Any
 def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
     """Whether ``labels`` satisfy a LabelSelector.
 
-    As for PodDisruptionBudgets in policy/v1: an empty selector ``{}`` matches every pod, a missing
-    (null) one matches none.
+    As metav1.LabelSelectorAsSelector and the eviction API (eviction.go getPodDisruptionBudgets)
+    evaluate it: a missing (null) selector matches nothing, an empty one ``{}`` everything, and an
+    invalid one (In/NotIn without values, Exists/DoesNotExist with values, an unknown operator)
+    matches nothing.
     """
     if selector is None:
         return False
@@ -19,6 +21,8 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
             return False
     for expr in selector.get("matchExpressions") or []:
         key, op, values = expr.get("key", ""), expr.get("operator", ""), expr.get("values") or []
+        if (op in ("In", "NotIn")) != bool(values):
+            return False  # labels.NewRequirement rejects it: the selector is invalid
         present = key in labels
         if op == "In" and not (present and labels[key] in values):
             return False

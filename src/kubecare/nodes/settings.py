@@ -3,7 +3,8 @@
 Sources, best first: the flags of kube-controller-manager / kube-apiserver static (mirror) pods in
 kube-system; kubeadm's ``kube-system/kubeadm-config`` ClusterConfiguration extraArgs; for the
 toleration, the tolerations DefaultTolerationSeconds injected into running pods. Anything not
-found is "assumed default", naming the default.
+found is "assumed default", naming the default — and when a source could not be read (RBAC
+forbids it), the settings carry a warning that says so; an unreachable apiserver is an error.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from dataclasses import dataclass
 import yaml
 
 from kubecare.durations import go_duration_seconds
-from kubecare.errors import KubecareError, NotFound
+from kubecare.errors import Forbidden, NotFound
 from kubecare.kube import JSON, Kube
 
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 DEFAULT_TOLERATION_SECONDS = 300  # DefaultTolerationSeconds; what --pod-eviction-timeout=5m was
 DEFAULT_GRACE_SECONDS = 50  # --node-monitor-grace-period since Kubernetes 1.32 (40 s before)
+DEFAULT_UNHEALTHY_ZONE_THRESHOLD = 0.55  # kube-controller-manager --unhealthy-zone-threshold
+DEFAULT_LARGE_CLUSTER_SIZE = 50  # kube-controller-manager --large-cluster-size-threshold
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,26 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """A non-duration setting (a ratio, a node count) and where it came from."""
+
+    name: str
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
 class OutageSettings:
     node_monitor_grace_period: Setting
     not_ready_toleration: Setting
     unreachable_toleration: Setting
+    unhealthy_zone_threshold: Threshold = Threshold(
+        "unhealthy-zone-threshold", DEFAULT_UNHEALTHY_ZONE_THRESHOLD, "assumed default"
+    )
+    large_cluster_size_threshold: Threshold = Threshold(
+        "large-cluster-size-threshold", DEFAULT_LARGE_CLUSTER_SIZE, "assumed default"
+    )
+    warnings: tuple[str, ...] = ()
 
 
 def flags_from_command(command: Sequence[str]) -> dict[str, str]:
@@ -101,6 +120,7 @@ def resolve_settings(
     pods: Sequence[JSON],
     controller_manager_source: str = "static pod",
     apiserver_source: str = "static pod",
+    warnings: Sequence[str] = (),
 ) -> OutageSettings:
     """Pure: combine what was found into settings, saying where each came from."""
     cm = controller_manager_flags or {}
@@ -138,26 +158,51 @@ def resolve_settings(
             flag, DEFAULT_TOLERATION_SECONDS, f"assumed default ({DEFAULT_TOLERATION_SECONDS}s)"
         )
 
+    def threshold(flag: str, default: float) -> Threshold:
+        try:
+            if flag in cm:
+                return Threshold(
+                    flag,
+                    float(cm[flag]),
+                    f"kube-controller-manager flag ({controller_manager_source})",
+                )
+        except ValueError:
+            pass  # malformed: treated as unset, like the durations
+        return Threshold(flag, default, f"assumed default ({default:g})")
+
     return OutageSettings(
         grace_setting,
         toleration("default-not-ready-toleration-seconds", NOT_READY_TAINT),
         toleration("default-unreachable-toleration-seconds", UNREACHABLE_TAINT),
+        threshold("unhealthy-zone-threshold", DEFAULT_UNHEALTHY_ZONE_THRESHOLD),
+        threshold("large-cluster-size-threshold", DEFAULT_LARGE_CLUSTER_SIZE),
+        tuple(warnings),
     )
 
 
 async def read_settings(kube: Kube, pods: Sequence[JSON]) -> OutageSettings:
-    """Read the settings from static pods or kubeadm-config where readable; never fails."""
+    """Read the settings from static pods or kubeadm-config where readable.
+
+    A source RBAC forbids becomes a warning (the value then comes from the next source, or is
+    assumed and says so); any other failure (unreachable apiserver, 5xx) is raised.
+    """
     found: dict[str, tuple[dict[str, str], str]] = {}
+    warnings: list[str] = []
     try:
         system = [
             p
             async for p in kube.list_items(
                 "/api/v1/namespaces/kube-system/pods",
                 params={"labelSelector": "tier=control-plane"},
+                what="control-plane pods in kube-system",
             )
         ]
-    except KubecareError:
-        system = []  # not readable with these credentials: fall back
+    except Forbidden as e:
+        system = []
+        warnings.append(
+            f"cannot read the control-plane pods in kube-system ({e.message}); "
+            "settings come from kubeadm-config or are assumed"
+        )
     for p in system:
         component = ((p.get("metadata") or {}).get("labels") or {}).get("component", "")
         containers = (p.get("spec") or {}).get("containers") or [{}]
@@ -176,8 +221,12 @@ async def read_settings(kube: Kube, pods: Sequence[JSON]) -> OutageSettings:
             ):
                 if component not in found and key in extra:
                     found[component] = (extra[key], "kubeadm-config")
-        except (NotFound, KubecareError):
-            pass
+        except NotFound:
+            pass  # not a kubeadm cluster
+        except Forbidden as e:
+            warnings.append(
+                f"cannot read kube-system/kubeadm-config ({e.message}); settings not found elsewhere are assumed"
+            )
     cm = found.get("kube-controller-manager")
     api = found.get("kube-apiserver")
     return resolve_settings(
@@ -186,4 +235,5 @@ async def read_settings(kube: Kube, pods: Sequence[JSON]) -> OutageSettings:
         pods=pods,
         controller_manager_source=cm[1] if cm else "",
         apiserver_source=api[1] if api else "",
+        warnings=warnings,
     )

@@ -1,4 +1,4 @@
-"""One read of what outage and risk analysis need: every node, pod, PDB, DaemonSet and volume."""
+"""One read of what outage and risk analysis need: every node, pod, PDB, controller and volume."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 from dataclasses import dataclass
 
 from kubecare.kube import JSON, Kube
-from kubecare.kube.objects import ref
 from kubecare.nodes.settings import OutageSettings, read_settings
+from kubecare.nodes.workloads import WorkloadIndex, list_workloads
 
 
 @dataclass(frozen=True)
@@ -15,10 +15,19 @@ class ClusterSnapshot:
     nodes: list[JSON]
     pods: list[JSON]
     pdbs: list[JSON]
-    daemonsets: set[str]
+    workloads: WorkloadIndex
     pvs: list[JSON]
     pvcs: list[JSON]
     settings: OutageSettings
+
+    @property
+    def daemonsets(self) -> set[str]:
+        """``ns/name`` of every DaemonSet (the drain filters need to know which exist)."""
+        return {
+            key.replace("/DaemonSet/", "/", 1)
+            for key in self.workloads.objects
+            if "/DaemonSet/" in key
+        }
 
 
 async def take_snapshot(
@@ -33,13 +42,13 @@ async def take_snapshot(
     async def nothing() -> list[JSON]:
         return []
 
-    nodes, pods, pdbs, dss, pvs, pvcs = await asyncio.gather(
+    nodes, pods, pdbs, workloads, pvs, pvcs = await asyncio.gather(
         items("/api/v1/nodes", "nodes"),
         items("/api/v1/pods", "pods"),
         items("/apis/policy/v1/poddisruptionbudgets", "PodDisruptionBudgets"),
-        items("/apis/apps/v1/daemonsets", "DaemonSets"),
+        list_workloads(kube, chunk_size=chunk_size),
         items("/api/v1/persistentvolumes", "PersistentVolumes") if volumes else nothing(),
         items("/api/v1/persistentvolumeclaims", "PersistentVolumeClaims") if volumes else nothing(),
     )
     settings = await read_settings(kube, pods)
-    return ClusterSnapshot(nodes, pods, pdbs, {ref(d) for d in dss}, pvs, pvcs, settings)
+    return ClusterSnapshot(nodes, pods, pdbs, workloads, pvs, pvcs, settings)

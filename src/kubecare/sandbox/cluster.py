@@ -13,13 +13,12 @@ import base64
 import contextlib
 import fcntl
 import json
-import os
 import shutil
 import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +47,19 @@ from kubecare.sandbox.nodes import (
     wait_ready,
 )
 from kubecare.sandbox.pki import SandboxPKI, create_pki
+from kubecare.sandbox.state import ComponentState, SandboxState, state_root
 
 Progress = Callable[[str], None]
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# Every request at Metadata level, logged once (when the response is complete): enough to count
+# requests per user agent, which is how benchmarks compare tools on the server's side.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+"""
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-def state_root() -> Path:
-    env = os.environ.get("KUBECARE_STATE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "kubecare" / "sandboxes"
 
 
 @dataclass(frozen=True)
@@ -72,35 +72,7 @@ class SandboxOptions:
     node_monitor_grace_period: int | None = None  # seconds; controller-manager default (50)
     max_pods: int = 500
     ready_timeout: float = 180.0
-
-
-@dataclass
-class ComponentState:
-    """One process of the sandbox, as recorded in state.json."""
-
-    name: str
-    binary: str
-    args: list[str]
-    port: int
-    version: str
-    health: str  # URL checked for health
-    pid: int | None = None
-
-    @property
-    def log_name(self) -> str:
-        return f"{self.name}.log"
-
-
-@dataclass
-class SandboxState:
-    name: str
-    version: str
-    created: float
-    options: dict[str, Any]
-    apiserver: str
-    nodes: list[str] = field(default_factory=list)
-    components: dict[str, ComponentState] = field(default_factory=dict)
-    next_node_index: int = 0
+    audit_log: bool = False  # the apiserver writes logs/audit.log (benchmarks count requests there)
 
 
 @dataclass(frozen=True)
@@ -375,6 +347,17 @@ class Sandbox:
             str(pki.sa_key),
             "--profiling=false",
         ]
+        if opts.audit_log:
+            policy = d / "audit-policy.yaml"
+            write_atomic(policy, AUDIT_POLICY, mode=0o600)
+            apiserver_args += [
+                "--audit-policy-file",
+                str(policy),
+                "--audit-log-path",
+                str(self.log_path("audit")),
+                "--audit-log-format",
+                "json",
+            ]
         if opts.pod_eviction_timeout is not None:
             # What --pod-eviction-timeout used to set: DefaultTolerationSeconds' injected tolerations.
             apiserver_args += [
@@ -829,10 +812,3 @@ async def _wait_default_service_account(kube: Kube, timeout: float) -> None:
                     "the service-account controller did not create default/default; see kubecare sandbox logs kube-controller-manager"
                 ) from None
             await asyncio.sleep(0.2)
-
-
-def list_sandboxes() -> list[str]:
-    root = state_root()
-    if not root.exists():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "state.json").exists())

@@ -1,0 +1,52 @@
+"""Where sandboxes live and what state.json records: light enough for shell completion."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def state_root() -> Path:
+    env = os.environ.get("KUBECARE_STATE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "kubecare" / "sandboxes"
+
+
+@dataclass
+class ComponentState:
+    """One process of the sandbox, as recorded in state.json."""
+
+    name: str
+    binary: str
+    args: list[str]
+    port: int
+    version: str
+    health: str  # URL checked for health
+    pid: int | None = None
+
+    @property
+    def log_name(self) -> str:
+        return f"{self.name}.log"
+
+
+@dataclass
+class SandboxState:
+    name: str
+    version: str
+    created: float
+    options: dict[str, Any]
+    apiserver: str
+    nodes: list[str] = field(default_factory=list)
+    components: dict[str, ComponentState] = field(default_factory=dict)
+    next_node_index: int = 0
+
+
+def list_sandboxes() -> list[str]:
+    root = state_root()
+    if not root.exists():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "state.json").exists())

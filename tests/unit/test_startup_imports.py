@@ -1,0 +1,99 @@
+"""Start-up guard: cheap commands must not import what only real work needs.
+
+Deterministic (which modules got imported), not timed. Every command added later inherits it:
+`--help` of every command is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kubecare.cli.app import _all_subparsers, build_parser
+
+# Heavy modules no `--help`, `version` or `completion` may pull in.
+HEAVY = (
+    "asyncio",
+    "ssl",
+    "httpx2",
+    "httpcore2",
+    "yaml",
+    "orjson",
+    "asyncssh",
+    "cryptography",
+    "grpc",
+    "lightkube",
+    "rich",
+    "typer",
+    "click",
+    "kubecare.kube",
+    "kubecare.nodes",
+    "kubecare.sandbox.cluster",
+)
+
+PROBE = """
+import json, sys
+from kubecare.cli.app import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("MODULES=" + json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def imported(*args: str) -> set[str]:
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    line = next(x for x in res.stderr.splitlines() if x.startswith("MODULES="))
+    return set(json.loads(line.removeprefix("MODULES=")))
+
+
+def heavy_in(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+def every_command() -> list[list[str]]:
+    root = build_parser()
+    out = [[]]
+    for sub in _all_subparsers(root):
+        out.append(sub.prog.split()[1:])
+    return out
+
+
+@pytest.mark.parametrize("args", [["version"], ["--help"], ["completion", "bash"]])
+def test_cheap_commands_import_nothing_heavy(args: list[str]) -> None:
+    assert heavy_in(imported(*args)) == []
+
+
+def test_every_commands_help_imports_nothing_heavy() -> None:
+    # One process per command would take seconds; the parser is the same, so one probe that
+    # asks each command's help in turn proves the same thing.
+    probe = """
+import json, sys
+from kubecare.cli.app import main
+for cmd in json.loads(sys.argv[1]):
+    try:
+        main([*cmd, "--help"])
+    except SystemExit:
+        pass
+print("MODULES=" + json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(every_command())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    line = next(x for x in res.stderr.splitlines() if x.startswith("MODULES="))
+    assert heavy_in(set(json.loads(line.removeprefix("MODULES=")))) == []
+    assert len(every_command()) > 15
