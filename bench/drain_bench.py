@@ -1,13 +1,20 @@
 """Drain benchmark: kubecare drain vs kubectl drain on the same sandbox, in the same run.
 
-    .venv/bin/python bench/drain_bench.py [--runs 3] [--deployments 30] [--replicas 10]
+    .venv/bin/python bench/drain_bench.py [--runs 5] [--deployments 30] [--replicas 10]
 
-(a) a node with 300 pods from 30 Deployments: wall time, API requests (kubectl's from -v=6 in a
-    separate run, kubecare's from its request counter), kubecare's peak RSS;
+Scenarios (each drains the node holding the pods to the other worker, so every run starts from
+the same state):
+(a) 300 pods from 30 Deployments, deleted at once (kwok removes a pod as soon as it is deleted);
 (b) 10 pods under a PodDisruptionBudget with maxUnavailable=1 whose replacements become Ready
-    after about a second: wall time.
-Runs alternate between the tools; each drain moves the pods from one worker to the other, so every
-run starts from the same state. Prints a Markdown table; writes bench/results/drain.json.
+    after about a second, deleted at once;
+(c) closer to real nodes: 10 pods under the same budget, each taking 5 s to terminate (grace
+    period 30 s, kwok deletes after 5 s) and whose replacements take 3 s to become Ready.
+
+Fairness: both tools run the same command line shape against the same sandbox; the order
+alternates every run (kubectl first, then kubecare first), so each tool drains in both directions
+equally often; API requests are counted the same way for both, on the server, from the
+apiserver's audit log by user agent; both tools' peak RSS is taken from wait4. Versions are
+recorded. Medians of ``--runs``. Writes bench/results/drain.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -16,14 +23,15 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from kubecare import __version__
 from kubecare.kube import ClientOptions, Kube
 from kubecare.kube.objects import is_pod_ready
 from kubecare.sandbox import Sandbox, SandboxOptions
@@ -32,22 +40,46 @@ from kubecare.sandbox.binaries import find_kubectl
 BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).parent / "results"
 NODES = ("worker-1", "worker-2")
+AGENTS = {"kubectl": "kubectl/", "kubecare": "kubecare/"}
 
 
-def run_timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (KiB) of the process, stderr."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    )
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {err[-2000:]}")
-    return seconds, usage.ru_maxrss, err
+def run_timed(argv: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of the process; exits on failure.
+
+    The peak comes from GNU time, not from this process's wait4: Linux carries a forked child's
+    high-water mark over exec, so wait4 here would report this (large) Python process's RSS for
+    every tool.
+    """
+    with tempfile.NamedTemporaryFile(mode="r") as peak:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        return seconds, int(peak.read().split()[-1])
+
+
+class AuditCounter:
+    """Requests per tool, read from the apiserver's audit log (one line per request)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mark(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def count(self, since: int, agent: str) -> int:
+        time.sleep(1.0)  # watches are logged when they end, just after the process exits
+        with open(self.path, "rb") as f:
+            f.seek(since)
+            lines = f.read().splitlines()
+        return sum(1 for line in lines if json.loads(line).get("userAgent", "").startswith(agent))
 
 
 async def set_schedulable(kube: Kube, node: str, schedulable: bool) -> None:
@@ -59,7 +91,7 @@ async def set_schedulable(kube: Kube, node: str, schedulable: bool) -> None:
     )
 
 
-async def wait_ready_on(kube: Kube, ns: str, node: str, count: int, timeout: float = 300) -> None:
+async def wait_ready_on(kube: Kube, ns: str, node: str, count: int, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while True:
         items = [p async for p in kube.list_items(f"/api/v1/namespaces/{ns}/pods")]
@@ -89,7 +121,7 @@ async def wait_pdb_allows(kube: Kube, ns: str, name: str) -> None:
 
 
 def deployment(
-    name: str, replicas: int, annotations: dict[str, str] | None = None
+    name: str, replicas: int, annotations: dict[str, str] | None = None, grace: int = 0
 ) -> dict[str, object]:
     return {
         "apiVersion": "apps/v1",
@@ -102,22 +134,31 @@ def deployment(
                 "metadata": {"labels": {"app": name}, "annotations": annotations or {}},
                 "spec": {
                     "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}],
-                    "terminationGracePeriodSeconds": 0,
+                    "terminationGracePeriodSeconds": grace,
                 },
             },
         },
     }
 
 
+PDB = {
+    "apiVersion": "policy/v1",
+    "kind": "PodDisruptionBudget",
+    "metadata": {"name": "web"},
+    "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}},
+}
+
+
 async def scenario(
     kube: Kube,
     sb: Sandbox,
+    audit: AuditCounter,
     ns: str,
     objects: list[dict[str, object]],
     total: int,
     runs: int,
     pdb: str | None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     kubectl = str(find_kubectl())
     await kube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
     while (
@@ -136,50 +177,28 @@ async def scenario(
     await wait_ready_on(kube, ns, NODES[0], total)
     source = 0
     times: dict[str, list[float]] = {"kubectl": [], "kubecare": []}
-    rss: list[int] = []
-    requests: dict[str, int] = {}
-    count_file = Path(tempfile.mkdtemp()) / "requests"
-    schedule = [tool for _ in range(runs) for tool in ("kubectl", "kubecare")]
-    schedule += ["kubectl-v6", "kubecare-count"]  # one more each, only to count requests
-    for tool in schedule:
-        src, dst = NODES[source], NODES[1 - source]
-        await set_schedulable(kube, dst, True)
-        if pdb:
-            await wait_pdb_allows(kube, ns, pdb)
-        env = dict(os.environ)
-        if tool.startswith("kubectl"):
-            argv = [kubectl, "--kubeconfig", str(sb.kubeconfig), "drain", src, "--timeout", "600s"]
-            if tool == "kubectl-v6":
-                argv.append("-v=6")
-        else:
-            argv = [
-                str(BIN / "kubecare"),
-                "--kubeconfig",
-                str(sb.kubeconfig),
-                "drain",
-                src,
-                "--timeout",
-                "600s",
-                "-q",
-            ]
-            if tool == "kubecare-count":
-                env["KUBECARE_REQUEST_COUNT_FILE"] = str(count_file)
-        seconds, max_rss, err = run_timed(argv, env)
-        if tool in times:
-            times[tool].append(seconds)
-            if tool == "kubecare":
-                rss.append(max_rss)
-        elif tool == "kubectl-v6":
-            requests["kubectl"] = len(
-                re.findall(
-                    r'verb="(?:GET|POST|PUT|PATCH|DELETE)"|\b(?:GET|POST|PUT|PATCH|DELETE) https://',
-                    err,
-                )
+    rss: dict[str, list[int]] = {"kubectl": [], "kubecare": []}
+    requests: dict[str, list[int]] = {"kubectl": [], "kubecare": []}
+    directions: dict[str, list[str]] = {"kubectl": [], "kubecare": []}
+    for i in range(runs):
+        order = ("kubectl", "kubecare") if i % 2 == 0 else ("kubecare", "kubectl")
+        for tool in order:
+            src, dst = NODES[source], NODES[1 - source]
+            await set_schedulable(kube, dst, True)
+            if pdb:
+                await wait_pdb_allows(kube, ns, pdb)
+            common = ["--kubeconfig", str(sb.kubeconfig), "drain", src, "--timeout", "900s"]
+            argv = (
+                [kubectl, *common] if tool == "kubectl" else [str(BIN / "kubecare"), *common, "-q"]
             )
-        else:
-            requests["kubecare"] = int(count_file.read_text())
-        await wait_ready_on(kube, ns, dst, total)
-        source = 1 - source
+            mark = audit.mark()
+            seconds, max_rss = run_timed(argv)
+            times[tool].append(seconds)
+            rss[tool].append(max_rss)
+            requests[tool].append(audit.count(mark, AGENTS[tool]))
+            directions[tool].append(f"{src}->{dst}")
+            await wait_ready_on(kube, ns, dst, total)
+            source = 1 - source
     await kube.http.delete(f"/api/v1/namespaces/{ns}")
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
@@ -187,64 +206,106 @@ async def scenario(
         "kubecare_s": round(med["kubecare"], 2),
         "ratio": round(med["kubecare"] / med["kubectl"], 2),
         "all_s": {k: [round(x, 2) for x in v] for k, v in times.items()},
+        "directions": directions,
+        "requests_median": {k: statistics.median(v) for k, v in requests.items()},
         "requests": requests,
-        "kubecare_peak_rss_mib": round(max(rss) / 1024) if rss else None,
+        "peak_rss_mib": {k: round(max(v) / 1024) for k, v in rss.items()},
+    }
+
+
+def versions(kubectl: str) -> dict[str, str]:
+    out = subprocess.run(
+        [kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, check=True
+    )
+    return {
+        "kubectl": json.loads(out.stdout)["clientVersion"]["gitVersion"],
+        "kubecare": __version__,
     }
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--deployments", type=int, default=30)
     parser.add_argument("--replicas", type=int, default=10)
     parser.add_argument("--pdb-pods", type=int, default=10)
+    parser.add_argument("--only", choices=("a", "b", "c"), action="append")
     args = parser.parse_args()
     os.environ.setdefault("KUBECARE_STATE_DIR", tempfile.mkdtemp(prefix="kubecare-bench-"))
     sb = Sandbox("bench-drain")
-    await sb.up(SandboxOptions(workers=2))
+    await sb.up(SandboxOptions(workers=2, audit_log=True))
+    audit = AuditCounter(sb.log_path("audit"))
+    wanted = set(args.only or ("a", "b", "c"))
+    results: dict[str, Any] = {}
     try:
         async with Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as kube:
+            kube.http.headers["User-Agent"] = "drain-bench"  # not counted as either tool
             total = args.deployments * args.replicas
-            a = await scenario(
-                kube,
-                sb,
-                "bench-a",
-                [deployment(f"app-{i:02d}", args.replicas) for i in range(args.deployments)],
-                total,
-                args.runs,
-                None,
-            )
-            slow = {"pod-ready.stage.kwok.x-k8s.io/delay": "1s"}
-            pdb = {
-                "apiVersion": "policy/v1",
-                "kind": "PodDisruptionBudget",
-                "metadata": {"name": "web"},
-                "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}},
-            }
-            b = await scenario(
-                kube,
-                sb,
-                "bench-b",
-                [deployment("web", args.pdb_pods, slow), pdb],
-                args.pdb_pods,
-                args.runs,
-                "web",
-            )
+            if "a" in wanted:
+                results["a"] = await scenario(
+                    kube,
+                    sb,
+                    audit,
+                    "bench-a",
+                    [deployment(f"app-{i:02d}", args.replicas) for i in range(args.deployments)],
+                    total,
+                    args.runs,
+                    None,
+                )
+            if "b" in wanted:
+                slow = {"pod-ready.stage.kwok.x-k8s.io/delay": "1s"}
+                results["b"] = await scenario(
+                    kube,
+                    sb,
+                    audit,
+                    "bench-b",
+                    [deployment("web", args.pdb_pods, slow), PDB],
+                    args.pdb_pods,
+                    args.runs,
+                    "web",
+                )
+            if "c" in wanted:
+                real = {
+                    "pod-ready.stage.kwok.x-k8s.io/delay": "3s",
+                    "pod-delete.stage.kwok.x-k8s.io/delay": "5s",
+                }
+                results["c"] = await scenario(
+                    kube,
+                    sb,
+                    audit,
+                    "bench-c",
+                    [deployment("web", args.pdb_pods, real, grace=30), PDB],
+                    args.pdb_pods,
+                    args.runs,
+                    "web",
+                )
+        kube_version = sb.load().version
     finally:
         sb.down()
-    result = {"runs": args.runs, "a": a, "b": b, "cores": os.cpu_count()}
+    result = {
+        "runs": args.runs,
+        "cores": os.cpu_count(),
+        "versions": {**versions(str(find_kubectl())), "kubernetes": kube_version},
+        **results,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "drain.json").write_text(json.dumps(result, indent=2))
+    names = {
+        "a": f"(a) {args.deployments * args.replicas} pods from {args.deployments} Deployments, deleted at once",
+        "b": f"(b) {args.pdb_pods} pods under a PDB (maxUnavailable=1), replacements Ready after ~1 s, deleted at once",
+        "c": f"(c) {args.pdb_pods} pods under a PDB, 5 s to terminate, replacements Ready after 3 s",
+    }
     print(
-        "| scenario | kubectl drain | kubecare drain | ratio | API requests (kubectl / kubecare) |\n|---|---|---|---|---|"
+        "| scenario | `kubectl drain` | `kubecare drain` | ratio | API requests (kubectl / kubecare) | peak RSS MiB (kubectl / kubecare) |"
     )
-    print(
-        f"| (a) {total} pods, {args.deployments} Deployments, one node | {a['kubectl_s']} s | {a['kubecare_s']} s | {a['ratio']}x | {a['requests'].get('kubectl')} / {a['requests'].get('kubecare')} |"
-    )  # type: ignore[attr-defined]
-    print(
-        f"| (b) {args.pdb_pods} pods, PDB maxUnavailable=1, Ready after ~1 s | {b['kubectl_s']} s | {b['kubecare_s']} s | {b['ratio']}x | {b['requests'].get('kubectl')} / {b['requests'].get('kubecare')} |"
-    )  # type: ignore[attr-defined]
-    print(f"\nkubecare drain peak RSS in (a): {a['kubecare_peak_rss_mib']} MiB")
+    print("|---|---|---|---|---|---|")
+    for key, r in results.items():
+        req, mem = r["requests_median"], r["peak_rss_mib"]
+        print(
+            f"| {names[key]} | {r['kubectl_s']} s | {r['kubecare_s']} s | **{r['ratio']}x** | "
+            f"{req['kubectl']:g} / {req['kubecare']:g} | {mem['kubectl']} / {mem['kubecare']} |"
+        )
+    print(f"\nversions: {result['versions']}; medians of {args.runs} runs per tool")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ without sending anything (a half-open connection), or rewrite a response body.
         proxy.add(Rule("POST", r"/eviction$", status=409, times=3))
         kube = Kube(ClientOptions(kubeconfig=str(proxy.kubeconfig)))
 
-HTTP/1.1 is parsed with h11 (already installed with the HTTP client).
+The client side is parsed with h11 (a test dependency); the upstream side is kubecare's own HTTP
+client, which streams.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import h11
-import httpx2
 import yaml
 
+from kubecare.kube.http import HttpClient
 from kubecare.sandbox import Sandbox
 
 Transform = Callable[[bytes], bytes]
@@ -82,14 +83,15 @@ class Logged:
 class FaultProxy:
     """The proxy; ``kubeconfig`` points a client at it (same CA, admin user)."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: Sandbox, host: str = "127.0.0.1") -> None:
         self.sandbox = sandbox
+        self.host = host  # another loopback address (127.0.0.2) is not in the certificate
         self.upstream = sandbox.load().apiserver
         self.rules: list[Rule] = []
         self.log: list[Logged] = []
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._client: httpx2.AsyncClient | None = None
+        self._client: HttpClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.kubeconfig = sandbox.dir / f"proxy-{id(self)}.kubeconfig"
@@ -117,16 +119,11 @@ class FaultProxy:
         admin = pki.pair("admin")
         upstream_ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
         upstream_ctx.load_cert_chain(str(admin.cert), str(admin.key))
-        self._client = httpx2.AsyncClient(
-            base_url=self.upstream,
-            verify=upstream_ctx,
-            timeout=httpx2.Timeout(30, read=None),
-            trust_env=False,
-        )
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0, ssl=server_ctx)
+        self._client = HttpClient(self.upstream, ssl_context=upstream_ctx, read_timeout=30)
+        self._server = await asyncio.start_server(self._connection, self.host, 0, ssl=server_ctx)
         self.port = self._server.sockets[0].getsockname()[1]
         doc = yaml.safe_load(self.sandbox.kubeconfig.read_text())
-        doc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.port}"
+        doc["clusters"][0]["cluster"]["server"] = f"https://{self.host}:{self.port}"
         self.kubeconfig.write_text(yaml.safe_dump(doc))
         self.kubeconfig.chmod(0o600)
 
@@ -220,55 +217,58 @@ class FaultProxy:
                 await self._answer(conn, writer, rule)
                 return True
         assert self._client is not None
-        forward = [
-            (k, v)
+        forward = {
+            k: v
             for k, v in headers
             if k.lower() not in ("host", "authorization", "content-length", "connection")
+        }
+        async with self._client.stream(
+            method, target, headers=forward, content=body, read_timeout=None
+        ) as response:
+            self.log.append(Logged(method, target, response.status_code, time.monotonic(), agent))
+            return await self._relay(conn, writer, rule, response)
+
+    async def _relay(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, rule: Rule | None, response: Any
+    ) -> bool:
+        out_headers = [
+            (k, v)
+            for k, v in response.headers.items()
+            if k.lower()
+            not in ("content-length", "transfer-encoding", "connection", "content-encoding")
         ]
-        upstream = self._client.build_request(method, target, headers=forward, content=body)
-        response = await self._client.send(upstream, stream=True)
-        self.log.append(Logged(method, target, response.status_code, time.monotonic(), agent))
-        try:
-            out_headers = [
-                (k, v)
-                for k, v in response.headers.items()
-                if k.lower()
-                not in ("content-length", "transfer-encoding", "connection", "content-encoding")
-            ]
-            if rule is not None and rule.transform is not None:
-                data = rule.transform(await response.aread())
-                out_headers.append(("Content-Length", str(len(data))))
-                await self._send(
-                    writer,
-                    conn,
-                    h11.Response(status_code=response.status_code, headers=out_headers),
-                )
-                await self._send(writer, conn, h11.Data(data=data))
-                await self._send(writer, conn, h11.EndOfMessage())
-                return True
+        if rule is not None and rule.transform is not None:
+            data = rule.transform(await response.aread())
+            out_headers.append(("Content-Length", str(len(data))))
             await self._send(
-                writer, conn, h11.Response(status_code=response.status_code, headers=out_headers)
+                writer,
+                conn,
+                h11.Response(status_code=response.status_code, headers=out_headers),
             )
-            if rule is not None and rule.hang:
-                await asyncio.Event().wait()  # half-open: silent until the proxy stops
-            sent = 0
-            async for chunk in response.aiter_raw():
-                if (
-                    rule is not None
-                    and rule.cut_after is not None
-                    and sent + len(chunk) > rule.cut_after
-                ):
-                    head = chunk[: max(0, rule.cut_after - sent)]
-                    if head:
-                        await self._send(writer, conn, h11.Data(data=head))
-                    writer.transport.abort()
-                    return False
-                sent += len(chunk)
-                await self._send(writer, conn, h11.Data(data=chunk))
+            await self._send(writer, conn, h11.Data(data=data))
             await self._send(writer, conn, h11.EndOfMessage())
             return True
-        finally:
-            await response.aclose()
+        await self._send(
+            writer, conn, h11.Response(status_code=response.status_code, headers=out_headers)
+        )
+        if rule is not None and rule.hang:
+            await asyncio.Event().wait()  # half-open: silent until the proxy stops
+        sent = 0
+        async for chunk in response.aiter_raw():
+            if (
+                rule is not None
+                and rule.cut_after is not None
+                and sent + len(chunk) > rule.cut_after
+            ):
+                head = chunk[: max(0, rule.cut_after - sent)]
+                if head:
+                    await self._send(writer, conn, h11.Data(data=head))
+                writer.transport.abort()
+                return False
+            sent += len(chunk)
+            await self._send(writer, conn, h11.Data(data=chunk))
+        await self._send(writer, conn, h11.EndOfMessage())
+        return True
 
     async def _answer(self, conn: h11.Connection, writer: asyncio.StreamWriter, rule: Rule) -> None:
         status = rule.status or 500

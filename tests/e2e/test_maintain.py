@@ -242,3 +242,24 @@ async def test_maintain_holds_the_lock_until_the_node_is_back(
     assert "waiting for the maintenance lock, held by " in res.stderr and f"/{first}" in res.stderr
     assert not await cordoned(kube, first)
     await set_unschedulable(kube, second, False)
+
+
+async def test_the_commands_output_goes_to_stderr_and_the_report_never_to_stdout(
+    sandbox: Sandbox, kube: Kube, pool: Pool
+) -> None:
+    res = run_cli(
+        "maintain",
+        pool.nodes[0],
+        "-o",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        "echo hello-from-the-node; echo on-stderr >&2",
+        kubeconfig=sandbox.kubeconfig,
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)  # stdout is only the JSON report
+    assert report["output_tail"] == ["hello-from-the-node", "on-stderr"]
+    assert "hello-from-the-node" in res.stderr
+    assert not await cordoned(kube, pool.nodes[0])

@@ -8,7 +8,6 @@ import stat
 import uuid
 from pathlib import Path
 
-import httpx2
 import pytest
 
 from kubecare.errors import SandboxError
@@ -127,9 +126,12 @@ def test_bad_sandbox_names_are_usage_errors(bad: str) -> None:
 
 def test_etcd_requires_client_certificates(sandbox: Sandbox) -> None:
     port = sandbox.load().components["etcd"].port
-    with pytest.raises(httpx2.HTTPError):
-        httpx2.get(
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        urllib.request.urlopen(
             f"https://127.0.0.1:{port}/health",
-            verify=ssl.create_default_context(cafile=str(sandbox.pki.etcd_ca.cert)),
+            context=ssl.create_default_context(cafile=str(sandbox.pki.etcd_ca.cert)),
             timeout=5,
         )

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import httpx2
 import pytest
 
 from kubecare import errors
+from kubecare.kube import http
 from kubecare.kube.discovery import ApiResource, parse_aggregated, parse_resource_list
 from kubecare.kube.errors import api_error, mapped
 
@@ -33,10 +33,7 @@ def test_not_found_names_the_object() -> None:
 
 
 def test_http_status_errors_are_translated_with_retry_after() -> None:
-    req = httpx2.Request("POST", "https://x/api/v1/namespaces/a/pods/p/eviction")
-    resp = httpx2.Response(
-        429, request=req, headers={"Retry-After": "3"}, json={"message": "Cannot evict pod"}
-    )
+    resp = http.Response(429, {"retry-after": "3"}, b'{"message": "Cannot evict pod"}')
     with pytest.raises(errors.TooManyRequests) as info, mapped('pod "a/p"'):
         resp.raise_for_status()
     assert info.value.retry_after == 3.0
@@ -48,9 +45,9 @@ def test_transport_errors_become_unreachable() -> None:
         pytest.raises(errors.Unreachable, match="unreachable"),
         mapped("nodes", "https://127.0.0.1:1"),
     ):
-        raise httpx2.ConnectError("connection refused")
+        raise http.ConnectError("connection refused")
     with pytest.raises(errors.Unreachable, match="did not answer in time"), mapped("nodes"):
-        raise httpx2.ConnectTimeout("timed out")
+        raise http.ConnectTimeout("timed out")
 
 
 def test_other_exceptions_pass_through() -> None:

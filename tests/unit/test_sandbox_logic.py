@@ -152,3 +152,10 @@ def test_write_atomic_sets_mode_and_replaces(tmp_path: Path) -> None:
     assert target.read_text() == "two"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [p.name for p in target.parent.iterdir()] == ["secret"]
+
+
+def test_the_cli_names_the_supported_versions() -> None:
+    from kubecare.cli.sandbox import SUPPORTED
+    from kubecare.sandbox.binaries import KUBE_VERSIONS
+
+    assert ", ".join(".".join(v.split(".")[:2]) for v in KUBE_VERSIONS) == SUPPORTED

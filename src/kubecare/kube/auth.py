@@ -1,4 +1,5 @@
-"""From a :class:`~kubecare.kube.config.Connection` to an authenticated HTTP client.
+"""From a :class:`~kubecare.kube.config.Connection` to an authenticated HTTP client
+(:class:`~kubecare.kube.http.HttpClient`).
 
 TLS: the cluster's CA (or the system store), ``insecure-skip-tls-verify``, ``tls-server-name``
 (SNI and the name the certificate must carry) and client certificates. Credentials: a static
@@ -18,16 +19,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import httpx2
-
 from kubecare import __version__
 from kubecare.errors import ConfigError
 from kubecare.kube.config import Connection, ExecConfig
+from kubecare.kube.http import Credentials, HttpClient
 
 USER_AGENT = f"kubecare/{__version__} ({sys.platform}/{os.uname().machine})"
 
@@ -192,11 +192,8 @@ def parse_exec_credential(stdout: bytes, exec_cfg: ExecConfig) -> ExecCredential
     )
 
 
-class KubeAuth(httpx2.Auth):
-    """Adds the connection's credentials to every request; refreshes exec and file tokens."""
-
-    requires_request_body = False
-    requires_response_body = False
+class KubeAuth(Credentials):
+    """The connection's credentials for every request; exec and file tokens are refreshed."""
 
     def __init__(self, conn: Connection, first: ExecCredential | None = None) -> None:
         self.conn = conn
@@ -204,10 +201,13 @@ class KubeAuth(httpx2.Auth):
         self._file_token: tuple[str, float] | None = None
         self._lock = asyncio.Lock()
 
-    def _token_from_file(self) -> str | None:
+    def can_refresh(self) -> bool:
+        return bool(self.conn.exec or self.conn.token_file)
+
+    def _token_from_file(self, refresh: bool) -> str:
         assert self.conn.token_file
         now = time.monotonic()
-        if self._file_token and now - self._file_token[1] < 60:
+        if self._file_token and not refresh and now - self._file_token[1] < 60:
             return self._file_token[0]
         try:
             token = Path(self.conn.token_file).read_text().strip()
@@ -218,76 +218,55 @@ class KubeAuth(httpx2.Auth):
         self._file_token = (token, now)
         return token
 
-    async def _exec_token(self, *, refresh: bool) -> str | None:
+    async def _exec_token(self, *, refused: bool, refused_token: str | None) -> str | None:
         assert self.conn.exec
         async with self._lock:
             cred = self._exec
             stale = cred is None or (cred.expires is not None and cred.expires - time.time() < 10)
-            if refresh or stale:
+            # A 401 for the token we hold now means it is bad; for an older one, another request
+            # has already fetched a new one.
+            if stale or (refused and (cred is None or cred.token == refused_token)):
                 cred = await asyncio.to_thread(run_exec_plugin, self.conn.exec, self.conn)
                 self._exec = cred
             return cred.token if cred else None
 
-    async def _bearer(self, *, refresh: bool = False) -> str | None:
-        if self.conn.token:
-            return self.conn.token
-        if self.conn.token_file:
-            if refresh:
-                self._file_token = None
-            return self._token_from_file()
-        if self.conn.exec:
-            return await self._exec_token(refresh=refresh)
-        return None
-
-    async def async_auth_flow(
-        self, request: httpx2.Request
-    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
-        if self.conn.username is not None and not self.conn.token and not self.conn.exec:
-            raw = f"{self.conn.username}:{self.conn.password or ''}".encode()
-            request.headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-            yield request
-            return
-        token = await self._bearer()
-        if token:
-            request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code == 401 and (self.conn.exec or self.conn.token_file):
-            # The credential expired or was revoked early: fetch a new one once, as client-go does.
-            token = await self._bearer(refresh=True)
-            if token:
-                request.headers["Authorization"] = f"Bearer {token}"
-                yield request
+    async def headers(self, *, refused: Mapping[str, str] | None = None) -> dict[str, str]:
+        conn = self.conn
+        refused_token = None
+        if refused is not None:
+            refused_token = refused.get("Authorization", "").removeprefix("Bearer ") or None
+        if conn.token:
+            token: str | None = conn.token
+        elif conn.token_file:
+            token = self._token_from_file(refused is not None)
+        elif conn.exec:
+            token = await self._exec_token(refused=refused is not None, refused_token=refused_token)
+        elif conn.username is not None:
+            raw = f"{conn.username}:{conn.password or ''}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+        else:
+            token = None
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def build_client(
-    conn: Connection, *, connect_timeout: float, request_timeout: float
-) -> httpx2.AsyncClient:
-    """An httpx2 client for ``conn`` (blocking: an exec plugin that returns certificates runs now)."""
+def build_client(conn: Connection, *, connect_timeout: float, request_timeout: float) -> HttpClient:
+    """The HTTP client for ``conn`` (blocking: an exec plugin that returns certificates runs now)."""
     cert, key = conn.cert_data, conn.key_data
     first: ExecCredential | None = None
     if conn.exec and not (cert and key) and not conn.token:
         # A plugin may hand out client certificates, which must be in the TLS context from the
-        # start; so it runs once here, and its token (if any) is reused by the auth flow.
+        # start; so it runs once here, and its token (if any) is reused for the first requests.
         first = run_exec_plugin(conn.exec, conn)
         if first.cert_data and first.key_data:
             cert, key = first.cert_data, first.key_data
-    verify = ssl_context(conn, cert, key) if conn.server.startswith("https://") else False
-    headers = {"User-Agent": USER_AGENT}
-    client = httpx2.AsyncClient(
-        base_url=conn.server,
-        verify=verify,
-        auth=KubeAuth(conn, first),
-        timeout=httpx2.Timeout(request_timeout, connect=connect_timeout),
-        headers=headers,
+    https = conn.server.startswith("https://")
+    return HttpClient(
+        conn.server,
+        ssl_context=ssl_context(conn, cert, key) if https else None,
+        server_hostname=conn.tls_server_name,
         proxy=conn.proxy_url,
-        trust_env=False,
-        limits=httpx2.Limits(max_connections=100, max_keepalive_connections=50),
+        connect_timeout=connect_timeout,
+        read_timeout=request_timeout,
+        headers={"User-Agent": USER_AGENT},
+        credentials=KubeAuth(conn, first),
     )
-    if conn.tls_server_name:
-        sni = conn.tls_server_name
-
-        async def set_sni(request: httpx2.Request) -> None:
-            request.extensions["sni_hostname"] = sni
-
-        client.event_hooks["request"].append(set_sni)
-    return client

@@ -1,7 +1,7 @@
 """The one way kubecare talks to an apiserver.
 
-:class:`Kube` is a thin JSON layer on one authenticated httpx2 client (built by
-:mod:`kubecare.kube.auth` from the kubeconfig): requests with plain dicts decoded by orjson, bulk
+:class:`Kube` is a thin JSON layer on one authenticated HTTP client (:mod:`kubecare.kube.http`,
+built by :mod:`kubecare.kube.auth` from the kubeconfig): requests with plain dicts decoded by orjson, bulk
 lists paged with ``limit``/``continue``. Discovery and watches build on it
 (:mod:`~kubecare.kube.discovery`, :mod:`~kubecare.kube.watch`). Every request goes through
 :func:`kubecare.kube.errors.mapped`, so callers only ever see :mod:`kubecare.errors`.
@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, cast
 
-import httpx2
 import orjson
 
 from kubecare.errors import Conflict
 from kubecare.kube.auth import build_client
 from kubecare.kube.config import ClientOptions, Connection, load_connection
 from kubecare.kube.errors import mapped
+from kubecare.kube.http import HttpClient
 
 JSON = dict[str, Any]
 
@@ -30,15 +30,15 @@ class Kube:
     def __init__(self, options: ClientOptions | None = None) -> None:
         self.options = options or ClientOptions()
         self.connection: Connection = load_connection(self.options)
-        self.http: httpx2.AsyncClient = build_client(
+        self.http: HttpClient = build_client(
             self.connection,
             connect_timeout=self.options.connect_timeout,
             request_timeout=self.options.request_timeout,
         )
         self.requests = 0  # every HTTP request sent (benchmarks compare it with kubectl's)
-        self.http.event_hooks["request"].append(self._count)
+        self.http.hooks.append(self._count)
 
-    async def _count(self, _request: httpx2.Request) -> None:
+    def _count(self, _method: str, _target: str) -> None:
         self.requests += 1
 
     @property
@@ -101,7 +101,7 @@ class Kube:
                 path,
                 params=params,
                 content=orjson.dumps(body) if body is not None else None,
-                headers={"Content-Type": content_type, "Accept": "application/json"},
+                headers={"Content-Type": content_type},
             )
             resp.raise_for_status()
             return cast(JSON, orjson.loads(resp.content)) if resp.content else {}

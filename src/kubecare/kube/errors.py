@@ -1,4 +1,4 @@
-"""Map client-layer failures (httpx2, ssl) onto :mod:`kubecare.errors`.
+"""Map client-layer failures (:mod:`kubecare.kube.http`, ssl) onto :mod:`kubecare.errors`.
 
 Kept apart from the client so every request path (typed, raw, watch) maps errors one way.
 """
@@ -9,9 +9,8 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx2
-
 from kubecare import errors
+from kubecare.kube import http
 
 _BY_STATUS: dict[int, type[errors.ApiError]] = {
     400: errors.Invalid,
@@ -43,10 +42,10 @@ def api_error(
     return cls(text, status=status, reason=reason)
 
 
-def _retry_after(response: httpx2.Response | None) -> float | None:
+def _retry_after(response: http.Response | None) -> float | None:
     if response is None:
         return None
-    value = response.headers.get("Retry-After")
+    value = response.headers.get("retry-after")
     try:
         return float(value) if value is not None else None
     except ValueError:
@@ -57,7 +56,7 @@ def translate(exc: BaseException, *, what: str, server: str = "") -> errors.Kube
     """Return the kubecare error for ``exc``, or None if it is not a client-layer failure."""
     if isinstance(exc, errors.KubecareError):
         return exc
-    if isinstance(exc, httpx2.HTTPStatusError):
+    if isinstance(exc, http.StatusError):
         resp = exc.response
         message = ""
         try:
@@ -68,7 +67,7 @@ def translate(exc: BaseException, *, what: str, server: str = "") -> errors.Kube
             message = resp.text[:200]
         return api_error(resp.status_code, message, what=what, retry_after=_retry_after(resp))
     where = f" at {server}" if server else ""
-    if isinstance(exc, httpx2.TimeoutException):
+    if isinstance(exc, http.TimeoutError_):
         return errors.Unreachable(
             f"apiserver{where} did not answer in time ({type(exc).__name__}) while accessing {what}; "
             "check that the cluster is up and the kubeconfig server address is right"
@@ -78,7 +77,7 @@ def translate(exc: BaseException, *, what: str, server: str = "") -> errors.Kube
         return errors.TlsError(
             f"TLS problem with the apiserver{where} while accessing {what}: {tls}"
         )
-    if isinstance(exc, httpx2.TransportError):
+    if isinstance(exc, http.TransportError):
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return errors.Unreachable(
             f"apiserver{where} is unreachable ({detail}) while accessing {what}; "

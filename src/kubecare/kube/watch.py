@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2
 import orjson
 
 from kubecare.errors import KubecareError
@@ -56,12 +55,10 @@ async def watch(
         gone = False
         try:
             with kube.mapped(what or f"watch {path}"):
-                timeout = httpx2.Timeout(
-                    kube.options.request_timeout,
-                    connect=kube.options.connect_timeout,
-                    read=server_timeout + max(5.0, server_timeout / 4),
-                )
-                async with kube.http.stream("GET", path, params=query, timeout=timeout) as resp:
+                silence = server_timeout + max(5.0, server_timeout / 4)
+                async with kube.http.stream(
+                    "GET", path, params=query, read_timeout=silence
+                ) as resp:
                     if resp.is_error:
                         await resp.aread()  # so the error mapping can read the Status body
                     resp.raise_for_status()

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import yaml
 
 from kubecare.errors import NotFound, SandboxError, UsageError
@@ -201,16 +200,19 @@ class Sandbox:
         return False
 
     def check_health(self, comp: ComponentState, timeout: float = 2.0) -> bool:
+        import urllib.error
+        import urllib.request
+
+        verify = self._health_context(comp)
+        context = verify if isinstance(verify, ssl.SSLContext) else ssl._create_unverified_context()
         try:
-            with httpx2.Client(
-                verify=self._health_context(comp), timeout=timeout, trust_env=False
-            ) as c:
-                resp = c.get(comp.health)
-        except (httpx2.HTTPError, OSError, ssl.SSLError):
+            with urllib.request.urlopen(comp.health, timeout=timeout, context=context) as resp:
+                status, text = resp.status, resp.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError, ssl.SSLError, ValueError):
             return False
         if comp.name == "etcd":
-            return resp.status_code == 200 and '"health":"true"' in resp.text.replace(" ", "")
-        return resp.status_code == 200
+            return bool(status == 200 and '"health":"true"' in text.replace(" ", ""))
+        return bool(status == 200)
 
     async def _wait_healthy(
         self, comp: ComponentState, timeout: float, started: list[ComponentState]
