@@ -51,8 +51,9 @@ lint: venv
 ## bench: every benchmark (kubecare vs kubectl on the same sandbox); results in docs/benchmarks.md
 bench: setup
 	$(BIN)/python bench/sandbox_bench.py --runs 5
-	$(BIN)/python bench/drain_bench.py --runs 3
+	$(BIN)/python bench/drain_bench.py --runs 5
 	$(BIN)/python bench/outage_bench.py --runs 7
+	$(BIN)/python bench/startup_bench.py --runs 15
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -79,7 +79,13 @@ class AuditCounter:
         with open(self.path, "rb") as f:
             f.seek(since)
             lines = f.read().splitlines()
-        return sum(1 for line in lines if json.loads(line).get("userAgent", "").startswith(agent))
+        count = 0
+        for line in lines:
+            try:
+                count += json.loads(line).get("userAgent", "").startswith(agent)
+            except ValueError:
+                continue  # a line still being written
+        return count
 
 
 async def set_schedulable(kube: Kube, node: str, schedulable: bool) -> None:
@@ -234,7 +240,7 @@ async def main() -> None:
     os.environ.setdefault("KUBECARE_STATE_DIR", tempfile.mkdtemp(prefix="kubecare-bench-"))
     sb = Sandbox("bench-drain")
     await sb.up(SandboxOptions(workers=2, audit_log=True))
-    audit = AuditCounter(sb.log_path("audit"))
+    audit = AuditCounter(sb.dir / "logs" / "audit" / "audit.log")
     wanted = set(args.only or ("a", "b", "c"))
     results: dict[str, Any] = {}
     try:

@@ -85,7 +85,7 @@ def main() -> None:
 
     sb = Sandbox(NAME)
     step(
-        "1. A real control plane on loopback (etcd, kube-apiserver, controller-manager, scheduler, kwok nodes)"
+        "1. A real control plane on loopback, shaped like kubeadm's: static pods run by the sandbox's kubelet-like runner, kwok nodes"
     )
     if sb.exists():
         _, comps = sb.status()
@@ -98,6 +98,10 @@ def main() -> None:
         sh(KUBECARE, "sandbox", "up", *UP_FLAGS)
     sh(KUBECARE, "sandbox", "status", "--name", NAME)
     os.environ["KUBECONFIG"] = str(sb.kubeconfig)
+    manifests = sb.manifest_path("kube-apiserver").parent
+    print(f"\nthe control-plane node's manifests (as on a kubeadm node): {manifests}")
+    sh("ls", str(manifests))
+    sh(str(BIN / "kubectl"), "-n", "kube-system", "get", "pods")
 
     step("2. The nodes, as an operator sees them before maintenance")
     sh(KUBECARE, "nodes")

@@ -45,6 +45,20 @@ async def mixed_node(kube: Kube, ns: str, pool: Pool) -> dict[str, str]:
         ),
     )
 
+    # A mirror pod's status comes from its node's kubelet; kwok leaves mirror pods alone (they are
+    # the sandbox runner's), so this fake one is reported Running here, as its kubelet would.
+    await kube.request_json(
+        "PATCH",
+        f"/api/v1/namespaces/{ns}/pods/static/status",
+        body={
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+        },
+        content_type="application/merge-patch+json",
+    )
+
     async def all_there() -> dict[str, str] | None:
         on_node = [p for p in await pods(kube, ns) if p["spec"].get("nodeName") == node]
         settled = [p for p in on_node if p["status"].get("phase") in ("Running", "Succeeded")]

@@ -290,19 +290,19 @@ async def test_pdb_waits_give_their_slot_back_so_other_workloads_finish_first(
         kube,
         namespace,
         deployment(
-            "big", 30, pool.pod_spec(), annotations={"pod-ready.stage.kwok.x-k8s.io/delay": "500ms"}
+            "big", 60, pool.pod_spec(), annotations={"pod-ready.stage.kwok.x-k8s.io/delay": "200ms"}
         ),
         pdb("big", {"app": "big"}, max_unavailable=1),
         *(deployment(f"small{i}", 3, pool.pod_spec()) for i in range(4)),
     )
-    await wait_running(kube, namespace, 42, timeout=120)
+    await wait_running(kube, namespace, 72, timeout=180)
     await wait_for(lambda: _allowed(kube, namespace, "big"))
     await set_unschedulable(kube, pool.nodes[1], False)
     opts = DrainOptions(lock=False, concurrency=5)
     [report] = await drain_nodes(kube, [pool.nodes[0]], opts)
     big = [o for k, o in report.pods.items() if "/big-" in k]
     small = [o for k, o in report.pods.items() if "/small" in k]
-    assert len(big) == 30 and len(small) == 12
+    assert len(big) == 60 and len(small) == 12
     assert all(o.state is PodState.EVICTED for o in big + small)
     # The small workloads never waited behind the budget: they were all done before the big
     # one was even half way.
@@ -440,25 +440,34 @@ async def test_a_lock_taken_over_stops_the_holder(kube: Kube, namespace: str) ->
 
 # -- outage settings that cannot be read ---------------------------------------------------------
 async def test_forbidden_settings_are_a_warning_not_a_silent_default(
-    sandbox: Sandbox, kube: Kube, namespace: str
+    sandbox: Sandbox, proxy: FaultProxy
 ) -> None:
-    from .accounts import service_account_kubeconfig
-
-    rules = [
-        {
-            "apiGroups": [""],
-            "resources": ["nodes", "pods", "persistentvolumes", "persistentvolumeclaims"],
-            "verbs": ["get", "list"],
-        },
-        {"apiGroups": ["apps", "batch", "policy"], "resources": ["*"], "verbs": ["get", "list"]},
-        {"apiGroups": [""], "resources": ["replicationcontrollers"], "verbs": ["get", "list"]},
-    ]
-    async with service_account_kubeconfig(kube, sandbox, namespace, rules) as kc:
-        res = run_cli("outage", "-o", "json", kubeconfig=kc)
+    # RBAC that lets a user list pods but not kube-system's, nor read kubeadm-config: the proxy
+    # answers those two reads 403, as the apiserver would for such a role.
+    proxy.add(
+        Rule(
+            "GET",
+            r"/namespaces/kube-system/pods\?",
+            status=403,
+            reason="Forbidden",
+            message='pods is forbidden: User "auditor" cannot list resource "pods" in the namespace "kube-system"',
+        )
+    )
+    proxy.add(
+        Rule(
+            "GET",
+            r"/configmaps/kubeadm-config",
+            status=403,
+            reason="Forbidden",
+            message='configmaps "kubeadm-config" is forbidden',
+        )
+    )
+    res = await asyncio.to_thread(run_cli, "outage", "-o", "json", kubeconfig=proxy.kubeconfig)
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
-    # Listing pods cluster-wide includes kube-system, so only kubeadm-config can be forbidden here.
-    assert any("cannot read kube-system/kubeadm-config" in n for n in report["notes"]), report
+    notes = report["notes"]
+    assert any("cannot read the control-plane pods in kube-system" in n for n in notes), notes
+    assert any("cannot read kube-system/kubeadm-config" in n for n in notes), notes
     grace = report["settings"]["node_monitor_grace_period"]
     assert grace["source"].startswith("assumed default")
 

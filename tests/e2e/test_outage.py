@@ -91,8 +91,12 @@ async def test_predicted_evictions_match_the_controller_and_fates_come_true(
         snap = await take_snapshot(kube)
         assert snap.settings.unreachable_toleration.seconds == EVICTION_SECONDS
         assert snap.settings.node_monitor_grace_period.seconds == GRACE_SECONDS
-        assert "kubeadm-config" in snap.settings.node_monitor_grace_period.source
-        report = outage_report(snap.nodes, snap.pods, snap.settings)
+        # read from the controller-manager's mirror pod, as on any kubeadm cluster
+        assert (
+            snap.settings.node_monitor_grace_period.source
+            == "kube-controller-manager flag (static pod)"
+        )
+        report = outage_report(snap.nodes, snap.pods, snap.settings, workloads=snap.workloads)
         [outage] = [n for n in report.nodes if n.node == dead]
         assert outage.condition.startswith("Unknown")
         predicted = {p.name: p for p in outage.pods if p.namespace == namespace}
@@ -287,7 +291,7 @@ def test_no_outage_is_said_plainly(sandbox: Sandbox) -> None:
     res = run_cli("outage", kubeconfig=sandbox.kubeconfig)
     assert res.returncode == 0
     assert (
-        "settings: node-monitor-grace-period=10s (kube-controller-manager flag (kubeadm-config))"
+        "settings: node-monitor-grace-period=10s (kube-controller-manager flag (static pod))"
         in res.stdout
     )
     assert time.monotonic() - t0 < 10

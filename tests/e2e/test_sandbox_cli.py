@@ -24,18 +24,20 @@ def test_status_shows_every_component_and_the_log_of_a_stopped_one(sandbox: Sand
     assert healthy.returncode == 0, healthy.stderr
     doc = json.loads(healthy.stdout)
     assert {c["name"] for c in doc["components"]} >= {
-        "etcd",
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
+        "etcd-control-plane",
+        "kube-apiserver-control-plane",
+        "kube-controller-manager-control-plane",
+        "kube-scheduler-control-plane",
+        "runner",
+        "kwok",
     }
     assert all(c["healthy"] and c["pid"] for c in doc["components"])
-    sandbox.stop_component("kube-scheduler")
+    sandbox.stop_component("kube-scheduler")  # its manifest moved out, as on a kubeadm node
     try:
         res = run_cli("sandbox", "status", "--name", sandbox.name)
         assert res.returncode == 1
-        assert "kube-scheduler" in res.stdout and "STOPPED" in res.stdout
-        assert "kube-scheduler is not running; last log lines" in res.stdout
+        assert "kube-scheduler-control-plane" in res.stdout and "no manifest" in res.stdout
+        assert "kube-scheduler.yaml is not in" in res.stdout
     finally:
         import asyncio
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import stat
@@ -46,14 +47,14 @@ async def test_a_component_that_dies_on_start_is_named_with_its_log_and_nothing_
     fake.parent.mkdir()
     fake.write_text(CRASHING_SCHEDULER)
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("KUBECARE_BIN_DIR", str(fake.parent))
+    monkeypatch.setenv("KUBECARE_BIN_DIR", str(fake.parent))  # the runner inherits it
     sb = Sandbox(f"crash-{uuid.uuid4().hex[:6]}")
     try:
         with pytest.raises(SandboxError) as info:
-            await sb.up(SandboxOptions(workers=1))
+            await sb.up(SandboxOptions(workers=1, crash_backoff=1))
         assert "kube-scheduler exited during start-up" in info.value.message
         assert "simulated crash" in info.value.message
-        assert sandbox_processes(sb) == []  # etcd and kube-apiserver were stopped again
+        assert sandbox_processes(sb) == []  # the runner, etcd and kube-apiserver were stopped
         # The state that is left is reported as stale, not reused or overwritten.
         with pytest.raises(SandboxError, match="stale state"):
             await sb.up(SandboxOptions(workers=1))
@@ -62,18 +63,22 @@ async def test_a_component_that_dies_on_start_is_named_with_its_log_and_nothing_
     assert not sb.dir.exists()
 
 
-async def test_a_taken_port_is_reported_by_name(sandbox: Sandbox) -> None:
-    sandbox.stop_component("kube-scheduler")
-    port = sandbox.load().components["kube-scheduler"].port
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", port))
-        squatter.listen()
-        with pytest.raises(
-            SandboxError, match=f"kube-scheduler: port 127.0.0.1:{port} is already in use"
-        ):
-            await sandbox.start_component("kube-scheduler")
-    await sandbox.start_component("kube-scheduler")
-    assert all(c.healthy for c in sandbox.status()[1] if c.name == "kube-scheduler")
+async def test_a_taken_port_shows_as_a_crash_loop_with_the_reason(sandbox: Sandbox) -> None:
+    await asyncio.to_thread(sandbox.stop_component, "kube-scheduler")
+    port = sandbox.load().control_planes[0]["ports"]["scheduler"]
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            with pytest.raises(SandboxError, match="kube-scheduler did not start") as info:
+                await sandbox.start_component("kube-scheduler", timeout=8)
+            assert "exited with code" in info.value.message
+            status = {c.name: c for c in sandbox.status()[1]}["kube-scheduler-control-plane"]
+            assert not status.running and status.reason == "CrashLoopBackOff"
+            assert "address already in use" in sandbox.logs("kube-scheduler", 40)
+    finally:
+        await sandbox.start_component("kube-scheduler", timeout=120)  # the port is free again
+    assert {c.name: c.healthy for c in sandbox.status()[1]}["kube-scheduler-control-plane"]
 
 
 async def test_a_second_sandbox_runs_beside_the_first_and_stops_cleanly(sandbox: Sandbox) -> None:
@@ -86,25 +91,27 @@ async def test_a_second_sandbox_runs_beside_the_first_and_stops_cleanly(sandbox:
         assert sorted(nodes) == ["control-plane", "worker-1"]
     finally:
         stopped = other.down()
-    assert "kube-apiserver" in stopped
+    assert "runner" in stopped and "kwok" in stopped
     assert sandbox_processes(other) == []
     assert all(c.healthy for c in sandbox.status()[1])  # the first one is untouched
 
 
-async def test_kube_apiserver_can_be_restarted_with_the_previous_minor(sandbox: Sandbox) -> None:
+async def test_kube_apiserver_can_run_the_previous_minor_by_its_image_tag(sandbox: Sandbox) -> None:
     older = KUBE_VERSIONS[1]
-    tools = ensure_binaries(older)
+    ensure_binaries(older)
     sb = Sandbox(f"skew-{uuid.uuid4().hex[:6]}")
     try:
         await sb.up(SandboxOptions(workers=1))
-        await sb.restart_component(
-            "kube-apiserver", binary=str(tools["kube-apiserver"]), version=f"v{older}"
-        )
+        await sb.restart_component("kube-apiserver", version=older)
         async with Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as kube:
             assert (await kube.version())["gitVersion"] == f"v{older}"
             node = await kube.get_json("/api/v1/nodes/worker-1")
             assert node["status"]["nodeInfo"]["kubeletVersion"] == f"v{DEFAULT_KUBE_VERSION}"
-        assert {c.name: c.version for c in sb.status()[1]}["kube-apiserver"] == f"v{older}"
+        status = {c.name: c for c in sb.status()[1]}["kube-apiserver-control-plane"]
+        assert (status.version, status.image) == (
+            f"v{older}",
+            f"registry.k8s.io/kube-apiserver:v{older}",
+        )
     finally:
         sb.down()
 
@@ -125,7 +132,7 @@ def test_bad_sandbox_names_are_usage_errors(bad: str) -> None:
 
 
 def test_etcd_requires_client_certificates(sandbox: Sandbox) -> None:
-    port = sandbox.load().components["etcd"].port
+    port = sandbox.load().control_planes[0]["ports"]["etcd_client"]
     import urllib.error
     import urllib.request
 

@@ -18,9 +18,9 @@ from kubecare.sandbox.binaries import (
     staging_replaces,
     wrapper_gomod,
 )
-from kubecare.sandbox.cluster import _lease_seconds
-from kubecare.sandbox.nodes import node_manifest, node_specs
-from kubecare.sandbox.pki import create_pki
+from kubecare.sandbox.lifecycle import _lease_seconds
+from kubecare.sandbox.nodes import KWOK_LABEL, NodeSpec, kwok_args, node_manifest
+from kubecare.sandbox.pki import create_cluster_pki
 
 RELEASE_GOMOD = """module k8s.io/kubernetes
 
@@ -117,9 +117,10 @@ def test_lease_is_renewed_well_within_the_grace_period(grace: int | None, lease:
 
 
 def test_nodes_look_like_kubeadm_nodes() -> None:
-    specs = node_specs(3)
-    assert [s.name for s in specs] == ["control-plane", "worker-1", "worker-2", "worker-3"]
-    assert len({s.ip for s in specs}) == 4 and all(s.ip.startswith("127.") for s in specs)
+    specs = [NodeSpec("control-plane", 0, True)] + [
+        NodeSpec(f"worker-{i}", i, False) for i in range(1, 300)
+    ]
+    assert len({s.ip for s in specs}) == 300 and all(s.ip.startswith("127.") for s in specs)
     cp = node_manifest(specs[0], "1.37.2", max_pods=110)
     assert cp["spec"]["taints"] == [
         {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
@@ -128,21 +129,49 @@ def test_nodes_look_like_kubeadm_nodes() -> None:
     assert w["spec"]["taints"] == []
     assert w["status"]["nodeInfo"]["kubeletVersion"] == "v1.37.2"
     assert w["status"]["capacity"]["pods"] == "110"
+    assert w["metadata"]["labels"][KWOK_LABEL] == "on"  # managed by the one kwok
 
 
-def test_pki_keys_are_private_and_certs_chain(tmp_path: Path) -> None:
-    pki = create_pki(tmp_path / "pki")
-    assert stat.S_IMODE((tmp_path / "pki").stat().st_mode) == 0o700
-    keys = list((tmp_path / "pki").glob("*.key"))
-    assert len(keys) >= 9
-    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
-    admin = x509.load_pem_x509_certificate(pki.pair("admin").cert.read_bytes())
-    ca = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
+def test_one_kwok_manages_the_labelled_nodes(tmp_path: Path) -> None:
+    args = kwok_args("kwok", kubeconfig=tmp_path / "kc", port=1234, lease_seconds=10)
+    assert args[args.index("--manage-nodes-with-label-selector") + 1] == f"{KWOK_LABEL}=on"
+    assert args[args.index("--node-lease-duration-seconds") + 1] == "10"
+
+
+def test_pki_is_kubeadms_layout_private_and_chained(tmp_path: Path) -> None:
+    nodes = [("cp-1", tmp_path / "n1" / "pki"), ("cp-2", tmp_path / "n2" / "pki")]
+    pkis = create_cluster_pki(tmp_path / "clients", nodes)
+    first = tmp_path / "n1" / "pki"
+    for rel in (
+        "ca",
+        "apiserver",
+        "apiserver-kubelet-client",
+        "apiserver-etcd-client",
+        "front-proxy-ca",
+        "front-proxy-client",
+        "etcd/ca",
+        "etcd/server",
+        "etcd/peer",
+        "etcd/healthcheck-client",
+    ):
+        assert (first / f"{rel}.crt").exists() and (first / f"{rel}.key").exists(), rel
+    assert (first / "sa.key").exists() and (first / "sa.pub").exists()
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in first.rglob("*.key"))
+    # the cluster's CAs are shared, serving certificates are per node
+    assert (tmp_path / "n2/pki/ca.crt").read_bytes() == (first / "ca.crt").read_bytes()
+    assert (tmp_path / "n2/pki/etcd/peer.crt").read_bytes() != (
+        first / "etcd/peer.crt"
+    ).read_bytes()
+    admin = x509.load_pem_x509_certificate(pkis[0].pair("admin").cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(pkis[0].ca.cert.read_bytes())
     assert admin.issuer == ca.subject
-    assert "system:masters" in admin.subject.rfc4514_string()
-    server = x509.load_pem_x509_certificate(pki.pair("apiserver").cert.read_bytes())
+    assert "kubeadm:cluster-admins" in admin.subject.rfc4514_string()
+    server = x509.load_pem_x509_certificate(pkis[1].pair("apiserver").cert.read_bytes())
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert "kubernetes.default.svc" in sans.get_values_for_type(x509.DNSName)
+    assert {"cp-2", "kubernetes.default.svc"} <= set(sans.get_values_for_type(x509.DNSName))
+    peer = x509.load_pem_x509_certificate(pkis[1].pair("etcd/peer").cert.read_bytes())
+    assert peer.subject.rfc4514_string() == "CN=cp-2"
 
 
 def test_write_atomic_sets_mode_and_replaces(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from kubecare.cli.args import add_output
 
 if TYPE_CHECKING:
-    from kubecare.sandbox.cluster import ComponentStatus, Sandbox
+    from kubecare.sandbox.lifecycle import ComponentStatus, Sandbox
 
 SUPPORTED = "1.37, 1.36"  # kept in step with sandbox.binaries.KUBE_VERSIONS (a unit test checks)
 
@@ -34,8 +34,12 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     b.set_defaults(handler=build_cmd)
 
     u = named("up", "start a sandbox; returns when /readyz is OK and every node is Ready")
+    u.add_argument("--nodes", type=int, default=3, help="worker nodes (default 3, up to 200)")
     u.add_argument(
-        "--nodes", type=int, default=3, help="worker nodes (plus one control-plane node)"
+        "--control-planes",
+        type=int,
+        default=1,
+        help="control-plane nodes: 1 (default) or 3 (HA: a 3-member etcd, the apiservers behind one address)",
     )
     u.add_argument("--version", help=f"Kubernetes version ({SUPPORTED})")
     u.add_argument(
@@ -69,7 +73,8 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     lg = named("logs", "the end of one component's log")
     lg.add_argument(
         "component",
-        help="etcd, kube-apiserver, kube-controller-manager, kube-scheduler or kwok-NODE",
+        help="etcd, kube-apiserver, kube-controller-manager, kube-scheduler (of the first control "
+        "plane; or e.g. etcd-control-plane-2), kwok or runner",
     )
     lg.add_argument("--tail", type=int, default=50, help="lines to show")
     lg.set_defaults(handler=logs_cmd)
@@ -86,7 +91,7 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 
 def _sandbox(name: str) -> Sandbox:
-    from kubecare.sandbox.cluster import Sandbox
+    from kubecare.sandbox.lifecycle import Sandbox
 
     return Sandbox(name)
 
@@ -115,12 +120,13 @@ def up_cmd(args: argparse.Namespace) -> None:
     from kubecare.cli.render import say
     from kubecare.durations import parse_duration
     from kubecare.errors import UsageError
-    from kubecare.sandbox.cluster import SandboxOptions
+    from kubecare.sandbox.lifecycle import SandboxOptions
 
-    if not 0 <= args.nodes <= 50:
-        raise UsageError(f"--nodes must be between 0 and 50 (got {args.nodes})")
+    if not 0 <= args.nodes <= 200:
+        raise UsageError(f"--nodes must be between 0 and 200 (got {args.nodes})")
     opts = SandboxOptions(
         workers=args.nodes,
+        control_planes=args.control_planes,
         version=args.version,
         pod_eviction_timeout=parse_duration(args.pod_eviction_timeout, "--pod-eviction-timeout"),
         node_monitor_grace_period=parse_duration(
@@ -180,25 +186,45 @@ def status_cmd(args: argparse.Namespace) -> int:
         lines = [f"sandbox {args.name}: Kubernetes v{state.version}, apiserver {state.apiserver}"]
         lines.append(
             simple_table(
-                ["component", "pid", "port", "version", "healthy", "rss"],
                 [
-                    (c.name, c.pid or "-", c.port, c.version, _health(c), mib(mem.get(c.name, 0)))
+                    "component",
+                    "node",
+                    "pid",
+                    "port",
+                    "version",
+                    "image",
+                    "healthy",
+                    "restarts",
+                    "rss",
+                ],
+                [
+                    (
+                        c.name,
+                        c.node or "-",
+                        c.pid or "-",
+                        c.port or "-",
+                        c.version or "-",
+                        c.image.removeprefix("registry.k8s.io/") or "-",
+                        _health(c),
+                        c.restarts,
+                        mib(mem.get(c.name, 0)),
+                    )
                     for c in comps
                 ],
             )
         )
         for c in comps:
             if not c.running and c.log_tail:
-                lines.append(f"--- {c.name} is not running; last log lines:\n{c.log_tail}")
+                lines.append(f"--- {c.name} is not running ({c.reason}):\n{c.log_tail}")
         return "\n".join(lines)
 
     emit(data, args.output, table)
-    return 0 if all(c.healthy for c in comps if not c.name.startswith("kwok-")) else 1
+    return 0 if all(c.healthy for c in comps) else 1
 
 
 def _health(c: ComponentStatus) -> str:
     if not c.running:
-        return "STOPPED"
+        return c.reason or "STOPPED"
     return "yes" if c.healthy else "no"
 
 

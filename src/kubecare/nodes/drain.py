@@ -195,11 +195,17 @@ class NodeDrain:
     """Drains one node; ``report`` is always current, even when interrupted."""
 
     def __init__(
-        self, kube: Kube, node: str, opts: DrainOptions, on_event: EventSink, use_eviction: bool
+        self,
+        kube: Kube,
+        node: str,
+        opts: DrainOptions,
+        on_event: EventSink,
+        use_eviction: bool,
+        report: NodeReport | None = None,
     ) -> None:
         self.kube, self.node, self.opts, self.emit = kube, node, opts, on_event
         self.use_eviction = use_eviction and not opts.disable_eviction
-        self.report = NodeReport(node)
+        self.report = report or NodeReport(node)
         self.pdbs = PdbWatcher(kube)
         self.slots = asyncio.Semaphore(max(1, opts.concurrency))
         self.tracker: DeletionTracker | None = None
@@ -570,8 +576,7 @@ async def drain_nodes(
             if stop.is_set() and not opts.ignore_errors:
                 by_node[node].status = NodeStatus.NOT_STARTED
                 return
-            d = NodeDrain(kube, node, opts, on_event, use_eviction)
-            d.report = by_node[node]
+            d = NodeDrain(kube, node, opts, on_event, use_eviction, by_node[node])
             try:
                 await d.run(lock)
             except UsageError:

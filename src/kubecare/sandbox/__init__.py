@@ -1,6 +1,6 @@
 """A real local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok).
 
-``Sandbox`` and ``SandboxOptions`` are loaded on first use: the cluster module pulls in
+``Sandbox`` and ``SandboxOptions`` are loaded on first use: the lifecycle module pulls in
 cryptography, which commands that never touch a sandbox should not pay for at start-up.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kubecare.sandbox.cluster import Sandbox, SandboxOptions
+    from kubecare.sandbox.lifecycle import Sandbox, SandboxOptions
 
 __all__ = ["Sandbox", "SandboxOptions"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from kubecare.sandbox import cluster
+        from kubecare.sandbox import lifecycle
 
-        return getattr(cluster, name)
+        return getattr(lifecycle, name)
     raise AttributeError(name)

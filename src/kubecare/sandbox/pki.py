@@ -1,11 +1,18 @@
-"""Certificates for the sandbox, laid out like kubeadm's: a cluster CA, an etcd CA, serving and
-client certificates, and the service-account key pair. Keys are ECDSA P-256 (fast to make) and
-written 0600."""
+"""Certificates for the sandbox, laid out as kubeadm lays them out on every control-plane node:
+``/etc/kubernetes/pki/{ca, apiserver, apiserver-kubelet-client, apiserver-etcd-client,
+front-proxy-ca, front-proxy-client, sa}`` and ``pki/etcd/{ca, server, peer,
+healthcheck-client}``. The CAs and the service-account key are the cluster's (the same on every
+node, as ``kubeadm join --control-plane`` copies them); serving and client certificates are made
+per node. The client certificates behind the kubeconfig files (admin, super-admin,
+controller-manager, scheduler, kwok) live in the sandbox's private ``clients/`` dir. Keys are
+ECDSA P-256 (kubeadm's ``encryptionAlgorithm: ECDSA-P256``: fast to make) and written 0600."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +25,17 @@ from kubecare.files import write_atomic
 
 _VALIDITY = dt.timedelta(days=365)
 
+# kubeconfig identities (kubeadm's kubeconfig phase): (file stem, CN, organisation)
+CLIENTS = (
+    ("admin", "kubernetes-admin", "kubeadm:cluster-admins"),
+    ("super-admin", "kubernetes-super-admin", "system:masters"),
+    ("controller-manager", "system:kube-controller-manager", None),
+    ("scheduler", "system:kube-scheduler", None),
+    # kwok acts for every fake kubelet; a kubeadm kubelet would be system:node:<name>, but kwok
+    # also patches pods on all its nodes, which the Node authorizer would refuse one by one.
+    ("kwok", "kwok-controller", "system:masters"),
+)
+
 
 @dataclass(frozen=True)
 class CertPair:
@@ -27,14 +45,27 @@ class CertPair:
     key: Path
 
 
+# names kubecare has always used -> kubeadm's file (relative to pki/)
+_ALIASES = {
+    "etcd-ca": "etcd/ca",
+    "etcd-server": "etcd/server",
+    "etcd-peer": "etcd/peer",
+    "etcd-healthcheck-client": "etcd/healthcheck-client",
+}
+
+
 @dataclass(frozen=True)
 class SandboxPKI:
-    """Every credential the sandbox's components use."""
+    """One control-plane node's ``pki/`` dir, and the sandbox's client certificates."""
 
     dir: Path
+    clients: Path
 
     def pair(self, name: str) -> CertPair:
-        return CertPair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
+        if any(name == c[0] for c in CLIENTS):
+            return CertPair(self.clients / f"{name}.crt", self.clients / f"{name}.key")
+        rel = _ALIASES.get(name, name)
+        return CertPair(self.dir / f"{rel}.crt", self.dir / f"{rel}.key")
 
     @property
     def ca(self) -> CertPair:
@@ -42,7 +73,11 @@ class SandboxPKI:
 
     @property
     def etcd_ca(self) -> CertPair:
-        return self.pair("etcd-ca")
+        return self.pair("etcd/ca")
+
+    @property
+    def front_proxy_ca(self) -> CertPair:
+        return self.pair("front-proxy-ca")
 
     @property
     def sa_key(self) -> Path:
@@ -143,50 +178,34 @@ def _issue(
     _write_pair(pair, builder.sign(ca[1], hashes.SHA256()), key)
 
 
-def create_pki(directory: Path, *, service_ip: str = "10.96.0.1") -> SandboxPKI:
-    """Create every certificate and key the sandbox needs in ``directory`` (0700)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o700)
-    pki = SandboxPKI(directory)
-    loopback = ("127.0.0.1",)
-    ca = _make_ca(pki.ca, "kubecare-sandbox-ca")
-    etcd_ca = _make_ca(pki.etcd_ca, "kubecare-sandbox-etcd-ca")
-    _issue(
-        pki.pair("etcd-server"),
-        etcd_ca,
-        "etcd-server",
-        server=True,
-        client=True,
-        dns=("localhost",),
-        ips=loopback,
-    )
-    _issue(pki.pair("apiserver-etcd-client"), etcd_ca, "kube-apiserver-etcd-client", client=True)
-    _issue(
-        pki.pair("etcd-healthcheck-client"), etcd_ca, "kube-etcd-healthcheck-client", client=True
-    )
-    _issue(
-        pki.pair("apiserver"),
-        ca,
-        "kube-apiserver",
-        server=True,
-        dns=(
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        ),
-        ips=(*loopback, service_ip),
-    )
-    _issue(pki.pair("admin"), ca, "kubernetes-admin", org="system:masters", client=True)
-    _issue(pki.pair("controller-manager"), ca, "system:kube-controller-manager", client=True)
-    _issue(pki.pair("scheduler"), ca, "system:kube-scheduler", client=True)
-    # kwok acts for every fake kubelet; a kubeadm kubelet would be system:node:<name>, but kwok
-    # also patches pods on all its nodes, which the Node authorizer would refuse one-by-one.
-    _issue(pki.pair("kwok"), ca, "kwok-controller", org="system:masters", client=True)
+def _load(pair: CertPair) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return cert, key
+
+
+def create_cluster_pki(
+    clients: Path,
+    nodes: Sequence[tuple[str, Path]],
+    *,
+    service_ip: str = "10.96.0.1",
+) -> list[SandboxPKI]:
+    """Every node's ``pki/`` dir (``nodes``: name and pki dir each) and the client certificates;
+    returns one :class:`SandboxPKI` per node."""
+    first = nodes[0][1]
+    for d in [clients, *(p for _, p in nodes)]:
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+    (first / "etcd").mkdir(exist_ok=True)
+    (first / "etcd").chmod(0o700)
+    view = SandboxPKI(first, clients)
+    ca = _make_ca(view.ca, "kubernetes")
+    etcd_ca = _make_ca(view.etcd_ca, "etcd-ca")
+    _make_ca(view.front_proxy_ca, "front-proxy-ca")
     sa = _key()
     write_atomic(
-        pki.sa_key,
+        view.sa_key,
         sa.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.TraditionalOpenSSL,
@@ -195,9 +214,77 @@ def create_pki(directory: Path, *, service_ip: str = "10.96.0.1") -> SandboxPKI:
         mode=0o600,
     )
     write_atomic(
-        pki.sa_pub,
+        view.sa_pub,
         sa.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
     )
-    return pki
+    shared = ["ca", "etcd/ca", "front-proxy-ca"]
+    for cn_file, cn, org in CLIENTS:
+        _issue(view.pair(cn_file), ca, cn, org=org, client=True)
+    out = []
+    for name, pki_dir in nodes:
+        node = SandboxPKI(pki_dir, clients)
+        (pki_dir / "etcd").mkdir(parents=True, exist_ok=True)
+        (pki_dir / "etcd").chmod(0o700)
+        if pki_dir != first:
+            for rel in shared:  # kubeadm join --control-plane copies the cluster's CAs
+                for src, dst in zip(
+                    (view.pair(rel).cert, view.pair(rel).key),
+                    (node.pair(rel).cert, node.pair(rel).key),
+                    strict=True,
+                ):
+                    shutil.copy2(src, dst)
+            shutil.copy2(view.sa_key, node.sa_key)
+            shutil.copy2(view.sa_pub, node.sa_pub)
+        _node_certs(node, name, ca, etcd_ca, _load(view.front_proxy_ca), service_ip)
+        out.append(node)
+    return out
+
+
+def _node_certs(
+    pki: SandboxPKI,
+    node: str,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    etcd_ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    front_proxy_ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    service_ip: str,
+) -> None:
+    loopback = ("127.0.0.1", "::1")
+    _issue(
+        pki.pair("apiserver"),
+        ca,
+        "kube-apiserver",
+        server=True,
+        dns=(
+            node,
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
+        ips=(*loopback, service_ip),
+    )
+    _issue(
+        pki.pair("apiserver-kubelet-client"),
+        ca,
+        "kube-apiserver-kubelet-client",
+        org="kubeadm:cluster-admins",
+        client=True,
+    )
+    _issue(pki.pair("apiserver-etcd-client"), etcd_ca, "kube-apiserver-etcd-client", client=True)
+    _issue(pki.pair("front-proxy-client"), front_proxy_ca, "front-proxy-client", client=True)
+    for kind in ("server", "peer"):
+        _issue(
+            pki.pair(f"etcd/{kind}"),
+            etcd_ca,
+            node,
+            server=True,
+            client=True,
+            dns=(node, "localhost"),
+            ips=loopback,
+        )
+    _issue(
+        pki.pair("etcd/healthcheck-client"), etcd_ca, "kube-etcd-healthcheck-client", client=True
+    )

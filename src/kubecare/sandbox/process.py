@@ -81,6 +81,14 @@ def is_running(pid: int | None, binary: str | None = None) -> bool:
     return argv0 == binary
 
 
+def mentions(pid: int, text: str) -> bool:
+    """Whether ``pid``'s command line contains ``text`` (a guard against signalling a reused pid)."""
+    try:
+        return text in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
 def stop(pid: int | None, binary: str | None = None, *, timeout: float = 10.0) -> bool:
     """SIGTERM ``pid``, then SIGKILL after ``timeout``; True if it was running."""
     if not is_running(pid, binary):

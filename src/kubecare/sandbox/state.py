@@ -35,13 +35,18 @@ class ComponentState:
 
 @dataclass
 class SandboxState:
+    """state.json: what a sandbox is made of. The runner reads ``control_planes`` (each: node,
+    ip, manifests dir, ports, runner_kubeconfig), ``options`` and ``balancer_port``."""
+
     name: str
     version: str
     created: float
     options: dict[str, Any]
-    apiserver: str
+    apiserver: str  # how clients reach the cluster (the balancer with several control planes)
+    control_planes: list[dict[str, Any]] = field(default_factory=list)
+    balancer_port: int | None = None
     nodes: list[str] = field(default_factory=list)
-    components: dict[str, ComponentState] = field(default_factory=dict)
+    components: dict[str, ComponentState] = field(default_factory=dict)  # runner, kwok
     next_node_index: int = 0
 
 

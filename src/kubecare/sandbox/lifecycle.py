@@ -1,0 +1,918 @@
+"""A real Kubernetes control plane on loopback, shaped like a kubeadm cluster.
+
+Each control-plane node gets a kubeadm tree under ``<state>/<name>/nodes/<node>/``:
+``etc/kubernetes/{admin,super-admin,controller-manager,scheduler,kubelet}.conf``, ``manifests/``
+(etcd, kube-apiserver, kube-controller-manager, kube-scheduler as static pods), ``pki/`` and
+``pki/etcd/``, and ``var/lib/etcd``. The static pod runner (:mod:`kubecare.sandbox.runner`, the
+sandbox's kubelet) runs the manifests and keeps their mirror pods in kube-system; one kwok
+process keeps every node alive (Ready, leases) and runs the workloads' pods. With
+``control_planes=3`` there are three such nodes, a 3-member etcd with peer TLS, and the runner
+serves the three apiservers behind one local address.
+
+State: ``state.json`` (ports, pids, options; the runner reads its part), ``runner.json`` (what the
+runner runs), ``kubeconfig`` (admin, 0600), ``clients/`` (client certificates, 0700), ``logs/``.
+Every process is started detached and stopped by its recorded pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import ssl
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kubecare.errors import NotFound, SandboxError, UsageError
+from kubecare.files import write_atomic
+from kubecare.kube import JSON, ClientOptions, Kube
+from kubecare.sandbox import process
+from kubecare.sandbox.binaries import (
+    KWOK_VERSION,
+    Toolset,
+    binary_path,
+    ensure_binaries,
+    find_toolset,
+    resolve_version,
+)
+from kubecare.sandbox.components import (
+    ClusterShape,
+    ControlPlaneNode,
+    Ports,
+    cluster_configuration,
+    components,
+    sandbox_extra_args,
+)
+from kubecare.sandbox.kubeconfigs import sandbox_kubeconfig, write, write_node_files
+from kubecare.sandbox.manifests import render
+from kubecare.sandbox.nodes import (
+    KWOK_LABEL,
+    NodeSpec,
+    kwok_args,
+    node_manifest,
+    register_node,
+    set_boot_id,
+    set_kwok_managed,
+    wait_ready,
+)
+from kubecare.sandbox.pki import SandboxPKI, create_cluster_pki
+from kubecare.sandbox.state import ComponentState, SandboxState, state_root
+
+Progress = Callable[[str], None]
+STATIC = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+# Every request at Metadata level, logged once (when the response is complete): enough to count
+# requests per user agent, which is how benchmarks compare tools on the server's side.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+"""
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """How to start a sandbox."""
+
+    workers: int = 3
+    control_planes: int = 1
+    version: str | None = None  # Kubernetes version; default the newest supported
+    pod_eviction_timeout: int | None = None  # seconds; apiserver default toleration (300)
+    node_monitor_grace_period: int | None = None  # seconds; controller-manager default (50)
+    max_pods: int = 500
+    ready_timeout: float = 180.0
+    audit_log: bool = False  # the apiserver writes logs/audit/audit.log
+    crash_backoff: float = 10.0  # the runner's first restart delay (the kubelet's is 10 s)
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """What `kubecare sandbox status` shows for one component."""
+
+    name: str  # mirror-pod style for static pods ("kube-apiserver-control-plane"), else the process
+    node: str
+    pid: int | None
+    port: int
+    version: str  # what the running binary reports
+    image: str
+    running: bool
+    healthy: bool
+    restarts: int
+    reason: str  # why it is not running (CrashLoopBackOff, ErrImagePull, InvalidManifest, stopped)
+    log_tail: str
+
+
+def control_plane_names(count: int) -> list[str]:
+    return ["control-plane"] if count == 1 else [f"control-plane-{i}" for i in range(1, count + 1)]
+
+
+class Sandbox:
+    """One named sandbox; methods are safe to call from several processes (a file lock guards them)."""
+
+    def __init__(self, name: str = "kubecare") -> None:
+        if not name or not set(name) <= _NAME_OK or len(name) > 40:
+            raise UsageError(
+                f"invalid sandbox name {name!r}; use lowercase letters, digits and '-'"
+            )
+        self.name = name
+        self.dir = state_root() / name
+
+    # -- paths and state ---------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def runner_file(self) -> Path:
+        return self.dir / "runner.json"
+
+    def node_dir(self, node: str) -> Path:
+        return self.dir / "nodes" / node
+
+    @property
+    def pki(self) -> SandboxPKI:
+        """The first control-plane node's pki/ and the client certificates."""
+        first = "control-plane"
+        with contextlib.suppress(NotFound, SandboxError):
+            first = self.load().control_planes[0]["node"]
+        return SandboxPKI(self.node_dir(first) / "etc" / "kubernetes" / "pki", self.dir / "clients")
+
+    def log_path(self, component: str) -> Path:
+        return self.dir / "logs" / f"{component}.log"
+
+    def exists(self) -> bool:
+        return self.state_file.exists()
+
+    def load(self) -> SandboxState:
+        try:
+            raw = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            raise NotFound(
+                f'sandbox "{self.name}" does not exist; start it with: kubecare sandbox up --name {self.name}',
+                status=404,
+            ) from None
+        except ValueError:
+            raise SandboxError(
+                f"sandbox state {self.state_file} is corrupt; remove it with: kubecare sandbox down --name {self.name}"
+            ) from None
+        try:
+            comps = {k: ComponentState(**v) for k, v in raw.pop("components", {}).items()}
+            return SandboxState(**raw, components=comps)
+        except TypeError:
+            raise SandboxError(
+                f"sandbox state {self.state_file} is from another kubecare version; remove it with: "
+                f"kubecare sandbox down --name {self.name}"
+            ) from None
+
+    def save(self, state: SandboxState) -> None:
+        write_atomic(self.state_file, json.dumps(asdict(state), indent=2), mode=0o600)
+
+    def runner_report(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.runner_file.read_text())
+        except (OSError, ValueError):
+            return {"pods": []}
+        return doc if isinstance(doc, dict) else {"pods": []}
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive lock on this sandbox's state (up/down/changes never interleave)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        with open(self.dir / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SandboxError(
+                    f'sandbox "{self.name}" is busy: another kubecare process is starting or stopping it'
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _pids(self, state: SandboxState) -> list[tuple[str, int, str]]:
+        """Every process of the sandbox: (name, pid, binary), the runner's children included."""
+        out = [(c.name, c.pid, c.binary) for c in state.components.values() if c.pid]
+        for p in self.runner_report().get("pods") or []:
+            if p.get("pid"):
+                out.append((f"{p['name']}-{p['node']}", int(p["pid"]), ""))
+        return out
+
+    def running_components(self, state: SandboxState) -> list[str]:
+        return [
+            name
+            for name, pid, binary in self._pids(state)
+            if process.is_running(pid, binary or None)
+        ]
+
+    def client_options(self) -> ClientOptions:
+        return ClientOptions(kubeconfig=str(self.kubeconfig))
+
+    def super_admin(self) -> Path:
+        """The first control-plane node's super-admin.conf (system:masters)."""
+        first = self.load().control_planes[0]["node"]
+        return self.node_dir(first) / "etc" / "kubernetes" / "super-admin.conf"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def up(self, opts: SandboxOptions, progress: Progress | None = None) -> float:
+        """Build what is missing, start every component, wait for /readyz and Ready nodes.
+
+        Returns the seconds the start took (binaries already built).
+        """
+        say = progress or (lambda _m: None)
+        if opts.workers < 0:
+            raise UsageError("--nodes must not be negative")
+        if opts.control_planes not in (1, 3, 5):
+            raise UsageError(
+                "--control-planes must be 1, 3 or 5 (etcd needs an odd number of members)"
+            )
+        version = resolve_version(opts.version)
+        with self.locked():
+            if self.exists():
+                try:
+                    state = self.load()
+                    alive = self.running_components(state)
+                except SandboxError:
+                    alive = []
+                if alive:
+                    raise SandboxError(
+                        f'sandbox "{self.name}" is already running ({", ".join(alive[:4])}); '
+                        f"use it (eval $(kubecare sandbox env --name {self.name})) or stop it first: kubecare sandbox down --name {self.name}"
+                    )
+                raise SandboxError(
+                    f'sandbox "{self.name}" has stale state in {self.dir} (its processes are gone); '
+                    f"remove it with: kubecare sandbox down --name {self.name}"
+                )
+            if {p.name for p in self.dir.iterdir()} - {".lock"}:
+                raise SandboxError(
+                    f"{self.dir} exists and is not a sandbox state dir kubecare can reuse; "
+                    f"remove it with: kubecare sandbox down --name {self.name}"
+                )
+            tools = await asyncio.to_thread(ensure_binaries, version, say)
+            return await self._up_locked(opts, version, tools, say, time.monotonic())
+
+    def _shape(self, opts: SandboxOptions, version: str) -> tuple[ClusterShape, int | None]:
+        names = control_plane_names(opts.control_planes)
+        ha = len(names) > 1
+        free = process.free_ports(6 * len(names) + (1 if ha else 0))
+        nodes = []
+        for i, name in enumerate(names):
+            p = free[6 * i : 6 * i + 6]
+            nodes.append(ControlPlaneNode(name, Ports(*p), self.node_dir(name)))
+        balancer = free[-1] if ha else None
+        endpoint = f"127.0.0.1:{balancer if balancer else nodes[0].ports.apiserver}"
+        extra = sandbox_extra_args(
+            pod_eviction_timeout=opts.pod_eviction_timeout,
+            node_monitor_grace_period=opts.node_monitor_grace_period,
+            audit=opts.audit_log,
+        )
+        return ClusterShape(
+            version, tuple(nodes), endpoint, extra, self.dir, opts.audit_log
+        ), balancer
+
+    async def _up_locked(
+        self, opts: SandboxOptions, version: str, tools: Toolset, say: Progress, t0: float
+    ) -> float:
+        shape, balancer = self._shape(opts, version)
+        say("creating certificates and the kubeadm tree")
+        pkis = create_cluster_pki(self.dir / "clients", [(n.name, n.pki) for n in shape.nodes])
+        for node, pki in zip(shape.nodes, pkis, strict=True):
+            write_node_files(
+                node.kubernetes_dir,
+                pki,
+                endpoint=f"https://{shape.endpoint}",
+                local=f"https://127.0.0.1:{node.ports.apiserver}",
+            )
+            node.etcd_data.mkdir(parents=True, exist_ok=True)
+            node.etcd_data.chmod(0o700)
+            if opts.audit_log:
+                write_atomic(node.kubernetes_dir / "audit-policy.yaml", AUDIT_POLICY, mode=0o600)
+                (self.dir / "logs" / "audit").mkdir(parents=True, exist_ok=True)
+        write(self.kubeconfig, sandbox_kubeconfig(f"https://{shape.endpoint}", pkis[0], self.name))
+        write(
+            self.dir / "kwok.kubeconfig",
+            sandbox_kubeconfig(f"https://{shape.endpoint}", pkis[0], self.name, client="kwok"),
+        )
+        options = asdict(opts)
+        state = SandboxState(
+            name=self.name,
+            version=version,
+            created=time.time(),
+            options=options,
+            apiserver=f"https://{shape.endpoint}",
+            control_planes=[
+                {
+                    "node": n.name,
+                    "ip": n.ip,
+                    "manifests": str(n.manifests),
+                    "ports": asdict(n.ports),
+                    "runner_kubeconfig": str(n.kubernetes_dir / "super-admin.conf"),
+                }
+                for n in shape.nodes
+            ],
+            balancer_port=balancer,
+        )
+        for node in shape.nodes:
+            node.manifests.mkdir(parents=True, exist_ok=True)
+            for comp in components(shape, node):
+                write_atomic(node.manifests / f"{comp.name}.yaml", render(comp), mode=0o600)
+        self.save(state)
+        try:
+            say(
+                "starting the static pod runner (etcd, kube-apiserver, controller-manager, scheduler)"
+            )
+            state.components["runner"] = self._start_runner()
+            self.save(state)
+            async with Kube(
+                ClientOptions(kubeconfig=str(self.super_admin()), connect_timeout=2)
+            ) as kube:
+                await self._wait_control_plane(state, {"etcd", "kube-apiserver"}, timeout=120)
+                await self._wait_apiserver(kube, state, timeout=30)
+                say("bootstrapping like kubeadm (RBAC, kubeadm-config) and registering nodes")
+                await _bootstrap(kube, cluster_configuration(shape))
+                specs = [NodeSpec(n.name, i, True) for i, n in enumerate(shape.nodes)] + [
+                    NodeSpec(f"worker-{i}", len(shape.nodes) + i - 1, False)
+                    for i in range(1, opts.workers + 1)
+                ]
+                state.nodes = [s.name for s in specs]
+                state.next_node_index = len(specs)
+                await _register_all(
+                    kube, [node_manifest(s, version, max_pods=opts.max_pods) for s in specs]
+                )
+                state.components["kwok"] = self._start_kwok(tools, opts)
+                self.save(state)
+                say(f"waiting for {len(specs)} nodes and the control plane's mirror pods")
+                await wait_ready(kube, state.nodes, timeout=opts.ready_timeout)
+                await _wait_default_service_account(kube, opts.ready_timeout)
+                await self._wait_control_plane(state, set(STATIC), timeout=opts.ready_timeout)
+                await self._wait_mirrors(kube, 4 * len(shape.nodes), opts.ready_timeout)
+        except BaseException:
+            self._stop_all(state)
+            self.save(state)
+            raise
+        self.save(state)
+        return time.monotonic() - t0
+
+    def _start_runner(self) -> ComponentState:
+        argv = [sys.executable, "-m", "kubecare.sandbox.runner", str(self.dir)]
+        pid = process.spawn(argv, self.log_path("runner"))
+        return ComponentState("runner", sys.executable, argv, 0, "", "", pid)
+
+    def _start_kwok(self, tools: Toolset, opts: SandboxOptions) -> ComponentState:
+        port = process.free_ports(1)[0]
+        args = kwok_args(
+            str(tools["kwok"]),
+            kubeconfig=self.dir / "kwok.kubeconfig",
+            port=port,
+            lease_seconds=_lease_seconds(opts.node_monitor_grace_period),
+        )
+        pid = process.spawn(args, self.log_path("kwok"))
+        return ComponentState(
+            "kwok", args[0], args, port, f"v{KWOK_VERSION}", f"http://127.0.0.1:{port}/healthz", pid
+        )
+
+    async def _wait_apiserver(self, kube: Kube, state: SandboxState, timeout: float) -> None:
+        """/readyz through the cluster's endpoint (the balancer, with several control planes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                async with asyncio.timeout(3):
+                    resp = await kube.http.get("/readyz")
+                if resp.status_code == 200:
+                    return
+            except Exception:  # not up yet: keep polling
+                pass
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    f"kube-apiserver did not become ready within {timeout:.0f}s.\n"
+                    + self._failure_detail()
+                )
+            await asyncio.sleep(0.2)
+
+    async def _wait_control_plane(
+        self, state: SandboxState, wanted: set[str], timeout: float
+    ) -> None:
+        """Wait until the runner runs ``wanted`` on every control-plane node, ready (kubeadm init
+        waits for the same). A component that crashes twice meanwhile fails the start at once,
+        named, with its log."""
+        deadline = time.monotonic() + timeout
+        runner = state.components["runner"]
+        count = len(wanted) * len(state.control_planes)
+        while True:
+            if not process.is_running(runner.pid, runner.binary):
+                raise SandboxError(
+                    "the static pod runner exited during start-up. Last log lines "
+                    f"({self.log_path('runner')}):\n" + process.tail(self.log_path("runner"), 15)
+                )
+            pods = [
+                p for p in self.runner_report().get("pods") or [] if p.get("component") in wanted
+            ]
+            for p in pods:
+                if (
+                    p.get("reason") in ("ErrImagePull", "InvalidManifest")
+                    or int(p.get("restarts") or 0) >= 2
+                ):
+                    name = f"{p['name']}-{p['node']}"
+                    raise SandboxError(
+                        f"{p['component']} exited during start-up ({p.get('error') or p.get('reason')}). "
+                        f"Last log lines ({self.log_path(name)}):\n"
+                        + process.tail(self.log_path(name), 15)
+                    )
+            if len(pods) >= count and all(p.get("running") and p.get("ready") for p in pods):
+                return
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    f"the control plane did not become ready within {timeout:.0f}s.\n"
+                    + self._failure_detail()
+                )
+            await asyncio.sleep(0.2)
+
+    def _failure_detail(self) -> str:
+        lines = []
+        for p in self.runner_report().get("pods") or []:
+            if not p.get("running") or p.get("error"):
+                log = self.log_path(f"{p['name']}-{p['node']}")
+                lines.append(f"{p['name']}-{p['node']}: {p.get('error') or 'not running'}; {log}:")
+                lines.append(process.tail(log, 8))
+        return "\n".join(lines) or process.tail(self.log_path("runner"), 15)
+
+    async def _wait_mirrors(self, kube: Kube, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            items, _ = await kube.list_all(
+                "/api/v1/namespaces/kube-system/pods",
+                params={"labelSelector": "tier=control-plane"},
+            )
+            if len(items) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    f"the runner made {len(items)} of {count} mirror pods in {timeout:.0f}s"
+                )
+            await asyncio.sleep(0.2)
+
+    def _stop_all(self, state: SandboxState) -> list[str]:
+        """Stop the runner (it stops its static pods, etcd last), kwok, and anything left over."""
+        stopped = []
+        runner = state.components.get("runner")
+        if runner and process.stop(runner.pid, runner.binary, timeout=40):
+            stopped.append("runner")
+        for comp in state.components.values():
+            if comp.name != "runner" and process.stop(comp.pid, comp.binary):
+                stopped.append(comp.name)
+            comp.pid = None
+        # A runner killed with SIGKILL left its children running: they are in runner.json, and
+        # their command lines name this sandbox's tree (a reused pid would not).
+        for p in self.runner_report().get("pods") or []:
+            pid = int(p.get("pid") or 0)
+            if pid and process.mentions(pid, str(self.dir)) and process.stop(pid):
+                stopped.append(f"{p['name']}-{p['node']}")
+        return stopped
+
+    def down(self, *, keep: bool = False) -> list[str]:
+        """Stop every process of the sandbox (by pid); remove its state unless ``keep``."""
+        if not self.dir.exists():
+            raise NotFound(f'sandbox "{self.name}" does not exist (no {self.dir})', status=404)
+        stopped: list[str] = []
+        with self.locked():
+            if self.exists():
+                try:
+                    state = self.load()
+                except SandboxError:
+                    state = None
+                if state:
+                    stopped = self._stop_all(state)
+                    if keep:
+                        self.save(state)
+            if not keep:
+                shutil.rmtree(self.dir, ignore_errors=True)
+        return stopped
+
+    # -- inspection ----------------------------------------------------------------------------
+    def status(self) -> tuple[SandboxState, list[ComponentStatus]]:
+        state = self.load()
+        out = []
+        for p in self.runner_report().get("pods") or []:
+            name = f"{p['name']}-{p['node']}"
+            running = bool(p.get("pid")) and process.is_running(int(p["pid"]))
+            out.append(
+                ComponentStatus(
+                    name=name,
+                    node=p["node"],
+                    pid=p.get("pid") if running else None,
+                    port=_port_of(state, p),
+                    version=p.get("version") or "",
+                    image=p.get("image") or "",
+                    running=running,
+                    healthy=running and bool(p.get("ready")),
+                    restarts=int(p.get("restarts") or 0),
+                    reason=p.get("reason") or ("" if running else "stopped"),
+                    log_tail=""
+                    if running
+                    else (p.get("error") or process.tail(self.log_path(name), 10)),
+                )
+            )
+        seen = {c.name for c in out}
+        for cp in state.control_planes:
+            for component in STATIC:
+                name = f"{component}-{cp['node']}"
+                if name not in seen:  # its manifest is not in manifests/ (moved out, deleted)
+                    out.append(
+                        ComponentStatus(
+                            name=name,
+                            node=cp["node"],
+                            pid=None,
+                            port=_port_of(state, {"node": cp["node"], "component": component}),
+                            version="",
+                            image="",
+                            running=False,
+                            healthy=False,
+                            restarts=0,
+                            reason="no manifest",
+                            log_tail=f"{component}.yaml is not in {cp['manifests']}",
+                        )
+                    )
+        for comp in state.components.values():
+            running = process.is_running(comp.pid, comp.binary)
+            out.append(
+                ComponentStatus(
+                    name=comp.name,
+                    node="",
+                    pid=comp.pid if running else None,
+                    port=comp.port,
+                    version=comp.version,
+                    image="",
+                    running=running,
+                    healthy=running and (not comp.health or _http_ok(comp.health)),
+                    restarts=0,
+                    reason="" if running else "stopped",
+                    log_tail="" if running else process.tail(self.log_path(comp.name), 10),
+                )
+            )
+        return state, out
+
+    def logs(self, component: str, lines: int = 50) -> str:
+        state = self.load()
+        names = [c.name for c in self.status()[1]]
+        if component not in names:
+            shorthand = f"{component}-{state.control_planes[0]['node']}"
+            if component in STATIC and shorthand in names:
+                component = shorthand
+            else:
+                raise NotFound(
+                    f'sandbox "{self.name}" has no component {component!r}; components: {", ".join(names)}',
+                    status=404,
+                )
+        return process.tail(self.log_path(component), lines)
+
+    def memory(self) -> dict[str, int]:
+        """Resident memory (bytes) of each running process of the sandbox."""
+        state = self.load()
+        return {
+            name: process.rss_bytes(pid)
+            for name, pid, binary in self._pids(state)
+            if process.is_running(pid, binary or None)
+        }
+
+    # -- static pods: what a kubeadm node's admin does to them -------------------------------
+    def _node(self, state: SandboxState, node: str | None) -> dict[str, Any]:
+        if node is None:
+            return state.control_planes[0]
+        for cp in state.control_planes:
+            if cp["node"] == node:
+                return cp
+        raise NotFound(
+            f'"{node}" is not a control-plane node of sandbox "{self.name}"; control planes: '
+            + ", ".join(cp["node"] for cp in state.control_planes),
+            status=404,
+        )
+
+    def manifest_path(self, component: str, node: str | None = None) -> Path:
+        """Where ``component``'s static pod manifest lives (``etc/kubernetes/manifests/``)."""
+        if component not in STATIC:
+            raise NotFound(
+                f"{component!r} is not a static pod (one of: {', '.join(STATIC)})", status=404
+            )
+        return Path(self._node(self.load(), node)["manifests"]) / f"{component}.yaml"
+
+    def _parked(self, manifest: Path) -> Path:
+        # Outside manifests/, so the runner ignores it; inside the node's tree, as on a kubeadm
+        # node where an admin moves the file one directory up.
+        return manifest.parent.parent / f"{manifest.name}.stopped"
+
+    def stop_component(self, name: str, *, node: str | None = None, timeout: float = 30) -> bool:
+        """Stop a static pod by moving its manifest out of manifests/ (as on a kubeadm node);
+        returns whether it was running. ``kwok`` and ``runner`` are processes, stopped by pid."""
+        state = self.load()
+        if name in state.components:
+            with self.locked():
+                comp = state.components[name]
+                was = process.stop(comp.pid, comp.binary)
+                comp.pid = None
+                self.save(state)
+                return was
+        manifest = self.manifest_path(name, node)
+        if not manifest.exists():
+            return False
+        os.replace(manifest, self._parked(manifest))
+        self._wait_runner(name, node, lambda p: p is None, timeout, "stop")
+        return True
+
+    async def start_component(
+        self,
+        name: str,
+        *,
+        version: str | None = None,
+        node: str | None = None,
+        timeout: float = 90,
+    ) -> None:
+        """Start a stopped static pod (its manifest moved back), optionally at another version
+        (the image tag changed, as kubeadm upgrade does); wait until it is running and ready."""
+        state = self.load()
+        if name in state.components:
+            raise SandboxError(
+                f"{name} is a process of the sandbox, not a static pod; restart the sandbox"
+            )
+        manifest = self.manifest_path(name, node)
+        parked = self._parked(manifest)
+        if parked.exists():
+            os.replace(parked, manifest)
+        if version is not None:
+            self.set_image(name, version, node=node)
+        want = self._image_for(name, version) if version else None
+        await asyncio.to_thread(
+            self._wait_runner,
+            name,
+            node,
+            lambda p: (
+                p is not None
+                and p.get("running")
+                and p.get("ready")
+                and (want is None or p.get("image") == want)
+            ),
+            timeout,
+            "start",
+        )
+
+    async def restart_component(
+        self, name: str, *, version: str | None = None, node: str | None = None
+    ) -> None:
+        """Restart a static pod: at another version by changing its image tag, else by moving
+        its manifest out and back."""
+        current = self._runner_pod(name, node)
+        if (
+            version is not None
+            and current is not None
+            and current.get("image") != self._image_for(name, version)
+        ):
+            await self.start_component(name, version=version, node=node)
+            return
+        await asyncio.to_thread(self.stop_component, name, node=node)
+        await self.start_component(name, version=version, node=node)
+
+    def _image_for(self, component: str, version: str) -> str:
+        v = resolve_version(version)
+        if component == "etcd":
+            from kubecare.sandbox.components import KUBEADM_ETCD_TAGS
+
+            return f"registry.k8s.io/etcd:{KUBEADM_ETCD_TAGS[int(v.split('.')[1])]}"
+        return f"registry.k8s.io/{component}:v{v}"
+
+    def set_image(self, component: str, version: str, *, node: str | None = None) -> Path:
+        """Rewrite the manifest's image for Kubernetes ``version`` (etcd: the tag kubeadm pins for
+        it), atomically, as ``kubeadm upgrade apply`` does; the runner restarts the component."""
+        import yaml
+
+        manifest = self.manifest_path(component, node)
+        doc = yaml.safe_load(manifest.read_text())
+        doc["spec"]["containers"][0]["image"] = self._image_for(component, version)
+        write_atomic(manifest, yaml.safe_dump(doc, sort_keys=False), mode=0o600)
+        return manifest
+
+    def _runner_pod(self, name: str, node: str | None) -> dict[str, Any] | None:
+        target = self._node(self.load(), node)["node"]
+        for p in self.runner_report().get("pods") or []:
+            if (
+                p.get("node") == target
+                and p.get("component") == name
+                and p.get("file", "").endswith(".yaml")
+            ):
+                return dict(p)
+        return None
+
+    def _wait_runner(
+        self,
+        name: str,
+        node: str | None,
+        done: Callable[[dict[str, Any] | None], Any],
+        timeout: float,
+        what: str,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            pod = self._runner_pod(name, node)
+            if done(pod):
+                return
+            if time.monotonic() > deadline:
+                detail = (pod or {}).get("error") or "see kubecare sandbox logs " + name
+                raise SandboxError(f"{name} did not {what} within {timeout:.0f}s: {detail}")
+            time.sleep(0.2)
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def _check_node(self, state: SandboxState, node: str) -> None:
+        if node not in state.nodes:
+            raise NotFound(
+                f'node "{node}" is not a node of sandbox "{self.name}"; nodes: {", ".join(state.nodes)}',
+                status=404,
+            )
+
+    async def node_down(self, node: str, *, wait: bool = False, timeout: float = 180) -> None:
+        """The node stops reporting (kwok stops managing it: no lease renewals, no status), as
+        when its kubelet dies; the node lifecycle controller reacts for real."""
+        state = self.load()
+        self._check_node(state, node)
+        async with Kube(self.client_options()) as kube:
+            await set_kwok_managed(kube, node, False)
+            if wait:
+                await wait_ready(kube, [node], ready=False, timeout=timeout)
+
+    async def node_up(
+        self, node: str, *, wait: bool = True, reboot: bool = False, timeout: float = 60
+    ) -> None:
+        """The node reports again; with ``reboot`` it comes back with a new boot ID."""
+        state = self.load()
+        self._check_node(state, node)
+        async with Kube(self.client_options()) as kube:
+            if reboot:
+                await set_boot_id(kube, node)
+            await set_kwok_managed(kube, node, True)
+            if wait:
+                await wait_ready(kube, [node], timeout=timeout)
+
+    async def add_node(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        taints: list[JSON] | None = None,
+        timeout: float = 60,
+    ) -> None:
+        """Register one more worker in a running sandbox and wait until it is Ready.
+
+        Tests use it to get a node of their own, so draining it touches nothing else.
+        """
+        with self.locked():
+            state = self.load()
+            if name in state.nodes:
+                raise SandboxError(f'sandbox "{self.name}" already has a node "{name}"')
+            spec = NodeSpec(name, state.next_node_index, False)
+            manifest = node_manifest(
+                spec, state.version, max_pods=int(state.options.get("max_pods", 500))
+            )
+            manifest["metadata"]["labels"].update(labels or {})
+            manifest["spec"]["taints"] = list(taints or [])
+            state.nodes.append(name)
+            state.next_node_index += 1
+            self.save(state)
+        async with Kube(self.client_options()) as kube:
+            await register_node(kube, manifest)
+            await wait_ready(kube, [name], timeout=timeout)
+
+    async def remove_node(self, name: str) -> None:
+        """Delete the Node object (its pods are garbage-collected)."""
+        with self.locked():
+            state = self.load()
+            self._check_node(state, name)
+            state.nodes.remove(name)
+            self.save(state)
+        async with Kube(self.client_options()) as kube:
+            with contextlib.suppress(NotFound):
+                await kube.request_json("DELETE", f"/api/v1/nodes/{name}", what=f'node "{name}"')
+
+
+def _port_of(state: SandboxState, pod: dict[str, Any]) -> int:
+    cp = next((c for c in state.control_planes if c["node"] == pod.get("node")), None)
+    ports = (cp or {}).get("ports") or {}
+    key = {
+        "etcd": "etcd_client",
+        "kube-apiserver": "apiserver",
+        "kube-controller-manager": "controller_manager",
+        "kube-scheduler": "scheduler",
+    }.get(str(pod.get("component")), "")
+    return int(ports.get(key, 0))
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(
+            url, timeout=2, context=ssl._create_unverified_context()
+        ) as resp:
+            return bool(resp.status == 200)
+    except Exception:
+        return False
+
+
+async def _bootstrap(kube: Kube, configuration: dict[str, Any]) -> None:
+    """What ``kubeadm init`` does after the control plane is up and kubecare relies on: the
+    ``kubeadm:cluster-admins`` binding (admin.conf's group) and the ``kubeadm-config`` ConfigMap."""
+    import yaml
+
+    rbac = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+    with contextlib.suppress(Exception):
+        await kube.request_json(
+            "POST",
+            rbac,
+            body={
+                "metadata": {"name": "kubeadm:cluster-admins"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "cluster-admin",
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Group",
+                        "name": "kubeadm:cluster-admins",
+                    }
+                ],
+            },
+        )
+    await kube.request_json(
+        "POST",
+        "/api/v1/namespaces/kube-system/configmaps",
+        body={
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+            "data": {"ClusterConfiguration": yaml.safe_dump(configuration, sort_keys=False)},
+        },
+        what="configmap kube-system/kubeadm-config",
+    )
+
+
+async def _register_all(kube: Kube, manifests: list[JSON]) -> None:
+    sem = asyncio.Semaphore(20)
+
+    async def one(m: JSON) -> None:
+        async with sem:
+            await register_node(kube, m)
+
+    await asyncio.gather(*(one(m) for m in manifests))
+
+
+def _lease_seconds(grace: int | None) -> int:
+    """kwok renews the lease every quarter of its duration; keep that well inside the grace period."""
+    if grace is None:
+        return 40
+    return max(4, min(40, grace))
+
+
+async def _wait_default_service_account(kube: Kube, timeout: float) -> None:
+    """Pods are refused until the service-account controller has made `default/default`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await kube.get_json(
+                "/api/v1/namespaces/default/serviceaccounts/default",
+                what="serviceaccount default/default",
+            )
+            return
+        except NotFound:
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    "the service-account controller did not create default/default; see kubecare sandbox logs kube-controller-manager"
+                ) from None
+            await asyncio.sleep(0.2)
+
+
+def list_sandboxes() -> list[str]:
+    from kubecare.sandbox.state import list_sandboxes as names
+
+    return names()
+
+
+__all__ = [
+    "KWOK_LABEL",
+    "ComponentStatus",
+    "Sandbox",
+    "SandboxOptions",
+    "binary_path",
+    "find_toolset",
+]

@@ -1,0 +1,472 @@
+"""The sandbox's static pod runner: what the kubelet does for a control-plane node's manifests.
+
+One process per sandbox (``python -m kubecare.sandbox.runner DIR``), started and stopped with it,
+its pid in state.json. For every control-plane node it:
+
+- watches ``etc/kubernetes/manifests`` (inotify through watchfiles, plus a rescan every 2 s) and
+  runs every valid manifest (see :mod:`kubecare.sandbox.staticpods`): a new or changed file
+  (re)starts its component, a removed one stops it — moving ``kube-apiserver.yaml`` out of the
+  directory stops the apiserver, as on a kubeadm node;
+- restarts a component that exits, with the kubelet's back-off (10 s doubling to 5 min, reset
+  after 10 min of running; the first delay is a sandbox option), and one whose liveness probe
+  fails ``failureThreshold`` times (after its startup probe has passed);
+- keeps the mirror pods in kube-system current (:mod:`kubecare.sandbox.mirror`);
+- reports a malformed manifest or an image that was never built, and keeps the others running;
+- writes what it runs to ``runner.json`` (pids, versions, restarts, health) for ``sandbox
+  status`` and ``sandbox down``;
+- with several control planes, serves their apiservers behind one local address
+  (:mod:`kubecare.sandbox.balancer`).
+
+On SIGTERM it stops every component (etcd last) and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import ssl
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubecare.files import write_atomic
+from kubecare.sandbox.staticpods import (
+    ImageNotBuilt,
+    ManifestError,
+    Probe,
+    RunSpec,
+    digest_of,
+    parse_manifest,
+)
+
+BACKOFF_MAX = 300.0
+BACKOFF_RESET = 600.0  # a component that ran this long starts its back-off afresh
+RESCAN = 2.0
+STOP_ORDER = ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+
+
+@dataclass
+class StaticPod:
+    """One manifest on one node and the process that runs it."""
+
+    node: str
+    file: Path
+    spec: RunSpec | None = None
+    error: str = ""  # why it cannot run (manifest or image)
+    reason: str = ""  # ErrImagePull, CrashLoopBackOff, InvalidManifest
+    proc: asyncio.subprocess.Process | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    backoff: float = 0.0
+    next_start: float = 0.0
+    ready: bool = False
+    started: bool = False  # the startup probe passed (or there is none)
+    probes: asyncio.Task[None] | None = None
+    binary_version: str = ""
+    digest: str = ""  # of the file's bytes, parsed or not: a change means a new pod
+    doc: dict[str, Any] | None = None  # the manifest, when it is a valid Pod (even if not runnable)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    @property
+    def key(self) -> str:
+        return f"{self.node}/{self.file.name}"
+
+    @property
+    def name(self) -> str:
+        return str(((self.doc or {}).get("metadata") or {}).get("name") or self.file.stem)
+
+    @property
+    def namespace(self) -> str:
+        return str(((self.doc or {}).get("metadata") or {}).get("namespace") or "kube-system")
+
+    @property
+    def image(self) -> str:
+        containers = ((self.doc or {}).get("spec") or {}).get("containers") or [{}]
+        return str(containers[0].get("image") or "")
+
+    @property
+    def component(self) -> str:
+        return self.spec.component if self.spec else self.image.rsplit("/", 1)[-1].split(":")[0]
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "file": str(self.file),
+            "name": self.name,
+            "component": self.component,
+            "image": self.image,
+            "version": self.binary_version,
+            "digest": self.digest,
+            "pid": self.proc.pid if self.running and self.proc else None,
+            "running": self.running,
+            "ready": self.ready,
+            "restarts": self.restarts,
+            "started_at": self.started_at,
+            "error": self.error,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class NodeDirs:
+    node: str
+    manifests: Path
+    ip: str = "127.0.0.1"
+
+
+@dataclass
+class Config:
+    """What the runner needs, read from the sandbox's state.json."""
+
+    dir: Path
+    nodes: list[NodeDirs]
+    kubeconfig: Path
+    first_backoff: float
+    balancer_port: int | None
+
+    @classmethod
+    def load(cls, directory: Path) -> Config:
+        raw = json.loads((directory / "state.json").read_text())
+        nodes = [
+            NodeDirs(cp["node"], Path(cp["manifests"]), cp.get("ip", "127.0.0.1"))
+            for cp in raw.get("control_planes") or []
+        ]
+        cps = raw.get("control_planes") or [{}]
+        return cls(
+            dir=directory,
+            nodes=nodes,
+            kubeconfig=Path(cps[0].get("runner_kubeconfig") or directory / "kubeconfig"),
+            first_backoff=float((raw.get("options") or {}).get("crash_backoff", 10.0)),
+            balancer_port=raw.get("balancer_port"),
+        )
+
+
+def resolve_binary(component: str, tag: str) -> str:
+    """The binary for ``registry.k8s.io/<component>:<tag>`` in the build cache."""
+    from kubecare.sandbox.binaries import ETCD_VERSION, KUBE_VERSIONS, binary_path
+
+    if component == "etcd":
+        # Every etcd tag kubeadm pins runs the sandbox's one etcd build (see docs/decisions.md).
+        version = ETCD_VERSION
+    else:
+        version = tag.removeprefix("v")
+        if version not in KUBE_VERSIONS:
+            raise ImageNotBuilt(
+                f"image registry.k8s.io/{component}:{tag} is not a version the sandbox can build "
+                f"(supported: {', '.join('v' + v for v in KUBE_VERSIONS)})"
+            )
+    path = binary_path(component, version)
+    if path is None:
+        raise ImageNotBuilt(
+            f"image registry.k8s.io/{component}:{tag} is not built; run: kubecare sandbox build --version {version}"
+        )
+    return str(path)
+
+
+def probe_once(probe: Probe) -> bool:
+    """One httpGet probe as the kubelet sends it: TLS not verified, 2xx/3xx is success."""
+    ctx = ssl._create_unverified_context()
+    try:
+        with urllib.request.urlopen(probe.url, timeout=probe.timeout, context=ctx) as resp:
+            return bool(200 <= resp.status < 400)
+    except Exception:
+        return False
+
+
+class Runner:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pods: dict[str, StaticPod] = {}
+        self.changed = asyncio.Event()
+        self.stopping = False
+        self.log_dir = config.dir / "logs"
+        self.status_file = config.dir / "runner.json"
+        self._versions: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- manifests -----------------------------------------------------------------------------
+    def scan(self) -> None:
+        """Reconcile running processes with the manifests on disk."""
+        seen: set[str] = set()
+        for nd in self.config.nodes:
+            with contextlib.suppress(FileNotFoundError):
+                for path in sorted(nd.manifests.iterdir()):
+                    if path.name.startswith(".") or not path.is_file():
+                        continue  # the kubelet ignores hidden files (editors' swap files)
+                    key = f"{nd.node}/{path.name}"
+                    seen.add(key)
+                    self._consider(nd, path, key)
+        for key in list(self.pods):
+            if key not in seen:
+                pod = self.pods.pop(key)
+                self._background(self._stop(pod, "manifest removed"))
+                self.changed.set()
+
+    def _consider(self, nd: NodeDirs, path: Path, key: str) -> None:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return
+        old = self.pods.get(key)
+        digest = digest_of(data)
+        if old is not None and old.digest == digest:
+            return
+        pod = StaticPod(nd.node, path, digest=digest)
+        try:
+            pod.spec = parse_manifest(path, data, root=self.config.dir, resolve=resolve_binary)
+            pod.doc = pod.spec.pod
+        except ManifestError as e:
+            pod.error, pod.reason = str(e), "InvalidManifest"
+            self._log(f"{e}; skipped, the other manifests keep running")
+        except ImageNotBuilt as e:
+            pod.error, pod.reason, pod.doc = str(e), "ErrImagePull", e.pod
+            self._log(f"manifest {path}: {e}")
+        if old is not None and old.running:
+            # As the kubelet does: the old container is gone before the new one starts (they
+            # would fight over the same ports).
+            pod.next_start = float("inf")
+            self._background(self._replace(old, pod))
+        self.pods[key] = pod
+        self.changed.set()
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
+
+    # -- processes -----------------------------------------------------------------------------
+    async def _start(self, pod: StaticPod) -> None:
+        assert pod.spec is not None
+        spec = pod.spec
+        log = self.log_dir / f"{spec.name}-{pod.node}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:  # noqa: ASYNC230 (a local log file, opened once per start)
+            out.write(f"--- runner: starting {spec.image} ({' '.join(spec.argv)})\n".encode())
+            out.flush()
+            try:
+                pod.proc = await asyncio.create_subprocess_exec(
+                    *spec.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                pod.error, pod.reason = f"cannot start {spec.argv[0]}: {e}", "RunContainerError"
+                return
+        pod.started_at = time.time()
+        pod.error, pod.reason = "", ""
+        pod.ready = spec.readiness is None
+        pod.started = spec.startup is None
+        pod.binary_version = await self._version_of(spec.argv[0])
+        pod.probes = asyncio.create_task(self._probe_loop(pod))
+        self.changed.set()
+
+    async def _version_of(self, binary: str) -> str:
+        """The version the binary reports (``--version``), cached per binary."""
+        if binary not in self._versions:
+            import re
+
+            text = ""
+            with contextlib.suppress(OSError):
+                proc = await asyncio.create_subprocess_exec(
+                    binary,
+                    "--version",
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
+                text = (await proc.communicate())[0].decode(errors="replace")
+            found = re.search(r"v?(\d+\.\d+\.\d+)", text)
+            self._versions[binary] = f"v{found.group(1)}" if found else ""
+        return self._versions[binary]
+
+    async def _stop(self, pod: StaticPod, why: str) -> None:
+        if pod.probes:
+            pod.probes.cancel()
+        proc = pod.proc
+        if proc is None or proc.returncode is not None:
+            return
+        self._log(f"stopping {pod.key} (pid {proc.pid}): {why}")
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        self.changed.set()
+
+    async def _replace(self, old: StaticPod, new: StaticPod) -> None:
+        try:
+            await self._stop(old, "manifest changed")
+        finally:
+            new.next_start = 0.0
+            self.changed.set()
+
+    async def _probe_loop(self, pod: StaticPod) -> None:
+        spec = pod.spec
+        assert spec is not None and pod.started_at is not None
+        started = pod.started_at
+        failures = {"liveness": 0, "startup": 0}
+        next_run = {"liveness": 0.0, "readiness": 0.0, "startup": 0.0}
+        while pod.running:
+            now = time.time()
+            for kind, probe in (
+                ("startup", spec.startup),
+                ("liveness", spec.liveness),
+                ("readiness", spec.readiness),
+            ):
+                if probe is None or now < started + probe.initial_delay or now < next_run[kind]:
+                    continue
+                if kind == "startup" and pod.started:
+                    continue
+                if kind == "liveness" and not pod.started:
+                    continue
+                next_run[kind] = now + probe.period
+                ok = await asyncio.to_thread(probe_once, probe)
+                if kind == "readiness":
+                    if ok != pod.ready:
+                        pod.ready = ok
+                        self.changed.set()
+                    continue
+                if kind == "startup" and ok:
+                    pod.started = True
+                    continue
+                failures[kind] = 0 if ok else failures[kind] + 1
+                if failures[kind] >= probe.failure_threshold:
+                    self._log(
+                        f"{pod.key}: {kind} probe failed {failures[kind]} times ({probe.url}); restarting"
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        if pod.proc:
+                            pod.proc.kill()
+                    return
+            await asyncio.sleep(0.5)
+
+    async def reconcile(self) -> None:
+        """Start what should run, restart what died (with back-off)."""
+        now = time.monotonic()
+        for pod in list(self.pods.values()):
+            if pod.spec is None or pod.running:
+                continue
+            if pod.proc is not None:  # it ran and exited: CrashLoopBackOff
+                code = pod.proc.returncode
+                ran = time.time() - (pod.started_at or time.time())
+                pod.proc = None
+                pod.ready = False
+                pod.restarts += 1
+                if ran >= BACKOFF_RESET:
+                    pod.backoff = 0.0
+                pod.backoff = min(
+                    BACKOFF_MAX, pod.backoff * 2 if pod.backoff else self.config.first_backoff
+                )
+                pod.next_start = now + pod.backoff
+                pod.reason = "CrashLoopBackOff"
+                pod.error = f"exited with code {code}; restarting in {pod.backoff:g}s"
+                self._log(f"{pod.key} {pod.error}")
+                self.changed.set()
+                continue
+            if now >= pod.next_start and not self.stopping:
+                await self._start(pod)
+
+    # -- status --------------------------------------------------------------------------------
+    def write_status(self) -> None:
+        doc = {
+            "pid": os.getpid(),
+            "updated": time.time(),
+            "pods": [p.view() for p in self.pods.values()],
+        }
+        write_atomic(self.status_file, json.dumps(doc, indent=1), mode=0o600)
+
+    def _log(self, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        sys.stderr.write(f"{stamp} {message}\n")
+        sys.stderr.flush()
+
+    # -- main loop -----------------------------------------------------------------------------
+    async def watch(self) -> None:
+        from watchfiles import awatch
+
+        dirs = [str(nd.manifests) for nd in self.config.nodes]
+        for d in dirs:
+            Path(d).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, at start)
+        async for _ in awatch(
+            *dirs, debounce=100, step=50, rust_timeout=int(RESCAN * 1000), yield_on_timeout=True
+        ):
+            self.scan()
+            self.changed.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        self.scan()
+        watcher = asyncio.create_task(self.watch())
+        balancer = None
+        if self.config.balancer_port:
+            from kubecare.sandbox.balancer import Balancer
+
+            balancer = Balancer(self.config.balancer_port, self._apiserver_ports)
+            await balancer.start()
+        from kubecare.sandbox.mirror_sync import MirrorSync
+
+        mirrors = MirrorSync(self)
+        syncing = asyncio.create_task(mirrors.run())
+        try:
+            while not done.is_set():
+                await self.reconcile()
+                if self.changed.is_set():
+                    self.changed.clear()
+                    self.write_status()
+                    mirrors.wake()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.25):
+                        await done.wait()
+        finally:
+            self.stopping = True
+            watcher.cancel()
+            syncing.cancel()
+            by_order = sorted(
+                self.pods.values(),
+                key=lambda p: (
+                    STOP_ORDER.index(p.spec.component)
+                    if p.spec and p.spec.component in STOP_ORDER
+                    else 0
+                ),
+            )
+            for pod in by_order:
+                await self._stop(pod, "the sandbox is stopping")
+            if balancer:
+                await balancer.stop()
+            self.write_status()
+
+    def _apiserver_ports(self) -> list[int]:
+        ports = []
+        for pod in self.pods.values():
+            if pod.spec and pod.spec.component == "kube-apiserver" and pod.running:
+                for arg in pod.spec.argv:
+                    if arg.startswith("--secure-port="):
+                        ports.append(int(arg.split("=", 1)[1]))
+        return ports
+
+
+def main() -> None:
+    directory = Path(sys.argv[1]).resolve()
+    runner = Runner(Config.load(directory))
+    asyncio.run(runner.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Static pod manifests as the sandbox's kubelet-like runner reads them (pure: text in, plan out).
+
+A manifest is a v1 Pod as kubeadm writes it. The runner has no containers, so it emulates what a
+container would see: the image ``registry.k8s.io/<component>:<tag>`` picks the binary of that
+version from the build cache, and every path in the command that lies under a volume's
+``mountPath`` is rewritten to that volume's ``hostPath`` — exactly how a kubeadm etcd restore
+works ("point etcd.yaml's hostPath at the new data dir"). A hostPath outside the sandbox's own
+state dir is refused: the sandbox never touches the machine's real /etc or /var.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REGISTRY = "registry.k8s.io/"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+class ManifestError(Exception):
+    """A manifest the runner cannot run; the message names the file and what is wrong."""
+
+
+class ImageNotBuilt(Exception):
+    """The image's version has no binary in the build cache; the message says how to build it.
+
+    When raised by :func:`parse_manifest`, ``pod`` is the (valid) manifest: the kubelet still
+    shows such a pod, waiting in ErrImagePull."""
+
+    pod: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An httpGet probe (the only kind kubeadm writes)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    initial_delay: float = 0
+    period: float = 10
+    timeout: float = 1
+    failure_threshold: int = 3
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme.lower()}://{self.host}:{self.port}{self.path}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the runner executes for one static pod."""
+
+    name: str  # the pod's name, e.g. "kube-apiserver" (its mirror pod is <name>-<node>)
+    namespace: str
+    component: str  # etcd, kube-apiserver, ...
+    image: str
+    version: str  # the image tag
+    argv: tuple[str, ...]  # binary and arguments, paths translated to the host
+    liveness: Probe | None
+    readiness: Probe | None
+    startup: Probe | None
+    digest: str  # of the manifest's bytes: a change means a restart (kubelet's config hash)
+    pod: dict[str, Any] = field(compare=False, hash=False)  # the parsed manifest, for the mirror
+
+
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def image_parts(image: str) -> tuple[str, str]:
+    """``registry.k8s.io/kube-apiserver:v1.37.2`` -> (``kube-apiserver``, ``v1.37.2``)."""
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag:
+        raise ManifestError(f"image {image!r} has no tag")
+    return name.rsplit("/", 1)[-1], tag
+
+
+def _probe(raw: Any, where: str, ports: dict[str, int]) -> Probe | None:
+    if not raw:
+        return None
+    get = raw.get("httpGet") if isinstance(raw, dict) else None
+    if not isinstance(get, dict) or "port" not in get:
+        raise ManifestError(f"{where}: only httpGet probes with a port are supported")
+    named = get["port"]
+    if isinstance(named, str) and not named.isdigit():
+        # kubeadm names the port ("probe-port") and declares it in the container's ports.
+        if named not in ports:
+            raise ManifestError(f"{where}: probe port {named!r} is not a port of the container")
+        port = ports[named]
+    else:
+        try:
+            port = int(named)
+        except (TypeError, ValueError):
+            raise ManifestError(f"{where}: probe port {named!r} is not a number") from None
+    return Probe(
+        scheme=str(get.get("scheme") or "HTTP"),
+        host=str(get.get("host") or "127.0.0.1"),
+        port=port,
+        path=str(get.get("path") or "/"),
+        initial_delay=float(raw.get("initialDelaySeconds") or 0),
+        period=float(raw.get("periodSeconds") or 10),
+        timeout=float(raw.get("timeoutSeconds") or 1),
+        failure_threshold=int(raw.get("failureThreshold") or 3),
+    )
+
+
+def translate(arg: str, mounts: list[tuple[str, str]]) -> str:
+    """Rewrite the container path in one argument (``--flag=/path`` or ``/path``) to the host
+    path of the longest mount that contains it."""
+    prefix, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+    if arg.startswith("-") and not eq:
+        return arg
+    parts = value.split(",")  # lists such as --initial-cluster keep their own paths intact
+    out = []
+    for part in parts:
+        for mount, host in mounts:  # longest first
+            if part == mount or part.startswith(mount.rstrip("/") + "/"):
+                part = host + part[len(mount) :]
+                break
+        out.append(part)
+    joined = ",".join(out)
+    return f"{prefix}={joined}" if eq else joined
+
+
+def parse_manifest(
+    path: Path,
+    data: bytes,
+    *,
+    root: Path,
+    resolve: Callable[[str, str], str],
+) -> RunSpec:
+    """Validate one manifest and plan its process.
+
+    ``root``: hostPaths must lie inside it. ``resolve(component, tag)`` returns the binary for an
+    image or raises :class:`ImageNotBuilt`.
+    """
+    import yaml
+
+    where = str(path)
+    try:
+        doc = yaml.safe_load(data)
+    except yaml.YAMLError as e:
+        raise ManifestError(f"{where} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict) or doc.get("kind") != "Pod" or doc.get("apiVersion") != "v1":
+        raise ManifestError(f"{where} is not a v1 Pod (kind/apiVersion)")
+    meta = doc.get("metadata") or {}
+    name = meta.get("name")
+    if not name or not isinstance(name, str):
+        raise ManifestError(f"{where}: the Pod has no metadata.name")
+    spec = doc.get("spec") or {}
+    containers = spec.get("containers") or []
+    if (
+        not isinstance(containers, list)
+        or len(containers) != 1
+        or not isinstance(containers[0], dict)
+    ):
+        raise ManifestError(f"{where}: a static pod here has exactly one container")
+    container = containers[0]
+    command = list(container.get("command") or []) + list(container.get("args") or [])
+    if not command or not all(isinstance(c, str) for c in command):
+        raise ManifestError(f"{where}: the container has no command")
+    image = container.get("image")
+    if not isinstance(image, str) or not image:
+        raise ManifestError(f"{where}: the container has no image")
+    try:
+        component, tag = image_parts(image)
+    except ManifestError as e:
+        raise ManifestError(f"{where}: {e}") from None
+    if component not in COMPONENTS:
+        raise ManifestError(
+            f"{where}: image {image!r} is not one the sandbox can run ({', '.join(COMPONENTS)})"
+        )
+    if command[0].rsplit("/", 1)[-1] != component:
+        raise ManifestError(f"{where}: command {command[0]!r} does not match image {image!r}")
+    volumes = {v.get("name"): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
+    mounts: list[tuple[str, str]] = []
+    root = root.resolve()
+    for m in container.get("volumeMounts") or []:
+        volume = volumes.get(m.get("name"))
+        host = ((volume or {}).get("hostPath") or {}).get("path")
+        if not host:
+            raise ManifestError(f"{where}: volumeMount {m.get('name')!r} has no hostPath volume")
+        resolved = Path(host).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise ManifestError(
+                f"{where}: hostPath {host} is outside the sandbox's state dir {root}; "
+                "the sandbox never touches paths outside its own tree"
+            )
+        mounts.append((str(m.get("mountPath")), str(resolved)))
+    mounts.sort(key=lambda pair: len(pair[0]), reverse=True)
+    ports = {
+        str(p.get("name")): int(p.get("containerPort") or 0)
+        for p in container.get("ports") or []
+        if isinstance(p, dict) and p.get("name")
+    }
+    try:
+        binary = resolve(component, tag)
+    except ImageNotBuilt as e:
+        e.pod = doc
+        raise
+    argv = (binary, *(translate(a, mounts) for a in command[1:]))
+    return RunSpec(
+        name=name,
+        namespace=str(meta.get("namespace") or "kube-system"),
+        component=component,
+        image=image,
+        version=tag,
+        argv=argv,
+        liveness=_probe(container.get("livenessProbe"), f"{where} livenessProbe", ports),
+        readiness=_probe(container.get("readinessProbe"), f"{where} readinessProbe", ports),
+        startup=_probe(container.get("startupProbe"), f"{where} startupProbe", ports),
+        digest=digest_of(data),
+        pod=doc,
+    )

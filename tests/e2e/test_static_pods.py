@@ -1,0 +1,388 @@
+"""The sandbox as a kubeadm cluster: static pod manifests run by the runner, mirror pods, and what
+an administrator does to them — edit a flag, move a manifest out and back, change an image tag,
+kill a component — with the results checked in the processes and through the API.
+
+These tests change the control plane itself, so they get a sandbox of their own (one for the
+module; crash back-off shortened to 1 s); the HA test gets one with three control planes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubecare.kube import ClientOptions, Kube
+from kubecare.sandbox import Sandbox, SandboxOptions, process
+from kubecare.sandbox.binaries import (
+    DEFAULT_KUBE_VERSION,
+    KUBE_VERSIONS,
+    ensure_binaries,
+    find_kubectl,
+)
+
+from .conftest import run_cli
+from .workloads import wait_for
+
+pytestmark = pytest.mark.e2e
+
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+@pytest.fixture(scope="module")
+async def kubeadm_sb(sandbox_state_dir: Path) -> AsyncIterator[Sandbox]:
+    sb = Sandbox(f"static-{uuid.uuid4().hex[:6]}")
+    try:
+        await sb.up(SandboxOptions(workers=1, crash_backoff=1))
+        yield sb
+    finally:
+        if sb.dir.exists():
+            sb.down()
+    assert leftover(sb) == []
+
+
+def leftover(sb: Sandbox) -> list[int]:
+    """Live processes whose command line mentions the sandbox's state dir."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(sb.dir) in cmdline and process.is_running(int(proc.name)):
+                pids.append(int(proc.name))
+    return pids
+
+
+def runner_pod(sb: Sandbox, component: str, node: str = "control-plane") -> dict[str, Any]:
+    for p in sb.runner_report()["pods"]:
+        if p["component"] == component and p["node"] == node:
+            return dict(p)
+    return {}
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+async def apiserver_ready(sb: Sandbox, timeout: float = 60) -> None:
+    async def ready() -> bool:
+        try:
+            async with Kube(ClientOptions(kubeconfig=str(sb.kubeconfig), connect_timeout=1)) as k:
+                return (await k.http.get("/readyz")).status_code == 200
+        except Exception:
+            return False
+
+    await wait_for(ready, timeout=timeout, interval=0.5)
+
+
+async def mirror_pods(sb: Sandbox) -> dict[str, dict[str, Any]]:
+    async with Kube(sb.client_options()) as kube:
+        items, _ = await kube.list_all(
+            "/api/v1/namespaces/kube-system/pods", params={"labelSelector": "tier=control-plane"}
+        )
+    return {p["metadata"]["name"]: p for p in items}
+
+
+def test_the_tree_and_the_manifests_are_kubeadms(kubeadm_sb: Sandbox) -> None:
+    k8s = kubeadm_sb.node_dir("control-plane") / "etc" / "kubernetes"
+    for name in (
+        "admin.conf",
+        "super-admin.conf",
+        "controller-manager.conf",
+        "scheduler.conf",
+        "kubelet.conf",
+    ):
+        assert (k8s / name).exists(), name
+    for rel in (
+        "ca.crt",
+        "apiserver.crt",
+        "front-proxy-ca.crt",
+        "sa.key",
+        "etcd/ca.crt",
+        "etcd/peer.crt",
+    ):
+        assert (k8s / "pki" / rel).exists(), rel
+    assert (kubeadm_sb.node_dir("control-plane") / "var" / "lib" / "etcd" / "member").is_dir()
+    for component in COMPONENTS:
+        doc = yaml.safe_load((k8s / "manifests" / f"{component}.yaml").read_text())
+        assert (doc["apiVersion"], doc["kind"]) == ("v1", "Pod")
+        container = doc["spec"]["containers"][0]
+        assert container["command"][0] == component
+        assert container["image"].startswith(f"registry.k8s.io/{component}:")
+        assert doc["spec"]["priorityClassName"] == "system-node-critical"
+        assert container["livenessProbe"]["httpGet"]["port"] == "probe-port"
+        for volume in doc["spec"]["volumes"]:  # inside the sandbox's tree, never the machine's /etc
+            assert volume["hostPath"]["path"].startswith(str(kubeadm_sb.dir))
+    api = yaml.safe_load((k8s / "manifests" / "kube-apiserver.yaml").read_text())
+    assert (
+        api["spec"]["containers"][0]["image"]
+        == f"registry.k8s.io/kube-apiserver:v{DEFAULT_KUBE_VERSION}"
+    )
+    assert "--client-ca-file=/etc/kubernetes/pki/ca.crt" in api["spec"]["containers"][0]["command"]
+    etcd = yaml.safe_load((k8s / "manifests" / "etcd.yaml").read_text())
+    assert etcd["spec"]["containers"][0]["image"] == "registry.k8s.io/etcd:3.7.0-0"  # kubeadm's pin
+
+
+async def test_kubectl_shows_the_control_plane_as_mirror_pods(kubeadm_sb: Sandbox) -> None:
+    pods = await mirror_pods(kubeadm_sb)
+    assert set(pods) == {f"{c}-control-plane" for c in COMPONENTS}
+    for c in COMPONENTS:
+        p = pods[f"{c}-control-plane"]
+        annotations = p["metadata"]["annotations"]
+        assert annotations["kubernetes.io/config.source"] == "file"
+        assert (
+            annotations["kubernetes.io/config.mirror"] == annotations["kubernetes.io/config.hash"]
+        )
+        assert p["metadata"]["ownerReferences"][0]["kind"] == "Node"
+        assert p["status"]["phase"] == "Running"
+        assert p["status"]["containerStatuses"][0]["image"].startswith(f"registry.k8s.io/{c}:")
+    out = subprocess.run(
+        [
+            str(find_kubectl()),
+            "--kubeconfig",
+            str(kubeadm_sb.kubeconfig),
+            "-n",
+            "kube-system",
+            "get",
+            "pods",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "kube-apiserver-control-plane" in out and "Running" in out
+
+
+async def test_editing_a_flag_restarts_the_apiserver_with_it(kubeadm_sb: Sandbox) -> None:
+    manifest = kubeadm_sb.manifest_path("kube-apiserver")
+    before = runner_pod(kubeadm_sb, "kube-apiserver")["pid"]
+    text = manifest.read_text()
+    manifest.write_text(text.replace("- --profiling=false", "- --profiling=true"))
+    try:
+        await wait_for(
+            lambda: _async(
+                runner_pod(kubeadm_sb, "kube-apiserver").get("pid") not in (None, before)
+            ),
+            timeout=30,
+        )
+        await apiserver_ready(kubeadm_sb)
+        pid = runner_pod(kubeadm_sb, "kube-apiserver")["pid"]
+        assert "--profiling=true" in cmdline(pid)
+    finally:
+        manifest.write_text(text)
+        await wait_for(
+            lambda: _async(
+                "--profiling=false"
+                in cmdline(runner_pod(kubeadm_sb, "kube-apiserver").get("pid") or 1)
+            ),
+            timeout=30,
+        )
+        await apiserver_ready(kubeadm_sb)
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def test_moving_the_manifest_out_stops_the_apiserver_and_back_restores_it(
+    kubeadm_sb: Sandbox,
+) -> None:
+    manifest = kubeadm_sb.manifest_path("kube-apiserver")
+    parked = manifest.parent.parent / "kube-apiserver.yaml"  # what an admin does: one dir up
+    pid = runner_pod(kubeadm_sb, "kube-apiserver")["pid"]
+    shutil.move(manifest, parked)
+    try:
+        await wait_for(lambda: _async(not process.is_running(pid)), timeout=30)
+        res = run_cli("nodes", kubeconfig=kubeadm_sb.kubeconfig, timeout=30)
+        assert res.returncode == 1 and "unreachable" in res.stderr
+    finally:
+        shutil.move(parked, manifest)
+    await apiserver_ready(kubeadm_sb)
+    assert run_cli("nodes", kubeconfig=kubeadm_sb.kubeconfig).returncode == 0
+
+
+async def test_the_previous_minors_image_tag_runs_that_version_and_back(
+    kubeadm_sb: Sandbox,
+) -> None:
+    older = KUBE_VERSIONS[1]
+    ensure_binaries(older)
+    await kubeadm_sb.restart_component("kube-apiserver", version=older)
+    async with Kube(kubeadm_sb.client_options()) as kube:
+        assert (await kube.version())["gitVersion"] == f"v{older}"
+    await kubeadm_sb.restart_component("kube-apiserver", version=DEFAULT_KUBE_VERSION)
+    async with Kube(kubeadm_sb.client_options()) as kube:
+        assert (await kube.version())["gitVersion"] == f"v{DEFAULT_KUBE_VERSION}"
+
+    async def mirror_image() -> bool:
+        pods = await mirror_pods(kubeadm_sb)
+        image = (
+            pods.get("kube-apiserver-control-plane", {})
+            .get("spec", {})
+            .get("containers", [{}])[0]
+            .get("image")
+        )
+        return bool(image == f"registry.k8s.io/kube-apiserver:v{DEFAULT_KUBE_VERSION}")
+
+    await wait_for(mirror_image, timeout=30)
+
+
+async def test_a_killed_component_is_restarted_and_counted(kubeadm_sb: Sandbox) -> None:
+    before = runner_pod(kubeadm_sb, "kube-scheduler")
+    os.kill(before["pid"], signal.SIGKILL)
+
+    async def back() -> bool:
+        now = runner_pod(kubeadm_sb, "kube-scheduler")
+        return bool(now.get("running") and now.get("pid") != before["pid"])
+
+    await wait_for(back, timeout=40)
+    # (at least: the scheduler also restarts by itself when it loses its leader lease)
+    restarts = runner_pod(kubeadm_sb, "kube-scheduler")["restarts"]
+    assert restarts >= before["restarts"] + 1
+
+    async def mirror_counts() -> bool:
+        p = (await mirror_pods(kubeadm_sb))["kube-scheduler-control-plane"]
+        return bool(p["status"]["containerStatuses"][0]["restartCount"] >= restarts)
+
+    await wait_for(mirror_counts, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("not-yaml.yaml", "kind: Pod\n  bad: [", "is not valid YAML"),
+        ("no-command.yaml", None, "has no command"),
+        ("outside.yaml", None, "is outside the sandbox's state dir"),
+    ],
+)
+async def test_a_bad_manifest_is_reported_and_the_others_keep_running(
+    kubeadm_sb: Sandbox, name: str, content: str | None, message: str
+) -> None:
+    path = kubeadm_sb.manifest_path("etcd").parent / name
+    if content is None:
+        doc = yaml.safe_load(kubeadm_sb.manifest_path("kube-scheduler").read_text())
+        doc["metadata"]["name"] = name.removesuffix(".yaml")
+        if name == "no-command.yaml":
+            del doc["spec"]["containers"][0]["command"]
+        else:
+            doc["spec"]["volumes"][0]["hostPath"]["path"] = "/etc/kubernetes"
+        content = yaml.safe_dump(doc)
+    pids = {c: runner_pod(kubeadm_sb, c)["pid"] for c in COMPONENTS}
+    path.write_text(content)
+    try:
+
+        async def reported() -> bool:
+            return any(
+                message in (p.get("error") or "") for p in kubeadm_sb.runner_report()["pods"]
+            )
+
+        await wait_for(reported, timeout=20)
+        assert message in process.tail(kubeadm_sb.log_path("runner"), 20)
+        assert {c: runner_pod(kubeadm_sb, c)["pid"] for c in COMPONENTS} == pids  # untouched
+        status = run_cli("sandbox", "status", "--name", kubeadm_sb.name)
+        assert "InvalidManifest" in status.stdout
+    finally:
+        path.unlink()
+
+
+async def test_an_image_never_built_shows_the_build_command_on_its_mirror_pod(
+    kubeadm_sb: Sandbox,
+) -> None:
+    doc = yaml.safe_load(kubeadm_sb.manifest_path("kube-scheduler").read_text())
+    doc["metadata"]["name"] = "second-scheduler"
+    doc["spec"]["containers"][0]["image"] = "registry.k8s.io/kube-scheduler:v1.30.0"
+    path = kubeadm_sb.manifest_path("etcd").parent / "second-scheduler.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    try:
+
+        async def waiting() -> dict[str, Any] | None:
+            p = (await mirror_pods(kubeadm_sb)).get("second-scheduler-control-plane")
+            if not p:
+                return None
+            state = p["status"].get("containerStatuses", [{}])[0].get("state", {})
+            return state.get("waiting")
+
+        try:
+            waiting_state = await wait_for(waiting, timeout=30)
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e}; runner log:\n{process.tail(kubeadm_sb.log_path('runner'), 30)}"
+            ) from None
+        assert waiting_state["reason"] == "ErrImagePull"
+        assert "not a version the sandbox can build" in waiting_state["message"]
+    finally:
+        path.unlink()
+
+    async def gone() -> bool:
+        return "second-scheduler-control-plane" not in await mirror_pods(kubeadm_sb)
+
+    await wait_for(gone, timeout=30)  # manifest removed: mirror pod removed
+
+
+async def test_outage_settings_come_from_the_static_pods(sandbox: Sandbox) -> None:
+    """The session sandbox runs with a 10 s node-monitor grace period: kubecare reads it from the
+    controller-manager's mirror pod, as on any kubeadm cluster."""
+    res = run_cli("outage", "-o", "json", kubeconfig=sandbox.kubeconfig)
+    assert res.returncode == 0, res.stderr
+    grace = json.loads(res.stdout)["settings"]["node_monitor_grace_period"]
+    assert grace == {
+        "name": "node-monitor-grace-period",
+        "seconds": 10,
+        "source": "kube-controller-manager flag (static pod)",
+    }
+
+
+async def test_three_control_planes_keep_serving_with_one_member_down(
+    sandbox_state_dir: Path,
+) -> None:
+    sb = Sandbox(f"ha-{uuid.uuid4().hex[:6]}")
+    try:
+        t0 = time.monotonic()
+        await sb.up(SandboxOptions(workers=1, control_planes=3))
+        assert time.monotonic() - t0 < 120
+        state = sb.load()
+        assert [cp["node"] for cp in state.control_planes] == [
+            "control-plane-1",
+            "control-plane-2",
+            "control-plane-3",
+        ]
+        etcd = yaml.safe_load(sb.manifest_path("etcd", node="control-plane-2").read_text())
+        cluster = next(
+            a
+            for a in etcd["spec"]["containers"][0]["command"]
+            if a.startswith("--initial-cluster=")
+        )
+        assert cluster.count("https://") == 3  # peer TLS, three members
+        assert len(await mirror_pods(sb)) == 12
+        # One node's etcd member and apiserver go away (their manifests moved out)...
+        await asyncio.to_thread(sb.stop_component, "etcd", node="control-plane-2")
+        await asyncio.to_thread(sb.stop_component, "kube-apiserver", node="control-plane-2")
+        # ...and the cluster still takes writes through the other two.
+        async with Kube(sb.client_options()) as kube:
+            for i in range(5):
+                await kube.request_json(
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps",
+                    body={"metadata": {"name": f"still-writable-{i}"}, "data": {"i": str(i)}},
+                )
+            listed, _ = await kube.list_all("/api/v1/namespaces/default/configmaps")
+            assert {f"still-writable-{i}" for i in range(5)} <= {
+                c["metadata"]["name"] for c in listed
+            }
+        await sb.start_component("etcd", node="control-plane-2")
+        await sb.start_component("kube-apiserver", node="control-plane-2")
+    finally:
+        sb.down()
+    assert leftover(sb) == []
