@@ -50,6 +50,8 @@ lint: venv
 
 ## bench: every benchmark (kubecare vs kubectl on the same sandbox); results in docs/benchmarks.md
 bench: setup
+	@# The drain benchmark takes both tools' peak RSS with GNU time (Debian package "time").
+	@test -x /usr/bin/time || { apt-get update -qq && apt-get install -y -qq time; }
 	$(BIN)/python bench/sandbox_bench.py --runs 5
 	$(BIN)/python bench/drain_bench.py --runs 5
 	$(BIN)/python bench/outage_bench.py --runs 7

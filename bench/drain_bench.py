@@ -13,7 +13,7 @@ the same state):
 Fairness: both tools run the same command line shape against the same sandbox; the order
 alternates every run (kubectl first, then kubecare first), so each tool drains in both directions
 equally often; API requests are counted the same way for both, on the server, from the
-apiserver's audit log by user agent; both tools' peak RSS is taken from wait4. Versions are
+apiserver's audit log by user agent; both tools' peak RSS is taken by GNU time. Versions are
 recorded. Medians of ``--runs``. Writes bench/results/drain.json and prints a Markdown table.
 """
 

@@ -112,12 +112,26 @@ async def main() -> None:
                 [[*kubecare, "risk", "--all"]],
             ),
         }
-        result: dict[str, object] = {"pods": total, "runs": args.runs}
+        version = subprocess.run(
+            [*kubectl, "version", "-o", "json"], capture_output=True, text=True, check=True
+        )
+        versions = json.loads(version.stdout)
+        result: dict[str, object] = {
+            "pods": total,
+            "runs": args.runs,
+            "kubectl": versions["clientVersion"]["gitVersion"],
+            "server": versions["serverVersion"]["gitVersion"],
+        }
         for name, (theirs, ours) in cases.items():
             a, b = [], []
-            for _ in range(args.runs):
-                a.append(timed(theirs))
-                b.append(timed(ours))
+            for i in range(args.runs):
+                # Alternate which tool goes first, so neither always meets a warmer apiserver.
+                if i % 2:
+                    b.append(timed(ours))
+                    a.append(timed(theirs))
+                else:
+                    a.append(timed(theirs))
+                    b.append(timed(ours))
             ma, mb = statistics.median(a), statistics.median(b)
             result[name] = {
                 "kubectl_s": round(ma, 3),
@@ -128,6 +142,7 @@ async def main() -> None:
         sb.down()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "outage.json").write_text(json.dumps(result, indent=2))
+    print(f"kubectl {result['kubectl']}, server {result['server']}, median of {args.runs}")
     print("| operation | kubectl | kubecare | ratio |\n|---|---|---|---|")
     for name in cases:
         r = result[name]

@@ -22,7 +22,8 @@ from kubecare.events import Event
 from kubecare.kube import ClientOptions, Kube
 from kubecare.kube.lock import LockLost, MaintenanceLock
 from kubecare.nodes.cordon import set_unschedulable
-from kubecare.nodes.drain import DrainFailed, DrainOptions, NodeStatus, PodState, drain_nodes
+from kubecare.nodes.drain import DrainFailed, NodeStatus, PodState, drain_nodes
+from kubecare.nodes.drain_options import DrainOptions
 from kubecare.sandbox import Sandbox
 
 from ..faultproxy import FaultProxy, Rule, strip_eviction
@@ -402,7 +403,7 @@ async def test_a_run_asking_another_limit_is_told_the_limit_in_force(
     assert not await cordoned(kube, pool.nodes[0])
 
 
-async def test_a_lock_that_cannot_be_renewed_past_its_ttl_stops_the_drain(
+async def test_a_lock_that_cannot_be_renewed_stops_the_drain_before_its_ttl(
     kube: Kube, namespace: str, pool: Pool, proxy: FaultProxy
 ) -> None:
     slow = {"pod-delete.stage.kwok.x-k8s.io/delay": "30s"}
@@ -415,7 +416,9 @@ async def test_a_lock_that_cannot_be_renewed_past_its_ttl_stops_the_drain(
         with pytest.raises(DrainFailed, match="lost the maintenance lock"):
             await drain_nodes(k, [pool.nodes[0]], opts, reports=reports)
     took = time.monotonic() - t0
-    assert 5 <= took < 20, took  # stopped once the TTL had passed, not after the 30 s deletions
+    # Given up at the renew deadline (2/3 of the 6 s TTL, like client-go's leader election):
+    # before another run could judge the slot expired, and long before the 30 s deletions.
+    assert 3.5 <= took < 6, took
     [report] = reports
     assert "could not be renewed" in report.error and report.in_flight
     assert await cordoned(kube, pool.nodes[0])

@@ -374,3 +374,22 @@ def test_a_paused_zone_is_reported_and_its_untainted_nodes_are_not_counted_down(
     n0 = next(n for n in report.nodes if n.node == "n0")
     assert n0.tainting_paused and n0.pods[0].evict_at is None
     assert any("partial disruption" in note for note in report.notes)
+
+
+def test_with_every_zone_down_even_tainted_nodes_are_not_counted_down() -> None:
+    """handleDisruption: all zones fully disrupted -> markNodeAsReachable removes the outage
+    taints and tainting stops, so no pod is evicted, tainted node or not."""
+    settings = resolve_settings(controller_manager_flags=None, apiserver_flags=None, pods=[])
+    pods = [
+        {
+            "metadata": {"name": "bare", "namespace": "ns", "uid": "u"},
+            "spec": {"nodeName": "a", "tolerations": [tol(UNREACH, 60)]},
+            "status": {"phase": "Running"},
+        }
+    ]
+    report = outage_report(
+        [node("a", "Unknown", taint_ago=30), node("b", "Unknown")], pods, settings, now=NOW
+    )
+    a = next(n for n in report.nodes if n.node == "a")
+    assert a.pods[0].evict_at is None and "paused" in a.pods[0].detail
+    assert any("stops all evictions" in n for n in report.notes)

@@ -71,3 +71,14 @@ async def test_a_waiter_never_waits_past_its_timeout() -> None:
     assert await w.admit(["ns/web"], timeout=0.2) is None
     assert loop.time() - t0 < 1
     w._task.cancel()
+
+
+async def test_knows_only_budgets_a_live_watch_has_seen() -> None:
+    w = PdbWatcher(cast(Kube, None))
+    assert not w.knows(["ns/web"])  # no watch yet
+    w._task = asyncio.create_task(asyncio.Event().wait())
+    await publish(w, 0)
+    assert w.knows(["ns/web"]) and not w.knows(["ns/web", "ns/other"])
+    w._task.cancel()
+    await asyncio.sleep(0)
+    assert not w.knows(["ns/web"])  # the watch gave up: waiters fall back to their back-off

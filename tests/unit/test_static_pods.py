@@ -142,3 +142,44 @@ def test_an_image_never_built_keeps_the_manifest_for_the_mirror_pod(tmp_path: Pa
     with pytest.raises(ImageNotBuilt) as info:
         parse(tmp_path, doc)
     assert info.value.pod is not None and info.value.pod["metadata"]["name"] == "etcd"
+
+
+@pytest.mark.parametrize(
+    ("arg", "outside"),
+    [
+        ("--audit-log-path=/var/log/kubernetes/audit.log", "/var/log/kubernetes/audit.log"),
+        ("--data-dir=/var/lib/etcd/../../../../etc", None),  # resolved below: climbs out
+    ],
+)
+def test_command_paths_must_stay_inside_the_sandbox(
+    tmp_path: Path, arg: str, outside: str | None
+) -> None:
+    doc = etcd_pod(tmp_path, tmp_path / "var/lib/etcd")
+    doc["spec"]["containers"][0]["command"].append(arg)
+    with pytest.raises(ManifestError, match="is not under any volumeMount inside the sandbox"):
+        parse(tmp_path, doc)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d["spec"]["containers"][0].update(volumeMounts=["foo"]),
+        lambda d: d["spec"]["volumes"][0].update(hostPath="a string"),
+        lambda d: d["spec"]["volumes"][0]["hostPath"].update(path=1),
+        lambda d: d["spec"]["containers"][0].update(
+            ports=[{"name": "probe-port", "containerPort": "abc"}]
+        ),
+        lambda d: d["spec"]["containers"][0]["livenessProbe"].update(periodSeconds="x"),
+        lambda d: d.update(metadata="x"),
+    ],
+)
+def test_odd_shapes_are_manifest_errors_not_crashes(tmp_path: Path, mutate: Any) -> None:
+    doc = etcd_pod(tmp_path, tmp_path / "var/lib/etcd")
+    mutate(doc)
+    with pytest.raises(ManifestError):
+        parse(tmp_path, doc)
+
+
+def test_a_trailing_slash_on_a_mount_path_is_still_a_directory() -> None:
+    assert translate("--a=/etc/k/pki/ca.crt", [("/etc/k/", "/h/k")]) == "--a=/h/k/pki/ca.crt"
+    assert translate("--a=/x/y", [("/", "/h")]) == "--a=/h/x/y"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kubecare.kube import ClientOptions
-    from kubecare.nodes.drain import DrainOptions
+    from kubecare.nodes.drain_options import DrainOptions
 
 OUTPUTS = ("table", "json", "yaml")
 DRY_RUNS = ("none", "client", "server")
@@ -165,7 +165,7 @@ def drain_options(args: argparse.Namespace) -> DrainOptions:
     from kubecare.durations import parse_duration
     from kubecare.errors import UsageError
     from kubecare.nodes.cordon import DryRun
-    from kubecare.nodes.drain import DrainOptions
+    from kubecare.nodes.drain_options import DrainOptions
 
     if args.grace_period < -1:
         raise UsageError(

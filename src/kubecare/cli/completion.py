@@ -184,8 +184,11 @@ def _cluster_nodes(flags: dict[str, str]) -> list[str]:
     """Node names, by one metadata-only list call with short timeouts; [] on any failure."""
     try:
         import asyncio
+        import os
 
         from kubecare.kube import ClientOptions, Kube
+
+        os.environ["KUBECARE_NONINTERACTIVE"] = "1"  # an exec plugin must not prompt during TAB
 
         async def names() -> list[str]:
             opts = ClientOptions(

@@ -200,7 +200,6 @@ def drain_cmd(args: argparse.Namespace) -> int:
     from kubecare.cli.common import with_cluster
     from kubecare.cli.render import emit, say
     from kubecare.errors import KubecareError, UsageError
-    from kubecare.nodes.drain import drain_nodes, plan_nodes
     from kubecare.nodes.select import select_nodes, validate_selection
 
     validate_selection(args.nodes, args.selector)
@@ -214,7 +213,11 @@ def drain_cmd(args: argparse.Namespace) -> int:
             n["metadata"]["name"] for n in await select_nodes(kube, args.nodes, args.selector)
         ]
         if args.plan:
+            from kubecare.nodes.drain_plan import plan_nodes
+
             return await plan_nodes(kube, targets, opts)
+        from kubecare.nodes.drain import drain_nodes
+
         return await drain_nodes(
             kube,
             targets,

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -82,8 +82,12 @@ def _load_pair(ctx: ssl.SSLContext, cert: bytes, key: bytes, context: str) -> No
 
 
 def run_exec_plugin(exec_cfg: ExecConfig, conn: Connection) -> ExecCredential:
-    """Run the credential plugin once and parse its ExecCredential (blocking)."""
-    interactive = sys.stdin.isatty()
+    """Run the credential plugin once and parse its ExecCredential (blocking).
+
+    ``$KUBECARE_NONINTERACTIVE`` (set by shell completion) keeps a plugin from prompting and
+    bounds it to a few seconds: a TAB must never hang on an invisible login prompt."""
+    quiet = bool(os.environ.get("KUBECARE_NONINTERACTIVE"))
+    interactive = sys.stdin.isatty() and not quiet
     if exec_cfg.interactive_mode == "Always" and not interactive:
         raise ConfigError(
             f"exec plugin {exec_cfg.command} needs an interactive terminal (interactiveMode: Always)"
@@ -108,8 +112,8 @@ def run_exec_plugin(exec_cfg: ExecConfig, conn: Connection) -> ExecCredential:
             env=env,
             stdin=None if use_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=None,  # the plugin talks to the user on stderr, as with kubectl
-            timeout=300,
+            stderr=subprocess.DEVNULL if quiet else None,  # it talks to the user on stderr
+            timeout=5 if quiet else 300,
             check=False,
         )
     except FileNotFoundError:
@@ -195,9 +199,15 @@ def parse_exec_credential(stdout: bytes, exec_cfg: ExecConfig) -> ExecCredential
 class KubeAuth(Credentials):
     """The connection's credentials for every request; exec and file tokens are refreshed."""
 
-    def __init__(self, conn: Connection, first: ExecCredential | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        first: ExecCredential | None = None,
+        on_certificate: Callable[[bytes, bytes], None] | None = None,
+    ) -> None:
         self.conn = conn
         self._exec = first
+        self.on_certificate = on_certificate  # a plugin handed out a new client certificate
         self._file_token: tuple[str, float] | None = None
         self._lock = asyncio.Lock()
 
@@ -228,6 +238,8 @@ class KubeAuth(Credentials):
             if stale or (refused and (cred is None or cred.token == refused_token)):
                 cred = await asyncio.to_thread(run_exec_plugin, self.conn.exec, self.conn)
                 self._exec = cred
+                if cred.cert_data and cred.key_data and self.on_certificate is not None:
+                    self.on_certificate(cred.cert_data, cred.key_data)
             return cred.token if cred else None
 
     async def headers(self, *, refused: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -260,7 +272,8 @@ def build_client(conn: Connection, *, connect_timeout: float, request_timeout: f
         if first.cert_data and first.key_data:
             cert, key = first.cert_data, first.key_data
     https = conn.server.startswith("https://")
-    return HttpClient(
+    auth = KubeAuth(conn, first)
+    client = HttpClient(
         conn.server,
         ssl_context=ssl_context(conn, cert, key) if https else None,
         server_hostname=conn.tls_server_name,
@@ -268,5 +281,9 @@ def build_client(conn: Connection, *, connect_timeout: float, request_timeout: f
         connect_timeout=connect_timeout,
         read_timeout=request_timeout,
         headers={"User-Agent": USER_AGENT},
-        credentials=KubeAuth(conn, first),
+        credentials=auth,
     )
+    if https:
+        # A certificate-issuing plugin rotates its certificate: new connections present the new one.
+        auth.on_certificate = lambda c, k: client.use_ssl_context(ssl_context(conn, c, k))
+    return client

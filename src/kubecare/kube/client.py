@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import orjson
 
-from kubecare.errors import Conflict
+from kubecare.errors import ApiError, Conflict
 from kubecare.kube.auth import build_client
 from kubecare.kube.config import ClientOptions, Connection, load_connection
 from kubecare.kube.errors import mapped
@@ -82,7 +82,7 @@ class Kube:
         with self.mapped(what or path):
             resp = await self.http.get(path, params=params, headers={"Accept": accept})
             resp.raise_for_status()
-            return cast(JSON, orjson.loads(resp.content))
+            return self._decode(resp.content, what or path)
 
     async def request_json(
         self,
@@ -104,7 +104,22 @@ class Kube:
                 headers={"Content-Type": content_type},
             )
             resp.raise_for_status()
-            return cast(JSON, orjson.loads(resp.content)) if resp.content else {}
+            return self._decode(resp.content, what or path) if resp.content else {}
+
+    def _decode(self, content: bytes, what: str) -> JSON:
+        try:
+            doc = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise ApiError(
+                f"{what}: the server at {self.server} answered with something that is not the "
+                "Kubernetes API (not JSON); check the kubeconfig server address and any proxy",
+                status=200,
+            ) from None
+        if not isinstance(doc, dict):
+            raise ApiError(
+                f"{what}: unexpected answer from {self.server} (not a JSON object)", status=200
+            )
+        return cast(JSON, doc)
 
     async def version(self) -> JSON:
         """The server's ``/version`` (gitVersion, major, minor, ...)."""

@@ -216,6 +216,14 @@ def from_kubeconfig(merged: dict[str, Any], context: str | None, *, source: str)
             "expected e.g. https://10.0.0.1:6443"
         )
     where = f"user {user_name!r} in {source}"
+    if cluster.get("insecure-skip-tls-verify") and (
+        cluster.get("certificate-authority") or cluster.get("certificate-authority-data")
+    ):
+        # client-go refuses this combination too: the CA would be silently ignored.
+        raise ConfigError(
+            f"cluster {cluster_name!r} in {source} sets both insecure-skip-tls-verify and a "
+            "certificate-authority; remove one of them"
+        )
     if "auth-provider" in user:
         provider = str((user.get("auth-provider") or {}).get("name", "?"))
         plugin = AUTH_PROVIDER_PLUGINS.get(provider, "the exec credential plugin of your provider")

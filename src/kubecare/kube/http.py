@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 CRLF = b"\r\n"
-MAX_HEADER_BYTES = 64 * 1024
 
 
 class TransportError(Exception):
@@ -118,7 +117,6 @@ class StreamResponse:
     status_code: int
     headers: dict[str, str]
     _body: AsyncIterator[bytes]
-    _read_timeout: float | None
     content: bytes = b""
     _buffer: bytearray = field(default_factory=bytearray)
 
@@ -236,7 +234,8 @@ class HttpClient:
         reader, writer = await asyncio.open_connection(
             self.proxy.hostname, self.proxy.port or 80, limit=1 << 20
         )
-        target = f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        target = f"{host}:{self.port}"
         writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
         await writer.drain()
         status, _ = await _read_head(reader)
@@ -247,14 +246,21 @@ class HttpClient:
             )
         return reader, writer
 
-    async def _connection(self) -> _Conn:
-        while self._idle:
+    async def _connection(self, *, fresh: bool = False) -> _Conn:
+        while self._idle and not fresh:
             conn = self._idle.pop()
             if not conn.reader.at_eof() and not conn.writer.is_closing():
                 conn.reused = True
                 return conn
             conn.close()
         return await self._open()
+
+    def use_ssl_context(self, context: ssl.SSLContext) -> None:
+        """New TLS material (a rotated client certificate): new connections use it."""
+        self.ssl_context = context
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
 
     def _release(self, conn: _Conn, reusable: bool) -> None:
         if reusable and not self._closed:
@@ -302,7 +308,8 @@ class HttpClient:
             if result is not None:
                 await result
         for attempt in (1, 2):
-            conn = await self._connection()
+            # The retry is on a new connection: after a server restart every pooled one is dead.
+            conn = await self._connection(fresh=attempt == 2)
             try:
                 conn.writer.write(self._head(method, target, headers, body) + (body or b""))
                 await conn.writer.drain()
@@ -385,8 +392,18 @@ class HttpClient:
         """Send a request and hand its answer over as it arrives; every read waits at most
         ``read_timeout`` (None: forever)."""
         target = self._target(path, params)
-        async with self._slots:
-            auth = await self.credentials.headers()
+        # A stream (a watch) lives for a minute: it must not hold one of the request slots, or
+        # enough watches would stall every request behind them (lock renewals included).
+        auth = await self.credentials.headers()
+        conn, status, response_headers = await self._exchange(
+            method, target, {**(headers or {}), **auth}, content, read_timeout or self.read_timeout
+        )
+        if status == 401 and self.credentials.can_refresh():
+            # As for plain requests: an expired credential is fetched again, once.
+            async for _ in _body(conn.reader, method, status, response_headers):
+                pass
+            self._release(conn, _keep_alive(response_headers))
+            auth = await self.credentials.headers(refused=auth)
             conn, status, response_headers = await self._exchange(
                 method,
                 target,
@@ -394,28 +411,26 @@ class HttpClient:
                 content,
                 read_timeout or self.read_timeout,
             )
-            done = False
+        done = False
 
-            async def body() -> AsyncIterator[bytes]:
-                nonlocal done
-                chunks = _body(conn.reader, method, status, response_headers)
-                while True:
-                    try:
-                        async with asyncio.timeout(read_timeout):
-                            chunk = await anext(chunks, None)
-                    except TimeoutError:
-                        raise ReadTimeout(
-                            f"{method} {target}: silent for {read_timeout:g}s"
-                        ) from None
-                    if chunk is None:
-                        done = True
-                        return
-                    yield chunk
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal done
+            chunks = _body(conn.reader, method, status, response_headers)
+            while True:
+                try:
+                    async with asyncio.timeout(read_timeout):
+                        chunk = await anext(chunks, None)
+                except TimeoutError:
+                    raise ReadTimeout(f"{method} {target}: silent for {read_timeout:g}s") from None
+                if chunk is None:
+                    done = True
+                    return
+                yield chunk
 
-            try:
-                yield StreamResponse(status, response_headers, body(), read_timeout)
-            finally:
-                self._release(conn, done and _keep_alive(response_headers))
+        try:
+            yield StreamResponse(status, response_headers, body())
+        finally:
+            self._release(conn, done and _keep_alive(response_headers))
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:

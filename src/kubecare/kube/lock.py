@@ -11,10 +11,11 @@ run take a live lock. A slot first seen held counts as held for a full TTL from 
 One exception: a holder on this same machine whose process is gone (``kill -9``) is known dead, so
 a rerun takes its slot back at once; that is how an interrupted drain resumes without waiting.
 
-The identity is unique per process (host, node, machine, pid, random suffix). The slot limit is
-written on every Lease; a run that asks for another limit while slots are held is told the limit
-in force. A run that cannot renew its slot for longer than the TTL, or finds it taken over, sets
-:attr:`MaintenanceLock.lost`; the operation it protects stops at its next safe point.
+The identity is unique per process (host, node, boot and PID namespace, pid, start time, random
+suffix). The slot limit is written on every Lease; a run that asks for another limit while slots are held is told the limit
+in force. A run that cannot renew its slot within two thirds of the TTL (client-go's renew deadline: before
+anyone else may judge the slot free), or finds it taken over, sets :attr:`MaintenanceLock.lost`;
+the operation it protects stops at its next safe point.
 """
 
 from __future__ import annotations
@@ -56,45 +57,54 @@ class LockHolder:
 
 @dataclass(frozen=True)
 class Identity:
-    """``host/node/machine-pid-suffix``: who holds a slot, parseable for the same-machine rule."""
+    """``host/node/kernel-pid-start-suffix``: who holds a slot, parseable for the same-machine
+    rule. ``kernel`` names one boot of one machine in one PID namespace (boot id and PID
+    namespace inode), so a pid from it means the same process only there; ``start`` is the
+    process's start time, so a reused pid is not mistaken for the holder."""
 
     host: str
     node: str
-    machine: str
+    kernel: str  # "" when it cannot be known (then the same-machine rule never applies)
     pid: int
+    start: int
     suffix: str
 
     def __str__(self) -> str:
-        return f"{self.host}/{self.node}/{self.machine}-{self.pid}-{self.suffix}"
+        return f"{self.host}/{self.node}/{self.kernel or 'unknown'}-{self.pid}-{self.start}-{self.suffix}"
 
     @staticmethod
     def parse(text: str) -> Identity | None:
         host, _, rest = text.partition("/")
         node, _, tail = rest.rpartition("/")
         parts = tail.split("-")
-        if not host or not node or len(parts) != 3 or not parts[1].isdigit():
+        if (
+            not host
+            or not node
+            or len(parts) != 4
+            or not (parts[1].isdigit() and parts[2].isdigit())
+        ):
             return None
-        return Identity(host, node, parts[0], int(parts[1]), parts[2])
+        kernel = "" if parts[0] == "unknown" else parts[0]
+        return Identity(host, node, kernel, int(parts[1]), int(parts[2]), parts[3])
 
 
-def machine_id() -> str:
-    """A short id of this machine (hostnames collide across machines; machine-ids do not)."""
-    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        with contextlib.suppress(OSError):
-            text = Path(path).read_text().strip()
-            if text:
-                return text[:8]
-    return "nomachine"
-
-
-def pid_alive(pid: int) -> bool:
+def kernel_id() -> str:
+    """This boot of this machine, in this PID namespace ("" if any part cannot be read)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot}.{pidns}" if boot else ""
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def record_of(lease: JSON) -> tuple[object, ...]:
@@ -134,7 +144,12 @@ class MaintenanceLock:
             ttl,
         )
         self.me = Identity(
-            socket.gethostname(), node, machine_id(), os.getpid(), secrets.token_hex(3)
+            socket.gethostname(),
+            node,
+            kernel_id(),
+            os.getpid(),
+            start_time(os.getpid()) or 0,
+            secrets.token_hex(3),
         )
         self.identity = str(self.me)
         self.lease: str | None = None
@@ -171,12 +186,13 @@ class MaintenanceLock:
         other = Identity.parse(str(identity))
         if (
             other is not None
-            and other.machine == self.me.machine
+            and other.kernel
+            and other.kernel == self.me.kernel
             and other.host == self.me.host
             and other.pid != self.me.pid
-            and not pid_alive(other.pid)
+            and start_time(other.pid) != other.start
         ):
-            return None  # its process on this machine is gone: it cannot renew any more
+            return None  # its process (same boot, same PID namespace) is gone: it cannot renew
         acquired = parse_time(spec.get("acquireTime"))
         age = (datetime.now(UTC) - acquired).total_seconds() if acquired else 0.0
         return LockHolder(lease["metadata"]["name"], str(identity), max(0.0, age), ttl - unchanged)
@@ -235,6 +251,8 @@ class MaintenanceLock:
 
     def _check_limit(self, leases: list[JSON]) -> None:
         for lease in leases:
+            if lease["metadata"]["name"] == self.lease:
+                continue
             limit = ((lease["metadata"].get("annotations") or {}).get(LIMIT_ANNOTATION)) or ""
             if limit.isdigit() and int(limit) != self.slots:
                 holder = self.holder_of(lease)
@@ -247,6 +265,7 @@ class MaintenanceLock:
 
     async def _try_slot(self, name: str, existing: JSON | None) -> bool:
         what = f"lease {self.namespace}/{name}"
+        sent = self._clock()
         if existing is None:
             try:
                 await self.kube.request_json(
@@ -264,7 +283,7 @@ class MaintenanceLock:
                 )
             except Conflict:
                 return False
-        self._renewed_at = self._clock()
+        self._renewed_at = sent
         return True
 
     async def acquire(
@@ -285,6 +304,11 @@ class MaintenanceLock:
                 if await self._try_slot(name, by_name.get(name)):
                     self.lease = name
                     self._renewer = asyncio.create_task(self._renew_forever())
+                    try:  # another run may have taken a slot under another limit meanwhile
+                        self._check_limit(await self._leases())
+                    except UsageError:
+                        await self.release()
+                        raise
                     return name
             holders = await self.holders(leases)
             if on_wait:
@@ -313,41 +337,51 @@ class MaintenanceLock:
             self.lost_reason = reason
             self.lost.set()
 
+    @property
+    def renew_deadline(self) -> float:
+        """Give up this long after the last good renewal: others may take the slot only after a
+        full TTL of seeing it unchanged, so we stop well before that."""
+        return self.ttl * 2 / 3
+
     async def _renew_forever(self) -> None:
         assert self.lease is not None
         name = self.lease
         interval = self.ttl / 3
-        await asyncio.sleep(interval)
-        while True:
-            try:
-                lease = await self.kube.get_json(
-                    self._path(name), what=f"lease {self.namespace}/{name}"
-                )
-                holder = (lease.get("spec") or {}).get("holderIdentity")
-                if holder != self.identity:
-                    self._lose(f"it was taken over by {holder or 'nobody (released)'}")
-                    return
-                await self.kube.request_json(
-                    "PUT",
-                    self._path(name),
-                    body=self._body(name, lease),
-                    what=f"lease {self.namespace}/{name}",
-                )
-                self._renewed_at = self._clock()
-                await asyncio.sleep(interval)
-            except NotFound:
-                self._lose("its Lease was deleted")
-                return
-            except KubecareError as e:
-                # A missed renewal is retried soon; past the TTL another run may take the slot,
-                # so from then on we no longer hold it.
-                unrenewed = self._clock() - self._renewed_at
-                if unrenewed >= self.ttl:
-                    self._lose(
-                        f"it could not be renewed for {unrenewed:.0f}s (TTL {self.ttl}s): {e.message}"
-                    )
-                    return
-                await asyncio.sleep(min(1.0, interval))
+        what = f"lease {self.namespace}/{name}"
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, self._renewed_at + interval - self._clock()))
+                while True:  # retry until renewed or past the renew deadline
+                    left = self._renewed_at + self.renew_deadline - self._clock()
+                    if left <= 0:
+                        self._lose(
+                            f"it could not be renewed within {self.renew_deadline:.0f}s (TTL {self.ttl}s)"
+                        )
+                        return
+                    sent = self._clock()
+                    try:
+                        async with asyncio.timeout(left):
+                            lease = await self.kube.get_json(self._path(name), what=what)
+                            holder = (lease.get("spec") or {}).get("holderIdentity")
+                            if holder != self.identity:
+                                self._lose(f"it was taken over by {holder or 'nobody (released)'}")
+                                return
+                            await self.kube.request_json(
+                                "PUT", self._path(name), body=self._body(name, lease), what=what
+                            )
+                        self._renewed_at = sent  # what others observe is at least this recent
+                        break
+                    except NotFound:
+                        self._lose("its Lease was deleted")
+                        return
+                    except TimeoutError:
+                        continue  # the deadline check above declares it lost
+                    except KubecareError:
+                        await asyncio.sleep(min(1.0, max(0.0, left)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # an answer that is not the API's: never drop the lock silently
+            self._lose(f"renewing it failed unexpectedly ({type(e).__name__}: {e})")
 
     async def release(self) -> None:
         """Give the slot back (delete the Lease if we still hold it)."""

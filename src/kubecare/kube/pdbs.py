@@ -85,6 +85,14 @@ class PdbWatcher:
             async with self._changed:
                 self._changed.notify_all()
 
+    def knows(self, keys: Sequence[str]) -> bool:
+        """Whether the watch is running and has every budget of ``keys``."""
+        return (
+            self._task is not None
+            and not self._task.done()
+            and all(key in self.allowed for key in keys)
+        )
+
     def _claim(self, keys: Sequence[str]) -> Claim | None:
         for key in keys:
             if self.allowed.get(key, 0) - self.claimed.get(key, 0) > 0:

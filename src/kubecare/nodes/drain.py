@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,47 +53,17 @@ from kubecare.kube.discovery import eviction_supported
 from kubecare.kube.lock import MaintenanceLock, maintenance_lock
 from kubecare.kube.pdbs import Claim, PdbWatcher
 from kubecare.nodes.cordon import DryRun, set_unschedulable
+from kubecare.nodes.drain_options import DrainOptions
 from kubecare.nodes.drain_plan import DrainPlan, PodPlan, collect, plan_drain
-from kubecare.nodes.filters import FilterOptions
 
 MAX_PDB_BACKOFF = 8.0
+# A waiter whose budgets the watch shows retries on its own only this often (kubectl's fixed
+# interval, so a watch that went stale unnoticed never makes kubecare slower than kubectl).
+PDB_WATCH_FALLBACK = 5.0
 MAX_CONFLICT_BACKOFF = 5.0
 TRANSIENT_RETRIES = 5  # unreachable apiserver / 5xx: 2+4+8+8+8 s of retries, then fail
 CONFIRM_SECONDS = 5.0  # how long a 404/409 waits for the watch to confirm the UID is gone
 OVERLAPPING_PDBS = "more than one PodDisruptionBudget"  # the eviction API's 500 (eviction.go)
-
-
-@dataclass(frozen=True)
-class DrainOptions:
-    """kubectl drain's flags, plus kubecare's own (concurrency, lock). One object for every
-    command that drains (drain, maintain), as kubectl's drain.Helper is."""
-
-    ignore_daemonsets: bool = False
-    force: bool = False
-    delete_emptydir_data: bool = False
-    grace_period: int = -1  # -1: the pod's own terminationGracePeriodSeconds; 0: immediately
-    timeout: float = 0  # seconds for the eviction phase; 0 = forever
-    pod_selector: str | None = None
-    disable_eviction: bool = False  # delete instead of evict: bypasses PodDisruptionBudgets
-    skip_wait_for_delete_timeout: int = 0
-    chunk_size: int = 500
-    dry_run: DryRun = DryRun.NONE
-    concurrency: int = 50
-    ignore_errors: bool = False  # several nodes: go on after a node fails (kubectl's flag)
-    lock: bool = True
-    lock_namespace: str = "kube-system"
-    max_concurrent_drains: int = 1
-    lock_ttl: int = 60
-    lock_timeout: float = 0  # seconds to wait for a free slot; 0 = forever
-
-    def filters(self) -> FilterOptions:
-        return FilterOptions(
-            ignore_daemonsets=self.ignore_daemonsets,
-            force=self.force,
-            delete_emptydir_data=self.delete_emptydir_data,
-            skip_wait_for_delete_timeout=self.skip_wait_for_delete_timeout,
-            eviction=not self.disable_eviction,
-        )
 
 
 class PodState(StrEnum):
@@ -296,7 +267,6 @@ class NodeDrain:
                 await self._remove_all(plan.to_evict)
         except TimeoutError:
             left = [p.pod for p in self.report.remaining]
-            self.report.in_flight = left
             raise OperationFailed(
                 f'drain of node "{node}" did not finish within --timeout={opts.timeout:g}s; '
                 f"{len(left)} pod(s) left: {', '.join(left[:10])}{' ...' if len(left) > 10 else ''}; "
@@ -347,10 +317,10 @@ class NodeDrain:
         self._event("evicting", f"{verb} pod {pod.key}{suffix}", pod=pod.key)
         while True:
             self._check_lock()
-            outcome.state = PodState.EVICTING
-            outcome.attempts += 1
             try:
                 async with self.slots:  # a slot is held only while a request is in flight
+                    outcome.state = PodState.EVICTING  # (not before: queued pods sent nothing)
+                    outcome.attempts += 1
                     await self._send(pod)
             except (NotFound, Conflict) as e:
                 # The name is gone (404) or a precondition failed (409): either our pod is gone,
@@ -450,7 +420,12 @@ class NodeDrain:
             await asyncio.sleep(e.retry_after)
             return None
         await self.pdbs.ensure_started()
-        return await self.pdbs.admit(pod.pdbs, retry.pdb_backoff())
+        if pod.pdbs and self.pdbs.knows(pod.pdbs):
+            timeout = PDB_WATCH_FALLBACK  # the watch says when: retrying sooner only gets 429s
+        else:
+            timeout = retry.pdb_backoff()  # a 429 from no budget we watch: back off and retry
+        # Jitter, so that waiters refused together do not all come back in the same instant.
+        return await self.pdbs.admit(pod.pdbs, timeout * random.uniform(1.0, 1.25))
 
     async def _send(self, pod: PodPlan) -> None:
         options: JSON = {"preconditions": {"uid": pod.uid}}
@@ -513,26 +488,6 @@ class _Retry:
         return current
 
 
-async def plan_nodes(kube: Kube, nodes: Sequence[str], opts: DrainOptions) -> list[DrainPlan]:
-    """The detailed preflight plan for each node (``drain --plan``); changes nothing."""
-    plans = []
-    for node in nodes:
-        facts = await collect(
-            kube, node, pod_selector=opts.pod_selector, chunk_size=opts.chunk_size, detailed=True
-        )
-        plans.append(
-            plan_drain(
-                node,
-                facts.pods,
-                opts.filters(),
-                daemonsets=facts.daemonsets,
-                pdbs=facts.pdbs,
-                workloads=facts.workloads,
-            )
-        )
-    return plans
-
-
 async def check_eviction(kube: Kube, opts: DrainOptions) -> bool:
     """Whether evictions will be used; refuses when PDBs cannot be honoured and the user did not
     ask to bypass them."""
@@ -580,12 +535,19 @@ async def drain_nodes(
             try:
                 await d.run(lock)
             except UsageError:
+                stop.set()
                 raise  # the command itself is wrong (e.g. the lock's limit): not one node's fault
             except KubecareError as e:
                 stop.set()
                 on_event(Event("failed", f"error: {e}", node=node))
 
-    await asyncio.gather(*(one(n) for n in nodes))
+    try:
+        # A TaskGroup: anything unexpected (or a usage error) cancels the other nodes' drains.
+        async with asyncio.TaskGroup() as tg:
+            for n in nodes:
+                tg.create_task(one(n))
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
     failed = [r for r in by_node.values() if r.status in (NodeStatus.FAILED, NodeStatus.BLOCKED)]
     if failed:
         skipped = [r.node for r in by_node.values() if r.status is NodeStatus.NOT_STARTED]

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from kubecare.kube import JSON, Kube
 from kubecare.kube.objects import is_pod_ready, ref
+from kubecare.nodes.drain_options import DrainOptions
 from kubecare.nodes.filters import (
     Action,
     FilterOptions,
@@ -272,3 +273,23 @@ async def collect(
 async def _daemonsets(kube: Kube) -> set[str]:
     items, _ = await kube.list_all("/apis/apps/v1/daemonsets", what="DaemonSets")
     return {ref(d) for d in items}
+
+
+async def plan_nodes(kube: Kube, nodes: Sequence[str], opts: DrainOptions) -> list[DrainPlan]:
+    """The detailed preflight plan for each node (``drain --plan``); changes nothing."""
+    plans = []
+    for node in nodes:
+        facts = await collect(
+            kube, node, pod_selector=opts.pod_selector, chunk_size=opts.chunk_size, detailed=True
+        )
+        plans.append(
+            plan_drain(
+                node,
+                facts.pods,
+                opts.filters(),
+                daemonsets=facts.daemonsets,
+                pdbs=facts.pdbs,
+                workloads=facts.workloads,
+            )
+        )
+    return plans

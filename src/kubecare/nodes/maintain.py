@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import shlex
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,7 +27,8 @@ from kubecare.events import Event, EventSink, ignore
 from kubecare.kube import JSON, Kube
 from kubecare.kube.lock import MaintenanceLock, maintenance_lock
 from kubecare.nodes.cordon import DryRun, set_unschedulable
-from kubecare.nodes.drain import DrainOptions, NodeReport, drain_nodes
+from kubecare.nodes.drain import NodeReport, drain_nodes
+from kubecare.nodes.drain_options import DrainOptions
 from kubecare.nodes.inventory import ready_status
 
 
@@ -78,25 +80,32 @@ async def run_local(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout stops its children too
         )
     except OSError as e:
         raise OperationFailed(f"cannot run {shlex.join(command)}: {e.strerror or e}") from None
     assert proc.stdout is not None
     try:
         async with asyncio.timeout(timeout):
-            async for raw in proc.stdout:
-                on_line(raw.decode(errors="replace").rstrip("\n"))
+            # Chunks, not readline(): a line longer than the stream's buffer must not abort it.
+            pending = b""
+            while chunk := await proc.stdout.read(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    on_line(raw.decode(errors="replace"))
+            if pending:
+                on_line(pending.decode(errors="replace"))
             return await proc.wait()
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
         raise OperationFailed(
             f"command {shlex.join(command)} did not finish within {timeout:g}s"
         ) from None
-    except asyncio.CancelledError:
-        proc.kill()
-        await proc.wait()
-        raise
+    finally:
+        if proc.returncode is None:  # timed out, interrupted, or its output could not be read
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
 
 
 async def run_ssh(
@@ -106,6 +115,7 @@ async def run_ssh(
     timeout: float | None,
     known_hosts: str | None = None,
     identity: str | None = None,
+    expect_reboot: bool = False,
 ) -> tuple[int, str]:
     """Run ``command`` on ``user@host[:port]`` over SSH (keys from the agent / ~/.ssh).
 
@@ -134,7 +144,16 @@ async def run_ssh(
         raise OperationFailed(f"command on {target} did not finish within {timeout:g}s") from None
     except (OSError, asyncssh.Error) as e:
         raise OperationFailed(f"ssh to {target} failed: {e}") from None
-    return int(result.exit_status or 0), _text(result.stdout) + _text(result.stderr)
+    output = _text(result.stdout) + _text(result.stderr)
+    if result.exit_status is None:  # killed by a signal, or the connection dropped mid-command
+        if expect_reboot:
+            return 0, output  # the reboot it was asked for cut the session
+        by_signal = f" (signal {result.exit_signal[0]})" if result.exit_signal else ""
+        raise OperationFailed(
+            f"command on {target} ended without an exit status{by_signal}; if it reboots the node, "
+            "pass --expect-reboot"
+        )
+    return int(result.exit_status), output
 
 
 def _text(data: str | bytes | None) -> str:
@@ -235,7 +254,13 @@ async def _maintain_locked(
     try:
         if opts.ssh:
             code, output = await run_ssh(
-                opts.ssh, opts.command, env, opts.command_timeout, opts.known_hosts, opts.identity
+                opts.ssh,
+                opts.command,
+                env,
+                opts.command_timeout,
+                opts.known_hosts,
+                opts.identity,
+                expect_reboot=opts.expect_reboot,
             )
             for text in output.splitlines():
                 line(text)

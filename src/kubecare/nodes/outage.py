@@ -20,7 +20,7 @@ linear in the number of pods.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -230,7 +230,8 @@ def zone_states(
             continue
         by_zone[zone_key(n)].append(_ready_condition(n))
     states = {z: compute_zone_state(r, threshold) for z, r in by_zone.items()}
-    all_full = bool(states) and all(s is ZoneState.FULL for _, s in states.values())
+    # handleDisruption starts from "all fully disrupted" and clears it for any zone that is not
+    all_full = all(s is ZoneState.FULL for _, s in states.values())
     out = {}
     for z, (not_ready, state) in states.items():
         size = len(by_zone[z])
@@ -377,10 +378,12 @@ def outlook(
     settings: OutageSettings,
     now: datetime,
     paused: str = "",
+    stopped: bool = False,
     zone: str = "",
 ) -> NodeOutage:
     """What happens to the pods of ``node`` once ``taint_key`` is on it (from ``taint_time``),
-    besides the NoExecute taints it already has."""
+    besides the NoExecute taints it already has. ``paused``: why the controller adds no new
+    outage taint now; ``stopped``: it even takes the existing ones away (every zone down)."""
     effective = [{"key": t.key, "value": t.value, "effect": "NoExecute"} for t in taints]
     if taint_key not in {t.key for t in taints}:
         effective.append({"key": taint_key, "value": "", "effect": "NoExecute"})
@@ -394,7 +397,7 @@ def outlook(
         workload = index.workload_of(pod)
         fate, detail = fate_of(workload, taint_key, delay)
         evict_at = taint_time + timedelta(seconds=delay) if delay is not None else None
-        if paused and delay is not None and taint_key not in {t.key for t in taints}:
+        if paused and delay is not None and (stopped or taint_key not in {t.key for t in taints}):
             evict_at = None
             detail = f"not evicted while tainting is paused ({paused}); then: {detail}"
         terminating = bool(meta.get("deletionTimestamp"))
@@ -484,6 +487,7 @@ def outage_report(
                 settings=settings,
                 now=now,
                 paused=tainting_paused(zone, large),
+                stopped=bool(zone and "every zone" in zone.tainting),
                 zone=zone.zone if zone else "",
             )
         )
@@ -495,8 +499,3 @@ def _in_outage(node: JSON) -> bool:
     return outage_taint_key(node) is not None or any(
         t.key in OUTAGE_TAINTS for t in node_taints(node)
     )
-
-
-def pods_by_node(pods: Sequence[JSON]) -> Mapping[str, list[JSON]]:
-    """Non-terminated pods per node."""
-    return PodIndex(pods, WorkloadIndex()).by_node

@@ -118,14 +118,21 @@ def timeline(outage: NodeOutage, grace: int) -> tuple[str, ...]:
 
 
 def assess(
-    node: str, snap: ClusterSnapshot, now: datetime | None = None, index: PodIndex | None = None
+    node: str | JSON,
+    snap: ClusterSnapshot,
+    now: datetime | None = None,
+    index: PodIndex | None = None,
 ) -> NodeRisk:
-    """The blast radius of ``node``; pass ``index`` when assessing many nodes of one snapshot."""
+    """The blast radius of ``node`` (a name, or the Node); pass ``index`` when assessing many
+    nodes of one snapshot."""
     now = now or datetime.now(UTC)
     index = index or PodIndex(snap.pods, snap.workloads)
+    if isinstance(node, str):
+        node_obj = next((n for n in snap.nodes if n["metadata"]["name"] == node), {})
+    else:
+        node_obj, node = node, str(node["metadata"]["name"])
     pods_here = index.by_node.get(node, [])
     grace = snap.settings.node_monitor_grace_period.seconds
-    node_obj = next((n for n in snap.nodes if n["metadata"]["name"] == node), {})
     out = outlook(
         node=node,
         condition="Ready (what-if: down now)",
@@ -190,5 +197,5 @@ def assess(
 def rank(snap: ClusterSnapshot, now: datetime | None = None) -> list[NodeRisk]:
     """Every node, biggest blast radius first (one index for all: linear in pods)."""
     index = PodIndex(snap.pods, snap.workloads)
-    risks = [assess(n["metadata"]["name"], snap, now, index) for n in snap.nodes]
+    risks = [assess(n, snap, now, index) for n in snap.nodes]
     return sorted(risks, key=lambda r: (-r.score, r.node))

@@ -58,10 +58,14 @@ class Balancer:
                     while data := await r.read(65536):
                         w.write(data)
                         await w.drain()
-                with contextlib.suppress(Exception):
-                    w.close()
+                    if w.can_write_eof():  # pass the half-close on; the other way may go on
+                        w.write_eof()
 
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            try:
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            finally:
+                with contextlib.suppress(Exception):
+                    up_writer.close()
         finally:
             self._tasks.discard(task)
             with contextlib.suppress(Exception):

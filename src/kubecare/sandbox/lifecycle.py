@@ -209,7 +209,7 @@ class Sandbox:
         out = [(c.name, c.pid, c.binary) for c in state.components.values() if c.pid]
         for p in self.runner_report().get("pods") or []:
             if p.get("pid"):
-                out.append((f"{p['name']}-{p['node']}", int(p["pid"]), ""))
+                out.append((f"{p['name']}-{p['node']}", int(p["pid"]), str(p.get("binary") or "")))
         return out
 
     def running_components(self, state: SandboxState) -> list[str]:
@@ -318,11 +318,14 @@ class Sandbox:
                 {
                     "node": n.name,
                     "ip": n.ip,
+                    "node_ip": NodeSpec(
+                        n.name, i, True
+                    ).ip,  # the Node's address, as on its mirror pods
                     "manifests": str(n.manifests),
                     "ports": asdict(n.ports),
                     "runner_kubeconfig": str(n.kubernetes_dir / "super-admin.conf"),
                 }
-                for n in shape.nodes
+                for i, n in enumerate(shape.nodes)
             ],
             balancer_port=balancer,
         )
@@ -475,11 +478,17 @@ class Sandbox:
             if comp.name != "runner" and process.stop(comp.pid, comp.binary):
                 stopped.append(comp.name)
             comp.pid = None
-        # A runner killed with SIGKILL left its children running: they are in runner.json, and
-        # their command lines name this sandbox's tree (a reused pid would not).
+        stopped += self._stop_leftovers()
+        return stopped
+
+    def _stop_leftovers(self) -> list[str]:
+        """Components a runner killed with SIGKILL left running: they are in runner.json, and
+        their command lines name this sandbox's tree (a reused pid would not)."""
+        stopped = []
+        names = {str(self.dir), str(self.dir.resolve())}
         for p in self.runner_report().get("pods") or []:
             pid = int(p.get("pid") or 0)
-            if pid and process.mentions(pid, str(self.dir)) and process.stop(pid):
+            if pid and any(process.mentions(pid, n) for n in names) and process.stop(pid):
                 stopped.append(f"{p['name']}-{p['node']}")
         return stopped
 
@@ -498,6 +507,8 @@ class Sandbox:
                     stopped = self._stop_all(state)
                     if keep:
                         self.save(state)
+                else:  # unreadable state: at least what the runner recorded must not survive
+                    stopped = self._stop_leftovers()
             if not keep:
                 shutil.rmtree(self.dir, ignore_errors=True)
         return stopped
@@ -508,7 +519,9 @@ class Sandbox:
         out = []
         for p in self.runner_report().get("pods") or []:
             name = f"{p['name']}-{p['node']}"
-            running = bool(p.get("pid")) and process.is_running(int(p["pid"]))
+            running = bool(p.get("pid")) and process.is_running(
+                int(p["pid"]), p.get("binary") or None
+            )
             out.append(
                 ComponentStatus(
                     name=name,
@@ -615,8 +628,9 @@ class Sandbox:
         return manifest.parent.parent / f"{manifest.name}.stopped"
 
     def stop_component(self, name: str, *, node: str | None = None, timeout: float = 30) -> bool:
-        """Stop a static pod by moving its manifest out of manifests/ (as on a kubeadm node);
-        returns whether it was running. ``kwok`` and ``runner`` are processes, stopped by pid."""
+        """Stop a static pod by moving its manifest out of manifests/ (as on a kubeadm node) and
+        wait until its process has exited; returns whether it was running. ``kwok`` and
+        ``runner`` are processes, stopped by pid."""
         state = self.load()
         if name in state.components:
             with self.locked():
@@ -628,9 +642,18 @@ class Sandbox:
         manifest = self.manifest_path(name, node)
         if not manifest.exists():
             return False
+        was = bool((self._runner_pod(name, node) or {}).get("running"))
         os.replace(manifest, self._parked(manifest))
-        self._wait_runner(name, node, lambda p: p is None, timeout, "stop")
-        return True
+        # Until its process has exited (not only left the manifests), so a start right after
+        # never races the old process for its ports.
+        deadline = time.monotonic() + timeout
+        while self._runner_pods(name, node):
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    f"{name} did not stop within {timeout:.0f}s; see kubecare sandbox logs runner"
+                )
+            time.sleep(0.2)
+        return was
 
     async def start_component(
         self,
@@ -703,16 +726,23 @@ class Sandbox:
         write_atomic(manifest, yaml.safe_dump(doc, sort_keys=False), mode=0o600)
         return manifest
 
-    def _runner_pod(self, name: str, node: str | None) -> dict[str, Any] | None:
+    def _runner_pods(self, name: str, node: str | None) -> list[dict[str, Any]]:
+        """What the runner reports for ``name`` on ``node``: the current pod first, then any
+        earlier process of it that is still terminating."""
         target = self._node(self.load(), node)["node"]
-        for p in self.runner_report().get("pods") or []:
-            if (
-                p.get("node") == target
-                and p.get("component") == name
-                and p.get("file", "").endswith(".yaml")
-            ):
-                return dict(p)
-        return None
+        pods = [
+            dict(p)
+            for p in self.runner_report().get("pods") or []
+            if p.get("node") == target
+            and p.get("component") == name
+            and p.get("file", "").endswith(".yaml")
+        ]
+        return sorted(pods, key=lambda p: p.get("reason") == "Terminating")
+
+    def _runner_pod(self, name: str, node: str | None) -> dict[str, Any] | None:
+        """The current (not terminating) pod of ``name`` on ``node``."""
+        current = [p for p in self._runner_pods(name, node) if p.get("reason") != "Terminating"]
+        return current[0] if current else None
 
     def _wait_runner(
         self,

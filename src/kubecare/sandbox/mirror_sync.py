@@ -171,13 +171,15 @@ class MirrorSync:
                 ) != view.digest or current["metadata"].get("deletionTimestamp"):
                     await self._delete(kube, path)
                     await self._gone(kube, path)
-            with contextlib.suppress(Conflict):
+            try:
                 await kube.request_json(
                     "POST",
                     f"/api/v1/namespaces/{ns}/pods",
                     body=mirror_pod(view, uid, time.time()),
                     what=f"mirror pod {key}",
                 )
+            except Conflict:
+                return  # the old mirror is still being removed: try again on the next pass
             self._mirrors[key] = (view.digest, None)
         status = mirror_status(view, time.time())
         if self._mirrors[key][1] != status_key(status):

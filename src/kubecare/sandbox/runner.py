@@ -6,18 +6,20 @@ its pid in state.json. For every control-plane node it:
 - watches ``etc/kubernetes/manifests`` (inotify through watchfiles, plus a rescan every 2 s) and
   runs every valid manifest (see :mod:`kubecare.sandbox.staticpods`): a new or changed file
   (re)starts its component, a removed one stops it — moving ``kube-apiserver.yaml`` out of the
-  directory stops the apiserver, as on a kubeadm node;
+  directory stops the apiserver, as on a kubeadm node. As the kubelet does, a manifest's new
+  process starts only once the previous one (same file) has exited: they would fight over the
+  same ports and data dir;
 - restarts a component that exits, with the kubelet's back-off (10 s doubling to 5 min, reset
   after 10 min of running; the first delay is a sandbox option), and one whose liveness probe
   fails ``failureThreshold`` times (after its startup probe has passed);
-- keeps the mirror pods in kube-system current (:mod:`kubecare.sandbox.mirror`);
+- keeps the mirror pods in kube-system current (:mod:`kubecare.sandbox.mirror_sync`);
 - reports a malformed manifest or an image that was never built, and keeps the others running;
-- writes what it runs to ``runner.json`` (pids, versions, restarts, health) for ``sandbox
-  status`` and ``sandbox down``;
+- writes what it runs to ``runner.json`` (pids, versions, restarts, health; processes still
+  terminating included) for ``sandbox status`` and ``sandbox down``;
 - with several control planes, serves their apiservers behind one local address
-  (:mod:`kubecare.sandbox.balancer`).
+  (:mod:`kubecare.sandbox.balancer`), ready ones first.
 
-On SIGTERM it stops every component (etcd last) and exits.
+On SIGTERM it stops every component, terminating ones included (etcd last), and exits.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import ssl
 import sys
 import time
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +63,9 @@ class StaticPod:
     file: Path
     spec: RunSpec | None = None
     error: str = ""  # why it cannot run (manifest or image)
-    reason: str = ""  # ErrImagePull, CrashLoopBackOff, InvalidManifest
+    reason: str = ""  # ErrImagePull, CrashLoopBackOff, InvalidManifest, Terminating
     proc: asyncio.subprocess.Process | None = None
+    starting: bool = False  # between deciding to start and having a pid
     started_at: float | None = None
     restarts: int = 0
     backoff: float = 0.0
@@ -91,7 +96,7 @@ class StaticPod:
     @property
     def image(self) -> str:
         containers = ((self.doc or {}).get("spec") or {}).get("containers") or [{}]
-        return str(containers[0].get("image") or "")
+        return str(containers[0].get("image") or "") if isinstance(containers[0], dict) else ""
 
     @property
     def component(self) -> str:
@@ -106,6 +111,7 @@ class StaticPod:
             "image": self.image,
             "version": self.binary_version,
             "digest": self.digest,
+            "binary": self.spec.argv[0] if self.spec else "",
             "pid": self.proc.pid if self.running and self.proc else None,
             "running": self.running,
             "ready": self.ready,
@@ -120,7 +126,7 @@ class StaticPod:
 class NodeDirs:
     node: str
     manifests: Path
-    ip: str = "127.0.0.1"
+    ip: str = "127.0.0.1"  # the Node's address, shown on its mirror pods
 
 
 @dataclass
@@ -136,15 +142,18 @@ class Config:
     @classmethod
     def load(cls, directory: Path) -> Config:
         raw = json.loads((directory / "state.json").read_text())
+        cps = raw.get("control_planes") or []
         nodes = [
-            NodeDirs(cp["node"], Path(cp["manifests"]), cp.get("ip", "127.0.0.1"))
-            for cp in raw.get("control_planes") or []
+            NodeDirs(
+                cp["node"], Path(cp["manifests"]), cp.get("node_ip") or cp.get("ip", "127.0.0.1")
+            )
+            for cp in cps
         ]
-        cps = raw.get("control_planes") or [{}]
+        first = cps[0] if cps else {}
         return cls(
             dir=directory,
             nodes=nodes,
-            kubeconfig=Path(cps[0].get("runner_kubeconfig") or directory / "kubeconfig"),
+            kubeconfig=Path(first.get("runner_kubeconfig") or directory / "kubeconfig"),
             first_backoff=float((raw.get("options") or {}).get("crash_backoff", 10.0)),
             balancer_port=raw.get("balancer_port"),
         )
@@ -185,7 +194,8 @@ def probe_once(probe: Probe) -> bool:
 class Runner:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.pods: dict[str, StaticPod] = {}
+        self.pods: dict[str, StaticPod] = {}  # what the manifests on disk ask for
+        self.terminating: dict[str, list[StaticPod]] = {}  # replaced or removed, still stopping
         self.changed = asyncio.Event()
         self.stopping = False
         self.log_dir = config.dir / "logs"
@@ -195,7 +205,7 @@ class Runner:
 
     # -- manifests -----------------------------------------------------------------------------
     def scan(self) -> None:
-        """Reconcile running processes with the manifests on disk."""
+        """Reconcile the pods with the manifests on disk (processes start in :meth:`reconcile`)."""
         seen: set[str] = set()
         for nd in self.config.nodes:
             with contextlib.suppress(FileNotFoundError):
@@ -207,9 +217,7 @@ class Runner:
                     self._consider(nd, path, key)
         for key in list(self.pods):
             if key not in seen:
-                pod = self.pods.pop(key)
-                self._background(self._stop(pod, "manifest removed"))
-                self.changed.set()
+                self._retire(key, self.pods.pop(key), "manifest removed")
 
     def _consider(self, nd: NodeDirs, path: Path, key: str) -> None:
         try:
@@ -230,15 +238,39 @@ class Runner:
         except ImageNotBuilt as e:
             pod.error, pod.reason, pod.doc = str(e), "ErrImagePull", e.pod
             self._log(f"manifest {path}: {e}")
-        if old is not None and old.running:
-            # As the kubelet does: the old container is gone before the new one starts (they
-            # would fight over the same ports).
-            pod.next_start = float("inf")
-            self._background(self._replace(old, pod))
+        except Exception as e:  # a shape the parser did not expect: still just one bad manifest
+            pod.error = f"{path} is not a Pod the runner understands ({type(e).__name__}: {e})"
+            pod.reason = "InvalidManifest"
+            self._log(f"{pod.error}; skipped, the other manifests keep running")
+        if old is not None:
+            self._retire(key, old, "manifest changed")
         self.pods[key] = pod
         self.changed.set()
 
-    def _background(self, work: Any) -> None:
+    def _retire(self, key: str, pod: StaticPod, why: str) -> None:
+        """Stop a replaced or removed pod; until it has exited, no new pod of this file starts."""
+        self.changed.set()
+        if pod.proc is None and not pod.starting:
+            return
+        pod.reason = "Terminating"
+        self.terminating.setdefault(key, []).append(pod)
+
+        async def retire() -> None:
+            try:
+                while pod.starting:  # noqa: ASYNC110 (being started: one exec call, then its pid)
+                    await asyncio.sleep(0.05)
+                await self._stop(pod, why)
+            finally:
+                left = [p for p in self.terminating.get(key, []) if p is not pod]
+                if left:
+                    self.terminating[key] = left
+                else:
+                    self.terminating.pop(key, None)
+                self.changed.set()
+
+        self._background(retire())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(self._tasks.discard)
@@ -248,11 +280,12 @@ class Runner:
         assert pod.spec is not None
         spec = pod.spec
         log = self.log_dir / f"{spec.name}-{pod.node}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:  # noqa: ASYNC230 (a local log file, opened once per start)
-            out.write(f"--- runner: starting {spec.image} ({' '.join(spec.argv)})\n".encode())
-            out.flush()
-            try:
+        pod.starting = True
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "ab") as out:  # noqa: ASYNC230 (a local log file, opened once per start)
+                out.write(f"--- runner: starting {spec.image} ({' '.join(spec.argv)})\n".encode())
+                out.flush()
                 pod.proc = await asyncio.create_subprocess_exec(
                     *spec.argv,
                     stdin=asyncio.subprocess.DEVNULL,
@@ -260,9 +293,12 @@ class Runner:
                     stderr=out,
                     start_new_session=True,
                 )
-            except OSError as e:
-                pod.error, pod.reason = f"cannot start {spec.argv[0]}: {e}", "RunContainerError"
-                return
+        except OSError as e:
+            pod.error, pod.reason = f"cannot start {spec.argv[0]}: {e}", "RunContainerError"
+            self._back_off(pod)
+            return
+        finally:
+            pod.starting = False
         pod.started_at = time.time()
         pod.error, pod.reason = "", ""
         pod.ready = spec.readiness is None
@@ -271,11 +307,19 @@ class Runner:
         pod.probes = asyncio.create_task(self._probe_loop(pod))
         self.changed.set()
 
+    def _back_off(self, pod: StaticPod) -> None:
+        ran = time.time() - (pod.started_at or time.time())
+        if ran >= BACKOFF_RESET:
+            pod.backoff = 0.0
+        pod.backoff = min(
+            BACKOFF_MAX, pod.backoff * 2 if pod.backoff else self.config.first_backoff
+        )
+        pod.next_start = time.monotonic() + pod.backoff
+        self.changed.set()
+
     async def _version_of(self, binary: str) -> str:
         """The version the binary reports (``--version``), cached per binary."""
         if binary not in self._versions:
-            import re
-
             text = ""
             with contextlib.suppress(OSError):
                 proc = await asyncio.create_subprocess_exec(
@@ -300,19 +344,12 @@ class Runner:
             proc.send_signal(signal.SIGTERM)
         try:
             async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
+                await asyncio.shield(proc.wait())
+        except (TimeoutError, asyncio.CancelledError):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
         self.changed.set()
-
-    async def _replace(self, old: StaticPod, new: StaticPod) -> None:
-        try:
-            await self._stop(old, "manifest changed")
-        finally:
-            new.next_start = 0.0
-            self.changed.set()
 
     async def _probe_loop(self, pod: StaticPod) -> None:
         spec = pod.spec
@@ -357,35 +394,29 @@ class Runner:
     async def reconcile(self) -> None:
         """Start what should run, restart what died (with back-off)."""
         now = time.monotonic()
-        for pod in list(self.pods.values()):
-            if pod.spec is None or pod.running:
+        for key, pod in list(self.pods.items()):
+            if pod.spec is None or pod.running or pod.starting:
                 continue
             if pod.proc is not None:  # it ran and exited: CrashLoopBackOff
                 code = pod.proc.returncode
-                ran = time.time() - (pod.started_at or time.time())
                 pod.proc = None
                 pod.ready = False
                 pod.restarts += 1
-                if ran >= BACKOFF_RESET:
-                    pod.backoff = 0.0
-                pod.backoff = min(
-                    BACKOFF_MAX, pod.backoff * 2 if pod.backoff else self.config.first_backoff
-                )
-                pod.next_start = now + pod.backoff
+                self._back_off(pod)
                 pod.reason = "CrashLoopBackOff"
                 pod.error = f"exited with code {code}; restarting in {pod.backoff:g}s"
                 self._log(f"{pod.key} {pod.error}")
-                self.changed.set()
                 continue
-            if now >= pod.next_start and not self.stopping:
+            if now >= pod.next_start and not self.stopping and not self.terminating.get(key):
                 await self._start(pod)
 
     # -- status --------------------------------------------------------------------------------
     def write_status(self) -> None:
+        everything = list(self.pods.values()) + [p for ps in self.terminating.values() for p in ps]
         doc = {
             "pid": os.getpid(),
             "updated": time.time(),
-            "pods": [p.view() for p in self.pods.values()],
+            "pods": [p.view() for p in everything],
         }
         write_atomic(self.status_file, json.dumps(doc, indent=1), mode=0o600)
 
@@ -404,7 +435,10 @@ class Runner:
         async for _ in awatch(
             *dirs, debounce=100, step=50, rust_timeout=int(RESCAN * 1000), yield_on_timeout=True
         ):
-            self.scan()
+            try:
+                self.scan()
+            except Exception as e:  # one odd file must not stop the watching
+                self._log(f"scanning the manifests failed: {type(e).__name__}: {e}")
             self.changed.set()
 
     async def run(self) -> None:
@@ -412,7 +446,8 @@ class Runner:
         done = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
-        self.scan()
+        with contextlib.suppress(Exception):
+            self.scan()
         watcher = asyncio.create_task(self.watch())
         balancer = None
         if self.config.balancer_port:
@@ -438,28 +473,37 @@ class Runner:
             self.stopping = True
             watcher.cancel()
             syncing.cancel()
-            by_order = sorted(
-                self.pods.values(),
-                key=lambda p: (
-                    STOP_ORDER.index(p.spec.component)
-                    if p.spec and p.spec.component in STOP_ORDER
-                    else 0
-                ),
-            )
-            for pod in by_order:
+            every = list(self.pods.values()) + [p for ps in self.terminating.values() for p in ps]
+            for pod in sorted(every, key=_stop_rank):
                 await self._stop(pod, "the sandbox is stopping")
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             if balancer:
                 await balancer.stop()
             self.write_status()
 
     def _apiserver_ports(self) -> list[int]:
-        ports = []
+        """Apiservers to balance over: the ready ones, else any that runs."""
+        ready, running = [], []
         for pod in self.pods.values():
             if pod.spec and pod.spec.component == "kube-apiserver" and pod.running:
-                for arg in pod.spec.argv:
-                    if arg.startswith("--secure-port="):
-                        ports.append(int(arg.split("=", 1)[1]))
-        return ports
+                port = next(
+                    (
+                        int(a.split("=", 1)[1])
+                        for a in pod.spec.argv
+                        if a.startswith("--secure-port=")
+                    ),
+                    None,
+                )
+                if port is not None:
+                    running.append(port)
+                    if pod.ready:
+                        ready.append(port)
+        return ready or running
+
+
+def _stop_rank(pod: StaticPod) -> int:
+    component = pod.spec.component if pod.spec else ""
+    return STOP_ORDER.index(component) if component in STOP_ORDER else 0
 
 
 def main() -> None:

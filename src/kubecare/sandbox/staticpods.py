@@ -5,12 +5,15 @@ container would see: the image ``registry.k8s.io/<component>:<tag>`` picks the b
 version from the build cache, and every path in the command that lies under a volume's
 ``mountPath`` is rewritten to that volume's ``hostPath`` — exactly how a kubeadm etcd restore
 works ("point etcd.yaml's hostPath at the new data dir"). A hostPath outside the sandbox's own
-state dir is refused: the sandbox never touches the machine's real /etc or /var.
+state dir is refused, and so is any absolute path in the command that no volume maps inside it
+(normalised, so ``..`` does not climb out): the sandbox never touches the machine's real /etc or
+/var.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,34 +100,59 @@ def _probe(raw: Any, where: str, ports: dict[str, int]) -> Probe | None:
             port = int(named)
         except (TypeError, ValueError):
             raise ManifestError(f"{where}: probe port {named!r} is not a number") from None
-    return Probe(
-        scheme=str(get.get("scheme") or "HTTP"),
-        host=str(get.get("host") or "127.0.0.1"),
-        port=port,
-        path=str(get.get("path") or "/"),
-        initial_delay=float(raw.get("initialDelaySeconds") or 0),
-        period=float(raw.get("periodSeconds") or 10),
-        timeout=float(raw.get("timeoutSeconds") or 1),
-        failure_threshold=int(raw.get("failureThreshold") or 3),
-    )
+    try:
+        return Probe(
+            scheme=str(get.get("scheme") or "HTTP"),
+            host=str(get.get("host") or "127.0.0.1"),
+            port=port,
+            path=str(get.get("path") or "/"),
+            initial_delay=float(raw.get("initialDelaySeconds") or 0),
+            period=float(raw.get("periodSeconds") or 10),
+            timeout=float(raw.get("timeoutSeconds") or 1),
+            failure_threshold=int(raw.get("failureThreshold") or 3),
+        )
+    except (TypeError, ValueError):
+        raise ManifestError(f"{where}: a probe setting is not a number") from None
+
+
+def _values(arg: str) -> tuple[str, str, list[str]]:
+    """``--flag=v1,v2`` -> (``--flag=``, ``v1,v2``, [v1, v2]); a bare flag has no value, a bare
+    value no prefix."""
+    if arg.startswith("-"):
+        name, eq, value = arg.partition("=")
+        if not eq:
+            return arg, "", []
+        return f"{name}=", value, value.split(",")
+    return "", arg, arg.split(",")
 
 
 def translate(arg: str, mounts: list[tuple[str, str]]) -> str:
-    """Rewrite the container path in one argument (``--flag=/path`` or ``/path``) to the host
-    path of the longest mount that contains it."""
-    prefix, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
-    if arg.startswith("-") and not eq:
+    """Rewrite the container paths in one argument (``--flag=/path``, ``/path``, or a comma
+    list of them) to host paths through the longest mount that contains each."""
+    prefix, value, parts = _values(arg)
+    if not value:
         return arg
-    parts = value.split(",")  # lists such as --initial-cluster keep their own paths intact
     out = []
     for part in parts:
         for mount, host in mounts:  # longest first
-            if part == mount or part.startswith(mount.rstrip("/") + "/"):
-                part = host + part[len(mount) :]
+            base = mount.rstrip("/") or "/"
+            if part == base or part.startswith(base.rstrip("/") + "/"):
+                rel = part[len(base) :].lstrip("/")
+                part = os.path.join(host, rel) if rel else host
                 break
         out.append(part)
-    joined = ",".join(out)
-    return f"{prefix}={joined}" if eq else joined
+    return prefix + ",".join(out)
+
+
+def confined(arg: str, root: Path) -> str | None:
+    """The first absolute path in ``arg`` that lies outside ``root`` (after translation), or None."""
+    _, value, parts = _values(arg)
+    for part in parts if value else []:
+        if part.startswith("/"):
+            normal = os.path.normpath(part)
+            if normal != str(root) and not normal.startswith(str(root) + "/"):
+                return part
+    return None
 
 
 def parse_manifest(
@@ -149,6 +177,8 @@ def parse_manifest(
     if not isinstance(doc, dict) or doc.get("kind") != "Pod" or doc.get("apiVersion") != "v1":
         raise ManifestError(f"{where} is not a v1 Pod (kind/apiVersion)")
     meta = doc.get("metadata") or {}
+    if not isinstance(meta, dict) or not isinstance(doc.get("spec") or {}, dict):
+        raise ManifestError(f"{where}: metadata and spec must be mappings")
     name = meta.get("name")
     if not name or not isinstance(name, str):
         raise ManifestError(f"{where}: the Pod has no metadata.name")
@@ -181,9 +211,11 @@ def parse_manifest(
     mounts: list[tuple[str, str]] = []
     root = root.resolve()
     for m in container.get("volumeMounts") or []:
-        volume = volumes.get(m.get("name"))
-        host = ((volume or {}).get("hostPath") or {}).get("path")
-        if not host:
+        if not isinstance(m, dict) or not isinstance(m.get("mountPath"), str):
+            raise ManifestError(f"{where}: a volumeMount needs a name and a mountPath")
+        hostpath = (volumes.get(m.get("name")) or {}).get("hostPath")
+        host = hostpath.get("path") if isinstance(hostpath, dict) else None
+        if not isinstance(host, str) or not host:
             raise ManifestError(f"{where}: volumeMount {m.get('name')!r} has no hostPath volume")
         resolved = Path(host).resolve()
         if resolved != root and root not in resolved.parents:
@@ -193,17 +225,28 @@ def parse_manifest(
             )
         mounts.append((str(m.get("mountPath")), str(resolved)))
     mounts.sort(key=lambda pair: len(pair[0]), reverse=True)
-    ports = {
-        str(p.get("name")): int(p.get("containerPort") or 0)
-        for p in container.get("ports") or []
-        if isinstance(p, dict) and p.get("name")
-    }
+    try:
+        ports = {
+            str(p.get("name")): int(p.get("containerPort") or 0)
+            for p in container.get("ports") or []
+            if isinstance(p, dict) and p.get("name")
+        }
+    except (TypeError, ValueError):
+        raise ManifestError(f"{where}: a containerPort is not a number") from None
+    args = [translate(a, mounts) for a in command[1:]]
+    for arg in args:
+        outside = confined(arg, root)
+        if outside is not None:
+            raise ManifestError(
+                f"{where}: the command's path {outside} is not under any volumeMount inside the "
+                "sandbox's state dir; the sandbox never touches paths outside its own tree"
+            )
     try:
         binary = resolve(component, tag)
     except ImageNotBuilt as e:
         e.pod = doc
         raise
-    argv = (binary, *(translate(a, mounts) for a in command[1:]))
+    argv = (binary, *args)
     return RunSpec(
         name=name,
         namespace=str(meta.get("namespace") or "kube-system"),
