@@ -73,6 +73,32 @@ def runner_pod(sb: Sandbox, component: str, node: str = "control-plane") -> dict
     return {}
 
 
+async def settled(sb: Sandbox, quiet: float = 3.0, timeout: float = 60) -> dict[str, int]:
+    """Wait until every component runs, is ready and keeps its pid for `quiet` seconds.
+
+    After a test restarts the apiserver, the scheduler and the controller-manager lose their
+    leader lease and exit by themselves (that is kube-scheduler's behaviour, not a fault), so a
+    test that snapshots pids must first let that settle.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    seen: dict[str, int] = {}
+    since = loop.time()
+    while loop.time() < deadline:
+        pods = {c: runner_pod(sb, c) for c in COMPONENTS}
+        now = {
+            c: int(p["pid"])
+            for c, p in pods.items()
+            if p.get("pid") and p.get("running") and p.get("ready")
+        }
+        if len(now) != len(COMPONENTS) or now != seen:
+            seen, since = now, loop.time()
+        elif loop.time() - since >= quiet:
+            return now
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"control plane did not settle in {timeout} s: {seen}")
+
+
 def cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
@@ -240,6 +266,7 @@ async def test_the_previous_minors_image_tag_runs_that_version_and_back(
 
 
 async def test_a_killed_component_is_restarted_and_counted(kubeadm_sb: Sandbox) -> None:
+    await settled(kubeadm_sb)
     before = runner_pod(kubeadm_sb, "kube-scheduler")
     os.kill(before["pid"], signal.SIGKILL)
 
@@ -279,7 +306,7 @@ async def test_a_bad_manifest_is_reported_and_the_others_keep_running(
         else:
             doc["spec"]["volumes"][0]["hostPath"]["path"] = "/etc/kubernetes"
         content = yaml.safe_dump(doc)
-    pids = {c: runner_pod(kubeadm_sb, c)["pid"] for c in COMPONENTS}
+    pids = await settled(kubeadm_sb)
     path.write_text(content)
     try:
 
