@@ -106,6 +106,16 @@ class OperationFailed(KubecareError):
     """Raised when an operation ran but could not reach its goal (e.g. a node never became Ready)."""
 
 
+class EtcdError(KubecareError):
+    """Raised when etcd cannot be reached, rejects our certificates, or an RPC fails; and when the
+    etcd settings of a control-plane node (its static pod manifest) cannot be worked out."""
+
+
+class SnapshotError(KubecareError):
+    """Raised when an etcd snapshot (or bbolt data file) cannot be read: not a bbolt file,
+    truncated, a bad SHA-256 trailer, pages that fail bbolt's consistency check."""
+
+
 class SandboxError(KubecareError):
     """Raised when the sandbox control plane cannot be built, started, inspected or stopped."""
 

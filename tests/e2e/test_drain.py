@@ -391,7 +391,9 @@ async def test_bad_input_exits_clearly_and_cordons_nothing(
 async def test_ctrl_c_says_what_was_done_and_leaves_the_node_cordoned(
     sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
 ) -> None:
-    await web_under_pdb(kube, namespace, pool, replicas=4, ready_delay="2s")
+    # 5 s per replacement: the drain takes >= 15 s after the first eviction, so the interrupt
+    # lands mid-drain even on a loaded machine
+    await web_under_pdb(kube, namespace, pool, replicas=4, ready_delay="5s")
     argv = cli_argv("drain", pool.nodes[0], kubeconfig=sandbox.kubeconfig)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -420,7 +422,8 @@ async def test_parallel_nodes_drain_together_within_the_lock_limit(
             namespace,
             pod(
                 f"p{i}",
-                pool.pod_spec(node=node),
+                # a grace period, or the apiserver deletes at once and kwok's delay never applies
+                pool.pod_spec(node=node, extra={"terminationGracePeriodSeconds": 5}),
                 annotations={"pod-delete.stage.kwok.x-k8s.io/delay": "2s"},
             ),
         )

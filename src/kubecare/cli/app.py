@@ -15,12 +15,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kubecare import __version__
-from kubecare.cli import completion, drain, nodes, outage, sandbox
+from kubecare.cli import completion, drain, etcd, nodes, outage, sandbox
 from kubecare.cli.args import add_global_flags
 
 DESCRIPTION = (
     "Kubernetes node maintenance: cordon, drain, maintain, node outages and risks, "
-    "and a local sandbox control plane."
+    "etcd snapshots, and a local sandbox control plane."
 )
 # Commands that take a command line after `--` (it is split off before parsing).
 TAKES_COMMAND = {"maintain"}
@@ -30,6 +30,7 @@ MODULES: tuple[Register, ...] = (
     nodes.register,
     drain.register,
     outage.register,
+    etcd.register,
     sandbox.register,
     completion.register,
 )

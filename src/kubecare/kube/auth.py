@@ -123,8 +123,10 @@ def run_exec_plugin(exec_cfg: ExecConfig, conn: Connection) -> ExecCredential:
         ) from None
     except PermissionError:
         raise ConfigError(f"exec plugin {exec_cfg.command!r} is not executable") from None
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"exec plugin {exec_cfg.command!r} did not answer within 300s") from None
+    except subprocess.TimeoutExpired as e:
+        raise ConfigError(
+            f"exec plugin {exec_cfg.command!r} did not answer within {e.timeout:g}s"
+        ) from None
     if proc.returncode != 0:
         raise ConfigError(
             f"exec plugin {exec_cfg.command!r} failed with exit code {proc.returncode} "

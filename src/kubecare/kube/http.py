@@ -400,8 +400,13 @@ class HttpClient:
         )
         if status == 401 and self.credentials.can_refresh():
             # As for plain requests: an expired credential is fetched again, once.
-            async for _ in _body(conn.reader, method, status, response_headers):
-                pass
+            try:
+                async with asyncio.timeout(self.read_timeout):
+                    async for _ in _body(conn.reader, method, status, response_headers):
+                        pass
+            except BaseException:
+                conn.close()
+                raise
             self._release(conn, _keep_alive(response_headers))
             auth = await self.credentials.headers(refused=auth)
             conn, status, response_headers = await self._exchange(

@@ -143,12 +143,15 @@ class MaintenanceLock:
             slots,
             ttl,
         )
+        start = start_time(os.getpid())
         self.me = Identity(
             socket.gethostname(),
             node,
-            kernel_id(),
+            # Without our own start time nobody could tell this process from a reused pid:
+            # then claim no kernel, and the same-machine takeover never applies to us.
+            kernel_id() if start else "",
             os.getpid(),
-            start_time(os.getpid()) or 0,
+            start or 0,
             secrets.token_hex(3),
         )
         self.identity = str(self.me)
@@ -190,6 +193,7 @@ class MaintenanceLock:
             and other.kernel == self.me.kernel
             and other.host == self.me.host
             and other.pid != self.me.pid
+            and other.start
             and start_time(other.pid) != other.start
         ):
             return None  # its process (same boot, same PID namespace) is gone: it cannot renew
@@ -306,8 +310,10 @@ class MaintenanceLock:
                     self._renewer = asyncio.create_task(self._renew_forever())
                     try:  # another run may have taken a slot under another limit meanwhile
                         self._check_limit(await self._leases())
-                    except UsageError:
-                        await self.release()
+                    except BaseException:
+                        # Any failure here (unreachable, Ctrl-C, ...) must not leave the slot
+                        # held and renewed by an orphan task for the rest of the process.
+                        await asyncio.shield(self.release())
                         raise
                     return name
             holders = await self.holders(leases)

@@ -525,6 +525,7 @@ async def drain_nodes(
     stop = asyncio.Event()
     by_node = {n: NodeReport(n) for n in nodes}
     reports.extend(by_node.values())
+    usage: list[UsageError] = []
 
     async def one(node: str) -> None:
         async with sem:
@@ -534,20 +535,24 @@ async def drain_nodes(
             d = NodeDrain(kube, node, opts, on_event, use_eviction, by_node[node])
             try:
                 await d.run(lock)
-            except UsageError:
+            except UsageError as e:
+                # The command itself is wrong (e.g. the lock's limit): not one node's fault. It
+                # ends the run like a failure; nodes already draining in parallel finish.
                 stop.set()
-                raise  # the command itself is wrong (e.g. the lock's limit): not one node's fault
+                usage.append(e)
             except KubecareError as e:
                 stop.set()
                 on_event(Event("failed", f"error: {e}", node=node))
 
     try:
-        # A TaskGroup: anything unexpected (or a usage error) cancels the other nodes' drains.
+        # A TaskGroup: anything unexpected cancels the other nodes' drains.
         async with asyncio.TaskGroup() as tg:
             for n in nodes:
                 tg.create_task(one(n))
     except BaseExceptionGroup as group:
         raise first_error(group) from None
+    if usage:
+        raise usage[0]
     failed = [r for r in by_node.values() if r.status in (NodeStatus.FAILED, NodeStatus.BLOCKED)]
     if failed:
         skipped = [r.node for r in by_node.values() if r.status is NodeStatus.NOT_STARTED]

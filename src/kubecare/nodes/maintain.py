@@ -59,6 +59,7 @@ class MaintainReport:
 
 
 OUTPUT_TAIL = 50
+OUTPUT_GRACE = 2.0  # seconds to read what is left once a local command has exited
 
 
 def boot_id(node: JSON) -> str:
@@ -85,27 +86,48 @@ async def run_local(
     except OSError as e:
         raise OperationFailed(f"cannot run {shlex.join(command)}: {e.strerror or e}") from None
     assert proc.stdout is not None
+    stdout = proc.stdout
+
+    async def pump() -> None:
+        # Chunks, not readline(): a line longer than the stream's buffer must not abort it.
+        pending = b""
+        while chunk := await stdout.read(65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                on_line(raw.decode(errors="replace"))
+        if pending:
+            on_line(pending.decode(errors="replace"))
+
+    reader = asyncio.create_task(pump())
+    finished = False
     try:
         async with asyncio.timeout(timeout):
-            # Chunks, not readline(): a line longer than the stream's buffer must not abort it.
-            pending = b""
-            while chunk := await proc.stdout.read(65536):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    on_line(raw.decode(errors="replace"))
-            if pending:
-                on_line(pending.decode(errors="replace"))
-            return await proc.wait()
+            code = await proc.wait()
+        finished = True
+        # The command has exited; what it wrote arrives at once, unless something it started in
+        # the background still holds the pipe: then stop reading instead of waiting for ever.
+        try:
+            await asyncio.wait_for(asyncio.shield(reader), OUTPUT_GRACE)
+        except TimeoutError:
+            on_line(
+                "(kubecare: the command exited; a process it left in the background still holds "
+                "its output, which is not read further)"
+            )
+        return code
     except TimeoutError:
         raise OperationFailed(
             f"command {shlex.join(command)} did not finish within {timeout:g}s"
         ) from None
     finally:
-        if proc.returncode is None:  # timed out, interrupted, or its output could not be read
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        if not finished:  # timed out or interrupted: stop the command and everything it started
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            if proc.returncode is None:
+                await proc.wait()
 
 
 async def run_ssh(

@@ -372,7 +372,9 @@ class Sandbox:
 
     def _start_runner(self) -> ComponentState:
         argv = [sys.executable, "-m", "kubecare.sandbox.runner", str(self.dir)]
-        pid = process.spawn(argv, self.log_path("runner"))
+        # In the state dir: a relative path in a manifest resolves inside the sandbox's tree,
+        # not in whatever directory `sandbox up` was run from.
+        pid = process.spawn(argv, self.log_path("runner"), cwd=self.dir)
         return ComponentState("runner", sys.executable, argv, 0, "", "", pid)
 
     def _start_kwok(self, tools: Toolset, opts: SandboxOptions) -> ComponentState:

@@ -42,7 +42,9 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def spawn(argv: Sequence[str], log: Path, *, env: dict[str, str] | None = None) -> int:
+def spawn(
+    argv: Sequence[str], log: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> int:
     """Start ``argv`` detached (its own session, so it outlives the CLI); output appends to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -53,6 +55,7 @@ def spawn(argv: Sequence[str], log: Path, *, env: dict[str, str] | None = None) 
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=env,
+            cwd=cwd,
             close_fds=True,
         )
     return proc.pid

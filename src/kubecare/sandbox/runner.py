@@ -293,7 +293,7 @@ class Runner:
                     stderr=out,
                     start_new_session=True,
                 )
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: e.g. a NUL byte in an argument
             pod.error, pod.reason = f"cannot start {spec.argv[0]}: {e}", "RunContainerError"
             self._back_off(pod)
             return
@@ -407,8 +407,33 @@ class Runner:
                 pod.error = f"exited with code {code}; restarting in {pod.backoff:g}s"
                 self._log(f"{pod.key} {pod.error}")
                 continue
-            if now >= pod.next_start and not self.stopping and not self.terminating.get(key):
-                await self._start(pod)
+            if now < pod.next_start or self.stopping or self._held_back(key, pod):
+                continue
+            await self._start(pod)
+
+    def _held_back(self, key: str, pod: StaticPod) -> bool:
+        """Never two generations of one pod at once: not while a pod with the same node and
+        namespace/name (from any file: renamed, copied) still runs or terminates. A second file
+        naming a running pod is refused, as the kubelet allows one static pod per full name."""
+        assert pod.spec is not None
+        full = (pod.node, pod.spec.namespace, pod.spec.name)
+
+        def same(p: StaticPod) -> bool:
+            return p.spec is not None and (p.node, p.spec.namespace, p.spec.name) == full
+
+        if self.terminating.get(key) or any(
+            same(p) for ps in self.terminating.values() for p in ps
+        ):
+            return True
+        for other_key, other in self.pods.items():
+            if other_key != key and same(other) and (other.running or other.starting):
+                pod.error = (
+                    f"{pod.file} names pod {pod.spec.namespace}/{pod.spec.name}, which "
+                    f"{other.file.name} already runs; one static pod per name (remove one file)"
+                )
+                pod.reason = "InvalidManifest"
+                return True
+        return False
 
     # -- status --------------------------------------------------------------------------------
     def write_status(self) -> None:

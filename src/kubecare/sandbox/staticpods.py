@@ -5,8 +5,9 @@ container would see: the image ``registry.k8s.io/<component>:<tag>`` picks the b
 version from the build cache, and every path in the command that lies under a volume's
 ``mountPath`` is rewritten to that volume's ``hostPath`` — exactly how a kubeadm etcd restore
 works ("point etcd.yaml's hostPath at the new data dir"). A hostPath outside the sandbox's own
-state dir is refused, and so is any absolute path in the command that no volume maps inside it
-(normalised, so ``..`` does not climb out): the sandbox never touches the machine's real /etc or
+state dir is refused, and so is any path in the command that no volume maps inside it
+(absolute, ``name=/path`` list items, or relative — the runner works in the state dir — all
+normalised, so ``..`` does not climb out): the sandbox never touches the machine's real /etc or
 /var.
 """
 
@@ -145,13 +146,19 @@ def translate(arg: str, mounts: list[tuple[str, str]]) -> str:
 
 
 def confined(arg: str, root: Path) -> str | None:
-    """The first absolute path in ``arg`` that lies outside ``root`` (after translation), or None."""
+    """The first path in ``arg`` that lies outside ``root`` (after translation), or None.
+
+    Absolute paths, ``name=/path`` items and relative paths (the runner works in ``root``, so
+    ``../x`` could climb out) are checked; URLs (``scheme://``) are not paths."""
     _, value, parts = _values(arg)
     for part in parts if value else []:
-        if part.startswith("/"):
-            normal = os.path.normpath(part)
-            if normal != str(root) and not normal.startswith(str(root) + "/"):
-                return part
+        if "=" in part and not part.startswith("/"):
+            part = part.split("=", 1)[1]
+        if "/" not in part or "://" in part:
+            continue
+        normal = os.path.normpath(os.path.join(root, part))
+        if normal != str(root) and not normal.startswith(str(root) + "/"):
+            return part
     return None
 
 
@@ -194,6 +201,8 @@ def parse_manifest(
     command = list(container.get("command") or []) + list(container.get("args") or [])
     if not command or not all(isinstance(c, str) for c in command):
         raise ManifestError(f"{where}: the container has no command")
+    if "\0" in name or any("\0" in c for c in command):
+        raise ManifestError(f"{where}: the pod name or the command contains a NUL byte")
     image = container.get("image")
     if not isinstance(image, str) or not image:
         raise ManifestError(f"{where}: the container has no image")
@@ -260,3 +269,17 @@ def parse_manifest(
         digest=digest_of(data),
         pod=doc,
     )
+
+
+def serving_probe(doc: dict[str, Any], where: str) -> Probe | None:
+    """The probe that tells whether a static pod's component serves: its readiness probe, else
+    its liveness probe (what the kubelet would use), for tools outside the runner."""
+    containers = (doc.get("spec") or {}).get("containers") or [{}]
+    container = containers[0] if isinstance(containers[0], dict) else {}
+    ports = {
+        str(p.get("name")): int(p.get("containerPort") or 0)
+        for p in container.get("ports") or []
+        if isinstance(p, dict) and p.get("name") and str(p.get("containerPort") or "0").isdigit()
+    }
+    raw = container.get("readinessProbe") or container.get("livenessProbe")
+    return _probe(raw, f"{where} probe", ports)

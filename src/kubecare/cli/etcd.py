@@ -1,0 +1,444 @@
+"""`kubecare etcd ...`: snapshots (save, status) and member status.
+
+Where etcd is: etcdctl's ``--endpoints --cacert --cert --key``; or, on a kubeadm control-plane
+node, nothing at all (read from /etc/kubernetes/manifests/etcd.yaml); ``--manifests-dir`` for
+another place, ``--sandbox NAME`` for a kubecare sandbox's control-plane nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubecare.cli.args import add_output
+
+if TYPE_CHECKING:
+    from kubecare.etcd.members import Endpoint
+    from kubecare.etcd.snapshot import Status
+
+
+def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    group = subs.add_parser("etcd", help="etcd snapshots: save, status; member status")
+    group.set_defaults(handler=lambda _a: group.print_help())
+    cmds = group.add_subparsers(dest="etcd_command", metavar="COMMAND")
+
+    st = cmds.add_parser("status", help="each member: version, leader, DB size, revision")
+    _add_target(st)
+    add_output(st)
+    st.set_defaults(handler=member_status_cmd)
+
+    snap = cmds.add_parser("snapshot", help="save a snapshot, or look inside one")
+    snap.set_defaults(handler=lambda _a: snap.print_help())
+    scmds = snap.add_subparsers(dest="snapshot_command", metavar="COMMAND")
+
+    save = scmds.add_parser(
+        "save",
+        help="stream a snapshot from a healthy member into FILE (0600, atomic; etcdutl restores it)",
+    )
+    save.add_argument("file", metavar="FILE")
+    _add_target(save)
+    save.add_argument(
+        "--overwrite", action="store_true", help="replace FILE if it exists (never by default)"
+    )
+    save.add_argument(
+        "--compress", choices=("zstd",), help="write it zstd-compressed (kubecare reads it as is)"
+    )
+    save.add_argument(
+        "--timeout", type=float, default=0, metavar="SECONDS", help="give up after (0: never)"
+    )
+    add_output(save)
+    save.set_defaults(handler=save_cmd)
+
+    status = scmds.add_parser(
+        "status",
+        help="etcdutl's numbers (hash, revision, keys, size, version) and what Kubernetes keeps in it",
+    )
+    status.add_argument("file", metavar="FILE")
+    status.add_argument(
+        "-w",
+        "--write-out",
+        dest="output",
+        choices=("table", "json", "yaml"),
+        default="table",
+        help="table (default), json or yaml (-o works too)",
+    )
+    status.add_argument("-o", "--output", dest="output", choices=("table", "json", "yaml"))
+    status.set_defaults(handler=snapshot_status_cmd)
+
+    r = cmds.add_parser(
+        "restore",
+        help="restore a kubeadm control plane from a snapshot (new data dirs, guided, verified)",
+    )
+    r.add_argument("file", metavar="FILE")
+    _add_target(r)
+    r.add_argument(
+        "--data-dir",
+        help="the new data dir (one member only; default: <old data dir>-restore-<time>)",
+    )
+    r.add_argument("--etcdutl", metavar="PATH", help="the etcdutl binary (default: on $PATH)")
+    r.add_argument(
+        "--skip-hash-check",
+        action="store_true",
+        help="restore a file without etcd's SHA-256 trailer (a copied member/snap/db)",
+    )
+    r.add_argument(
+        "--no-restart-controllers",
+        dest="restart_controllers",
+        action="store_false",
+        help="leave kube-controller-manager and kube-scheduler running",
+    )
+    r.add_argument("--dry-run", action="store_true", help="print the steps, change nothing")
+    r.add_argument(
+        "--yes",
+        action="store_true",
+        help="go ahead: the whole cluster goes back to the snapshot (required unless --dry-run)",
+    )
+    add_output(r)
+    r.set_defaults(handler=restore_cmd)
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where etcd is (default: /etc/kubernetes/manifests/etcd.yaml)")
+    g.add_argument("--endpoints", help="comma-separated client URLs, e.g. https://127.0.0.1:2379")
+    g.add_argument(
+        "--cacert", help="etcd's CA certificate (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)"
+    )
+    g.add_argument("--cert", help="a client certificate etcd trusts")
+    g.add_argument("--key", help="its private key")
+    g.add_argument(
+        "--manifests-dir",
+        action="append",
+        metavar="DIR",
+        help="a kubeadm static pod manifests dir to read etcd.yaml from (repeatable)",
+    )
+    g.add_argument("--sandbox", metavar="NAME", help="the etcd of a kubecare sandbox")
+
+
+def endpoints_of(args: argparse.Namespace) -> list[Endpoint]:
+    """The endpoints the flags name, or those of the kubeadm manifests."""
+    from kubecare.errors import UsageError
+    from kubecare.etcd.members import (
+        KUBEADM_MANIFESTS,
+        Endpoint,
+        read_members,
+        sandbox_manifest_dirs,
+    )
+
+    chosen = [f for f in ("endpoints", "manifests_dir", "sandbox") if getattr(args, f)]
+    if len(chosen) > 1:
+        raise UsageError("give one of --endpoints, --manifests-dir and --sandbox")
+    if args.endpoints:
+        return [
+            Endpoint(
+                url.strip(),
+                Path(args.cacert) if args.cacert else None,
+                Path(args.cert) if args.cert else None,
+                Path(args.key) if args.key else None,
+            )
+            for url in args.endpoints.split(",")
+            if url.strip()
+        ]
+    if args.cacert or args.cert or args.key:
+        raise UsageError("--cacert/--cert/--key go with --endpoints")
+    if args.sandbox:
+        dirs = sandbox_manifest_dirs(args.sandbox)
+    else:
+        dirs = [Path(d) for d in args.manifests_dir or [KUBEADM_MANIFESTS]]
+    return [m.endpoint for m in read_members(dirs)]
+
+
+def member_status_cmd(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from kubecare.cli.common import run
+    from kubecare.cli.render import emit, simple_table
+    from kubecare.etcd.grpc import MemberStatus, member_status
+    from kubecare.etcd.snapshot import humanize_bytes
+
+    eps = endpoints_of(args)
+
+    async def all_of() -> list[MemberStatus | BaseException]:
+        return await asyncio.gather(*(member_status(ep) for ep in eps), return_exceptions=True)
+
+    results = run(all_of())
+    rows: list[dict[str, Any]] = []
+    failed = []
+    for ep, res in zip(eps, results, strict=True):
+        if isinstance(res, MemberStatus):
+            rows.append(res.as_dict())
+        else:
+            failed.append(str(res))
+            rows.append({"endpoint": ep.url, "error": str(res)})
+
+    def table() -> str:
+        return simple_table(
+            [
+                "endpoint",
+                "id",
+                "version",
+                "db size",
+                "in use",
+                "leader",
+                "learner",
+                "revision",
+                "errors",
+            ],
+            [
+                (
+                    r["endpoint"],
+                    r.get("memberID", "-"),
+                    r.get("version", "-"),
+                    humanize_bytes(r["dbSize"]) if "dbSize" in r else "-",
+                    humanize_bytes(r["dbSizeInUse"]) if "dbSizeInUse" in r else "-",
+                    ("yes" if r.get("isLeader") else "no") if "isLeader" in r else "-",
+                    ("yes" if r.get("isLearner") else "no") if "isLearner" in r else "-",
+                    r.get("revision", "-"),
+                    ", ".join(r.get("errors") or []) or r.get("error", "") or "-",
+                )
+                for r in rows
+            ],
+        )
+
+    emit(rows, args.output, table)
+    if failed:
+        from kubecare.errors import EtcdError
+
+        raise EtcdError(
+            failed[0] if len(failed) == 1 else f"{len(failed)} members failed: {failed[0]}"
+        )
+
+
+def save_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import run
+    from kubecare.cli.render import emit, say
+    from kubecare.etcd.grpc import pick_healthy
+    from kubecare.etcd.save import Saved, check_target, save
+
+    dest = Path(args.file)
+    check_target(dest, overwrite=args.overwrite)  # before any connection
+    eps = endpoints_of(args)
+    interactive = sys.stderr.isatty()
+    last = [0.0]
+    t0 = time.monotonic()
+
+    def progress(done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5 and (total is None or done < total):
+            return
+        last[0] = now
+        rate = done / max(now - t0, 1e-6) / 1e6
+        of = f" of {total / 1e6:.1f} MB" if total else ""
+        line = f"saving: {done / 1e6:.1f} MB{of} ({rate:.0f} MB/s)"
+        if interactive:
+            sys.stderr.write("\r" + line + "\x1b[K")
+            sys.stderr.flush()
+
+    async def body() -> Saved:
+        ep = eps[0]
+        if len(eps) > 1:
+            ep, st = await pick_healthy(eps)
+            say(f"taking the snapshot from {ep.url} (member {st.member_id:x}, healthy)")
+        return await save(
+            ep,
+            dest,
+            overwrite=args.overwrite,
+            compress=args.compress,
+            progress=progress,
+            timeout=args.timeout or None,
+        )
+
+    try:
+        saved = run(body())
+    finally:
+        if interactive:
+            sys.stderr.write("\r\x1b[K")
+    rate = saved.bytes / max(saved.seconds, 1e-6) / 1e6
+    say(
+        f"{saved.bytes / 1e6:.1f} MB from {saved.endpoint} in {saved.seconds:.2f}s ({rate:.0f} MB/s), "
+        f"SHA-256 verified"
+        + (f", {saved.written / 1e6:.1f} MB written (zstd)" if args.compress else "")
+    )
+
+    def table() -> str:
+        lines = [f"Snapshot saved at {saved.path}"]
+        if saved.version:
+            lines.append(f"Server version {saved.version}")
+        return "\n".join(lines)
+
+    emit(
+        {
+            "path": str(saved.path),
+            "endpoint": saved.endpoint,
+            "bytes": saved.bytes,
+            "written": saved.written,
+            "version": saved.version,
+            "seconds": round(saved.seconds, 3),
+        },
+        args.output,
+        table,
+    )
+
+
+def snapshot_status_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.render import emit
+    from kubecare.errors import SnapshotError
+    from kubecare.etcd.save import plain
+    from kubecare.etcd.snapshot import status
+
+    path = Path(args.file)
+    if not path.exists():
+        raise SnapshotError(f"{path}: no such file")
+    with plain(path) as readable:
+        st = status(readable)
+    data = {**st.etcdutl(), "sha256": st.sha256, "kubernetes": _kube_part(st)}
+    emit(data, args.output, lambda: _status_table(st))
+
+
+def _kube_part(st: Status) -> dict[str, Any]:
+    return {
+        "resources": [
+            {"resource": r.resource, "count": r.count, "bytes": r.bytes} for r in st.resources
+        ],
+        "namespaces": [{"namespace": ns, "count": n} for ns, n in st.namespaces],
+        "largest": [{"key": k, "bytes": n} for k, n in st.largest],
+        "encrypted": st.encrypted,
+    }
+
+
+def _status_table(st: Status) -> str:
+    from kubecare.cli.render import simple_table
+    from kubecare.etcd.snapshot import humanize_bytes
+
+    out = [
+        simple_table(
+            ["hash", "revision", "total keys", "total size", "version"],
+            [
+                (
+                    f"{st.hash:x}",
+                    st.revision,
+                    st.total_key,
+                    humanize_bytes(st.total_size),
+                    st.version,
+                )
+            ],
+        ),
+        "",
+        f"SHA-256 trailer: {'verified' if st.sha256 == 'ok' else 'absent (not a file etcdctl/kubecare saved; restore needs --skip-hash-check)'}",
+        f"encrypted at rest: {st.encrypted} of {st.total_key} values",
+        "",
+        simple_table(
+            ["resource", "objects", "size"],
+            [(r.resource, r.count, humanize_bytes(r.bytes)) for r in st.resources],
+        ),
+    ]
+    if st.namespaces:
+        out += ["", simple_table(["namespace", "objects"], st.namespaces[:10])]
+    if st.largest:
+        out += [
+            "",
+            simple_table(["largest keys", "size"], [(k, humanize_bytes(n)) for k, n in st.largest]),
+        ]
+    return "\n".join(out)
+
+
+def _etcdutl(args: argparse.Namespace) -> Path:
+    import shutil
+    import subprocess
+
+    from kubecare.errors import EtcdError
+
+    if args.etcdutl:
+        path: Path | None = Path(args.etcdutl)
+    elif args.sandbox:
+        from kubecare.sandbox.binaries import ETCD_VERSION, binary_path
+
+        path = binary_path("etcdutl", ETCD_VERSION)
+    else:
+        found = shutil.which("etcdutl")
+        path = Path(found) if found else None
+    if path is None or not path.exists():
+        raise EtcdError(
+            "etcdutl not found: install it from the etcd release that matches your etcd image "
+            "(it ships in the etcd image and release tarball) or give --etcdutl PATH"
+        )
+    try:
+        subprocess.run([str(path), "version"], capture_output=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        raise EtcdError(f"{path} does not run as etcdutl (`{path} version` failed)") from None
+    return path
+
+
+def restore_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import run
+    from kubecare.cli.render import emit, say
+    from kubecare.errors import SnapshotError, UsageError
+    from kubecare.etcd.members import KUBEADM_MANIFESTS, read_members, sandbox_manifest_dirs
+    from kubecare.etcd.restore import RestoreReport, plan_restore, run_restore
+    from kubecare.etcd.save import is_zstd
+    from kubecare.etcd.snapshot import status
+
+    snapshot = Path(args.file).absolute()
+    if not snapshot.is_file():
+        raise SnapshotError(f"{snapshot}: no such file")
+    if is_zstd(snapshot):
+        raise UsageError(
+            f"{snapshot} is zstd-compressed; decompress it first (zstd -d), etcdutl reads plain files"
+        )
+    if args.endpoints:
+        raise UsageError(
+            "restore works on kubeadm static pod manifests (--manifests-dir, --sandbox, or "
+            "/etc/kubernetes/manifests); for an etcd run by systemd see docs: "
+            "etcdutl snapshot restore into a new dir, point the unit's --data-dir at it"
+        )
+    if not args.dry_run and not args.yes:
+        raise UsageError(
+            "a restore takes the whole cluster back to the snapshot (objects created since are "
+            "gone); add --yes to go ahead, or --dry-run to see the steps"
+        )
+    say(f"checking {snapshot}")
+    st = status(snapshot)  # structure and SHA-256: a bad file stops here, before anything
+    if st.sha256 == "absent" and not args.skip_hash_check:
+        raise SnapshotError(
+            f"{snapshot} has no SHA-256 trailer (not saved by etcdctl or kubecare); add "
+            "--skip-hash-check to restore it anyway"
+        )
+    dirs = (
+        sandbox_manifest_dirs(args.sandbox)
+        if args.sandbox
+        else [Path(d) for d in args.manifests_dir or [KUBEADM_MANIFESTS]]
+    )
+    members = read_members(dirs)
+    plan = plan_restore(
+        snapshot,
+        st.revision,
+        members,
+        etcdutl=_etcdutl(args),
+        stamp=time.strftime("%Y%m%dT%H%M%S"),
+        data_dir=Path(args.data_dir).absolute() if args.data_dir else None,
+        skip_hash_check=args.skip_hash_check,
+        restart_controllers=args.restart_controllers,
+    )
+    for m in plan.members:
+        if m.new_data_dir.exists() and any(m.new_data_dir.iterdir()):
+            raise UsageError(f"{m.new_data_dir} exists and is not empty; choose another --data-dir")
+    if args.dry_run:
+        for i, text in enumerate(plan.steps(), 1):
+            print(f"{i}. {text}")
+        return
+    report: RestoreReport = run(run_restore(plan, say))
+
+    def table() -> str:
+        lines = [f"restored {snapshot} (revision {report.revision})"]
+        for m in plan.members:
+            lines.append(
+                f"  {m.member.name}: data in {m.new_data_dir} (the old {m.member.data_dir} is untouched)"
+            )
+        lines.append("backups: " + ", ".join(str(b) for b in report.backups))
+        for name, seconds in report.steps:
+            lines.append(f"  {seconds:6.1f}s  {name}")
+        return "\n".join(lines)
+
+    emit(report.as_dict(), args.output, table)

@@ -1,0 +1,1 @@
+"""Generated: scripts/gen_etcd_proto.py. Do not edit."""

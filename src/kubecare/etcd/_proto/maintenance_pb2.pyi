@@ -1,0 +1,120 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ResponseHeader(_message.Message):
+    __slots__ = ("cluster_id", "member_id", "revision", "raft_term")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    RAFT_TERM_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: int
+    member_id: int
+    revision: int
+    raft_term: int
+    def __init__(
+        self,
+        cluster_id: _Optional[int] = ...,
+        member_id: _Optional[int] = ...,
+        revision: _Optional[int] = ...,
+        raft_term: _Optional[int] = ...,
+    ) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("header", "remaining_bytes", "blob", "version")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    remaining_bytes: int
+    blob: bytes
+    version: str
+    def __init__(
+        self,
+        header: _Optional[_Union[ResponseHeader, _Mapping]] = ...,
+        remaining_bytes: _Optional[int] = ...,
+        blob: _Optional[bytes] = ...,
+        version: _Optional[str] = ...,
+    ) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = (
+        "header",
+        "version",
+        "dbSize",
+        "leader",
+        "raftIndex",
+        "raftTerm",
+        "raftAppliedIndex",
+        "errors",
+        "dbSizeInUse",
+        "isLearner",
+        "storageVersion",
+        "dbSizeQuota",
+        "downgradeInfo",
+    )
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DBSIZE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    RAFTINDEX_FIELD_NUMBER: _ClassVar[int]
+    RAFTTERM_FIELD_NUMBER: _ClassVar[int]
+    RAFTAPPLIEDINDEX_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    DBSIZEINUSE_FIELD_NUMBER: _ClassVar[int]
+    ISLEARNER_FIELD_NUMBER: _ClassVar[int]
+    STORAGEVERSION_FIELD_NUMBER: _ClassVar[int]
+    DBSIZEQUOTA_FIELD_NUMBER: _ClassVar[int]
+    DOWNGRADEINFO_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    version: str
+    dbSize: int
+    leader: int
+    raftIndex: int
+    raftTerm: int
+    raftAppliedIndex: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    dbSizeInUse: int
+    isLearner: bool
+    storageVersion: str
+    dbSizeQuota: int
+    downgradeInfo: DowngradeInfo
+    def __init__(
+        self,
+        header: _Optional[_Union[ResponseHeader, _Mapping]] = ...,
+        version: _Optional[str] = ...,
+        dbSize: _Optional[int] = ...,
+        leader: _Optional[int] = ...,
+        raftIndex: _Optional[int] = ...,
+        raftTerm: _Optional[int] = ...,
+        raftAppliedIndex: _Optional[int] = ...,
+        errors: _Optional[_Iterable[str]] = ...,
+        dbSizeInUse: _Optional[int] = ...,
+        isLearner: _Optional[bool] = ...,
+        storageVersion: _Optional[str] = ...,
+        dbSizeQuota: _Optional[int] = ...,
+        downgradeInfo: _Optional[_Union[DowngradeInfo, _Mapping]] = ...,
+    ) -> None: ...
+
+class DowngradeInfo(_message.Message):
+    __slots__ = ("enabled", "targetVersion")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    TARGETVERSION_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    targetVersion: str
+    def __init__(
+        self, enabled: _Optional[bool] = ..., targetVersion: _Optional[str] = ...
+    ) -> None: ...

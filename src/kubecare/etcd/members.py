@@ -1,0 +1,184 @@
+"""The etcd members of a kubeadm control plane, read from their static pod manifests.
+
+On a kubeadm node, /etc/kubernetes/manifests/etcd.yaml says everything etcdctl needs: the
+client URLs, the certificates (etcd/ca.crt and a client certificate: kubeadm's
+etcd/healthcheck-client, or the server certificate, which kubeadm issues for client auth too),
+the member name, its peer URL, the initial cluster and the data dir. Paths in the command are
+the container's; the hostPath volumes say where they are on the node (for the sandbox: inside
+its state dir). Pure: text in, :class:`Member` out.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import EtcdError
+
+KUBEADM_MANIFESTS = Path("/etc/kubernetes/manifests")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one etcd member as a client (etcdctl's --endpoints/--cacert/--cert/--key)."""
+
+    url: str  # https://127.0.0.1:2379
+    cacert: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @property
+    def target(self) -> str:
+        """host:port for gRPC."""
+        parts = urlsplit(self.url if "://" in self.url else f"https://{self.url}")
+        if not parts.hostname or not parts.port:
+            raise EtcdError(
+                f"etcd endpoint {self.url!r} needs a host and a port (https://HOST:2379)"
+            )
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return f"{host}:{parts.port}"
+
+    @property
+    def tls(self) -> bool:
+        return not self.url.startswith("http://")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One etcd member as its manifest describes it (host paths already mapped)."""
+
+    name: str
+    manifest: Path
+    endpoint: Endpoint
+    peer_url: str  # --initial-advertise-peer-urls
+    initial_cluster: str  # --initial-cluster (name=peer,...)
+    data_dir: Path  # on the host
+    data_flag: str  # --data-dir as written (the container path)
+    data_volume: str | None  # the hostPath volume that holds the data dir (kubeadm: etcd-data)
+    image: str
+
+
+def _flags(command: list[str]) -> dict[str, str]:
+    out = {}
+    for arg in command[1:]:
+        if arg.startswith("--") and "=" in arg:
+            name, _, value = arg[2:].partition("=")
+            out[name] = value
+    return out
+
+
+def _mounts(doc: dict[str, Any], container: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(mountPath, hostPath, volume name), longest mountPath first."""
+    volumes = {
+        v.get("name"): (v.get("hostPath") or {}).get("path")
+        for v in (doc.get("spec") or {}).get("volumes") or []
+        if isinstance(v, dict)
+    }
+    out = []
+    for m in container.get("volumeMounts") or []:
+        host = volumes.get(m.get("name"))
+        if isinstance(host, str) and isinstance(m.get("mountPath"), str):
+            out.append((m["mountPath"].rstrip("/") or "/", host, str(m.get("name"))))
+    return sorted(out, key=lambda t: len(t[0]), reverse=True)
+
+
+def host_path(path: str, mounts: list[tuple[str, str, str]]) -> tuple[Path, str | None]:
+    """A container path as the node sees it, and the volume it is in (None: not in any)."""
+    for mount, host, volume in mounts:
+        if path == mount or path.startswith(mount + "/"):
+            rel = path[len(mount) :].lstrip("/")
+            return Path(os.path.join(host, rel) if rel else host), volume
+    return Path(path), None
+
+
+def parse_member(manifest: Path, text: str) -> Member:
+    import yaml
+
+    where = str(manifest)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise EtcdError(f"{where} is not valid YAML") from None
+    containers = (
+        ((doc or {}).get("spec") or {}).get("containers") if isinstance(doc, dict) else None
+    )
+    if not isinstance(containers, list) or not containers or not isinstance(containers[0], dict):
+        raise EtcdError(f"{where} does not look like kubeadm's etcd manifest (no container)")
+    container = containers[0]
+    command = [str(c) for c in (container.get("command") or []) + (container.get("args") or [])]
+    if not command or os.path.basename(command[0]) != "etcd":
+        raise EtcdError(f"{where} does not look like kubeadm's etcd manifest (command is not etcd)")
+    flags = _flags(command)
+    missing = [f for f in ("name", "data-dir", "listen-client-urls") if f not in flags]
+    if missing:
+        raise EtcdError(
+            f"{where} does not look like kubeadm's etcd manifest: no --{', --'.join(missing)}"
+        )
+    mounts = _mounts(doc, container)
+    data_dir, volume = host_path(flags["data-dir"], mounts)
+
+    def file(flag: str) -> Path | None:
+        return host_path(flags[flag], mounts)[0] if flag in flags else None
+
+    cacert, cert, key = file("trusted-ca-file"), file("cert-file"), file("key-file")
+    if cert is not None:  # prefer kubeadm's client certificate next to the server's
+        client = cert.parent / "healthcheck-client.crt"
+        if client.exists() and client.with_suffix(".key").exists():
+            cert, key = client, client.with_suffix(".key")
+    urls = flags["listen-client-urls"].split(",")
+    loopback = [u for u in urls if urlsplit(u).hostname in ("127.0.0.1", "localhost", "::1")]
+    url = (loopback or urls)[0]
+    peer = flags.get("initial-advertise-peer-urls", "")
+    return Member(
+        name=flags["name"],
+        manifest=manifest,
+        endpoint=Endpoint(url, cacert, cert, key),
+        peer_url=peer,
+        initial_cluster=flags.get("initial-cluster", f"{flags['name']}={peer}"),
+        data_dir=data_dir,
+        data_flag=flags["data-dir"],
+        data_volume=volume,
+        image=str(container.get("image") or ""),
+    )
+
+
+def read_members(manifest_dirs: list[Path]) -> list[Member]:
+    """Every etcd member whose manifest is in one of ``manifest_dirs`` (etcd.yaml)."""
+    out = []
+    for d in manifest_dirs:
+        path = d / "etcd.yaml"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise EtcdError(
+                f"{path} not found: not a kubeadm control-plane node with local etcd; "
+                "give --endpoints/--cacert/--cert/--key, or --manifests-dir"
+            ) from None
+        except PermissionError:
+            raise EtcdError(f"{path}: permission denied (run as root on the node)") from None
+        out.append(parse_member(path, text))
+    return out
+
+
+def sandbox_manifest_dirs(name: str) -> list[Path]:
+    """The manifests dir of every control-plane node of sandbox ``name``."""
+    import json
+
+    from ..sandbox.state import state_root
+
+    state = state_root() / name / "state.json"
+    try:
+        doc = json.loads(state.read_text())
+    except FileNotFoundError:
+        raise EtcdError(
+            f'sandbox "{name}" not found; start it with: kubecare sandbox up --name {name}'
+        ) from None
+    except (OSError, ValueError) as e:
+        raise EtcdError(f"sandbox {name!r}: cannot read {state}: {e}") from None
+    dirs = [Path(cp["manifests"]) for cp in doc.get("control_planes") or []]
+    if not dirs:
+        raise EtcdError(f'sandbox "{name}" has no control-plane nodes in {state}')
+    return dirs

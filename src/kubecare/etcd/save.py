@@ -1,0 +1,160 @@
+"""``etcd snapshot save``: stream Maintenance.Snapshot into a file, safely.
+
+The file is exactly what ``etcdctl snapshot save`` writes (client/v3/snapshot/v3_snapshot.go):
+the blobs of every message concatenated, the last one being the SHA-256 of all before it, so
+``etcdutl snapshot restore`` accepts it without --skip-hash-check. Unlike etcdctl, kubecare
+checks that SHA-256 while streaming, writes mode 0600 to a temporary file in the target's
+directory, fsyncs it and the directory, and never replaces an existing file unless asked.
+With ``compress="zstd"`` the same bytes are written zstd-compressed (``FILE.zst``; kubecare's
+status and restore read it directly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EtcdError, SnapshotError, UsageError
+from ..files import fsync_dir
+from .grpc import SnapshotStream
+from .members import Endpoint
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+Progress = Callable[[int, int | None], None]  # (bytes so far, data bytes in total or None)
+
+
+@dataclass(frozen=True)
+class Saved:
+    path: Path
+    endpoint: str
+    bytes: int  # snapshot bytes received, SHA-256 trailer included
+    written: int  # bytes on disk (smaller when compressed)
+    version: str  # etcd's storage version, as etcdctl prints "Server version"
+    seconds: float
+
+
+def check_target(dest: Path, *, overwrite: bool) -> None:
+    """Fail before connecting when the file cannot (or must not) be written."""
+    if dest.is_dir():
+        raise UsageError(f"{dest} is a directory; give a file name, e.g. {dest}/snapshot.db")
+    if dest.exists() and not overwrite:
+        raise UsageError(f"{dest} exists; choose another name or add --overwrite to replace it")
+    parent = dest.parent
+    if not parent.is_dir():
+        raise UsageError(f"directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {parent}: permission denied")
+
+
+async def save(
+    endpoint: Endpoint,
+    dest: Path,
+    *,
+    overwrite: bool = False,
+    compress: str | None = None,
+    progress: Progress | None = None,
+    timeout: float | None = None,
+) -> Saved:
+    """Take a snapshot from ``endpoint`` into ``dest``. Nothing is left behind on failure."""
+    check_target(dest, overwrite=overwrite)
+    if compress not in (None, "zstd"):
+        raise UsageError(f"--compress {compress!r}: only zstd is supported")
+    t0 = time.monotonic()
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    stream = SnapshotStream(endpoint)
+    received = 0
+    sha = hashlib.sha256()
+    tail = bytearray()  # everything after the data: the SHA-256 trailer
+    done = False
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as raw:
+            out = raw
+            compressor = None
+            if compress == "zstd":
+                import zstandard
+
+                compressor = zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(
+                    raw, closefd=False
+                )
+            async for blob in stream.chunks(timeout=timeout):
+                total = stream.total or 0
+                data_left = max(0, total - received)
+                sha.update(blob[:data_left])
+                tail += blob[data_left:]
+                received += len(blob)
+                (compressor or out).write(blob)
+                if progress:
+                    progress(received, stream.total)
+            if compressor is not None:
+                compressor.close()  # type: ignore[no-untyped-call]
+            raw.flush()
+            os.fsync(raw.fileno())
+            written = raw.tell()
+        if stream.total is None:
+            raise EtcdError(f"etcd at {endpoint.url} sent an empty snapshot stream")
+        if received % 512 != 32 or len(tail) != 32:
+            raise SnapshotError(
+                f"the snapshot from {endpoint.url} has no SHA-256 checksum ({received} bytes); "
+                "it was not saved"
+            )
+        if sha.digest() != bytes(tail):
+            raise SnapshotError(
+                f"the snapshot from {endpoint.url} does not match its SHA-256; it was not saved "
+                "(try again)"
+            )
+        if overwrite:
+            os.replace(tmp, dest)
+        else:
+            try:  # link, not rename: an existing file is never replaced, even by a race
+                os.link(tmp, dest)
+            except FileExistsError:
+                raise UsageError(
+                    f"{dest} appeared while saving; choose another name or add --overwrite"
+                ) from None
+            os.unlink(tmp)
+        fsync_dir(dest.parent)
+        done = True
+    finally:
+        if not done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return Saved(dest, endpoint.url, received, written, stream.version, time.monotonic() - t0)
+
+
+def is_zstd(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == ZSTD_MAGIC
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def plain(path: Path) -> Iterator[Path]:
+    """The snapshot as a plain file: ``path`` itself, or a private decompressed copy of a
+    zstd-compressed one (removed afterwards)."""
+    if not is_zstd(path):
+        yield path
+        return
+    import tempfile
+
+    import zstandard
+
+    fd, name = tempfile.mkstemp(prefix="kubecare-snapshot-", suffix=".db")
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            try:
+                zstandard.ZstdDecompressor().copy_stream(src, out)
+            except zstandard.ZstdError as e:
+                raise SnapshotError(f"{path}: corrupt zstd data ({e})") from None
+        yield Path(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)

@@ -1,0 +1,360 @@
+"""etcd snapshots against the sandbox's real etcd, checked with etcd's own tools: etcdutl must
+accept every file kubecare saves and give the same status numbers kubecare computes; a restore
+takes the cluster back to the snapshot through the static pod manifests.
+
+Save and status use the session's sandbox (a snapshot changes nothing). Restores roll the whole
+cluster back, so they get sandboxes of their own (one control plane; three for HA).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubecare.errors import NotFound
+from kubecare.etcd.members import read_members, sandbox_manifest_dirs
+from kubecare.kube import Kube
+from kubecare.sandbox import Sandbox, SandboxOptions
+from kubecare.sandbox.binaries import ETCD_VERSION, binary_path
+
+from .conftest import run_cli
+from .workloads import deployment, wait_for, wait_running
+
+pytestmark = pytest.mark.e2e
+
+ETCDUTL = binary_path("etcdutl", ETCD_VERSION)
+ETCDCTL = binary_path("etcdctl", ETCD_VERSION)
+
+
+def etcdutl_status(path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [str(ETCDUTL), "-w", "json", "snapshot", "status", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def kubecare_status(path: Path) -> dict[str, Any]:
+    res = run_cli("etcd", "snapshot", "status", str(path), "-o", "json")
+    assert res.returncode == 0, res.stderr
+    result: dict[str, Any] = json.loads(res.stdout)
+    return result
+
+
+def etcdctl(sb: Sandbox, *args: str) -> str:
+    m = read_members(sandbox_manifest_dirs(sb.name))[0]
+    ep = m.endpoint
+    out = subprocess.run(
+        [
+            str(ETCDCTL),
+            f"--endpoints={ep.url}",
+            f"--cacert={ep.cacert}",
+            f"--cert={ep.cert}",
+            f"--key={ep.key}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout
+
+
+def save(sb: Sandbox, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("etcd", "snapshot", "save", str(path), "--sandbox", sb.name, *extra)
+
+
+async def configmaps(kube: Kube, ns: str, count: int, size: int, prefix: str = "cm") -> None:
+    for i in range(count):
+        await kube.request_json(
+            "POST",
+            f"/api/v1/namespaces/{ns}/configmaps",
+            body={"metadata": {"name": f"{prefix}{i}"}, "data": {"blob": "x" * size}},
+        )
+
+
+def test_save_writes_a_file_etcdutl_accepts(sandbox: Sandbox, tmp_path: Path) -> None:
+    path = tmp_path / "snap.db"
+    res = save(sandbox, path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"Snapshot saved at {path}\nServer version 3.6.0")
+    assert "SHA-256 verified" in res.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["snap.db"]  # no temp file left
+    # etcdutl restores it as is (no --skip-hash-check): the trailer is etcdctl's
+    subprocess.run(
+        [str(ETCDUTL), "snapshot", "restore", str(path), "--data-dir", str(tmp_path / "r")],
+        capture_output=True,
+        check=True,
+    )
+    assert (tmp_path / "r" / "member" / "snap" / "db").exists()
+    ours = kubecare_status(path)
+    assert {k: ours[k] for k in ("hash", "revision", "totalKey", "totalSize", "version")} == (
+        etcdutl_status(path)
+    )
+    assert ours["sha256"] == "ok"
+    resources = {r["resource"]: r["count"] for r in ours["kubernetes"]["resources"]}
+    assert resources["nodes"] >= 4 and resources["namespaces"] >= 4
+
+
+async def test_status_equals_etcdutl_through_deletes_large_values_compaction_and_defrag(
+    sandbox: Sandbox, kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    await configmaps(kube, namespace, 40, 20_000)  # overflow pages
+    for i in range(0, 40, 3):
+        await kube.request_json("DELETE", f"/api/v1/namespaces/{namespace}/configmaps/cm{i}")
+    first = tmp_path / "deleted.db"
+    assert save(sandbox, first).returncode == 0
+    rev = json.loads(etcdctl(sandbox, "-w", "json", "endpoint", "status"))[0]["Status"]["header"][
+        "revision"
+    ]
+    etcdctl(sandbox, "compact", str(rev - 5))
+    etcdctl(sandbox, "defrag")
+    second = tmp_path / "compacted.db"
+    assert save(sandbox, second).returncode == 0
+    for path in (first, second):
+        ours = kubecare_status(path)
+        assert {k: ours[k] for k in ("hash", "revision", "totalKey", "totalSize", "version")} == (
+            etcdutl_status(path)
+        ), path.name
+    counts = {
+        (n["namespace"]): n["count"] for n in kubecare_status(second)["kubernetes"]["namespaces"]
+    }
+    assert counts[namespace] >= 40 - 14
+
+
+def test_zstd_snapshots_are_read_as_they_are(sandbox: Sandbox, tmp_path: Path) -> None:
+    path = tmp_path / "snap.db.zst"
+    assert save(sandbox, path, "--compress", "zstd").returncode == 0
+    assert path.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    assert kubecare_status(path)["sha256"] == "ok"
+
+
+def test_several_endpoints_the_snapshot_comes_from_a_healthy_one(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    ep = read_members(sandbox_manifest_dirs(sandbox.name))[0].endpoint
+    res = run_cli(
+        "etcd",
+        "snapshot",
+        "save",
+        str(tmp_path / "s.db"),
+        "--endpoints",
+        f"https://127.0.0.1:1,{ep.url}",
+        "--cacert",
+        str(ep.cacert),
+        "--cert",
+        str(ep.cert),
+        "--key",
+        str(ep.key),
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"taking the snapshot from {ep.url}" in res.stderr
+
+
+def test_member_status_names_the_leader(sandbox: Sandbox) -> None:
+    res = run_cli("etcd", "status", "--sandbox", sandbox.name, "-o", "json")
+    assert res.returncode == 0, res.stderr
+    (member,) = json.loads(res.stdout)
+    assert member["version"] == ETCD_VERSION and member["isLeader"] is True
+
+
+def test_bad_input_is_one_line_and_leaves_no_file(sandbox: Sandbox, tmp_path: Path) -> None:
+    ep = read_members(sandbox_manifest_dirs(sandbox.name))[0].endpoint
+    pki = Path(str(ep.cacert)).parent.parent  # the cluster CA's client cert: not etcd's
+    wrong = run_cli(
+        "etcd", "snapshot", "save", str(tmp_path / "a.db"),
+        "--endpoints", ep.url, "--cacert", str(ep.cacert),
+        "--cert", str(pki / "apiserver-kubelet-client.crt"),
+        "--key", str(pki / "apiserver-kubelet-client.key"),
+    )  # fmt: skip
+    assert wrong.returncode == 1 and "check --cacert/--cert/--key" in wrong.stderr
+    down = run_cli(
+        "etcd", "snapshot", "save", str(tmp_path / "b.db"), "--endpoints", "http://127.0.0.1:1"
+    )
+    assert down.returncode == 1 and "unreachable" in down.stderr
+    missing = run_cli(
+        "etcd",
+        "snapshot",
+        "save",
+        str(tmp_path / "c.db"),
+        "--cacert",
+        "/nope",
+        "--endpoints",
+        ep.url,
+    )
+    assert missing.returncode == 1 and "/nope not found" in missing.stderr
+    existing = tmp_path / "keep.db"
+    existing.write_text("precious")
+    clash = save(sandbox, existing)
+    assert clash.returncode == 2 and "--overwrite" in clash.stderr
+    assert existing.read_text() == "precious"
+    nodir = save(sandbox, tmp_path / "no" / "such" / "dir.db")
+    assert nodir.returncode == 2 and "does not exist" in nodir.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.db"]
+    for res in (wrong, down, missing, clash, nodir):
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    # status: not a snapshot, truncated
+    junk = run_cli("etcd", "snapshot", "status", str(existing))
+    assert junk.returncode == 1 and "not a bbolt database" in junk.stderr
+    good = tmp_path / "good.db"
+    assert save(sandbox, good).returncode == 0
+    cut = tmp_path / "cut.db"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    short = run_cli("etcd", "snapshot", "status", str(cut))
+    assert short.returncode == 1 and "truncated" in short.stderr
+
+
+# -- restore -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def restore_sb(sandbox_state_dir: Path) -> AsyncIterator[Sandbox]:
+    sb = Sandbox(f"restore-{uuid.uuid4().hex[:6]}")
+    try:
+        await sb.up(SandboxOptions(workers=1))
+        yield sb
+    finally:
+        if sb.dir.exists():
+            sb.down()
+
+
+async def exists(kube: Kube, path: str) -> bool:
+    try:
+        await kube.get_json(path)
+    except NotFound:
+        return False
+    return True
+
+
+def data_hostpath(manifest: Path) -> str:
+    doc = yaml.safe_load(manifest.read_text())
+    return next(v["hostPath"]["path"] for v in doc["spec"]["volumes"] if v["name"] == "etcd-data")
+
+
+async def test_restore_refuses_what_it_must_and_changes_nothing(
+    restore_sb: Sandbox, tmp_path: Path
+) -> None:
+    snap = tmp_path / "s.db"
+    assert save(restore_sb, snap).returncode == 0
+    manifest = restore_sb.manifest_path("etcd")
+    before = manifest.read_text()
+    no_yes = run_cli("etcd", "restore", str(snap), "--sandbox", restore_sb.name)
+    assert no_yes.returncode == 2 and "--yes" in no_yes.stderr
+    dry = run_cli("etcd", "restore", str(snap), "--sandbox", restore_sb.name, "--dry-run")
+    assert dry.returncode == 0 and "etcdutl snapshot restore" in dry.stdout
+    assert "stop kube-apiserver" in dry.stdout
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("data")
+    busy = run_cli(
+        "etcd", "restore", str(snap), "--sandbox", restore_sb.name, "--yes", "--data-dir", str(full)
+    )
+    assert busy.returncode == 2 and "not empty" in busy.stderr
+    bad = tmp_path / "bad.db"
+    raw = bytearray(snap.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    corrupt = run_cli("etcd", "restore", str(bad), "--sandbox", restore_sb.name, "--yes")
+    assert corrupt.returncode == 1 and "SHA-256" in corrupt.stderr
+    no_tool = run_cli(
+        "etcd", "restore", str(snap), "--sandbox", restore_sb.name, "--yes", "--etcdutl", "/nope"
+    )
+    assert no_tool.returncode == 1 and "etcdutl not found" in no_tool.stderr
+    assert manifest.read_text() == before
+    assert not [p for p in manifest.parent.iterdir() if p.name.startswith(".")]
+    for res in (no_yes, busy, corrupt, no_tool):
+        assert "Traceback" not in res.stderr
+
+
+async def test_restore_brings_deleted_objects_back_and_drops_later_ones(
+    restore_sb: Sandbox, tmp_path: Path
+) -> None:
+    async with Kube(restore_sb.client_options()) as kube:
+        ns = f"r{uuid.uuid4().hex[:6]}"
+        await kube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
+        await configmaps(kube, ns, 1, 10, prefix="before")
+        snap = tmp_path / "before.db"
+        assert save(restore_sb, snap).returncode == 0
+        await kube.request_json("DELETE", f"/api/v1/namespaces/{ns}/configmaps/before0")
+        await configmaps(kube, ns, 1, 10, prefix="after")
+    manifest = restore_sb.manifest_path("etcd")
+    old_dir = data_hostpath(manifest)
+    res = run_cli(
+        "etcd", "restore", str(snap), "--sandbox", restore_sb.name, "--yes", "-o", "json",
+        timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["revision"] == kubecare_status(snap)["revision"]
+    (member,) = report["members"]
+    assert member["oldDataDir"] == old_dir and Path(old_dir, "member").is_dir()  # untouched
+    assert data_hostpath(manifest) == member["newDataDir"] != old_dir
+    assert [Path(b).name for b in report["backups"]] == [
+        f".etcd.yaml.kubecare-{report['backups'][0].rsplit('-', 1)[1]}"
+    ]
+    assert {s["step"] for s in report["steps"]} >= {
+        "stop every kube-apiserver",
+        "start etcd on the restored data",
+    }
+    async with Kube(restore_sb.client_options()) as kube:
+        assert await exists(kube, f"/api/v1/namespaces/{ns}/configmaps/before0")
+        assert not await exists(kube, f"/api/v1/namespaces/{ns}/configmaps/after0")
+
+        async def nodes_ready() -> bool:
+            items = (await kube.get_json("/api/v1/nodes"))["items"]
+            return all(
+                any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in n["status"]["conditions"]
+                )
+                for n in items
+            )
+
+        await wait_for(nodes_ready, timeout=60)
+        await kube.request_json(
+            "POST", f"/apis/apps/v1/namespaces/{ns}/deployments", body=deployment("web", 2)
+        )
+        await wait_running(kube, ns, 2, timeout=90)  # controllers and scheduler work again
+
+
+@pytest.fixture(scope="module")
+async def ha_sb(sandbox_state_dir: Path) -> AsyncIterator[Sandbox]:
+    sb = Sandbox(f"restore-ha-{uuid.uuid4().hex[:6]}")
+    try:
+        await sb.up(SandboxOptions(workers=1, control_planes=3))
+        yield sb
+    finally:
+        if sb.dir.exists():
+            sb.down()
+
+
+async def test_restore_on_three_control_planes(ha_sb: Sandbox, tmp_path: Path) -> None:
+    async with Kube(ha_sb.client_options()) as kube:
+        await configmaps(kube, "default", 1, 10, prefix="ha-before")
+        snap = tmp_path / "ha.db"
+        saved = save(ha_sb, snap)
+        assert saved.returncode == 0, saved.stderr
+        assert "taking the snapshot from" in saved.stderr  # three members: a healthy one chosen
+        await kube.request_json("DELETE", "/api/v1/namespaces/default/configmaps/ha-before0")
+        await configmaps(kube, "default", 1, 10, prefix="ha-after")
+    res = run_cli("etcd", "restore", str(snap), "--sandbox", ha_sb.name, "--yes", timeout=900)
+    assert res.returncode == 0, res.stderr
+    status = run_cli("etcd", "status", "--sandbox", ha_sb.name, "-o", "json")
+    members = json.loads(status.stdout)
+    assert len(members) == 3 and sum(m["isLeader"] for m in members) == 1
+    assert len({m["leader"] for m in members}) == 1
+    async with Kube(ha_sb.client_options()) as kube:
+        assert await exists(kube, "/api/v1/namespaces/default/configmaps/ha-before0")
+        assert not await exists(kube, "/api/v1/namespaces/default/configmaps/ha-after0")
+        await configmaps(kube, "default", 1, 10, prefix="ha-new")  # writes work
