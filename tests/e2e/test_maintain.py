@@ -6,6 +6,7 @@ import asyncio
 import json
 import shlex
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -262,4 +263,25 @@ async def test_the_commands_output_goes_to_stderr_and_the_report_never_to_stdout
     report = json.loads(res.stdout)  # stdout is only the JSON report
     assert report["output_tail"] == ["hello-from-the-node", "on-stderr"]
     assert "hello-from-the-node" in res.stderr
+    assert not await cordoned(kube, pool.nodes[0])
+
+
+async def test_a_process_left_in_the_background_does_not_hold_maintain(
+    sandbox: Sandbox, kube: Kube, pool: Pool
+) -> None:
+    # `agent &` keeps the output pipe open after the command itself has exited
+    t0 = time.monotonic()
+    res = run_cli(
+        "maintain",
+        pool.nodes[0],
+        "--",
+        "sh",
+        "-c",
+        "sleep 8 & echo started",
+        kubeconfig=sandbox.kubeconfig,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert time.monotonic() - t0 < 8  # not waiting for the background sleep
+    assert "started" in res.stderr and "still holds its output" in res.stderr
     assert not await cordoned(kube, pool.nodes[0])

@@ -292,6 +292,7 @@ async def test_a_killed_component_is_restarted_and_counted(kubeadm_sb: Sandbox) 
         ("not-yaml.yaml", "kind: Pod\n  bad: [", "is not valid YAML"),
         ("no-command.yaml", None, "has no command"),
         ("outside.yaml", None, "is outside the sandbox's state dir"),
+        ("kube-scheduler.yaml.orig", None, "already runs; one static pod per name"),
     ],
 )
 async def test_a_bad_manifest_is_reported_and_the_others_keep_running(
@@ -300,11 +301,13 @@ async def test_a_bad_manifest_is_reported_and_the_others_keep_running(
     path = kubeadm_sb.manifest_path("etcd").parent / name
     if content is None:
         doc = yaml.safe_load(kubeadm_sb.manifest_path("kube-scheduler").read_text())
-        doc["metadata"]["name"] = name.removesuffix(".yaml")
         if name == "no-command.yaml":
+            doc["metadata"]["name"] = "no-command"
             del doc["spec"]["containers"][0]["command"]
-        else:
+        elif name == "outside.yaml":
+            doc["metadata"]["name"] = "outside"
             doc["spec"]["volumes"][0]["hostPath"]["path"] = "/etc/kubernetes"
+        # else: a backup copy left in the dir, with the running pod's name
         content = yaml.safe_dump(doc)
     pids = await settled(kubeadm_sb)
     path.write_text(content)

@@ -119,6 +119,10 @@ def test_translate(arg: str, expected: str) -> None:
             "outside the sandbox",
         ),
         (lambda d: d["metadata"].pop("name"), "no metadata.name"),
+        (
+            lambda d: d["spec"]["containers"][0]["command"].append("--name=a\0b"),
+            "NUL byte",  # exec would raise ValueError and take the runner down
+        ),
     ],
 )
 def test_bad_manifests_are_refused_with_the_file_named(
@@ -149,6 +153,8 @@ def test_an_image_never_built_keeps_the_manifest_for_the_mirror_pod(tmp_path: Pa
     [
         ("--audit-log-path=/var/log/kubernetes/audit.log", "/var/log/kubernetes/audit.log"),
         ("--data-dir=/var/lib/etcd/../../../../etc", None),  # resolved below: climbs out
+        ("--cert-dir=../../../tmp/x", None),  # relative: the runner works in the state dir
+        ("--feature-files=a=/etc/shadow,b=x", None),  # name=/path list items are paths too
     ],
 )
 def test_command_paths_must_stay_inside_the_sandbox(
@@ -183,3 +189,13 @@ def test_odd_shapes_are_manifest_errors_not_crashes(tmp_path: Path, mutate: Any)
 def test_a_trailing_slash_on_a_mount_path_is_still_a_directory() -> None:
     assert translate("--a=/etc/k/pki/ca.crt", [("/etc/k/", "/h/k")]) == "--a=/h/k/pki/ca.crt"
     assert translate("--a=/x/y", [("/", "/h")]) == "--a=/h/x/y"
+
+
+def test_urls_and_plain_values_are_not_paths(tmp_path: Path) -> None:
+    doc = etcd_pod(tmp_path, tmp_path / "var/lib/etcd")
+    doc["spec"]["containers"][0]["command"] += [
+        "--service-cluster-ip-range=10.96.0.0/12",
+        "--initial-cluster=a=https://127.0.0.1:2380",
+        "--feature-gates=InitialCorruptCheck=true",
+    ]
+    assert parse(tmp_path, doc).argv[-1] == "--feature-gates=InitialCorruptCheck=true"

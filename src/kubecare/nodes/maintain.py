@@ -103,7 +103,12 @@ async def run_local(
     finished = False
     try:
         async with asyncio.timeout(timeout):
-            code = await proc.wait()
+            # Not proc.wait(): before Python 3.12 it also waits until every pipe is closed,
+            # which a process left in the background may never do. The child watcher sets
+            # returncode as soon as the command itself exits.
+            while proc.returncode is None:
+                await asyncio.sleep(0.05)
+            code = proc.returncode
         finished = True
         # The command has exited; what it wrote arrives at once, unless something it started in
         # the background still holds the pipe: then stop reading instead of waiting for ever.

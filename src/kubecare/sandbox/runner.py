@@ -427,11 +427,13 @@ class Runner:
             return True
         for other_key, other in self.pods.items():
             if other_key != key and same(other) and (other.running or other.starting):
-                pod.error = (
+                error = (
                     f"{pod.file} names pod {pod.spec.namespace}/{pod.spec.name}, which "
                     f"{other.file.name} already runs; one static pod per name (remove one file)"
                 )
-                pod.reason = "InvalidManifest"
+                if pod.error != error:
+                    self._log(error)
+                pod.error, pod.reason = error, "InvalidManifest"
                 return True
         return False
 
