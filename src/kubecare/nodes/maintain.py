@@ -106,7 +106,7 @@ async def run_local(
             # Not proc.wait(): before Python 3.12 it also waits until every pipe is closed,
             # which a process left in the background may never do. The child watcher sets
             # returncode as soon as the command itself exits.
-            while proc.returncode is None:
+            while proc.returncode is None:  # noqa: ASYNC110 (no event to wait on, see above)
                 await asyncio.sleep(0.05)
             code = proc.returncode
         finished = True
