@@ -56,6 +56,7 @@ bench: setup
 	$(BIN)/python bench/drain_bench.py --runs 5
 	$(BIN)/python bench/outage_bench.py --runs 7
 	$(BIN)/python bench/startup_bench.py --runs 15
+	$(BIN)/python bench/etcd_bench.py --runs 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

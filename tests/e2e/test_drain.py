@@ -395,7 +395,15 @@ async def test_ctrl_c_says_what_was_done_and_leaves_the_node_cordoned(
     # lands mid-drain even on a loaded machine
     await web_under_pdb(kube, namespace, pool, replicas=4, ready_delay="5s")
     argv = cli_argv("drain", pool.nodes[0], kubeconfig=sandbox.kubeconfig)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as at a terminal: a test run started in the background (`make test &`) inherits
+    # SIGINT ignored, and Python then leaves it ignored in the child too.
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
     async def some_moved() -> bool:
         return "web" in await roles_on(kube, namespace, pool.nodes[1])

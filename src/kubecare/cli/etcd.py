@@ -68,6 +68,61 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     status.add_argument("-o", "--output", dest="output", choices=("table", "json", "yaml"))
     status.set_defaults(handler=snapshot_status_cmd)
 
+    ls = scmds.add_parser(
+        "ls", help="the keys in a snapshot: resource, namespace, name, size, revision"
+    )
+    ls.add_argument("file", metavar="FILE")
+    ls.add_argument("--prefix", default="", help="only keys under it, e.g. /registry/deployments/")
+    add_output(ls)
+    ls.set_defaults(handler=ls_cmd)
+
+    def one_object(name: str, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = scmds.add_parser(name, help=help_text)
+        p.add_argument("file", metavar="FILE")
+        p.add_argument(
+            "object", metavar="KEY|RESOURCE/NAME", help="e.g. configmaps/app or /registry/..."
+        )
+        p.add_argument(
+            "--encryption-config",
+            metavar="FILE",
+            help="kube-apiserver's EncryptionConfiguration, to read values encrypted at rest",
+        )
+        p.add_argument(
+            "--kubernetes-minor",
+            type=int,
+            help="decode as this Kubernetes minor's apiserver would (default: the newest table)",
+        )
+        return p
+
+    get = one_object("get", "one object from a snapshot, as the apiserver returned it then")
+    get.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    get.set_defaults(handler=get_cmd)
+
+    rec = one_object(
+        "recover", "one object from a snapshot, cleaned for a re-create; --apply creates it"
+    )
+    rec.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    rec.add_argument("--apply", action="store_true", help="create it in the live cluster")
+    rec.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --apply: replace it if it exists (never by default)",
+    )
+    rec.set_defaults(handler=recover_cmd)
+
+    diff = scmds.add_parser(
+        "diff", help="the live cluster against a snapshot: objects added, deleted, modified since"
+    )
+    diff.add_argument("file", metavar="FILE")
+    diff.add_argument(
+        "--all",
+        dest="all_types",
+        action="store_true",
+        help="include events and leases (left out: they change all the time)",
+    )
+    add_output(diff)
+    diff.set_defaults(handler=diff_cmd)
+
     r = cmds.add_parser(
         "restore",
         help="restore a kubeadm control plane from a snapshot (new data dirs, guided, verified)",
@@ -442,3 +497,176 @@ def restore_cmd(args: argparse.Namespace) -> None:
         return "\n".join(lines)
 
     emit(report.as_dict(), args.output, table)
+
+
+def _readable(args: argparse.Namespace) -> Any:
+    from kubecare.errors import SnapshotError
+    from kubecare.etcd.save import plain
+
+    path = Path(args.file)
+    if not path.exists():
+        raise SnapshotError(f"{path}: no such file")
+    return plain(path)
+
+
+def ls_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.render import emit, simple_table
+    from kubecare.etcd.objects import entries
+    from kubecare.etcd.snapshot import humanize_bytes
+
+    with _readable(args) as path:
+        items = entries(path, args.prefix)
+    emit(
+        items,
+        args.output,
+        lambda: simple_table(
+            ["resource", "namespace", "name", "size", "revision", "stored as"],
+            [
+                (
+                    e.resource or e.key,
+                    e.namespace or "-",
+                    e.name,
+                    humanize_bytes(e.size),
+                    e.mod_revision,
+                    e.encoding,
+                )
+                for e in items
+            ],
+        ),
+    )
+
+
+def _decoded(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str]]:
+    from kubecare.etcd.encryption import load_keys
+    from kubecare.etcd.k8sproto import Decoder
+    from kubecare.etcd.objects import decode, find
+
+    keys = load_keys(Path(args.encryption_config)) if args.encryption_config else None
+    with _readable(args) as path:
+        entry, value = find(path, args.object, args.namespace)
+    result = decode(entry, value, Decoder(args.kubernetes_minor), keys)
+    notes = []
+    if not result.exact:
+        notes.append(
+            f"shown as stored ({result.api_version}); the apiserver serves it converted to a newer version"
+        )
+    return entry, result.object(), notes
+
+
+def _print(obj: dict[str, Any], output: str) -> None:
+    if output == "json":
+        import orjson
+
+        sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(obj, sort_keys=False))
+
+
+def get_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.render import say
+
+    _, obj, notes = _decoded(args)
+    for n in notes:
+        say(f"note: {n}")
+    _print(obj, args.output)
+
+
+def recover_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import with_cluster
+    from kubecare.cli.render import say
+    from kubecare.errors import UsageError
+    from kubecare.etcd.objects import api_path, clean
+
+    if args.replace and not args.apply:
+        raise UsageError("--replace goes with --apply")
+    entry, obj, notes = _decoded(args)
+    cleaned, warnings = clean(obj)
+    for n in [*notes, *warnings]:
+        say(f"note: {n}")
+    if not args.apply:
+        _print(cleaned, args.output)
+        return
+
+    async def body(kube: Any) -> str:
+        from kubecare.errors import Conflict, NotFound
+
+        collection = api_path(cleaned, entry, named=False)
+        try:
+            await kube.request_json("POST", collection, body=cleaned)
+            return "created"
+        except Conflict:
+            if not args.replace:
+                raise UsageError(
+                    f"{entry.resource}/{entry.name} exists in the cluster; add --replace to overwrite it"
+                ) from None
+        named = api_path(cleaned, entry, named=True)
+        try:
+            live = await kube.get_json(named)
+        except NotFound:  # deleted meanwhile
+            await kube.request_json("POST", collection, body=cleaned)
+            return "created"
+        replacement = {
+            **cleaned,
+            "metadata": {
+                **cleaned["metadata"],
+                "resourceVersion": live["metadata"]["resourceVersion"],
+            },
+        }
+        await kube.request_json("PUT", named, body=replacement)
+        return "replaced"
+
+    done = with_cluster(args, body)
+    ns = f" in namespace {entry.namespace}" if entry.namespace else ""
+    print(
+        f"{entry.resource}/{entry.name}{ns} {done} from the snapshot (revision {entry.mod_revision})"
+    )
+
+
+def diff_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import with_cluster
+    from kubecare.cli.render import emit, simple_table
+    from kubecare.etcd.objects import (
+        CHURN,
+        compare,
+        entries,
+        iter_changes,
+        live_index,
+        snapshot_index,
+    )
+
+    with _readable(args) as path:
+        items = entries(path, "/registry/")
+    exclude = set() if args.all_types else set(CHURN)
+
+    async def body(kube: Any) -> Any:
+        return await live_index(kube, exclude)
+
+    live, listed = with_cluster(args, body)
+    changes = compare(snapshot_index(items, listed), live)
+
+    def table() -> str:
+        if not changes:
+            return "no differences: every object is as in the snapshot"
+        summary = simple_table(
+            ["resource", "added", "deleted", "modified"],
+            [(r, c["added"], c["deleted"], c["modified"]) for r, c in iter_changes(changes)],
+        )
+        detail = simple_table(
+            ["change", "resource", "namespace", "name", "snapshot rev", "live rev"],
+            [
+                (
+                    c.change,
+                    c.resource,
+                    c.namespace or "-",
+                    c.name,
+                    c.snapshot_revision or "-",
+                    c.live_revision or "-",
+                )
+                for c in changes
+            ],
+        )
+        return summary + "\n\n" + detail
+
+    emit(changes, args.output, table)
