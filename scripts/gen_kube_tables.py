@@ -26,7 +26,9 @@ OUT = ROOT / "src" / "kubecare" / "etcd" / "tables"
 
 
 def go_env(name: str) -> str:
-    return subprocess.run(["go", "env", name], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["go", "env", name], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def main() -> int:
@@ -53,7 +55,9 @@ def main() -> int:
     try:
         (work / "go.mod").write_text(
             "module kubecare/gen_kube_tables\n\ngo 1.26.0\n\n"
-            f"require k8s.io/kubernetes v{args.version}\n\nreplace (\n" + "\n".join(replaces) + "\n)\n"
+            f"require k8s.io/kubernetes v{args.version}\n\nreplace (\n"
+            + "\n".join(replaces)
+            + "\n)\n"
         )
         shutil.copy(ROOT / "scripts" / "gen_kube_tables" / "main.go", work / "main.go")
         env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
@@ -65,7 +69,10 @@ def main() -> int:
         OUT.mkdir(parents=True, exist_ok=True)
         data = json.dumps(table, sort_keys=True, separators=(",", ":")).encode()
         target = OUT / f"v{major}.{minor}.json.gz"
-        with open(target, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
+        with (
+            open(target, "wb") as f,
+            gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz,
+        ):
             gz.write(data)
         sys.stderr.write(out.stderr.decode().split("  custom:")[0])
         print(f"wrote {target} ({target.stat().st_size} bytes)", file=sys.stderr)
