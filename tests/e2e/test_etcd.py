@@ -85,7 +85,7 @@ async def configmaps(kube: Kube, ns: str, count: int, size: int, prefix: str = "
 
 def test_save_writes_a_file_etcdutl_accepts(sandbox: Sandbox, tmp_path: Path) -> None:
     path = tmp_path / "snap.db"
-    res = save(sandbox, path)
+    res = save(sandbox, path, "--verify")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"Snapshot saved at {path}\nServer version 3.6.0")
     assert "SHA-256 verified" in res.stderr
@@ -251,6 +251,10 @@ async def test_restore_refuses_what_it_must_and_changes_nothing(
     before = manifest.read_text()
     no_yes = run_cli("etcd", "restore", str(snap), "--sandbox", restore_sb.name)
     assert no_yes.returncode == 2 and "--yes" in no_yes.stderr
+    systemd = run_cli(
+        "etcd", "restore", str(snap), "--endpoints", "https://10.0.0.1:2379", "--dry-run"
+    )
+    assert systemd.returncode == 0 and "systemctl stop etcd" in systemd.stdout
     dry = run_cli("etcd", "restore", str(snap), "--sandbox", restore_sb.name, "--dry-run")
     assert dry.returncode == 0 and "etcdutl snapshot restore" in dry.stdout
     assert "stop kube-apiserver" in dry.stdout

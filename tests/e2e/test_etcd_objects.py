@@ -260,6 +260,9 @@ def test_ls_get_and_recover_through_the_cli(zoo: tuple[str, Path]) -> None:
     assert get.returncode == 0, get.stderr
     obj = yaml.safe_load(get.stdout)
     assert obj["kind"] == "ConfigMap" and obj["data"] == {"k": "v"}
+    secret = run_cli("etcd", "snapshot", "get", str(path), "secrets/s", "-n", ns, "-o", "json")
+    assert secret.returncode == 0, secret.stderr
+    assert json.loads(secret.stdout)["data"] == {"password": "aHVudGVyMg=="}
     rec = run_cli("etcd", "snapshot", "recover", str(path), "deployments/web", "-n", ns)
     assert rec.returncode == 0, rec.stderr
     clean = yaml.safe_load(rec.stdout)

@@ -49,6 +49,11 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     save.add_argument(
         "--timeout", type=float, default=0, metavar="SECONDS", help="give up after (0: never)"
     )
+    save.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the SHA-256 while saving (status and restore always check it)",
+    )
     add_output(save)
     save.set_defaults(handler=save_cmd)
 
@@ -66,6 +71,11 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         help="table (default), json or yaml (-o works too)",
     )
     status.add_argument("-o", "--output", dest="output", choices=("table", "json", "yaml"))
+    status.add_argument(
+        "--skip-hash-check",
+        action="store_true",
+        help="do not check the SHA-256 trailer (etcdutl's status does not either)",
+    )
     status.set_defaults(handler=snapshot_status_cmd)
 
     ls = scmds.add_parser(
@@ -301,8 +311,9 @@ def save_cmd(args: argparse.Namespace) -> None:
             dest,
             overwrite=args.overwrite,
             compress=args.compress,
-            progress=progress,
+            progress=progress if interactive else None,
             timeout=args.timeout or None,
+            verify=args.verify,
         )
 
     try:
@@ -312,8 +323,8 @@ def save_cmd(args: argparse.Namespace) -> None:
             sys.stderr.write("\r\x1b[K")
     rate = saved.bytes / max(saved.seconds, 1e-6) / 1e6
     say(
-        f"{saved.bytes / 1e6:.1f} MB from {saved.endpoint} in {saved.seconds:.2f}s ({rate:.0f} MB/s), "
-        f"SHA-256 verified"
+        f"{saved.bytes / 1e6:.1f} MB from {saved.endpoint} in {saved.seconds:.2f}s ({rate:.0f} MB/s)"
+        + (", SHA-256 verified" if args.verify else "")
         + (f", {saved.written / 1e6:.1f} MB written (zstd)" if args.compress else "")
     )
 
@@ -347,7 +358,7 @@ def snapshot_status_cmd(args: argparse.Namespace) -> None:
     if not path.exists():
         raise SnapshotError(f"{path}: no such file")
     with plain(path) as readable:
-        st = status(readable)
+        st = status(readable, verify=not args.skip_hash_check)
     data = {**st.etcdutl(), "sha256": st.sha256, "kubernetes": _kube_part(st)}
     emit(data, args.output, lambda: _status_table(st))
 
@@ -381,7 +392,13 @@ def _status_table(st: Status) -> str:
             ],
         ),
         "",
-        f"SHA-256 trailer: {'verified' if st.sha256 == 'ok' else 'absent (not a file etcdctl/kubecare saved; restore needs --skip-hash-check)'}",
+        "SHA-256 trailer: "
+        + {
+            "ok": "verified",
+            "not checked": "present, not checked (--skip-hash-check)",
+        }.get(
+            st.sha256, "absent (not a file etcdctl/kubecare saved; restore needs --skip-hash-check)"
+        ),
         f"encrypted at rest: {st.encrypted} of {st.total_key} values",
         "",
         simple_table(
@@ -397,6 +414,22 @@ def _status_table(st: Status) -> str:
             simple_table(["largest keys", "size"], [(k, humanize_bytes(n)) for k, n in st.largest]),
         ]
     return "\n".join(out)
+
+
+#: The restore of an etcd run by systemd, as etcd's disaster-recovery guide has it (printed only).
+SYSTEMD_STEPS = (
+    "on every etcd node: etcdutl snapshot restore {snapshot} --name <this member's name> "
+    "--initial-cluster <name>=<peer URL>,... --initial-cluster-token restore-{stamp} "
+    "--initial-advertise-peer-urls <this member's peer URL> --data-dir /var/lib/etcd-restore-{stamp}",
+    "on every control-plane node: systemctl stop kube-apiserver (no apiserver may run meanwhile)",
+    "on every etcd node: systemctl stop etcd",
+    "on every etcd node: point --data-dir (or ETCD_DATA_DIR) in the etcd unit at "
+    "/var/lib/etcd-restore-{stamp}; systemctl daemon-reload; systemctl start etcd",
+    "check: etcdctl endpoint health --cluster; etcdctl endpoint status -w table (one leader, "
+    "the snapshot's revision)",
+    "start kube-apiserver again, then restart kube-controller-manager, kube-scheduler and the "
+    "kubelets (their caches predate the restore); the old data dir is untouched for a rollback",
+)
 
 
 def _etcdutl(args: argparse.Namespace) -> Path:
@@ -443,11 +476,15 @@ def restore_cmd(args: argparse.Namespace) -> None:
             f"{snapshot} is zstd-compressed; decompress it first (zstd -d), etcdutl reads plain files"
         )
     if args.endpoints:
-        raise UsageError(
-            "restore works on kubeadm static pod manifests (--manifests-dir, --sandbox, or "
-            "/etc/kubernetes/manifests); for an etcd run by systemd see docs: "
-            "etcdutl snapshot restore into a new dir, point the unit's --data-dir at it"
-        )
+        if not args.dry_run:
+            raise UsageError(
+                "with --endpoints (an etcd not run as a kubeadm static pod, e.g. by systemd) "
+                "restore only prints the steps: add --dry-run and follow them"
+            )
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for i, text in enumerate(SYSTEMD_STEPS, 1):
+            print(f"{i}. " + text.format(snapshot=snapshot, stamp=stamp))
+        return
     if not args.dry_run and not args.yes:
         raise UsageError(
             "a restore takes the whole cluster back to the snapshot (objects created since are "

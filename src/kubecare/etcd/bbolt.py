@@ -160,8 +160,16 @@ class BoltFile:
         return off, flags, count, overflow
 
     def _leaf(
-        self, buf: bytes | mmap.mmap, off: int, count: int, end: int, pgid: int
+        self,
+        buf: bytes | mmap.mmap,
+        off: int,
+        count: int,
+        end: int,
+        pgid: int,
+        values: bool = True,
     ) -> list[tuple[bytes, bytes, int]]:
+        """(key, value, flags) of a leaf page's elements; without ``values`` only sub-bucket
+        values are copied (the consistency check needs keys, not megabytes of data)."""
         out = []
         if off + 16 + count * 16 > end:
             raise SnapshotError(f"{self.name}: page {pgid}: {count} elements do not fit the page")
@@ -172,7 +180,8 @@ class BoltFile:
             v = k + ksize
             if v + vsize > end:
                 raise SnapshotError(f"{self.name}: page {pgid}: element {i} runs past the page")
-            out.append((bytes(buf[k:v]), bytes(buf[v : v + vsize]), flags))
+            value = bytes(buf[v : v + vsize]) if values or flags & BUCKET_LEAF else b""
+            out.append((bytes(buf[k:v]), value, flags))
         return out
 
     def _branch(self, off: int, count: int, end: int, pgid: int) -> list[tuple[bytes, int]]:
@@ -323,7 +332,7 @@ class BoltFile:
                 continue  # never walk the same subtree twice: a loop must not hang the check
             end = off + (overflow + 1) * self.page_size
             if flags == LEAF:
-                keys = [(k, v, f) for k, v, f in self._leaf(self._buf, off, count, end, pgid)]
+                keys = self._leaf(self._buf, off, count, end, pgid, values=False)
                 self._check_order([k for k, _, _ in keys], low, high, pgid, "leaf", errors)
                 for _, value, f in keys:
                     if f & BUCKET_LEAF:

@@ -110,6 +110,51 @@ def parse_key_value(buf: bytes) -> KeyValue:
     return KeyValue(raw(1), num(2), num(3), num(4), raw(5), num(6))
 
 
+@dataclass(frozen=True)
+class KeyValueMeta:
+    """A KeyValue without its value copied: what listings and counts need."""
+
+    key: bytes
+    create_revision: int
+    mod_revision: int
+    value_size: int
+    value_prefix: bytes  # the first 8 bytes: how the value is stored
+
+
+def key_value_meta(buf: bytes) -> KeyValueMeta:
+    """Like :func:`parse_key_value`, but the value is only measured (a 1 GB snapshot is not
+    copied again to be counted)."""
+    key, created, modified, size, prefix = b"", 0, 0, 0, b""
+    i, end = 0, len(buf)
+    while i < end:
+        tag, i = _varint(buf, i)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+            if number == 2:
+                created = _signed(value)
+            elif number == 3:
+                modified = _signed(value)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            if i + n > end:
+                raise SnapshotError("cannot unmarshal a KeyValue: a field runs past the value")
+            if number == 1:
+                key = buf[i : i + n]
+            elif number == 5:
+                size, prefix = n, buf[i : i + min(n, 8)]
+            i += n
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise SnapshotError(f"cannot unmarshal a KeyValue: wire type {wire}")
+    if i != end:
+        raise SnapshotError("cannot unmarshal a KeyValue: truncated")
+    return KeyValueMeta(key, created, modified, size, prefix)
+
+
 def revisions(db: BoltFile) -> Iterator[tuple[Revision, bytes, bytes]]:
     """(revision, raw bucket key, raw value) for every entry of the ``key`` bucket, in order."""
     bucket = db.bucket(KEY_BUCKET)

@@ -8,7 +8,7 @@ Everything is read offline from the snapshot file (:mod:`kubecare.etcd.bbolt`); 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import SnapshotError, UsageError
 from .bbolt import open_bolt
 from .k8sproto import ENCRYPTED_PREFIX, PROTOBUF_PREFIX, Decoded, Decoder
-from .mvcc import parse_key_value, revisions
+from .mvcc import key_value_meta, parse_key_value, revisions
 from .snapshot import object_key
 
 #: kubectl's short names for the resources people recover most.
@@ -80,44 +80,63 @@ def _encoding(value: bytes) -> str:
     return "other"
 
 
-def _live(path: Path) -> dict[bytes, tuple[int, int, bytes]]:
-    """key -> (create revision, mod revision, value) at the snapshot's latest revision."""
-    out: dict[bytes, tuple[int, int, bytes]] = {}
+def _live(path: Path, keep: Callable[[bytes], bool] | None = None) -> dict[bytes, _Live]:
+    """key -> what the snapshot holds for it at its latest revision; the value itself only
+    where ``keep(key)`` (memory stays flat for listings of a large snapshot)."""
+    out: dict[bytes, _Live] = {}
     with open_bolt(path) as db:
         for rev, _, raw in revisions(db):
-            kv = parse_key_value(raw)
+            meta = key_value_meta(raw)
             if rev.tombstone:
-                out.pop(kv.key, None)
-            else:
-                out[kv.key] = (kv.create_revision, kv.mod_revision, kv.value)
+                out.pop(meta.key, None)
+                continue
+            value = parse_key_value(raw).value if keep is not None and keep(meta.key) else None
+            out[meta.key] = _Live(
+                meta.create_revision, meta.mod_revision, meta.value_size, meta.value_prefix, value
+            )
     return out
+
+
+@dataclass(frozen=True)
+class _Live:
+    created: int
+    modified: int
+    size: int
+    prefix: bytes
+    value: bytes | None
+
+
+def _entry(key: bytes, live: _Live) -> Entry:
+    ok = object_key(key)
+    return Entry(
+        key.decode("utf-8", "replace"),
+        ok.resource,
+        ok.namespace,
+        ok.name,
+        live.created,
+        live.modified,
+        live.size,
+        _encoding(live.prefix),
+    )
 
 
 def with_values(path: Path, prefix: str = "") -> list[tuple[Entry, bytes]]:
     """Every live key under ``prefix`` with its value, in key order."""
-    out = []
-    for key, (created, modified, value) in sorted(_live(path).items()):
-        text = key.decode("utf-8", "replace")
-        if not text.startswith(prefix):
-            continue
-        ok = object_key(key)
-        entry = Entry(
-            text,
-            ok.resource,
-            ok.namespace,
-            ok.name,
-            created,
-            modified,
-            len(value),
-            _encoding(value),
-        )
-        out.append((entry, value))
-    return out
+    wanted = prefix.encode()
+    live = _live(path, keep=lambda key: key.startswith(wanted))
+    return [
+        (_entry(key, item), item.value or b"")
+        for key, item in sorted(live.items())
+        if key.startswith(wanted)
+    ]
 
 
 def entries(path: Path, prefix: str = "") -> list[Entry]:
-    """Every live key under ``prefix``, in key order."""
-    return [entry for entry, _ in with_values(path, prefix)]
+    """Every live key under ``prefix``, in key order (values are not kept)."""
+    wanted = prefix.encode()
+    return [
+        _entry(key, item) for key, item in sorted(_live(path).items()) if key.startswith(wanted)
+    ]
 
 
 def resolve_key(ref: str, namespace: str | None) -> tuple[str | None, str, str]:
@@ -144,44 +163,28 @@ def _matches(entry_resource: str, wanted: str) -> bool:
 def find(path: Path, ref: str, namespace: str | None) -> tuple[Entry, bytes]:
     """The entry ``ref`` names and its value; a clear error when it is not in the snapshot."""
     key, resource, name = resolve_key(ref, namespace)
-    live = _live(path)
     if key is not None:
-        hit = live.get(key.encode())
-        if hit is None:
+        wanted = key.encode()
+        hit = _live(path, keep=lambda k: k == wanted).get(wanted)
+        if hit is None or hit.value is None:
             raise SnapshotError(f"key {key} is not in {path} (at its latest revision)")
-        ok = object_key(key.encode())
-        created, modified, value = hit
-        return Entry(
-            key, ok.resource, ok.namespace, ok.name, created, modified, len(value), _encoding(value)
-        ), value
+        return _entry(wanted, hit), hit.value
+    suffix = f"/{name}".encode()
     candidates = []
-    for raw, (created, modified, value) in live.items():
+    for raw, item in _live(path, keep=lambda k: k.endswith(suffix)).items():
         ok = object_key(raw)
-        if ok.name != name or not _matches(ok.resource, resource):
+        if ok.name != name or not _matches(ok.resource, resource) or item.value is None:
             continue
         if namespace is not None and ok.namespace not in (namespace, ""):
             continue
-        candidates.append(
-            (
-                Entry(
-                    raw.decode(errors="replace"),
-                    ok.resource,
-                    ok.namespace,
-                    ok.name,
-                    created,
-                    modified,
-                    len(value),
-                    _encoding(value),
-                ),
-                value,
-            )
-        )
+        candidates.append((_entry(raw, item), item.value))
     namespaced = [c for c in candidates if c[0].namespace]
-    if namespace is None and len(namespaced) > 1:
+    if namespace is None and len({c[0].namespace for c in namespaced}) > 1:
         where = ", ".join(sorted(c[0].namespace for c in namespaced))
-        raise UsageError(f"{ref} exists in several namespaces ({where}); add -n NAMESPACE")
-    if namespace is None:
-        namespaced = [c for c in namespaced if c[0].namespace == "default"] or namespaced
+        default = [c for c in namespaced if c[0].namespace == "default"]
+        if not default:
+            raise UsageError(f"{ref} exists in several namespaces ({where}); add -n NAMESPACE")
+        namespaced = default
     if not candidates:
         ns = f" in namespace {namespace}" if namespace else ""
         raise SnapshotError(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import SnapshotError
 from .bbolt import BUCKET_LEAF, BoltFile, has_trailer, open_bolt
-from .mvcc import KEY_BUCKET, parse_key_value, parse_revision, storage_version
+from .mvcc import KEY_BUCKET, key_value_meta, parse_revision, storage_version
 
 ENCRYPTED_PREFIX = b"k8s:enc:"
 REGISTRY = "/registry/"
@@ -87,7 +87,7 @@ class Status:
     total_key: int
     total_size: int
     version: str
-    sha256: str  # "ok" or "absent" (a bad one raises)
+    sha256: str  # "ok", "absent" or "not checked" (a bad one raises)
     resources: list[TypeCount] = field(default_factory=list)
     namespaces: list[tuple[str, int]] = field(default_factory=list)
     largest: list[tuple[str, int]] = field(default_factory=list)
@@ -105,18 +105,24 @@ class Status:
 
 
 def _sha256_of(path: Path, length: int) -> bytes:
-    """SHA-256 of the first ``length`` bytes, read in chunks (no mapping: flat memory)."""
+    """SHA-256 of the first ``length`` bytes, hashed straight from a mapping (no copy), window
+    by window, each dropped once hashed: resident memory stays flat."""
+    import mmap
+
     h = hashlib.sha256()
-    buf = bytearray(8 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        left = length
-        while left > 0:
-            n = f.readinto(view[: min(len(buf), left)])
-            if not n:
-                raise SnapshotError(f"{path} is truncated while checking its SHA-256")
-            h.update(view[:n])
-            left -= n
+    window = 64 << 20
+    with open(path, "rb") as f:
+        if length == 0:
+            return h.digest()
+        mm = mmap.mmap(f.fileno(), length, prot=mmap.PROT_READ)
+        try:
+            for off in range(0, length, window):
+                n = min(window, length - off)
+                with memoryview(mm)[off : off + n] as view:
+                    h.update(view)
+                mm.madvise(mmap.MADV_DONTNEED, off, n)
+        finally:
+            mm.close()
     return h.digest()
 
 
@@ -137,6 +143,10 @@ def verify_trailer(path: Path) -> str:
     return "ok"
 
 
+def _trailer_only(path: Path) -> str:
+    return "not checked" if has_trailer(path.stat().st_size) else "absent"
+
+
 def integrity(db: BoltFile) -> None:
     errors = db.check()
     if errors:
@@ -146,8 +156,9 @@ def integrity(db: BoltFile) -> None:
         )
 
 
-def status(path: Path, *, check: bool = True) -> Status:
-    """Compute the snapshot's status (read-only). Raises SnapshotError for a bad file."""
+def status(path: Path, *, check: bool = True, verify: bool = True) -> Status:
+    """Compute the snapshot's status (read-only). Raises SnapshotError for a bad file.
+    ``verify``: check the SHA-256 trailer too (etcdutl's status does not; its restore does)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import google_crc32c
@@ -155,7 +166,7 @@ def status(path: Path, *, check: bool = True) -> Status:
     # The trailer's SHA-256 runs in a thread while this one walks the pages (hashlib releases
     # the GIL): on two cores the check costs no extra time.
     with ThreadPoolExecutor(1) as pool:
-        sha = pool.submit(verify_trailer, path)
+        sha = pool.submit(verify_trailer if verify else _trailer_only, path)
         try:
             with open_bolt(path) as db:
                 if check:
@@ -174,11 +185,11 @@ def status(path: Path, *, check: bool = True) -> Status:
                         if is_key:
                             rev = parse_revision(k)
                             revision = rev.main
-                            kv = parse_key_value(value)
+                            kv = key_value_meta(value)
                             if rev.tombstone:
                                 alive.pop(kv.key, None)
                             else:
-                                alive[kv.key] = (len(kv.value), kv.value[:8] == ENCRYPTED_PREFIX)
+                                alive[kv.key] = (kv.value_size, kv.value_prefix == ENCRYPTED_PREFIX)
                 total_size = db.size
         except SnapshotError as e:
             sha.cancel()
