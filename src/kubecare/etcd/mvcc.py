@@ -74,40 +74,41 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def parse_key_value(buf: bytes) -> KeyValue:
-    """Decode one mvccpb.KeyValue (an empty message is a KeyValue with key "", as in Go)."""
-    fields: dict[int, object] = {}
+def _fields(buf: bytes) -> Iterator[tuple[int, int, int]]:
+    """A protobuf message's fields as (number, value, -1) for varints and (number, offset,
+    length) for length-delimited ones; fixed-size fields are skipped (KeyValue has none)."""
     i, end = 0, len(buf)
     while i < end:
         tag, i = _varint(buf, i)
         number, wire = tag >> 3, tag & 7
         if wire == 0:
             value, i = _varint(buf, i)
-            fields[number] = _signed(value)
+            yield number, _signed(value), -1
         elif wire == 2:
             size, i = _varint(buf, i)
             if i + size > end:
                 raise SnapshotError("cannot unmarshal a KeyValue: a field runs past the value")
-            fields[number] = buf[i : i + size]
+            yield number, i, size
             i += size
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
         else:
             raise SnapshotError(f"cannot unmarshal a KeyValue: wire type {wire}")
     if i != end:
         raise SnapshotError("cannot unmarshal a KeyValue: truncated")
 
-    def num(n: int) -> int:
-        v = fields.get(n, 0)
-        return v if isinstance(v, int) else 0
 
-    def raw(n: int) -> bytes:
-        v = fields.get(n, b"")
-        return v if isinstance(v, bytes) else b""
-
-    return KeyValue(raw(1), num(2), num(3), num(4), raw(5), num(6))
+def parse_key_value(buf: bytes) -> KeyValue:
+    """Decode one mvccpb.KeyValue (an empty message is a KeyValue with key "", as in Go)."""
+    nums = [0] * 7
+    raws = [b""] * 7
+    for number, value, size in _fields(buf):
+        if 0 < number < 7:
+            if size < 0:
+                nums[number] = value
+            else:
+                raws[number] = buf[value : value + size]
+    return KeyValue(raws[1], nums[2], nums[3], nums[4], raws[5], nums[6])
 
 
 @dataclass(frozen=True)
@@ -125,33 +126,15 @@ def key_value_meta(buf: bytes) -> KeyValueMeta:
     """Like :func:`parse_key_value`, but the value is only measured (a 1 GB snapshot is not
     copied again to be counted)."""
     key, created, modified, size, prefix = b"", 0, 0, 0, b""
-    i, end = 0, len(buf)
-    while i < end:
-        tag, i = _varint(buf, i)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-            if number == 2:
-                created = _signed(value)
-            elif number == 3:
-                modified = _signed(value)
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            if i + n > end:
-                raise SnapshotError("cannot unmarshal a KeyValue: a field runs past the value")
-            if number == 1:
-                key = buf[i : i + n]
-            elif number == 5:
-                size, prefix = n, buf[i : i + min(n, 8)]
-            i += n
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            raise SnapshotError(f"cannot unmarshal a KeyValue: wire type {wire}")
-    if i != end:
-        raise SnapshotError("cannot unmarshal a KeyValue: truncated")
+    for number, value, n in _fields(buf):
+        if number == 1 and n >= 0:
+            key = buf[value : value + n]
+        elif number == 2 and n < 0:
+            created = value
+        elif number == 3 and n < 0:
+            modified = value
+        elif number == 5 and n >= 0:
+            size, prefix = n, buf[value : value + min(n, 8)]
     return KeyValueMeta(key, created, modified, size, prefix)
 
 
