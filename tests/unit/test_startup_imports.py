@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,17 @@ print("MODULES=" + json.dumps(sorted(sys.modules)), file=sys.stderr)
     line = next(x for x in res.stderr.splitlines() if x.startswith("MODULES="))
     assert heavy_in(set(json.loads(line.removeprefix("MODULES=")))) == []
     assert len(every_command()) > 15
+
+
+def test_reading_a_snapshot_imports_neither_grpc_nor_asyncio(tmp_path: Path) -> None:
+    # status, ls and get are offline: what only `save` (grpc) and the cluster commands need
+    # stays out of them.
+    import zstandard
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "etcd" / "registry.db.zst"
+    snap = tmp_path / "s.db"
+    snap.write_bytes(zstandard.ZstdDecompressor().decompress(fixture.read_bytes()))
+    for args in (["etcd", "snapshot", "status", str(snap)], ["etcd", "snapshot", "ls", str(snap)]):
+        mods = imported(*args)
+        assert "kubecare.etcd.snapshot" in mods  # the command did run
+        assert [m for m in ("grpc", "asyncio", "kubecare.kube") if m in mods] == []

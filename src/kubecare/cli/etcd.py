@@ -351,7 +351,7 @@ def save_cmd(args: argparse.Namespace) -> None:
 def snapshot_status_cmd(args: argparse.Namespace) -> None:
     from kubecare.cli.render import emit
     from kubecare.errors import SnapshotError
-    from kubecare.etcd.save import plain
+    from kubecare.etcd.compressed import plain
     from kubecare.etcd.snapshot import status
 
     path = Path(args.file)
@@ -463,9 +463,9 @@ def restore_cmd(args: argparse.Namespace) -> None:
     from kubecare.cli.common import run
     from kubecare.cli.render import emit, say
     from kubecare.errors import SnapshotError, UsageError
+    from kubecare.etcd.compressed import is_zstd
     from kubecare.etcd.members import KUBEADM_MANIFESTS, read_members, sandbox_manifest_dirs
     from kubecare.etcd.restore import RestoreReport, plan_restore, run_restore
-    from kubecare.etcd.save import is_zstd
     from kubecare.etcd.snapshot import status
 
     snapshot = Path(args.file).absolute()
@@ -538,7 +538,7 @@ def restore_cmd(args: argparse.Namespace) -> None:
 
 def _readable(args: argparse.Namespace) -> Any:
     from kubecare.errors import SnapshotError
-    from kubecare.etcd.save import plain
+    from kubecare.etcd.compressed import plain
 
     path = Path(args.file)
     if not path.exists():

@@ -19,7 +19,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
@@ -29,8 +29,6 @@ from ..errors import EtcdError, SnapshotError, UsageError
 from ..files import fsync_dir
 from .grpc import SnapshotStream
 from .members import Endpoint
-
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, data bytes in total or None)
 
@@ -177,35 +175,3 @@ def _write_all(f: Any, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[f.write(view) :]
-
-
-def is_zstd(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == ZSTD_MAGIC
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def plain(path: Path) -> Iterator[Path]:
-    """The snapshot as a plain file: ``path`` itself, or a private decompressed copy of a
-    zstd-compressed one (removed afterwards)."""
-    if not is_zstd(path):
-        yield path
-        return
-    import tempfile
-
-    import zstandard
-
-    fd, name = tempfile.mkstemp(prefix="kubecare-snapshot-", suffix=".db")
-    try:
-        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-            try:
-                zstandard.ZstdDecompressor().copy_stream(src, out)
-            except zstandard.ZstdError as e:
-                raise SnapshotError(f"{path}: corrupt zstd data ({e})") from None
-        yield Path(name)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)

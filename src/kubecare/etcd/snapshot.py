@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +144,33 @@ def verify_trailer(path: Path) -> str:
     return "ok"
 
 
+class _Background:
+    """One function run in a thread; ``result()`` joins it and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[Path], str], path: Path) -> None:
+        import threading
+
+        self._result = ""
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, path), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[Path], str], path: Path) -> None:
+        try:
+            self._result = fn(path)
+        except BaseException as e:  # handed to result()
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 def _trailer_only(path: Path) -> str:
     return "not checked" if has_trailer(path.stat().st_size) else "absent"
 
@@ -159,46 +187,44 @@ def integrity(db: BoltFile) -> None:
 def status(path: Path, *, check: bool = True, verify: bool = True) -> Status:
     """Compute the snapshot's status (read-only). Raises SnapshotError for a bad file.
     ``verify``: check the SHA-256 trailer too (etcdutl's status does not; its restore does)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import google_crc32c
 
     # The trailer's SHA-256 runs in a thread while this one walks the pages (hashlib releases
-    # the GIL): on two cores the check costs no extra time.
-    with ThreadPoolExecutor(1) as pool:
-        sha = pool.submit(verify_trailer if verify else _trailer_only, path)
-        try:
-            with open_bolt(path) as db:
-                if check:
-                    integrity(db)
-                version = storage_version(db)
-                crc = 0
-                revision = 0
-                alive: dict[bytes, tuple[int, bool]] = {}
-                for name, bucket in db.buckets():
-                    crc = google_crc32c.extend(crc, name)
-                    is_key = name == KEY_BUCKET
-                    for k, v, flags in db.items(bucket):
-                        value = b"" if flags & BUCKET_LEAF else v
-                        crc = google_crc32c.extend(crc, k)
-                        crc = google_crc32c.extend(crc, value)
-                        if is_key:
-                            rev = parse_revision(k)
-                            revision = rev.main
-                            kv = key_value_meta(value)
-                            if rev.tombstone:
-                                alive.pop(kv.key, None)
-                            else:
-                                alive[kv.key] = (kv.value_size, kv.value_prefix == ENCRYPTED_PREFIX)
-                total_size = db.size
-        except SnapshotError as e:
-            sha.cancel()
-            if not str(e).startswith(str(path)):
-                raise SnapshotError(f"{path}: {e}") from None
-            raise
-        except OSError as e:
-            raise SnapshotError(f"{path}: {e.strerror or e}") from None
-        trailer = sha.result()
+    # the GIL): on two cores the two overlap.
+    sha = _Background(verify_trailer if verify else _trailer_only, path)
+    try:
+        with open_bolt(path) as db:
+            if check:
+                integrity(db)
+            version = storage_version(db)
+            crc = 0
+            revision = 0
+            alive: dict[bytes, tuple[int, bool]] = {}
+            for name, bucket in db.buckets():
+                crc = google_crc32c.extend(crc, name)
+                is_key = name == KEY_BUCKET
+                for k, v, flags in db.items(bucket):
+                    value = b"" if flags & BUCKET_LEAF else v
+                    crc = google_crc32c.extend(crc, k)
+                    crc = google_crc32c.extend(crc, value)
+                    if is_key:
+                        rev = parse_revision(k)
+                        revision = rev.main
+                        kv = key_value_meta(value)
+                        if rev.tombstone:
+                            alive.pop(kv.key, None)
+                        else:
+                            alive[kv.key] = (kv.value_size, kv.value_prefix == ENCRYPTED_PREFIX)
+            total_size = db.size
+    except SnapshotError as e:
+        sha.wait()
+        if not str(e).startswith(str(path)):
+            raise SnapshotError(f"{path}: {e}") from None
+        raise
+    except OSError as e:
+        sha.wait()
+        raise SnapshotError(f"{path}: {e.strerror or e}") from None
+    trailer = sha.result()
     return _summarise(
         Status(crc, revision, len(alive), total_size, version, trailer),
         alive,
