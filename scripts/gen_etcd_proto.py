@@ -27,8 +27,11 @@ MESSAGES = (
     "StatusRequest",
     "StatusResponse",
     "DowngradeInfo",
+    "Member",
+    "MemberListRequest",
+    "MemberListResponse",
 )
-METHODS = ("Status", "Snapshot")
+SERVICES = {"Maintenance": ("Status", "Snapshot"), "Cluster": ("MemberList",)}
 OUT = Path(__file__).resolve().parent.parent / "src" / "kubecare" / "etcd" / "_proto"
 
 
@@ -58,14 +61,14 @@ def strip_options(body: str) -> str:
     return body
 
 
-def service(text: str) -> str:
-    svc = block(text, "service Maintenance")
-    lines = ["service Maintenance {"]
-    for name in METHODS:
-        m = re.search(rf"rpc {name}\((\w+)\) returns \((stream )?(\w+)\)", svc)
+def service(text: str, name: str, methods: tuple[str, ...]) -> str:
+    svc = block(text, f"service {name}")
+    lines = [f"service {name} {{"]
+    for method in methods:
+        m = re.search(rf"rpc {method}\((\w+)\) returns \((stream )?(\w+)\)", svc)
         if m is None:
-            raise SystemExit(f"rpc.proto's Maintenance has no {name}")
-        lines.append(f"  rpc {name}({m.group(1)}) returns ({m.group(2) or ''}{m.group(3)});")
+            raise SystemExit(f"rpc.proto's {name} has no {method}")
+        lines.append(f"  rpc {method}({m.group(1)}) returns ({m.group(2) or ''}{m.group(3)});")
     lines.append("}")
     return "\n".join(lines)
 
@@ -82,7 +85,7 @@ def main() -> int:
         'syntax = "proto3";',
         "package etcdserverpb;",
         "",
-        service(text),
+        *(service(text, name, methods) for name, methods in SERVICES.items()),
     ]
     parts += [strip_options(block(text, f"message {name}")) for name in MESSAGES]
     OUT.mkdir(parents=True, exist_ok=True)

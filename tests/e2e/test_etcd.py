@@ -267,7 +267,7 @@ async def test_restore_refuses_what_it_must_and_changes_nothing(
     assert busy.returncode == 2 and "not empty" in busy.stderr
     bad = tmp_path / "bad.db"
     raw = bytearray(snap.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
+    raw[-1] ^= 0xFF  # the trailer no longer matches the data
     bad.write_bytes(bytes(raw))
     corrupt = run_cli("etcd", "restore", str(bad), "--sandbox", restore_sb.name, "--yes")
     assert corrupt.returncode == 1 and "SHA-256" in corrupt.stderr
@@ -300,7 +300,7 @@ async def test_restore_brings_deleted_objects_back_and_drops_later_ones(
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
-    assert report["revision"] == kubecare_status(snap)["revision"]
+    assert report["revision"] == kubecare_status(snap)["revision"] + 1_000_000_000  # bumped
     (member,) = report["members"]
     assert member["oldDataDir"] == old_dir and Path(old_dir, "member").is_dir()  # untouched
     assert data_hostpath(manifest) == member["newDataDir"] != old_dir

@@ -10,7 +10,7 @@ import yaml
 
 from kubecare.errors import EtcdError, UsageError
 from kubecare.etcd.members import Endpoint, parse_member
-from kubecare.etcd.restore import backup_name, plan_restore, pointed_at
+from kubecare.etcd.restore import backup_name, check_membership, plan_restore, pointed_at
 
 DATA = Path(__file__).parent / "data" / "kubeadm-v1.37.2-manifests.txt"
 MANIFEST = Path("/etc/kubernetes/manifests/etcd.yaml")
@@ -134,3 +134,41 @@ def test_plan_restores_every_member_from_one_snapshot_with_one_new_token() -> No
 def test_backups_are_hidden_next_to_the_manifest() -> None:
     # the kubelet ignores dotfiles in its manifests dir: a backup there never runs
     assert backup_name(MANIFEST, "T1") == Path("/etc/kubernetes/manifests/.etcd.yaml.kubecare-T1")
+
+
+def test_a_restore_that_leaves_members_out_is_refused() -> None:
+    m = parse_member(MANIFEST, kubeadm_etcd_yaml())
+    check_membership([m], [("node1", ("https://10.0.0.1:2380",))])
+    with pytest.raises(UsageError, match="does not cover: node2, node3"):
+        check_membership(
+            [m],
+            [
+                ("node1", ("https://10.0.0.1:2380",)),
+                ("node2", ("https://10.0.0.2:2380",)),
+                ("node3", ("https://10.0.0.3:2380",)),
+            ],
+        )
+    # an unstarted member has no name yet: its peer URL names it
+    with pytest.raises(UsageError, match=r"https://10\.0\.0\.9:2380"):
+        check_membership(
+            [m], [("node1", ("https://10.0.0.1:2380",)), ("", ("https://10.0.0.9:2380",))]
+        )
+
+
+def test_the_bump_goes_to_etcdutl_and_into_the_expected_revision() -> None:
+    m = parse_member(MANIFEST, kubeadm_etcd_yaml())
+    plan = plan_restore(Path("/s.db"), 42, [m], etcdutl=Path("etcdutl"), stamp="T", bump=1000)
+    assert plan.members[0].argv[-2:] == ("--bump-revision=1000", "--mark-compacted")
+    assert plan.expected_revision == 1042
+
+
+def test_after_etcd_serves_the_restore_the_advice_is_to_finish_not_undo() -> None:
+    from kubecare.etcd.restore import _Manifests
+
+    moves = _Manifests("T")
+    moves.etcd.append((Path("/m/.etcd.yaml.kubecare-T"), Path("/m/etcd.yaml")))
+    moves.moved.append((Path("/m/.kube-apiserver.yaml.kubecare-T"), Path("/m/kube-apiserver.yaml")))
+    assert "mv /m/.etcd.yaml.kubecare-T /m/etcd.yaml" in moves.rollback(())
+    moves.restored = True
+    advice = moves.rollback(())
+    assert "etcd.yaml" not in advice and "mv /m/.kube-apiserver.yaml.kubecare-T" in advice

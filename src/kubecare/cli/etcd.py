@@ -17,6 +17,7 @@ from kubecare.cli.args import add_output
 
 if TYPE_CHECKING:
     from kubecare.etcd.members import Endpoint
+    from kubecare.etcd.restore import RestoreReport
     from kubecare.etcd.snapshot import Status
 
 
@@ -154,6 +155,14 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         dest="restart_controllers",
         action="store_false",
         help="leave kube-controller-manager and kube-scheduler running",
+    )
+    r.add_argument(
+        "--bump-revision",
+        type=int,
+        default=1_000_000_000,
+        metavar="N",
+        help="move revisions past every one a client saw, old ones read as compacted, so "
+        "watchers relist (etcdutl --bump-revision --mark-compacted; default 1000000000, 0: off)",
     )
     r.add_argument("--dry-run", action="store_true", help="print the steps, change nothing")
     r.add_argument(
@@ -460,21 +469,13 @@ def _etcdutl(args: argparse.Namespace) -> Path:
 
 
 def restore_cmd(args: argparse.Namespace) -> None:
-    from kubecare.cli.common import run
-    from kubecare.cli.render import emit, say
+    from kubecare.cli.render import emit
     from kubecare.errors import SnapshotError, UsageError
-    from kubecare.etcd.compressed import is_zstd
-    from kubecare.etcd.members import KUBEADM_MANIFESTS, read_members, sandbox_manifest_dirs
-    from kubecare.etcd.restore import RestoreReport, plan_restore, run_restore
-    from kubecare.etcd.snapshot import status
+    from kubecare.etcd.compressed import plain
 
     snapshot = Path(args.file).absolute()
     if not snapshot.is_file():
         raise SnapshotError(f"{snapshot}: no such file")
-    if is_zstd(snapshot):
-        raise UsageError(
-            f"{snapshot} is zstd-compressed; decompress it first (zstd -d), etcdutl reads plain files"
-        )
     if args.endpoints:
         if not args.dry_run:
             raise UsageError(
@@ -490,8 +491,41 @@ def restore_cmd(args: argparse.Namespace) -> None:
             "a restore takes the whole cluster back to the snapshot (objects created since are "
             "gone); add --yes to go ahead, or --dry-run to see the steps"
         )
+    if args.bump_revision < 0:
+        raise UsageError("--bump-revision must not be negative")
+    with plain(snapshot) as readable:  # a zstd file is decompressed next to itself
+        report = _restore(args, snapshot, readable)
+    if report is None:
+        return
+
+    def table() -> str:
+        lines = [
+            f"restored {snapshot} (revision {report.plan.revision}, served as {report.revision})"
+        ]
+        for m in report.plan.members:
+            lines.append(
+                f"  {m.member.name}: data in {m.new_data_dir} (the old {m.member.data_dir} is untouched)"
+            )
+        lines.append("backups: " + ", ".join(str(b) for b in report.backups))
+        for name, seconds in report.steps:
+            lines.append(f"  {seconds:6.1f}s  {name}")
+        lines.append("next: restart the kubelet on every node (systemctl restart kubelet)")
+        return "\n".join(lines)
+
+    emit(report.as_dict(), args.output, table)
+
+
+def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> RestoreReport | None:
+    from kubecare.cli.common import run
+    from kubecare.cli.render import say
+    from kubecare.errors import EtcdError, SnapshotError, UsageError
+    from kubecare.etcd.grpc import member_list
+    from kubecare.etcd.members import KUBEADM_MANIFESTS, read_members, sandbox_manifest_dirs
+    from kubecare.etcd.restore import check_membership, plan_restore, run_restore
+    from kubecare.etcd.snapshot import status
+
     say(f"checking {snapshot}")
-    st = status(snapshot)  # structure and SHA-256: a bad file stops here, before anything
+    st = status(readable)  # structure and SHA-256: a bad file stops here, before anything
     if st.sha256 == "absent" and not args.skip_hash_check:
         raise SnapshotError(
             f"{snapshot} has no SHA-256 trailer (not saved by etcdctl or kubecare); add "
@@ -503,8 +537,18 @@ def restore_cmd(args: argparse.Namespace) -> None:
         else [Path(d) for d in args.manifests_dir or [KUBEADM_MANIFESTS]]
     )
     members = read_members(dirs)
+    try:  # every member must be restored: ask etcd who they are
+        known = [(m.name, m.peer_urls) for m in run(member_list(members[0].endpoint))]
+    except EtcdError:  # etcd is down (the usual reason to restore): the manifests say
+        say("etcd does not answer: its members are taken from the manifests' --initial-cluster")
+        known = [
+            (name, (url,))
+            for m in members
+            for name, _, url in (item.partition("=") for item in m.initial_cluster.split(","))
+        ]
+    check_membership(members, known)
     plan = plan_restore(
-        snapshot,
+        readable,
         st.revision,
         members,
         etcdutl=_etcdutl(args),
@@ -512,6 +556,7 @@ def restore_cmd(args: argparse.Namespace) -> None:
         data_dir=Path(args.data_dir).absolute() if args.data_dir else None,
         skip_hash_check=args.skip_hash_check,
         restart_controllers=args.restart_controllers,
+        bump=args.bump_revision,
     )
     for m in plan.members:
         if m.new_data_dir.exists() and any(m.new_data_dir.iterdir()):
@@ -519,21 +564,9 @@ def restore_cmd(args: argparse.Namespace) -> None:
     if args.dry_run:
         for i, text in enumerate(plan.steps(), 1):
             print(f"{i}. {text}")
-        return
+        return None
     report: RestoreReport = run(run_restore(plan, say))
-
-    def table() -> str:
-        lines = [f"restored {snapshot} (revision {report.revision})"]
-        for m in plan.members:
-            lines.append(
-                f"  {m.member.name}: data in {m.new_data_dir} (the old {m.member.data_dir} is untouched)"
-            )
-        lines.append("backups: " + ", ".join(str(b) for b in report.backups))
-        for name, seconds in report.steps:
-            lines.append(f"  {seconds:6.1f}s  {name}")
-        return "\n".join(lines)
-
-    emit(report.as_dict(), args.output, table)
+    return report
 
 
 def _readable(args: argparse.Namespace) -> Any:
@@ -619,6 +652,11 @@ def recover_cmd(args: argparse.Namespace) -> None:
     if args.replace and not args.apply:
         raise UsageError("--replace goes with --apply")
     entry, obj, notes = _decoded(args)
+    if notes and args.apply:  # shown as stored, in a version the apiserver no longer serves
+        raise UsageError(
+            f"{entry.resource}/{entry.name} is stored as {obj.get('apiVersion')}, which the "
+            "apiserver does not serve; recover it without --apply and convert it first"
+        )
     cleaned, warnings = clean(obj)
     for n in [*notes, *warnings]:
         say(f"note: {n}")
@@ -663,7 +701,7 @@ def recover_cmd(args: argparse.Namespace) -> None:
 
 def diff_cmd(args: argparse.Namespace) -> None:
     from kubecare.cli.common import with_cluster
-    from kubecare.cli.render import emit, simple_table
+    from kubecare.cli.render import emit, say, simple_table
     from kubecare.etcd.objects import (
         CHURN,
         compare,
@@ -680,7 +718,9 @@ def diff_cmd(args: argparse.Namespace) -> None:
     async def body(kube: Any) -> Any:
         return await live_index(kube, exclude)
 
-    live, listed = with_cluster(args, body)
+    live, listed, failed = with_cluster(args, body)
+    for problem in failed:
+        say(f"warning: not compared, cannot list {problem}")
     changes = compare(snapshot_index(items, listed), live)
 
     def table() -> str:

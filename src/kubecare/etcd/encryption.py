@@ -48,6 +48,10 @@ class Keys:
                 "does not have"
             )
         for secret in candidates:
+            if len(secret) not in (16, 24, 32):
+                raise SnapshotError(
+                    f"{provider} key {name!r} is {len(secret)} bytes; AES keys are 16, 24 or 32"
+                )
             plain = (
                 _aescbc(secret, data) if provider == "aescbc" else _aesgcm(secret, data, etcd_key)
             )

@@ -87,7 +87,14 @@ def _grpc() -> Any:
 TLS_WORDS = ("ssl", "tls", "tsi_", "handshake", "certificate", "unwrap")
 
 
-_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.enable_retries", 0)]
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.enable_retries", 0),
+    # etcdctl's keepalive: a member that dies mid-snapshot ends the stream instead of hanging
+    # it (etcd allows pings every 5 s: --grpc-keepalive-min-time)
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
 
 
 def _credentials(ep: Endpoint) -> Any:
@@ -225,3 +232,24 @@ class SnapshotStream:
         self._cancelled = True
         if self._call is not None:
             self._call.cancel()
+
+
+@dataclass(frozen=True)
+class ClusterMember:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    is_learner: bool
+
+
+async def member_list(ep: Endpoint, timeout: float = STATUS_TIMEOUT) -> list[ClusterMember]:
+    """Cluster.MemberList: every member etcd knows, started or not."""
+    from ._proto import maintenance_pb2 as pb
+    from ._proto import maintenance_pb2_grpc as rpc
+
+    try:
+        async with channel(ep) as ch:
+            resp = await rpc.ClusterStub(ch).MemberList(pb.MemberListRequest(), timeout=timeout)  # type: ignore[no-untyped-call]
+    except Exception as e:
+        raise describe(ep, e) from None
+    return [ClusterMember(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members]

@@ -169,10 +169,19 @@ class Decoder:
                 f"encrypted at rest ({value[: value.find(b':', 8) + 1].decode(errors='replace')}...); "
                 "give --encryption-config with the key to read it"
             )
-        if value.startswith(PROTOBUF_PREFIX):
-            return self._protobuf(value, mod_revision)
-        if value[:1] == b"{":
-            return self._stored_json(value, mod_revision)
+        try:
+            if value.startswith(PROTOBUF_PREFIX):
+                return self._protobuf(value, mod_revision)
+            if value[:1] == b"{":
+                return self._stored_json(value, mod_revision)
+        except DecodeError:
+            raise
+        except (IndexError, KeyError, TypeError, ValueError, OverflowError, struct.error) as e:
+            # a field of another wire type or size than the Go type has: not what an
+            # apiserver of this minor wrote
+            raise DecodeError(
+                f"cannot decode it as Kubernetes {self.version} stores it ({e})"
+            ) from None
         if value[:3] == b"\xd9\xd9\xf7":
             raise DecodeError(
                 "stored as CBOR (the CBORServingAndStorage alpha gate); not supported"

@@ -295,9 +295,11 @@ NOT_STORED = {"componentstatuses"}
 
 async def live_index(
     kube: Any, exclude: set[str]
-) -> tuple[dict[tuple[str, str, str], int], set[str]]:
+) -> tuple[dict[tuple[str, str, str], int], set[str], list[str]]:
     """(etcd resource name, namespace, name) -> resourceVersion of every object the API lists,
-    and the resource names listed (empty ones included)."""
+    the resource names listed (empty ones included), and the types that could not be listed.
+    Aggregated APIs (an APIService with a service behind it, e.g. metrics-server) are not in
+    this etcd and are left out."""
     import asyncio
 
     from ..kube.discovery import discover
@@ -305,12 +307,25 @@ async def live_index(
     found = await discover(kube)
     crds, _ = await kube.list_all("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
     custom = {str((c.get("spec") or {}).get("group")) for c in crds}
+    services, _ = await kube.list_all("/apis/apiregistration.k8s.io/v1/apiservices")
+    aggregated = {
+        (str(a["spec"].get("group") or ""), str(a["spec"].get("version") or ""))
+        for a in services
+        if (a.get("spec") or {}).get("service")
+    }
+    failed: list[str] = []
     sem = asyncio.Semaphore(8)
     out: dict[tuple[str, str, str], int] = {}
 
     async def one(path: str, name: str) -> None:
+        from ..errors import KubecareError
+
         async with sem:
-            items, _ = await kube.list_all(path)
+            try:
+                items, _ = await kube.list_all(path)
+            except KubecareError as e:
+                failed.append(f"{name}: {e}")
+                return
         for item in items:
             meta = item.get("metadata") or {}
             out[(name, str(meta.get("namespace") or ""), str(meta.get("name")))] = int(
@@ -327,9 +342,12 @@ async def live_index(
             or r.resource in NOT_STORED
             or name in exclude
             or r.resource in exclude
+            or (r.group, r.version) in aggregated
         ):
             continue
         jobs.append(one(r.path(), name))
         listed.add(name)
     await asyncio.gather(*jobs)
-    return out, listed
+    for problem in failed:  # not compared: neither "deleted" nor "added"
+        listed.discard(problem.split(":", 1)[0])
+    return out, listed, failed

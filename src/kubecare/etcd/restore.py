@@ -69,6 +69,12 @@ class RestorePlan:
     stamp: str
     members: tuple[MemberRestore, ...]
     restart_controllers: bool = True
+    bump: int = 0  # --bump-revision (with --mark-compacted): watchers relist instead of reusing
+
+    @property
+    def expected_revision(self) -> int:
+        """What the restored etcd serves before anything writes to it."""
+        return self.revision + self.bump
 
     def steps(self) -> list[str]:
         out = [f"check {self.snapshot} (structure, SHA-256) and etcdutl; revision {self.revision}"]
@@ -85,12 +91,13 @@ class RestorePlan:
             out.append(
                 f"start etcd {m.member.name} on {m.new_data_dir} (etcd.yaml's data dir rewritten)"
             )
-        out.append(f"wait until every member is healthy at revision {self.revision}")
+        out.append(f"wait until every member is healthy at revision {self.expected_revision}")
         out.append(f"start {APISERVER} again and wait for /readyz")
         if self.restart_controllers:
             out.append(
                 f"restart {CONTROLLER_MANAGER} and {SCHEDULER} (their caches predate the restore)"
             )
+        out.append("then: restart the kubelet on every node (systemctl restart kubelet)")
         return out
 
 
@@ -109,6 +116,7 @@ def plan_restore(
     data_dir: Path | None = None,
     skip_hash_check: bool = False,
     restart_controllers: bool = True,
+    bump: int = 0,
 ) -> RestorePlan:
     """The restore, as data. Every member restores the same snapshot with one new token."""
     if not members:
@@ -142,8 +150,32 @@ def plan_restore(
         ]
         if skip_hash_check:
             argv.append("--skip-hash-check")
+        if bump:
+            # etcd's advice for clusters with watchers (Kubernetes): revisions move past every
+            # one a client has seen, and the old ones read as compacted, so caches relist.
+            argv += [f"--bump-revision={bump}", "--mark-compacted"]
         out.append(MemberRestore(m, new, tuple(argv)))
-    return RestorePlan(snapshot, revision, token, stamp, tuple(out), restart_controllers)
+    return RestorePlan(snapshot, revision, token, stamp, tuple(out), restart_controllers, bump)
+
+
+def check_membership(members: list[Member], known: list[tuple[str, tuple[str, ...]]]) -> None:
+    """Refuse a restore that would not cover every member etcd has: the members left out keep
+    the old data and their quorum, and the cluster splits in two. ``known``: (name, peer URLs)
+    from MemberList, or from the manifests' --initial-cluster when etcd cannot be asked."""
+    covered_names = {m.name for m in members}
+    covered_urls = {m.peer_url for m in members}
+    missing = [
+        name or ",".join(urls)
+        for name, urls in known
+        if name not in covered_names and not covered_urls.intersection(urls)
+    ]
+    if missing:
+        raise UsageError(
+            f"etcd has members this restore does not cover: {', '.join(sorted(missing))}; every "
+            "member must be restored from the same snapshot. Give every control-plane node's "
+            "manifests dir (--manifests-dir, repeated) where they are reachable from here, or "
+            "restore each node by hand (kubecare etcd restore --dry-run prints the steps)"
+        )
 
 
 def pointed_at(text: str, member: Member, new_dir: Path) -> str:
@@ -229,6 +261,7 @@ class _Manifests:
         self.stamp = stamp
         self.moved: list[tuple[Path, Path]] = []  # (hidden, original): put back on rollback
         self.etcd: list[tuple[Path, Path]] = []  # (backup, original)
+        self.restored = False  # etcd serves the snapshot: from here on, finish, never undo
 
     def hide(self, manifest: Path) -> Path:
         hidden = backup_name(manifest, self.stamp)
@@ -246,6 +279,14 @@ class _Manifests:
                 return
 
     def rollback(self, members: tuple[MemberRestore, ...]) -> str:
+        if self.restored:
+            # Putting the old etcd.yaml back now would swap etcd under running apiservers.
+            rest = "; ".join(f"mv {h} {o}" for h, o in self.moved)
+            return (
+                "etcd already serves the restored data; finish by hand: "
+                + (rest or "check the control-plane components")
+                + " (the old data dirs are untouched)"
+            )
         cmds = [f"mv {b} {o}" for b, o in self.etcd]  # the old etcd.yaml, on the old data dir
         cmds += [f"mv {h} {o}" for h, o in self.moved]
         news = " ".join(str(m.new_data_dir) for m in members)
@@ -388,11 +429,12 @@ async def run_restore(plan: RestorePlan, say: Say) -> RestoreReport:
                 return all(s.healthy for s in states)
 
             await _wait("the restored etcd members to become healthy", healthy, ETCD_TIMEOUT)
-            if report.revision != plan.revision:
+            if report.revision != plan.expected_revision:
                 raise RestoreFailed(
-                    f"the restored etcd serves revision {report.revision}, the snapshot has "
-                    f"{plan.revision}"
+                    f"the restored etcd serves revision {report.revision}, expected "
+                    f"{plan.expected_revision} (the snapshot's {plan.revision} + {plan.bump})"
                 )
+            moves.restored = True
 
         await step("start etcd on the restored data", start_etcd)
 

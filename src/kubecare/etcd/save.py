@@ -83,6 +83,10 @@ async def save(
         except asyncio.CancelledError:
             stream.cancel()
             raise
+        except OSError as e:  # the disk: full, read-only, an I/O error
+            raise SnapshotError(
+                f"cannot write {dest}: {e.strerror or e}; the snapshot was not saved"
+            ) from None
         if stream.total is None:
             raise EtcdError(f"etcd at {endpoint.url} sent an empty snapshot stream")
         if received % 512 != 32 or len(tail) != 32:
@@ -100,11 +104,17 @@ async def save(
         else:
             try:  # link, not rename: an existing file is never replaced, even by a race
                 os.link(tmp, dest)
+                os.unlink(tmp)
             except FileExistsError:
                 raise UsageError(
                     f"{dest} appeared while saving; choose another name or add --overwrite"
                 ) from None
-            os.unlink(tmp)
+            except OSError:  # no hard links here (vfat, some network shares): check, rename
+                if os.path.exists(dest):  # noqa: ASYNC240 (one local stat)
+                    raise UsageError(
+                        f"{dest} appeared while saving; choose another name or add --overwrite"
+                    ) from None
+                os.rename(tmp, dest)
         fsync_dir(dest.parent)
         done = True
     finally:

@@ -4,42 +4,53 @@
 # source: maintenance.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "maintenance.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'maintenance.proto'
 )
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x11maintenance.proto\x12\x0c\x65tcdserverpb"\\\n\x0eResponseHeader\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x12\x11\n\tmember_id\x18\x02 \x01(\x04\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x11\n\traft_term\x18\x04 \x01(\x04"\x11\n\x0fSnapshotRequest"x\n\x10SnapshotResponse\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.etcdserverpb.ResponseHeader\x12\x17\n\x0fremaining_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x62lob\x18\x03 \x01(\x0c\x12\x0f\n\x07version\x18\x04 \x01(\t"\x0f\n\rStatusRequest"\xc7\x02\n\x0eStatusResponse\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.etcdserverpb.ResponseHeader\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x62Size\x18\x03 \x01(\x03\x12\x0e\n\x06leader\x18\x04 \x01(\x04\x12\x11\n\traftIndex\x18\x05 \x01(\x04\x12\x10\n\x08raftTerm\x18\x06 \x01(\x04\x12\x18\n\x10raftAppliedIndex\x18\x07 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x08 \x03(\t\x12\x13\n\x0b\x64\x62SizeInUse\x18\t \x01(\x03\x12\x11\n\tisLearner\x18\n \x01(\x08\x12\x16\n\x0estorageVersion\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x62SizeQuota\x18\x0c \x01(\x03\x12\x32\n\rdowngradeInfo\x18\r \x01(\x0b\x32\x1b.etcdserverpb.DowngradeInfo"7\n\rDowngradeInfo\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x15\n\rtargetVersion\x18\x02 \x01(\t2\x9f\x01\n\x0bMaintenance\x12\x43\n\x06Status\x12\x1b.etcdserverpb.StatusRequest\x1a\x1c.etcdserverpb.StatusResponse\x12K\n\x08Snapshot\x12\x1d.etcdserverpb.SnapshotRequest\x1a\x1e.etcdserverpb.SnapshotResponse0\x01\x62\x06proto3'
-)
+
+
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11maintenance.proto\x12\x0c\x65tcdserverpb\"\\\n\x0eResponseHeader\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x12\x11\n\tmember_id\x18\x02 \x01(\x04\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x11\n\traft_term\x18\x04 \x01(\x04\"\x11\n\x0fSnapshotRequest\"x\n\x10SnapshotResponse\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.etcdserverpb.ResponseHeader\x12\x17\n\x0fremaining_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x62lob\x18\x03 \x01(\x0c\x12\x0f\n\x07version\x18\x04 \x01(\t\"\x0f\n\rStatusRequest\"\xc7\x02\n\x0eStatusResponse\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.etcdserverpb.ResponseHeader\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x62Size\x18\x03 \x01(\x03\x12\x0e\n\x06leader\x18\x04 \x01(\x04\x12\x11\n\traftIndex\x18\x05 \x01(\x04\x12\x10\n\x08raftTerm\x18\x06 \x01(\x04\x12\x18\n\x10raftAppliedIndex\x18\x07 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x08 \x03(\t\x12\x13\n\x0b\x64\x62SizeInUse\x18\t \x01(\x03\x12\x11\n\tisLearner\x18\n \x01(\x08\x12\x16\n\x0estorageVersion\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x62SizeQuota\x18\x0c \x01(\x03\x12\x32\n\rdowngradeInfo\x18\r \x01(\x0b\x32\x1b.etcdserverpb.DowngradeInfo\"7\n\rDowngradeInfo\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x15\n\rtargetVersion\x18\x02 \x01(\t\"[\n\x06Member\x12\n\n\x02ID\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08peerURLs\x18\x03 \x03(\t\x12\x12\n\nclientURLs\x18\x04 \x03(\t\x12\x11\n\tisLearner\x18\x05 \x01(\x08\")\n\x11MemberListRequest\x12\x14\n\x0clinearizable\x18\x01 \x01(\x08\"i\n\x12MemberListResponse\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.etcdserverpb.ResponseHeader\x12%\n\x07members\x18\x02 \x03(\x0b\x32\x14.etcdserverpb.Member2\x9f\x01\n\x0bMaintenance\x12\x43\n\x06Status\x12\x1b.etcdserverpb.StatusRequest\x1a\x1c.etcdserverpb.StatusResponse\x12K\n\x08Snapshot\x12\x1d.etcdserverpb.SnapshotRequest\x1a\x1e.etcdserverpb.SnapshotResponse0\x01\x32Z\n\x07\x43luster\x12O\n\nMemberList\x12\x1f.etcdserverpb.MemberListRequest\x1a .etcdserverpb.MemberListResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "maintenance_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maintenance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_RESPONSEHEADER"]._serialized_start = 35
-    _globals["_RESPONSEHEADER"]._serialized_end = 127
-    _globals["_SNAPSHOTREQUEST"]._serialized_start = 129
-    _globals["_SNAPSHOTREQUEST"]._serialized_end = 146
-    _globals["_SNAPSHOTRESPONSE"]._serialized_start = 148
-    _globals["_SNAPSHOTRESPONSE"]._serialized_end = 268
-    _globals["_STATUSREQUEST"]._serialized_start = 270
-    _globals["_STATUSREQUEST"]._serialized_end = 285
-    _globals["_STATUSRESPONSE"]._serialized_start = 288
-    _globals["_STATUSRESPONSE"]._serialized_end = 615
-    _globals["_DOWNGRADEINFO"]._serialized_start = 617
-    _globals["_DOWNGRADEINFO"]._serialized_end = 672
-    _globals["_MAINTENANCE"]._serialized_start = 675
-    _globals["_MAINTENANCE"]._serialized_end = 834
+  DESCRIPTOR._loaded_options = None
+  _globals['_RESPONSEHEADER']._serialized_start=35
+  _globals['_RESPONSEHEADER']._serialized_end=127
+  _globals['_SNAPSHOTREQUEST']._serialized_start=129
+  _globals['_SNAPSHOTREQUEST']._serialized_end=146
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=148
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=268
+  _globals['_STATUSREQUEST']._serialized_start=270
+  _globals['_STATUSREQUEST']._serialized_end=285
+  _globals['_STATUSRESPONSE']._serialized_start=288
+  _globals['_STATUSRESPONSE']._serialized_end=615
+  _globals['_DOWNGRADEINFO']._serialized_start=617
+  _globals['_DOWNGRADEINFO']._serialized_end=672
+  _globals['_MEMBER']._serialized_start=674
+  _globals['_MEMBER']._serialized_end=765
+  _globals['_MEMBERLISTREQUEST']._serialized_start=767
+  _globals['_MEMBERLISTREQUEST']._serialized_end=808
+  _globals['_MEMBERLISTRESPONSE']._serialized_start=810
+  _globals['_MEMBERLISTRESPONSE']._serialized_end=915
+  _globals['_MAINTENANCE']._serialized_start=918
+  _globals['_MAINTENANCE']._serialized_end=1077
+  _globals['_CLUSTER']._serialized_start=1079
+  _globals['_CLUSTER']._serialized_end=1169
 # @@protoc_insertion_point(module_scope)

@@ -16,13 +16,7 @@ class ResponseHeader(_message.Message):
     member_id: int
     revision: int
     raft_term: int
-    def __init__(
-        self,
-        cluster_id: _Optional[int] = ...,
-        member_id: _Optional[int] = ...,
-        revision: _Optional[int] = ...,
-        raft_term: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, cluster_id: _Optional[int] = ..., member_id: _Optional[int] = ..., revision: _Optional[int] = ..., raft_term: _Optional[int] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()
@@ -38,34 +32,14 @@ class SnapshotResponse(_message.Message):
     remaining_bytes: int
     blob: bytes
     version: str
-    def __init__(
-        self,
-        header: _Optional[_Union[ResponseHeader, _Mapping]] = ...,
-        remaining_bytes: _Optional[int] = ...,
-        blob: _Optional[bytes] = ...,
-        version: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., remaining_bytes: _Optional[int] = ..., blob: _Optional[bytes] = ..., version: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = (
-        "header",
-        "version",
-        "dbSize",
-        "leader",
-        "raftIndex",
-        "raftTerm",
-        "raftAppliedIndex",
-        "errors",
-        "dbSizeInUse",
-        "isLearner",
-        "storageVersion",
-        "dbSizeQuota",
-        "downgradeInfo",
-    )
+    __slots__ = ("header", "version", "dbSize", "leader", "raftIndex", "raftTerm", "raftAppliedIndex", "errors", "dbSizeInUse", "isLearner", "storageVersion", "dbSizeQuota", "downgradeInfo")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DBSIZE_FIELD_NUMBER: _ClassVar[int]
@@ -92,22 +66,7 @@ class StatusResponse(_message.Message):
     storageVersion: str
     dbSizeQuota: int
     downgradeInfo: DowngradeInfo
-    def __init__(
-        self,
-        header: _Optional[_Union[ResponseHeader, _Mapping]] = ...,
-        version: _Optional[str] = ...,
-        dbSize: _Optional[int] = ...,
-        leader: _Optional[int] = ...,
-        raftIndex: _Optional[int] = ...,
-        raftTerm: _Optional[int] = ...,
-        raftAppliedIndex: _Optional[int] = ...,
-        errors: _Optional[_Iterable[str]] = ...,
-        dbSizeInUse: _Optional[int] = ...,
-        isLearner: _Optional[bool] = ...,
-        storageVersion: _Optional[str] = ...,
-        dbSizeQuota: _Optional[int] = ...,
-        downgradeInfo: _Optional[_Union[DowngradeInfo, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., version: _Optional[str] = ..., dbSize: _Optional[int] = ..., leader: _Optional[int] = ..., raftIndex: _Optional[int] = ..., raftTerm: _Optional[int] = ..., raftAppliedIndex: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., dbSizeInUse: _Optional[int] = ..., isLearner: _Optional[bool] = ..., storageVersion: _Optional[str] = ..., dbSizeQuota: _Optional[int] = ..., downgradeInfo: _Optional[_Union[DowngradeInfo, _Mapping]] = ...) -> None: ...
 
 class DowngradeInfo(_message.Message):
     __slots__ = ("enabled", "targetVersion")
@@ -115,6 +74,32 @@ class DowngradeInfo(_message.Message):
     TARGETVERSION_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     targetVersion: str
-    def __init__(
-        self, enabled: _Optional[bool] = ..., targetVersion: _Optional[str] = ...
-    ) -> None: ...
+    def __init__(self, enabled: _Optional[bool] = ..., targetVersion: _Optional[str] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("ID", "name", "peerURLs", "clientURLs", "isLearner")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PEERURLS_FIELD_NUMBER: _ClassVar[int]
+    CLIENTURLS_FIELD_NUMBER: _ClassVar[int]
+    ISLEARNER_FIELD_NUMBER: _ClassVar[int]
+    ID: int
+    name: str
+    peerURLs: _containers.RepeatedScalarFieldContainer[str]
+    clientURLs: _containers.RepeatedScalarFieldContainer[str]
+    isLearner: bool
+    def __init__(self, ID: _Optional[int] = ..., name: _Optional[str] = ..., peerURLs: _Optional[_Iterable[str]] = ..., clientURLs: _Optional[_Iterable[str]] = ..., isLearner: _Optional[bool] = ...) -> None: ...
+
+class MemberListRequest(_message.Message):
+    __slots__ = ("linearizable",)
+    LINEARIZABLE_FIELD_NUMBER: _ClassVar[int]
+    linearizable: bool
+    def __init__(self, linearizable: _Optional[bool] = ...) -> None: ...
+
+class MemberListResponse(_message.Message):
+    __slots__ = ("header", "members")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
