@@ -27,35 +27,13 @@ from kubecare.kube import Kube
 from kubecare.sandbox import Sandbox
 
 from .conftest import run_cli
-from .workloads import deployment, statefulset, wait_running
+from .workloads import deployment, statefulset, wait_running, widget_crd
 
 pytestmark = pytest.mark.e2e
 #: kube-apiserver's own keys: objects, but no API serves them (IP/port allocators, peer leases)
 INTERNAL = {"ranges", "peerserverleases", "masterleases"}
 
-CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "widgets.example.com"},
-    "spec": {
-        "group": "example.com",
-        "scope": "Namespaced",
-        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                    }
-                },
-            }
-        ],
-    },
-}
+CRD = widget_crd("example.com")
 
 
 def save(sb: Sandbox, path: Path) -> None:

@@ -11,36 +11,14 @@ from kubecare.kube import Kube
 from kubecare.kube.discovery import discover, find
 from kubecare.sandbox.binaries import DEFAULT_KUBE_VERSION
 
-from .workloads import wait_for
+from .workloads import wait_for, widget_crd
 
 pytestmark = pytest.mark.e2e
 
 
 async def test_discovery_finds_builtin_and_custom_resources(kube: Kube) -> None:
     group = f"t{uuid.uuid4().hex[:6]}.kubecare.test"
-    crd = {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"widgets.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    crd = widget_crd(group)
     await kube.request_json(
         "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body=crd
     )

@@ -198,3 +198,30 @@ async def wait_running(kube: Kube, namespace: str, count: int, timeout: float = 
 
     result: list[JSON] = await wait_for(check, timeout)
     return result
+
+
+def widget_crd(group: str) -> JSON:
+    """A namespaced CustomResourceDefinition ``widgets.<group>`` (kind Widget, v1, any fields)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
