@@ -96,3 +96,31 @@ def test_legacy_discovery_skips_subresources() -> None:
     }
     [res] = parse_resource_list(doc, "", "v1")
     assert res.path() == "/api/v1/nodes" and not res.namespaced
+
+
+class _Transport:
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.transport = _Transport()
+
+
+def test_a_connection_opened_before_a_certificate_rotation_is_not_pooled_again() -> None:
+    import ssl
+
+    from kubecare.kube.http import HttpClient, _Conn
+
+    old, new = ssl.create_default_context(), ssl.create_default_context()
+    client = HttpClient("https://127.0.0.1:6443", ssl_context=old)
+    in_flight = _Conn(None, _Writer(), context=old)  # type: ignore[arg-type]
+    client.use_ssl_context(new)  # rotated while the request was out
+    client._release(in_flight, True)
+    assert client._idle == [] and in_flight.writer.transport.aborted  # type: ignore[attr-defined]
+    current = _Conn(None, _Writer(), context=new)  # type: ignore[arg-type]
+    client._release(current, True)
+    assert client._idle == [current]

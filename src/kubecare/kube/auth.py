@@ -29,6 +29,8 @@ from kubecare.errors import ConfigError
 from kubecare.kube.config import Connection, ExecConfig
 from kubecare.kube.http import Credentials, HttpClient
 
+#: A certificate-only exec credential fetched this recently answers every 401 of its old one.
+CERT_REFRESH_GRACE = 2.0
 USER_AGENT = f"kubecare/{__version__} ({sys.platform}/{os.uname().machine})"
 
 
@@ -209,6 +211,7 @@ class KubeAuth(Credentials):
     ) -> None:
         self.conn = conn
         self._exec = first
+        self._exec_fetched = time.monotonic() if first is not None else 0.0
         self.on_certificate = on_certificate  # a plugin handed out a new client certificate
         self._file_token: tuple[str, float] | None = None
         self._lock = asyncio.Lock()
@@ -236,10 +239,17 @@ class KubeAuth(Credentials):
             cred = self._exec
             stale = cred is None or (cred.expires is not None and cred.expires - time.time() < 10)
             # A 401 for the token we hold now means it is bad; for an older one, another request
-            # has already fetched a new one.
-            if stale or (refused and (cred is None or cred.token == refused_token)):
+            # has already fetched a new one. A certificate-only credential has no token to tell
+            # them apart: the 401s of requests sent with the old certificate arrive together, so
+            # one fetched in the last seconds is taken as the answer to them.
+            recent = time.monotonic() - self._exec_fetched < CERT_REFRESH_GRACE
+            refused_ours = cred is not None and (
+                cred.token == refused_token if cred.token is not None else not recent
+            )
+            if stale or (refused and (cred is None or refused_ours)):
                 cred = await asyncio.to_thread(run_exec_plugin, self.conn.exec, self.conn)
                 self._exec = cred
+                self._exec_fetched = time.monotonic()
                 if cred.cert_data and cred.key_data and self.on_certificate is not None:
                     self.on_certificate(cred.cert_data, cred.key_data)
             return cred.token if cred else None

@@ -104,6 +104,7 @@ class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     reused: bool = False
+    context: ssl.SSLContext | None = None  # the TLS material it was opened with
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -223,7 +224,7 @@ class HttpClient:
             raise ConnectError(f"TLS handshake with {self.authority} failed: {e}") from e
         except OSError as e:
             raise ConnectError(f"cannot connect to {self.authority}: {e.strerror or e}") from e
-        return _Conn(reader, writer)
+        return _Conn(reader, writer, context=self.ssl_context)
 
     async def _tunnel(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         assert self.proxy is not None and self.proxy.hostname
@@ -263,7 +264,9 @@ class HttpClient:
         self._idle.clear()
 
     def _release(self, conn: _Conn, reusable: bool) -> None:
-        if reusable and not self._closed:
+        # A connection opened before a certificate rotation is not pooled again: the server
+        # checks the client certificate of the connection, and the old one may have expired.
+        if reusable and not self._closed and conn.context is self.ssl_context:
             self._idle.append(conn)
         else:
             conn.close()
