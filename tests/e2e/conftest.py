@@ -7,6 +7,7 @@ start, every e2e test errors: nothing is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -52,6 +53,19 @@ async def sandbox(sandbox_state_dir: Path) -> AsyncIterator[Sandbox]:
                 node_monitor_grace_period=GRACE_SECONDS,
             )
         )
+        yield sb
+    finally:
+        if sb.dir.exists():
+            sb.down()
+
+
+@contextlib.asynccontextmanager
+async def own_sandbox(prefix: str, opts: SandboxOptions) -> AsyncIterator[Sandbox]:
+    """A sandbox for one test module whose tests change the control plane itself (restores,
+    manifest edits); always taken down."""
+    sb = Sandbox(f"{prefix}-{uuid.uuid4().hex[:6]}")
+    try:
+        await sb.up(opts)
         yield sb
     finally:
         if sb.dir.exists():

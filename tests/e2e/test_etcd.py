@@ -24,7 +24,7 @@ from kubecare.kube import Kube
 from kubecare.sandbox import Sandbox, SandboxOptions
 from kubecare.sandbox.binaries import ETCD_VERSION, binary_path
 
-from .conftest import run_cli
+from .conftest import own_sandbox, run_cli
 from .workloads import deployment, wait_for, wait_running
 
 pytestmark = pytest.mark.e2e
@@ -220,13 +220,8 @@ def test_bad_input_is_one_line_and_leaves_no_file(sandbox: Sandbox, tmp_path: Pa
 
 @pytest.fixture(scope="module")
 async def restore_sb(sandbox_state_dir: Path) -> AsyncIterator[Sandbox]:
-    sb = Sandbox(f"restore-{uuid.uuid4().hex[:6]}")
-    try:
-        await sb.up(SandboxOptions(workers=1))
+    async with own_sandbox("restore", SandboxOptions(workers=1)) as sb:
         yield sb
-    finally:
-        if sb.dir.exists():
-            sb.down()
 
 
 async def exists(kube: Kube, path: str) -> bool:
@@ -334,13 +329,8 @@ async def test_restore_brings_deleted_objects_back_and_drops_later_ones(
 
 @pytest.fixture(scope="module")
 async def ha_sb(sandbox_state_dir: Path) -> AsyncIterator[Sandbox]:
-    sb = Sandbox(f"restore-ha-{uuid.uuid4().hex[:6]}")
-    try:
-        await sb.up(SandboxOptions(workers=1, control_planes=3))
+    async with own_sandbox("restore-ha", SandboxOptions(workers=1, control_planes=3)) as sb:
         yield sb
-    finally:
-        if sb.dir.exists():
-            sb.down()
 
 
 async def test_restore_on_three_control_planes(ha_sb: Sandbox, tmp_path: Path) -> None:

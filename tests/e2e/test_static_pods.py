@@ -32,7 +32,7 @@ from kubecare.sandbox.binaries import (
     find_kubectl,
 )
 
-from .conftest import run_cli
+from .conftest import own_sandbox, run_cli
 from .workloads import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -42,13 +42,8 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 
 @pytest.fixture(scope="module")
 async def kubeadm_sb(sandbox_state_dir: Path) -> AsyncIterator[Sandbox]:
-    sb = Sandbox(f"static-{uuid.uuid4().hex[:6]}")
-    try:
-        await sb.up(SandboxOptions(workers=1, crash_backoff=1))
+    async with own_sandbox("static", SandboxOptions(workers=1, crash_backoff=1)) as sb:
         yield sb
-    finally:
-        if sb.dir.exists():
-            sb.down()
     assert leftover(sb) == []
 
 
