@@ -15,12 +15,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kubecare import __version__
-from kubecare.cli import completion, drain, etcd, nodes, outage, sandbox
+from kubecare.cli import backup, completion, drain, etcd, nodes, outage, sandbox
 from kubecare.cli.args import add_global_flags
 
 DESCRIPTION = (
     "Kubernetes node maintenance: cordon, drain, maintain, node outages and risks, "
-    "etcd snapshots, and a local sandbox control plane."
+    "etcd snapshots, resource backups, and a local sandbox control plane."
 )
 # Commands that take a command line after `--` (it is split off before parsing).
 TAKES_COMMAND = {"maintain"}
@@ -31,6 +31,7 @@ MODULES: tuple[Register, ...] = (
     drain.register,
     outage.register,
     etcd.register,
+    backup.register,
     sandbox.register,
     completion.register,
 )

@@ -1,0 +1,1 @@
+"""Backups of the cluster's resource configuration through the API: create, verify, diff, restore."""

@@ -1,0 +1,401 @@
+"""The backup archive: a tar of one JSON file per object, compressed with zstd, readable with
+standard tools and by kubecare at random access per resource type.
+
+Layout (format version 1, docs/backup-format.md has the reference)::
+
+    [zstd frame]  tar members of one resource type:
+                      resources/<group|core>/<resource>/<namespace|_cluster>/<name>.json[.age]
+                      checksums/<group|core>/<resource>.sha256   (sha256sum format)
+    [zstd frame]  ... one frame per resource type that has objects
+    [zstd frame]  manifest.json, then the tar end-of-archive blocks
+    [skippable]   footer: where the manifest frame starts and how long it is
+
+Concatenated zstd frames are one zstd stream and concatenated tar fragments one tar, so
+``tar --zstd -xf NAME.tar.zst`` extracts the whole backup (zstd ignores the skippable footer).
+kubecare reads the footer, then the manifest, then only the frames it needs: ``describe`` of a
+backup of any size reads a few kilobytes, ``restore`` reads each type when its turn comes.
+
+Every type is written to a spool file of its own while it is listed, and appended to the archive
+when its list is complete; a list that has to start over (expired continue token) truncates its
+spool, so the archive never holds two versions of a type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from ..errors import KubecareError
+
+FORMAT = "kubecare-backup"
+FORMAT_VERSION = 1
+SUFFIX = ".tar.zst"
+MANIFEST = "manifest.json"
+CLUSTER_SCOPE = "_cluster"  # not a valid namespace name (DNS labels cannot start with "_")
+_SKIPPABLE_MAGIC = 0x184D2A50
+_FOOTER_TAG = b"kubecare"
+_FOOTER = struct.Struct("<II8sQQ")  # magic, payload size, tag, manifest offset, manifest length
+FOOTER_SIZE = _FOOTER.size
+_BLOCK = 512
+_LEVEL = 3
+
+
+class ArchiveError(KubecareError):
+    """Raised when a backup archive cannot be read or does not check out: not a kubecare backup,
+    a newer format, truncated, a checksum that does not match, a member name that escapes."""
+
+
+def group_dir(group: str) -> str:
+    return group or "core"
+
+
+def member_path(group: str, resource: str, namespace: str, name: str, *, encrypted: bool) -> str:
+    suffix = ".json.age" if encrypted else ".json"
+    return f"resources/{group_dir(group)}/{resource}/{namespace or CLUSTER_SCOPE}/{name}{suffix}"
+
+
+def checksums_path(group: str, resource: str) -> str:
+    return f"checksums/{group_dir(group)}/{resource}.sha256"
+
+
+def parse_member_path(path: str) -> tuple[str, str, str, str, bool]:
+    """``resources/...`` -> (group, resource, namespace, name, encrypted); refuses anything that
+    could escape the directory it is extracted to."""
+    check_member_name(path)
+    parts = path.split("/")
+    if len(parts) != 5 or parts[0] != "resources":
+        raise ArchiveError(f"unexpected member {path!r} in the archive")
+    _, group, resource, namespace, leaf = parts
+    encrypted = leaf.endswith(".json.age")
+    name = leaf.removesuffix(".age").removesuffix(".json")
+    if not name or name == leaf:
+        raise ArchiveError(f"unexpected member {path!r} in the archive")
+    return (
+        "" if group == "core" else group,
+        resource,
+        "" if namespace == CLUSTER_SCOPE else namespace,
+        name,
+        encrypted,
+    )
+
+
+def check_member_name(path: str) -> None:
+    """Refuse absolute paths, ``..``, empty segments and control characters (path traversal)."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or any(ord(c) < 32 for c in path)
+    ):
+        raise ArchiveError(f"refusing archive member {path!r}: its name could escape the backup")
+
+
+def _tar_header(path: str, size: int, mtime: int) -> bytes:
+    info = tarfile.TarInfo(path)
+    info.size = size
+    info.mode = 0o600
+    info.mtime = mtime
+    info.uname = info.gname = "kubecare"
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % _BLOCK)
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+@dataclass
+class TypeFrame:
+    """The tar members of one resource type, compressed into one zstd frame in a spool file."""
+
+    spool: IO[bytes]
+    mtime: int
+    count: int = 0
+    size: int = 0  # uncompressed bytes of the objects
+    sums: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import zstandard
+
+        self._zstd = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True).compressobj()
+
+    def add(self, path: str, data: bytes) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        self._write(_tar_header(path, len(data), self.mtime) + data + _padding(len(data)))
+        self.sums.append(f"{digest}  {path}\n")
+        self.count += 1
+        self.size += len(data)
+
+    def _write(self, raw: bytes) -> None:
+        out = self._zstd.compress(raw)
+        if out:
+            self.spool.write(out)
+
+    def reset(self) -> None:
+        """Forget everything written (the list starts over)."""
+        self.spool.seek(0)
+        self.spool.truncate()
+        self.count = self.size = 0
+        self.sums = []
+        self.__post_init__()
+
+    def finish(self, checksums: str) -> str:
+        """Close the frame with the type's checksums member; returns that member's sha256."""
+        body = "".join(self.sums).encode()
+        self._write(_tar_header(checksums, len(body), self.mtime) + body + _padding(len(body)))
+        self.spool.write(self._zstd.flush())
+        self.spool.flush()
+        return hashlib.sha256(body).hexdigest()
+
+
+class ArchiveWriter:
+    """Appends finished type frames to a temp file beside ``final``; :meth:`commit` adds the
+    manifest and footer and links the file in under its final name (never over an existing
+    one). A crash at any point leaves no file under the final name."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self._fd, tmp = _mkstemp(final)
+        self.tmp = Path(tmp)
+        self._file = os.fdopen(self._fd, "wb")
+        self.offset = 0
+
+    def append(self, spool: IO[bytes]) -> tuple[int, int, str]:
+        """Copy a finished spool in; returns (offset, length, sha256 of the compressed frame)."""
+        spool.seek(0)
+        start, digest = self.offset, hashlib.sha256()
+        while chunk := spool.read(1 << 20):
+            digest.update(chunk)
+            self._file.write(chunk)
+            self.offset += len(chunk)
+        return start, self.offset - start, digest.hexdigest()
+
+    def commit(self, manifest: dict[str, Any], mtime: int) -> None:
+        import zstandard
+
+        body = orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        tar = _tar_header(MANIFEST, len(body), mtime) + body + _padding(len(body)) + b"\0" * 1024
+        frame = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True).compress(tar)
+        start = self.offset
+        self._file.write(frame)
+        payload = _FOOTER.pack(_SKIPPABLE_MAGIC, _FOOTER.size - 8, _FOOTER_TAG, start, len(frame))
+        self._file.write(payload)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        try:
+            os.link(self.tmp, self.final)  # fails if the name exists: nothing is overwritten
+        except FileExistsError:
+            raise ArchiveError(
+                f"{self.final} already exists; choose another backup name or delete that one"
+            ) from None
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        from ..files import fsync_dir
+
+        fsync_dir(self.final.parent)
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _mkstemp(final: Path) -> tuple[int, str]:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.fchmod(fd, 0o600)
+    return fd, tmp
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+class _Window(io.RawIOBase):
+    """``length`` bytes of ``f`` from ``offset``: one frame, read without loading it whole."""
+
+    def __init__(self, f: IO[bytes], offset: int, length: int) -> None:
+        self._f, self._pos, self._end = f, offset, offset + length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._end - self._pos)
+        if n <= 0:
+            return 0
+        self._f.seek(self._pos)
+        data = self._f.read(n)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+@dataclass(frozen=True)
+class Member:
+    path: str
+    data: bytes
+
+
+def _read_exact(stream: Any, n: int, what: str) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise ArchiveError(f"{what} is truncated")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _octal(field_: bytes, what: str) -> int:
+    text = field_.rstrip(b"\0 ").lstrip(b" ")
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise ArchiveError(f"{what}: a tar header is corrupt") from None
+
+
+def iter_tar(stream: Any, what: str) -> Iterator[Member]:
+    """The regular-file members of a tar stream (PAX path records honoured); stops at the end
+    of the stream or the end-of-archive blocks."""
+    pax_path: str | None = None
+    while True:
+        head = stream.read(_BLOCK)
+        while head and len(head) < _BLOCK:  # a stream reader may return short reads
+            more = stream.read(_BLOCK - len(head))
+            if not more:
+                break
+            head += more
+        if not head or head == b"\0" * _BLOCK:
+            return
+        if len(head) < _BLOCK:
+            raise ArchiveError(f"{what} is truncated")
+        size = _octal(head[124:136], what)
+        kind = head[156:157]
+        data = _read_exact(stream, size, what)
+        _read_exact(stream, -size % _BLOCK, what)
+        if kind == b"x":
+            pax_path = _pax_path(data, what)
+            continue
+        if kind not in (b"0", b"\0"):
+            raise ArchiveError(f"{what}: unexpected tar entry type {kind!r} (only files)")
+        name = head[0:100].split(b"\0", 1)[0]
+        prefix = head[345:500].split(b"\0", 1)[0]
+        path = pax_path or (prefix + b"/" + name if prefix else name).decode("utf-8", "replace")
+        pax_path = None
+        check_member_name(path)
+        yield Member(path, data)
+
+
+def _pax_path(data: bytes, what: str) -> str | None:
+    path = None
+    rest = data
+    while rest:
+        length_text, sep, _ = rest.partition(b" ")
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise ArchiveError(f"{what}: a tar PAX header is corrupt") from None
+        record, rest = rest[:length], rest[length:]
+        key, _, value = record.partition(b" ")[2].partition(b"=")
+        if key == b"path":
+            path = value.rstrip(b"\n").decode("utf-8", "surrogateescape")
+        if not sep or length <= 0:
+            raise ArchiveError(f"{what}: a tar PAX header is corrupt")
+    return path
+
+
+class ArchiveReader:
+    """Random access to a backup archive on a seekable file."""
+
+    def __init__(self, f: IO[bytes], name: str) -> None:
+        self.f, self.name = f, name
+        self.manifest = self._manifest()
+
+    @classmethod
+    def open(cls, path: Path) -> ArchiveReader:
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            raise ArchiveError(f"backup archive {path} does not exist") from None
+        except PermissionError:
+            raise ArchiveError(f"cannot read {path}: permission denied") from None
+        try:
+            return cls(f, str(path))
+        except BaseException:
+            f.close()
+            raise
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _manifest(self) -> dict[str, Any]:
+        end = self.f.seek(0, os.SEEK_END)
+        if end < _FOOTER.size:
+            raise ArchiveError(f"{self.name} is not a kubecare backup (too short)")
+        self.f.seek(end - _FOOTER.size)
+        magic, size, tag, offset, length = _FOOTER.unpack(self.f.read(_FOOTER.size))
+        if magic != _SKIPPABLE_MAGIC or tag != _FOOTER_TAG or size != _FOOTER.size - 8:
+            raise ArchiveError(
+                f"{self.name} is not a kubecare backup, or it is truncated (no footer)"
+            )
+        if offset + length > end - _FOOTER.size:
+            raise ArchiveError(f"{self.name} is truncated (the manifest is past its end)")
+        self.manifest_offset, self.manifest_length = offset, length
+        members = list(self.frame_members(offset, length, "the manifest"))
+        if len(members) != 1 or members[0].path != MANIFEST:
+            raise ArchiveError(f"{self.name}: the manifest frame is corrupt")
+        try:
+            manifest = orjson.loads(members[0].data)
+        except orjson.JSONDecodeError:
+            raise ArchiveError(f"{self.name}: the manifest is not valid JSON") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ArchiveError(f"{self.name} is not a kubecare backup (no kubecare manifest)")
+        version = manifest.get("formatVersion")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ArchiveError(
+                f"{self.name} was written in backup format version {version} (by kubecare "
+                f"{manifest.get('kubecareVersion')}); this kubecare reads format "
+                f"{FORMAT_VERSION}: upgrade kubecare to read it"
+            )
+        return dict(manifest)
+
+    def frame_members(self, offset: int, length: int, what: str) -> Iterator[Member]:
+        import zstandard
+
+        window = io.BufferedReader(_Window(self.f, offset, length), 1 << 20)
+        reader = zstandard.ZstdDecompressor().stream_reader(window, read_across_frames=True)
+        try:
+            yield from iter_tar(reader, f"{self.name} ({what})")
+        except zstandard.ZstdError as e:
+            raise ArchiveError(f"{self.name} ({what}) is corrupt: {e}") from None
+
+    def type_members(self, entry: dict[str, Any]) -> Iterator[Member]:
+        """The members of one type's frame, checksums file included (last)."""
+        frame = entry.get("frame")
+        if not frame:
+            return
+        what = f"{entry.get('resource')}.{entry.get('group')}".rstrip(".")
+        yield from self.frame_members(int(frame["offset"]), int(frame["length"]), what)

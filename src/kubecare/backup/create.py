@@ -1,0 +1,425 @@
+"""``kubecare backup create``: every listable resource type, paged, concurrently, streamed into
+an archive (:mod:`kubecare.backup.archive`) with memory that does not grow with the cluster.
+
+Each type is read with one paged list (one resourceVersion: the type is consistent as of that
+revision, which the manifest records); types are read concurrently, a bounded number at a time,
+while the next page of a type is fetched as the current one is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .. import __version__
+from ..errors import (
+    Conflict,
+    Forbidden,
+    KubecareError,
+    NotFound,
+    ServerError,
+    TooManyRequests,
+    UsageError,
+)
+from ..events import Event, EventSink, ignore
+from ..kube.client import JSON, Kube
+from ..kube.discovery import ApiResource, discover
+from . import labels
+from .archive import (
+    FORMAT,
+    FORMAT_VERSION,
+    ArchiveWriter,
+    TypeFrame,
+    checksums_path,
+    member_path,
+)
+from .rules import Filters, clean, skip_reason, type_name
+
+SHORT_NAMES = {
+    "configmaps": "cm",
+    "deployments.apps": "deploy",
+    "services": "svc",
+    "serviceaccounts": "sa",
+    "namespaces": "ns",
+    "pods": "po",
+    "daemonsets.apps": "ds",
+    "statefulsets.apps": "sts",
+    "replicasets.apps": "rs",
+    "persistentvolumeclaims": "pvc",
+    "persistentvolumes": "pv",
+    "ingresses.networking.k8s.io": "ing",
+    "cronjobs.batch": "cj",
+    "customresourcedefinitions.apiextensions.k8s.io": "crd",
+    "poddisruptionbudgets.policy": "pdb",
+    "networkpolicies.networking.k8s.io": "netpol",
+    "storageclasses.storage.k8s.io": "sc",
+    "horizontalpodautoscalers.autoscaling": "hpa",
+}
+
+
+@dataclass(frozen=True)
+class CreateOptions:
+    filters: Filters = field(default_factory=Filters)
+    recipients: tuple[str, ...] = ()  # age recipients for Secrets
+    allow_plaintext_secrets: bool = False
+    strict: bool = False  # a type that cannot be listed fails the backup
+    concurrency: int = 4  # types listed at once
+    chunk_size: int = 500  # objects per list request
+
+
+@dataclass
+class TypeResult:
+    group: str
+    version: str
+    resource: str
+    kind: str
+    namespaced: bool
+    custom: bool
+    count: int = 0
+    bytes: int = 0
+    resource_version: str = ""
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> objects left out
+    restarted: bool = False  # the list started over (its continue token expired)
+
+    @property
+    def name(self) -> str:
+        return type_name(self.group, self.resource)
+
+
+@dataclass
+class BackupResult:
+    name: str
+    location: str
+    types: list[TypeResult]
+    warnings: list[str]
+    objects: int
+    bytes: int  # uncompressed object bytes
+    archive_bytes: int
+    seconds: float
+    encrypted_secrets: bool
+
+
+def aliases(r: ApiResource) -> tuple[str, ...]:
+    """What a user may call a type in --include/--exclude-resources."""
+    gr = type_name(r.group, r.resource)
+    out = {gr, r.resource, r.kind.lower()}
+    if gr in SHORT_NAMES:
+        out.add(SHORT_NAMES[gr])
+    return tuple(sorted(out))
+
+
+def plan_types(resources: list[ApiResource], filters: Filters) -> list[ApiResource]:
+    """The types a backup lists: listable, each group-resource once (the preferred version,
+    which discovery lists first), taken by the filters."""
+    seen: set[str] = set()
+    out = []
+    for r in resources:
+        gr = type_name(r.group, r.resource)
+        if "list" not in r.verbs or gr in seen:
+            continue
+        seen.add(gr)
+        if filters.type_ok(gr, r.namespaced, aliases=aliases(r)):
+            out.append(r)
+    return out
+
+
+def parse_recipients(recipients: tuple[str, ...]) -> list[Any]:
+    from .secrets import recipients as parse
+
+    return parse(recipients)
+
+
+def _dump(obj: JSON, api_version: str, kind: str) -> bytes:
+    body = {"apiVersion": api_version, "kind": kind}
+    body.update(obj)  # list items of built-in types carry neither
+    body["apiVersion"], body["kind"] = api_version, kind
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+class _Restart(Exception):
+    """The list's continue token expired: read the type again from the start, unpaged."""
+
+
+async def _pages(
+    kube: Kube, path: str, params: dict[str, Any], chunk_size: int, what: str
+) -> AsyncIterator[JSON]:
+    """Pages of one list; the next page is fetched while the caller works on the current one.
+    An expired continue token (410) raises :class:`_Restart` (client-go's pager falls back to a
+    full list the same way: tools/pager FullListIfExpired)."""
+
+    async def fetch(token: str | None) -> JSON:
+        query = dict(params)
+        if chunk_size:
+            query["limit"] = chunk_size
+        if token:
+            query["continue"] = token
+        for attempt in range(6):
+            try:
+                return await kube.get_json(path, params=query, what=what)
+            except Conflict as e:
+                if e.status == 410 and token:
+                    raise _Restart() from None
+                raise
+            except (TooManyRequests, ServerError) as e:
+                if attempt == 5:
+                    raise
+                delay = getattr(e, "retry_after", None) or min(0.2 * 2**attempt, 5.0)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    pending = asyncio.ensure_future(fetch(None))
+    try:
+        while True:
+            page = await pending
+            token = (page.get("metadata") or {}).get("continue") or None
+            if token:
+                pending = asyncio.ensure_future(fetch(token))
+            yield page
+            if not token:
+                return
+    finally:
+        if not pending.done():
+            pending.cancel()
+
+
+async def _read_type(
+    kube: Kube,
+    r: ApiResource,
+    result: TypeResult,
+    frame: TypeFrame,
+    options: CreateOptions,
+    encryptor: Any,
+) -> None:
+    filters = options.filters
+    gr = result.name
+    params: dict[str, Any] = {}
+    if filters.selector:
+        params["labelSelector"] = filters.selector
+    namespace = (
+        filters.include_namespaces[0]
+        if r.namespaced and len(filters.include_namespaces) == 1
+        else None
+    )
+    path = r.path(namespace)
+    chunk = options.chunk_size
+    for attempt in range(2):
+        try:
+            async for page in _pages(kube, path, params, chunk, f"list {gr}"):
+                result.resource_version = result.resource_version or str(
+                    (page.get("metadata") or {}).get("resourceVersion") or ""
+                )
+                for obj in page.get("items") or []:
+                    _add(gr, r, obj, result, frame, filters, encryptor)
+            return
+        except _Restart:
+            if attempt:
+                raise
+            frame.reset()
+            result.count, result.bytes, result.skipped = 0, 0, {}
+            result.resource_version, result.restarted, chunk = "", True, 0
+
+
+def _add(
+    gr: str,
+    r: ApiResource,
+    obj: JSON,
+    result: TypeResult,
+    frame: TypeFrame,
+    filters: Filters,
+    encryptor: Any,
+) -> None:
+    if not filters.object_ok(gr, obj):
+        return
+    reason = skip_reason(gr, obj)
+    if reason:
+        result.skipped[reason] = result.skipped.get(reason, 0) + 1
+        return
+    meta = obj.get("metadata") or {}
+    data = _dump(clean(obj), r.group_version, r.kind)
+    encrypted = gr == "secrets" and encryptor is not None
+    if encrypted:
+        data = encryptor(data)
+    frame.add(
+        member_path(
+            r.group,
+            r.resource,
+            str(meta.get("namespace") or "") if r.namespaced else "",
+            str(meta.get("name") or ""),
+            encrypted=encrypted,
+        ),
+        data,
+    )
+    result.count += 1
+    result.bytes += len(data)
+
+
+async def create_backup(
+    kube: Kube,
+    dest: Path,
+    name: str,
+    options: CreateOptions,
+    *,
+    on_event: EventSink = ignore,
+) -> BackupResult:
+    """Write the backup ``name`` to the archive file ``dest`` (which must not exist)."""
+    started = time.monotonic()
+    filters = options.filters
+    if filters.selector:
+        labels.parse(filters.selector)
+    encryptor = None
+    if options.recipients:
+        from .secrets import encryptor as make_encryptor
+
+        encryptor = make_encryptor(parse_recipients(options.recipients))
+    version = await kube.version()
+    resources = await discover(kube)
+    types = plan_types(resources, filters)
+    if not types:
+        raise KubecareError("no resource type matches the filters; nothing to back up")
+    has_secrets = any(type_name(r.group, r.resource) == "secrets" for r in types)
+    if has_secrets and encryptor is None and not options.allow_plaintext_secrets:
+        raise UsageError(
+            "the backup would hold Secrets in plaintext; give --encrypt-to RECIPIENT (an age "
+            "public key) or --recipients-file, or pass --allow-plaintext-secrets, or "
+            "--exclude-resources secrets"
+        )
+    custom = await _custom_types(kube)
+    now = datetime.datetime.now(datetime.UTC)
+    mtime = int(now.timestamp())
+    results = [
+        TypeResult(
+            r.group,
+            r.version,
+            r.resource,
+            r.kind,
+            r.namespaced,
+            (r.group, r.resource) in custom,
+        )
+        for r in types
+    ]
+    frames: dict[str, JSON] = {}
+    warnings: list[str] = []
+    writer = ArchiveWriter(dest)
+    lock = asyncio.Lock()
+    sem = asyncio.Semaphore(max(1, options.concurrency))
+    done = 0
+
+    async def one(r: ApiResource, result: TypeResult) -> None:
+        nonlocal done
+        async with sem:
+            with tempfile.TemporaryFile(dir=dest.parent, prefix=".kubecare-spool-") as spool:
+                frame = TypeFrame(spool, mtime)
+                try:
+                    await _read_type(kube, r, result, frame, options, encryptor)
+                except (Forbidden, NotFound) as e:
+                    if options.strict:
+                        raise
+                    why = "forbidden" if isinstance(e, Forbidden) else "no longer served"
+                    warnings.append(f"{result.name}: {why}, not backed up ({e})")
+                    result.count = -1
+                    return
+                sums = checksums_path(r.group, r.resource)
+                sums_sha = frame.finish(sums)
+                if frame.count:
+                    async with lock:
+                        offset, length, sha = writer.append(spool)
+                    frames[result.name] = {
+                        "frame": {"offset": offset, "length": length, "sha256": sha},
+                        "checksums": {"path": sums, "sha256": sums_sha},
+                    }
+        done += 1
+        on_event(
+            Event(
+                "type-done",
+                f"{result.name}: {result.count} objects",
+                data={
+                    "type": result.name,
+                    "objects": result.count,
+                    "bytes": result.bytes,
+                    "done": done,
+                    "total": len(results),
+                    "resourceVersion": result.resource_version,
+                },
+            )
+        )
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for r, result in zip(types, results, strict=True):
+                tg.create_task(one(r, result))
+        kept = [t for t in results if t.count >= 0]
+        manifest = {
+            "format": FORMAT,
+            "formatVersion": FORMAT_VERSION,
+            "kubecareVersion": __version__,
+            "name": name,
+            "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "cluster": {"server": kube.server, "version": version.get("gitVersion", "")},
+            "filters": filters.to_json(),
+            "encryption": {
+                "secrets": "age" if encryptor is not None else "none",
+                "recipients": list(options.recipients) if encryptor is not None else [],
+            },
+            "warnings": warnings,
+            "types": [
+                {
+                    "group": t.group,
+                    "version": t.version,
+                    "resource": t.resource,
+                    "kind": t.kind,
+                    "namespaced": t.namespaced,
+                    "custom": t.custom,
+                    "count": t.count,
+                    "bytes": t.bytes,
+                    "resourceVersion": t.resource_version,
+                    "skipped": t.skipped,
+                    **frames.get(t.name, {}),
+                }
+                for t in sorted(kept, key=lambda t: t.name)
+            ],
+        }
+        await asyncio.to_thread(writer.commit, manifest, mtime)
+    except OSError as e:
+        writer.abort()
+        raise KubecareError(
+            f"cannot write the backup to {dest.parent}: {e.strerror or e}; free some space or "
+            "choose another --to (nothing was written under the backup's name)"
+        ) from None
+    except BaseException:
+        writer.abort()
+        raise
+    kept = [t for t in results if t.count >= 0]
+    return BackupResult(
+        name=name,
+        location=str(dest),
+        types=kept,
+        warnings=warnings,
+        objects=sum(t.count for t in kept),
+        bytes=sum(t.bytes for t in kept),
+        archive_bytes=dest.stat().st_size,  # noqa: ASYNC240 (one stat, at the end)
+        seconds=time.monotonic() - started,
+        encrypted_secrets=encryptor is not None,
+    )
+
+
+async def _custom_types(kube: Kube) -> set[tuple[str, str]]:
+    """(group, plural) of every type a CustomResourceDefinition serves."""
+    try:
+        crds, _ = await kube.list_all("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+    except (Forbidden, NotFound):
+        return set()
+    return {
+        (
+            str((c.get("spec") or {}).get("group")),
+            str(((c.get("spec") or {}).get("names") or {}).get("plural")),
+        )
+        for c in crds
+    }

@@ -1,0 +1,376 @@
+"""``kubecare backup restore``: the archive's objects back into a cluster, type by type in
+dependency order (:data:`kubecare.backup.rules.RESTORE_ORDER`), with server-side apply under the
+field manager ``kubecare``. It never deletes anything.
+
+- ``existing="skip"`` (default): objects that already exist are left alone (one metadata-only
+  list per type tells which); ``"update"``: they are applied over, forcing kubecare's ownership
+  of the fields the backup sets.
+- One object failing does not stop the others; every object gets an outcome.
+- ``dry_run``: every object is sent with ``dryRun=All`` (validated and admitted by the server,
+  nothing stored); objects that need something the restore would create first (their namespace,
+  their CRD) are reported as not validated.
+- The archive is verified end to end before anything is sent: a tampered or corrupt archive
+  restores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from ..errors import ApiError, KubecareError, NotFound, Unreachable, UsageError
+from ..events import Event, EventSink, ignore
+from ..kube.client import JSON, Kube
+from . import labels
+from .archive import ArchiveError, ArchiveReader, parse_member_path
+from .rules import Filters, for_restore, restore_order, type_name
+from .verify import checked_members, verify
+
+FIELD_MANAGER = "kubecare"
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+_CRDS = "customresourcedefinitions.apiextensions.k8s.io"
+
+
+class Outcome(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    filters: Filters = field(default_factory=Filters)
+    existing: str = "skip"  # skip | update
+    namespace_map: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+    order: tuple[str, ...] = ()
+    concurrency: int = 16
+    crd_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    type: str
+    namespace: str
+    name: str
+    outcome: Outcome
+    reason: str = ""
+
+
+@dataclass
+class RestoreResult:
+    backup: str
+    dry_run: bool
+    objects: list[ObjectResult]
+    seconds: float = 0.0
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for o in self.objects if o.outcome == outcome)
+
+    @property
+    def failed(self) -> list[ObjectResult]:
+        return [o for o in self.objects if o.outcome == Outcome.FAILED]
+
+
+def selected_types(manifest: JSON, filters: Filters) -> list[JSON]:
+    """The manifest's type entries the filters take."""
+    out = []
+    for entry in manifest.get("types") or []:
+        gr = type_name(str(entry.get("group") or ""), str(entry["resource"]))
+        aliases = {str(entry["resource"]), str(entry.get("kind", "")).lower()}
+        from .create import SHORT_NAMES
+
+        if gr in SHORT_NAMES:
+            aliases.add(SHORT_NAMES[gr])
+        namespaced = bool(entry.get("namespaced"))
+        if filters.include_resources or filters.exclude_resources:
+            if not filters.type_ok(gr, namespaced, aliases=aliases):
+                continue
+        elif (
+            not namespaced
+            and not filters.cluster_resources
+            and not (gr == "namespaces" and filters.include_namespaces)
+        ):
+            continue
+        out.append(entry)
+    return out
+
+
+def parse_namespace_map(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise UsageError(f"--namespace-map takes OLD=NEW, not {pair!r}")
+        out[old] = new
+    return out
+
+
+def api_path(entry: JSON, namespace: str, name: str = "") -> str:
+    group, version = str(entry.get("group") or ""), str(entry["version"])
+    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    ns = f"/namespaces/{namespace}" if entry.get("namespaced") and namespace else ""
+    return f"{base}{ns}/{entry['resource']}" + (f"/{name}" if name else "")
+
+
+class _Restore:
+    def __init__(
+        self,
+        kube: Kube,
+        reader: ArchiveReader,
+        options: RestoreOptions,
+        decrypt: Callable[[bytes, str], bytes] | None,
+        on_event: EventSink,
+    ) -> None:
+        self.kube, self.reader, self.options = kube, reader, options
+        self.decrypt, self.on_event = decrypt, on_event
+        self.selector = labels.parse(options.filters.selector)
+        self.results: list[ObjectResult] = []
+        self.namespaces: dict[str, bool] = {}  # name -> terminating
+        self.new_namespaces: set[str] = set()  # created (or, dry run: would be) by this restore
+        self.served: set[str] = set()
+        self.pending_crds: set[str] = set()  # dry run: CRDs in the archive not in the cluster
+
+    def result(self, entry: JSON, ns: str, name: str, outcome: Outcome, why: str = "") -> None:
+        gr = type_name(str(entry.get("group") or ""), str(entry["resource"]))
+        self.results.append(ObjectResult(gr, ns, name, outcome, why))
+
+    async def refresh(self) -> None:
+        from ..kube.discovery import discover
+
+        self.served = {type_name(r.group, r.resource) for r in await discover(self.kube)}
+        items, _ = await self.kube.list_all("/api/v1/namespaces", what="list namespaces")
+        self.namespaces = {
+            str(n["metadata"]["name"]): bool(n["metadata"].get("deletionTimestamp")) for n in items
+        }
+
+    async def existing(self, entry: JSON, namespaces: set[str]) -> set[tuple[str, str]]:
+        """(namespace, name) of the type's objects already in the cluster."""
+        targets: list[str | None] = [None]
+        if entry.get("namespaced") and len(namespaces) == 1:
+            targets = [next(iter(namespaces))]
+        out: set[tuple[str, str]] = set()
+        for ns in targets:
+            path = api_path(entry, ns or "")
+            params = {"limit": 1000}
+            token = None
+            while True:
+                query = dict(params, **({"continue": token} if token else {}))
+                page = await self.kube.get_json(
+                    path, params=query, accept=_METADATA_LIST, what=f"list {entry['resource']}"
+                )
+                for item in page.get("items") or []:
+                    meta = item.get("metadata") or {}
+                    out.add((str(meta.get("namespace") or ""), str(meta.get("name"))))
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+        return out
+
+    def objects(self, entry: JSON) -> Iterator[tuple[str, str, JSON]]:
+        """(namespace after mapping, name, object to send) of the type, filtered, as the
+        archive is read (memory does not grow with the number of objects)."""
+        gr = type_name(str(entry.get("group") or ""), str(entry["resource"]))
+        filters = self.options.filters
+        for member in checked_members(self.reader, entry):
+            _, _, _, name, encrypted = parse_member_path(member.path)
+            data = member.data
+            if encrypted:
+                if self.decrypt is None:
+                    raise UsageError("the archive's Secrets are encrypted; pass --identity FILE")
+                data = self.decrypt(data, member.path)
+            try:
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise ArchiveError(f"{self.reader.name}: {member.path} is not JSON") from None
+            if not filters.object_ok(gr, obj):
+                continue
+            if not labels.matches(self.selector, (obj.get("metadata") or {}).get("labels")):
+                continue
+            sent, _ = for_restore(gr, obj, self.options.namespace_map)
+            meta = sent.get("metadata") or {}
+            target_ns = str(meta.get("namespace") or "") if entry.get("namespaced") else ""
+            yield target_ns, str(meta.get("name") or name), sent
+
+    async def apply(self, entry: JSON, ns: str, name: str, obj: JSON, exists: bool) -> None:
+        options = self.options
+        params: dict[str, Any] = {"fieldManager": FIELD_MANAGER}
+        if options.dry_run:
+            params["dryRun"] = "All"
+        if exists:
+            params["force"] = "true"
+        gr = type_name(str(entry.get("group") or ""), str(entry["resource"]))
+        done = Outcome.UPDATED if exists else Outcome.CREATED
+        if ns and self.namespaces.get(ns):
+            self.result(
+                entry,
+                ns,
+                name,
+                Outcome.FAILED,
+                f"namespace {ns} is being deleted; run the restore again when it is gone",
+            )
+            return
+        if options.dry_run and ((ns and ns in self.new_namespaces) or gr not in self.served):
+            why = (
+                f"not validated: namespace {ns} is created by this restore"
+                if ns in self.new_namespaces
+                else "not validated: its CustomResourceDefinition is created by this restore"
+            )
+            self.result(entry, ns, name, done, why)
+            return
+        try:
+            await self.kube.request_json(
+                "PATCH",
+                api_path(entry, ns, name),
+                body=obj,
+                params=params,
+                content_type="application/apply-patch+yaml",
+                what=f"{gr} {ns + '/' if ns else ''}{name}",
+            )
+        except Unreachable:
+            raise
+        except ApiError as e:
+            self.result(entry, ns, name, Outcome.FAILED, e.message)
+            return
+        self.result(entry, ns, name, done)
+
+    async def one_type(self, entry: JSON) -> None:
+        gr = type_name(str(entry.get("group") or ""), str(entry["resource"]))
+        if not entry.get("count"):
+            return
+        served = gr in self.served or (self.options.dry_run and gr in self.pending_crds)
+        existing: set[tuple[str, str]] = set()
+        if gr in self.served:
+            include = self.options.filters.include_namespaces
+            mapped = {self.options.namespace_map.get(n, n) for n in include}
+            existing = await self.existing(entry, mapped if len(mapped) == 1 else set())
+        sem = asyncio.Semaphore(max(1, self.options.concurrency))
+        count = 0
+
+        async def send(ns: str, name: str, obj: JSON) -> None:
+            try:
+                await self.apply(entry, ns, name, obj, (ns, name) in existing)
+            finally:
+                sem.release()
+
+        async with asyncio.TaskGroup() as tg:
+            for ns, name, obj in self.objects(entry):
+                count += 1
+                if not served:
+                    self.result(
+                        entry,
+                        ns,
+                        name,
+                        Outcome.FAILED,
+                        f"{gr} is not served by this cluster (no such API or CRD)",
+                    )
+                    continue
+                if (ns, name) in existing and self.options.existing == "skip":
+                    self.result(entry, ns, name, Outcome.SKIPPED, "already exists")
+                    continue
+                if gr == "namespaces" and (ns, name) not in existing:
+                    self.new_namespaces.add(name)
+                await sem.acquire()
+                tg.create_task(send(ns, name, obj))
+        if count:
+            self.on_event(Event("type-done", f"{gr}: {count} objects", data={"type": gr}))
+
+    async def wait_established(self, names: list[str]) -> None:
+        deadline = time.monotonic() + self.options.crd_timeout
+        for name in names:
+            path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+            while True:
+                try:
+                    crd = await self.kube.get_json(path, what=f"CRD {name}")
+                except NotFound:
+                    break  # failed to restore: its outcome says why
+                conditions = (crd.get("status") or {}).get("conditions") or []
+                if any(
+                    c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise KubecareError(
+                        f"CRD {name} was restored but is not Established after "
+                        f"{self.options.crd_timeout:.0f}s; check it with: kubectl describe crd {name}"
+                    )
+                await asyncio.sleep(0.2)
+
+
+async def restore_backup(
+    kube: Kube,
+    reader: ArchiveReader,
+    options: RestoreOptions,
+    *,
+    decrypt: Callable[[bytes, str], bytes] | None = None,
+    on_event: EventSink = ignore,
+) -> RestoreResult:
+    started = time.monotonic()
+    if options.existing not in ("skip", "update"):
+        raise UsageError(f"--existing takes skip or update, not {options.existing!r}")
+    report = await asyncio.to_thread(verify, reader)
+    if not report.ok:
+        raise ArchiveError(
+            f"{reader.name} fails verification ({report.problems[0]}"
+            f"{f' and {len(report.problems) - 1} more' if len(report.problems) > 1 else ''}); "
+            "nothing was restored"
+        )
+    manifest = reader.manifest
+    entries = selected_types(manifest, options.filters)
+    encrypted = manifest.get("encryption", {}).get("secrets") == "age"
+    if (
+        decrypt is None
+        and encrypted
+        and any(
+            e["resource"] == "secrets" and not e.get("group") and e.get("count") for e in entries
+        )
+    ):
+        raise UsageError(
+            "the archive's Secrets are encrypted; pass --identity FILE (an age identity of "
+            "one of its recipients) or --exclude-resources secrets"
+        )
+    if decrypt is not None:
+        _check_identity(reader, entries, decrypt)
+    by_name = {type_name(str(e.get("group") or ""), str(e["resource"])): e for e in entries}
+    custom = {n for n, e in by_name.items() if e.get("custom")}
+    run = _Restore(kube, reader, options, decrypt, on_event)
+    await run.refresh()
+    for name in restore_order(by_name, custom, options.order):
+        entry = by_name[name]
+        await run.one_type(entry)
+        if name == _CRDS:
+            crds = [o.name for o in run.results if o.type == _CRDS and o.outcome != Outcome.FAILED]
+            if options.dry_run:
+                run.pending_crds = {
+                    type_name(str(e.get("group") or ""), str(e["resource"]))
+                    for e in entries
+                    if e.get("custom")
+                } - run.served
+            else:
+                await run.wait_established(crds)
+                await run.refresh()
+    return RestoreResult(
+        backup=str(manifest.get("name") or reader.name),
+        dry_run=options.dry_run,
+        objects=run.results,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _check_identity(
+    reader: ArchiveReader, entries: list[JSON], decrypt: Callable[[bytes, str], bytes]
+) -> None:
+    """Decrypt one Secret before anything is sent: a wrong key fails here, not half way."""
+    for entry in entries:
+        if entry["resource"] == "secrets" and not entry.get("group"):
+            for member in reader.type_members(entry):
+                if member.path.endswith(".age"):
+                    decrypt(member.data, member.path)
+                    return
