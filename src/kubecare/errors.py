@@ -122,3 +122,12 @@ class SandboxError(KubecareError):
 
 class BuildError(SandboxError):
     """Raised when a step of building the sandbox binaries fails; the message has its last output."""
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real failure in a (nested) exception group from a TaskGroup."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        return exc
+    return group

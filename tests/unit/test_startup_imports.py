@@ -112,3 +112,22 @@ def test_reading_a_snapshot_imports_neither_grpc_nor_asyncio(tmp_path: Path) -> 
         mods = imported(*args)
         assert "kubecare.etcd.snapshot" in mods  # the command did run
         assert [m for m in ("grpc", "asyncio", "kubecare.kube") if m in mods] == []
+
+
+def test_reading_a_local_backup_imports_no_cluster_client_s3_or_age(tmp_path: Path) -> None:
+    # list, describe and verify of a local archive are offline: no HTTP client, no asyncio,
+    # no obstore (S3) and no pyrage (only Secrets need it).
+    from tests.unit.test_backup_logic import cm, write_archive
+
+    store = tmp_path / "store"
+    store.mkdir()
+    write_archive(store / "b1.tar.zst", {"configmaps": [cm("x")]})
+    for args in (
+        ["backup", "list", "--from", str(store)],
+        ["backup", "describe", "b1", "--from", str(store)],
+        ["backup", "verify", str(store / "b1.tar.zst")],
+    ):
+        mods = imported(*args)
+        assert "kubecare.backup.archive" in mods  # the command did run
+        unwanted = ("asyncio", "kubecare.kube", "obstore", "pyrage", "ssl")
+        assert [m for m in unwanted if m in mods] == [], args

@@ -28,6 +28,7 @@ from ..errors import (
     ServerError,
     TooManyRequests,
     UsageError,
+    first_error,
 )
 from ..events import Event, EventSink, ignore
 from ..kube.client import JSON, Kube
@@ -352,9 +353,12 @@ async def create_backup(
         )
 
     try:
-        async with asyncio.TaskGroup() as tg:
-            for r, result in zip(types, results, strict=True):
-                tg.create_task(one(r, result))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for r, result in zip(types, results, strict=True):
+                    tg.create_task(one(r, result))
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
         kept = [t for t in results if t.count >= 0]
         manifest = {
             "format": FORMAT,
@@ -381,6 +385,7 @@ async def create_backup(
                     "bytes": t.bytes,
                     "resourceVersion": t.resource_version,
                     "skipped": t.skipped,
+                    "restarted": t.restarted,
                     **frames.get(t.name, {}),
                 }
                 for t in sorted(kept, key=lambda t: t.name)

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ApiError, KubecareError, NotFound, Unreachable, UsageError
+from ..errors import ApiError, KubecareError, NotFound, Unreachable, UsageError, first_error
 from ..events import Event, EventSink, ignore
 from ..kube.client import JSON, Kube
 from . import labels
@@ -251,6 +251,16 @@ class _Restore:
             include = self.options.filters.include_namespaces
             mapped = {self.options.namespace_map.get(n, n) for n in include}
             existing = await self.existing(entry, mapped if len(mapped) == 1 else set())
+        try:
+            count = await self._send_all(entry, served, existing)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        if count:
+            self.on_event(Event("type-done", f"{gr}: {count} objects", data={"type": gr}))
+
+    async def _send_all(self, entry: JSON, served: bool, existing: set[tuple[str, str]]) -> int:
+        """Apply the type's objects, a bounded number in flight; returns how many were read."""
+        gr = type_name(str(entry.get("group") or ""), str(entry["resource"]))
         sem = asyncio.Semaphore(max(1, self.options.concurrency))
         count = 0
 
@@ -279,8 +289,7 @@ class _Restore:
                     self.new_namespaces.add(name)
                 await sem.acquire()
                 tg.create_task(send(ns, name, obj))
-        if count:
-            self.on_event(Event("type-done", f"{gr}: {count} objects", data={"type": gr}))
+        return count
 
     async def wait_established(self, names: list[str]) -> None:
         deadline = time.monotonic() + self.options.crd_timeout

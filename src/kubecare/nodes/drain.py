@@ -45,6 +45,7 @@ from kubecare.errors import (
     TooManyRequests,
     Unreachable,
     UsageError,
+    first_error,
 )
 from kubecare.events import Event, EventSink, ignore
 from kubecare.kube import JSON, Kube
@@ -151,15 +152,6 @@ class DrainFailed(OperationFailed):
     def __init__(self, message: str, reports: Sequence[NodeReport]) -> None:
         super().__init__(message)
         self.reports = list(reports)
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real failure in a (nested) exception group from a TaskGroup."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return first_error(exc)
-        return exc
-    return group
 
 
 class NodeDrain:
