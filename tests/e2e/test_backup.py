@@ -86,7 +86,7 @@ async def make_mix(kube: Kube, ns: str, group: str) -> None:
             "schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": {
                 "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}}}),
         ("/apis/batch/v1/namespaces/{ns}/jobs", {"metadata": {"name": "once"}, "spec": {
-            "template": {"spec": {"restartPolicy": "Never",
+            "suspend": True, "template": {"spec": {"restartPolicy": "Never",
                                   "containers": [{"name": "c", "image": "busybox"}]}}}}),
         (f"/apis/{group}/v1/namespaces/{{ns}}/widgets", {"apiVersion": f"{group}/v1",
             "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}}),
@@ -341,8 +341,7 @@ def _rewrite_member(src: Path, dst: Path, member: str, change: Any) -> None:
                         sums = mem.data
                         continue
                     frame.add(mem.path, change(mem.data) if mem.path == member else mem.data)
-                frame.sums = [sums.decode()] if sums else frame.sums
-                sha = frame.finish(checksums_path(entry["group"], entry["resource"]))
+                sha = frame.finish(checksums_path(entry["group"], entry["resource"]), sums=sums)
                 offset, length, fsha = w.append(spool)
                 entry["frame"] = {"offset": offset, "length": length, "sha256": fsha}
                 entry["checksums"]["sha256"] = sha

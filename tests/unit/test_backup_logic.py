@@ -34,7 +34,7 @@ from kubecare.backup.rules import (
     restore_order,
     skip_reason,
 )
-from kubecare.backup.schedule import ScheduleOptions, manifests
+from kubecare.backup.schedule import ScheduleOptions, manifests, read_rules
 from kubecare.backup.stores import Info, check_name
 from kubecare.backup.verify import verify
 from kubecare.errors import UsageError
@@ -388,8 +388,7 @@ def test_verify_finds_changed_missing_and_escaping_members(tmp_path: Path) -> No
         frame = TypeFrame(spool, 0)
         path, data = cm("x")
         frame.add(path, data)
-        frame.sums = [f"{'0' * 64}  {path}\n"]
-        sha = frame.finish(checksums_path("", "configmaps"))
+        sha = frame.finish(checksums_path("", "configmaps"), sums=f"{'0' * 64}  {path}\n".encode())
         offset, length, fsha = w.append(spool)
     w.commit({"format": "kubecare-backup", "formatVersion": 1, "types": [{
         "group": "", "version": "v1", "resource": "configmaps", "count": 1,
@@ -449,21 +448,28 @@ def test_backup_names() -> None:
 
 
 def test_schedule_manifests_are_read_only_and_validated() -> None:
+    rules = read_rules([("", "pods", ("get", "list")), ("", "pods/exec", ("get", "create")),
+                        ("", "nodes/proxy", ("get",)), ("apps", "deployments", ("list",)),
+                        ("", "bindings", ("create",))])  # fmt: skip
+    assert rules == (("", ("pods",)), ("apps", ("deployments",)))  # never a subresource
     docs = manifests(ScheduleOptions(image="img", store="s3://b/p", s3_secret="s3",
-                                     recipients=("age1x",), keep_last=7))  # fmt: skip
+                                     recipients=("age1x",), keep_last=7, resources=rules))  # fmt: skip
     role = next(d for d in docs if d["kind"] == "ClusterRole")
     verbs = {v for rule in role["rules"] for v in rule["verbs"]}  # type: ignore[attr-defined]
     assert verbs == {"get", "list"}
+    assert all("*" not in r.get("resources", []) for r in role["rules"])  # type: ignore[attr-defined]
     cron = docs[-1]
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
     assert container["args"] == ["backup", "create", "--to", "s3://b/p", "--encrypt-to", "age1x",
                                  "--keep-last", "7"]  # fmt: skip
     assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    r = rules
     for bad, message in (
-        (ScheduleOptions(image=""), "--image"),
-        (ScheduleOptions(image="i", schedule="often", store="s3://b"), "cron"),
-        (ScheduleOptions(image="i", store="/backups"), "--claim"),
-        (ScheduleOptions(image="i", store="s3://b"), "--encrypt-to"),
+        (ScheduleOptions(image="", resources=r), "--image"),
+        (ScheduleOptions(image="i", schedule="often", store="s3://b", resources=r), "cron"),
+        (ScheduleOptions(image="i", store="/backups", resources=r), "--claim"),
+        (ScheduleOptions(image="i", store="rel", claim="c", resources=r), "absolute"),
+        (ScheduleOptions(image="i", store="s3://b", resources=r), "--encrypt-to"),
     ):
         with pytest.raises(UsageError, match=message):
             manifests(bad)
@@ -488,3 +494,89 @@ def test_window_reads_only_its_frame() -> None:
     f = io.BytesIO(b"0123456789")
     w = io.BufferedReader(_Window(f, 3, 4))
     assert w.read() == b"3456"
+
+
+def test_a_malformed_manifest_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    for i, manifest in enumerate(
+        [
+            {"types": "x"},
+            {"types": [1]},
+            {"types": [{"group": "", "version": "v1", "resource": "../x", "count": 0}]},
+            {"types": [{"group": "", "version": "v1 HTTP", "resource": "x", "count": 0}]},
+            {"types": [{"group": "", "version": "v1", "resource": "x", "count": "many"}]},
+            {
+                "types": [
+                    {
+                        "group": "",
+                        "version": "v1",
+                        "resource": "x",
+                        "count": 1,
+                        "frame": {"offset": "abc", "length": 1, "sha256": "0" * 64},
+                    }
+                ]
+            },
+            {"types": [], "encryption": "age"},
+        ]
+    ):
+        path = tmp_path / f"m{i}.tar.zst"
+        write_archive(path, {})
+        with ArchiveReader.open(path) as r:
+            doc = {**r.manifest, **manifest}
+        bad = tmp_path / f"bad{i}.tar.zst"
+        w = ArchiveWriter(bad)
+        w.commit(doc, 0)
+        with pytest.raises(ArchiveError, match="manifest is malformed"):
+            ArchiveReader.open(bad)
+
+
+def test_an_object_must_be_the_one_its_member_names() -> None:
+    from kubecare.backup.archive import ArchiveError as AE
+    from kubecare.backup.restore import check_identity, load_object
+
+    obj = load_object(b'{"metadata": {"name": "app", "namespace": "a"}}', "x", "p")
+    check_identity(obj, "a", "app", True, "p")
+    with pytest.raises(AE, match="altered"):
+        check_identity(obj, "b", "app", True, "p")
+    with pytest.raises(AE, match="altered"):
+        check_identity(obj, "a", "other", True, "p")
+    evil = load_object(
+        json.dumps({"metadata": {"name": "x HTTP/1.1\r\nDELETE /"}}).encode(), "x", "p"
+    )
+    with pytest.raises(AE, match="not a valid object name"):
+        check_identity(evil, "", "x HTTP/1.1\r\nDELETE /", False, "p")
+    for not_object in (b"[]", b"{}", b"nope"):
+        with pytest.raises(AE):
+            load_object(not_object, "x", "p")
+
+
+def test_finished_pods_and_jobs_are_left_out() -> None:
+    assert skip_reason("pods", {**obj("p", "a"), "status": {"phase": "Succeeded"}})
+    assert skip_reason("pods", {**obj("p", "a"), "status": {"phase": "Running"}}) is None
+    done = {"conditions": [{"type": "Complete", "status": "True"}]}
+    assert skip_reason("jobs.batch", {**obj("j", "a"), "status": done})
+    assert skip_reason("jobs.batch", {**obj("j", "a"), "status": {}}) is None
+
+
+def test_ssh_keys_encrypt_and_decrypt_secrets(tmp_path: Path) -> None:
+    import subprocess
+
+    from kubecare.backup.secrets import decryptor, encryptor, identities, recipients
+
+    subprocess.run(["ssh-keygen", "-t", "ed25519", "-N", "", "-q", "-f", str(tmp_path / "k")],
+                   check=True)  # fmt: skip
+    public = (tmp_path / "k.pub").read_text().strip()
+    sealed = encryptor(recipients([public]))(b"secret")
+    assert decryptor(identities(tmp_path / "k"))(sealed, "m") == b"secret"
+    (tmp_path / "k").chmod(0o644)
+    with pytest.raises(UsageError, match="chmod 600"):
+        identities(tmp_path / "k")
+
+
+def test_retention_never_touches_what_is_not_a_backup(tmp_path: Path) -> None:
+    from kubecare.backup.stores import LocalStore, is_backup
+
+    write_archive(tmp_path / "nightly.tar.zst", {"configmaps": [cm("x")]})
+    (tmp_path / "linux-6.9.tar.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(100))
+    (tmp_path / "Upper.tar.zst").write_bytes(b"")
+    store = LocalStore(tmp_path)
+    assert [i.name for i in store.infos() if is_backup(store, i.name)] == ["nightly"]

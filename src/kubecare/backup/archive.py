@@ -25,10 +25,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import struct
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -119,23 +120,28 @@ def _padding(size: int) -> bytes:
 
 @dataclass
 class TypeFrame:
-    """The tar members of one resource type, compressed into one zstd frame in a spool file."""
+    """The tar members of one resource type, compressed into one zstd frame in a spool file.
+    The checksum lines go to a temp file of their own until the frame is finished: memory stays
+    the same for a type of ten objects or a million."""
 
     spool: IO[bytes]
     mtime: int
+    tmpdir: str | None = None  # where the checksum lines wait (default: the temp dir)
     count: int = 0
     size: int = 0  # uncompressed bytes of the objects
-    sums: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        import tempfile
+
         import zstandard
 
         self._zstd = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True).compressobj()
+        self._sums = tempfile.TemporaryFile(dir=self.tmpdir)  # noqa: SIM115 (closed in finish/reset)
 
     def add(self, path: str, data: bytes) -> None:
         digest = hashlib.sha256(data).hexdigest()
         self._write(_tar_header(path, len(data), self.mtime) + data + _padding(len(data)))
-        self.sums.append(f"{digest}  {path}\n")
+        self._sums.write(f"{digest}  {path}\n".encode())
         self.count += 1
         self.size += len(data)
 
@@ -146,19 +152,28 @@ class TypeFrame:
 
     def reset(self) -> None:
         """Forget everything written (the list starts over)."""
+        self._sums.close()
         self.spool.seek(0)
         self.spool.truncate()
         self.count = self.size = 0
-        self.sums = []
         self.__post_init__()
 
-    def finish(self, checksums: str) -> str:
-        """Close the frame with the type's checksums member; returns that member's sha256."""
-        body = "".join(self.sums).encode()
-        self._write(_tar_header(checksums, len(body), self.mtime) + body + _padding(len(body)))
+    def finish(self, checksums: str, *, sums: bytes | None = None) -> str:
+        """Close the frame with the type's checksums member (``sums`` replaces the computed
+        lines: tests forge archives with it); returns that member's sha256."""
+        size = self._sums.tell() if sums is None else len(sums)
+        self._sums.seek(0)
+        digest = hashlib.sha256()
+        self._write(_tar_header(checksums, size, self.mtime))
+        chunks = iter([sums]) if sums is not None else iter(lambda: self._sums.read(1 << 20), b"")
+        for chunk in chunks:
+            digest.update(chunk)
+            self._write(chunk)
+        self._sums.close()
+        self._write(_padding(size))
         self.spool.write(self._zstd.flush())
         self.spool.flush()
-        return hashlib.sha256(body).hexdigest()
+        return digest.hexdigest()
 
 
 class ArchiveWriter:
@@ -200,11 +215,18 @@ class ArchiveWriter:
         try:
             os.link(self.tmp, self.final)  # fails if the name exists: nothing is overwritten
         except FileExistsError:
+            self.tmp.unlink(missing_ok=True)
             raise ArchiveError(
                 f"{self.final} already exists; choose another backup name or delete that one"
             ) from None
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        except OSError:
+            # No hard links here (vfat/exFAT, some network filesystems): a rename, checked
+            # first, is the next best thing (a name taken in between would be replaced).
+            if self.final.exists():
+                self.tmp.unlink(missing_ok=True)
+                raise ArchiveError(f"{self.final} already exists; choose another name") from None
+            os.rename(self.tmp, self.final)
+        self.tmp.unlink(missing_ok=True)
         from ..files import fsync_dir
 
         fsync_dir(self.final.parent)
@@ -374,12 +396,13 @@ class ArchiveReader:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ArchiveError(f"{self.name} is not a kubecare backup (no kubecare manifest)")
         version = manifest.get("formatVersion")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
             raise ArchiveError(
                 f"{self.name} was written in backup format version {version} (by kubecare "
                 f"{manifest.get('kubecareVersion')}); this kubecare reads format "
                 f"{FORMAT_VERSION}: upgrade kubecare to read it"
             )
+        check_manifest(manifest, self.name)
         return dict(manifest)
 
     def frame_members(self, offset: int, length: int, what: str) -> Iterator[Member]:
@@ -399,3 +422,50 @@ class ArchiveReader:
             return
         what = f"{entry.get('resource')}.{entry.get('group')}".rstrip(".")
         yield from self.frame_members(int(frame["offset"]), int(frame["length"]), what)
+
+
+_GROUP = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$")
+_VERSION = re.compile(r"^[a-z0-9]+$")
+_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_manifest(m: dict[str, Any], name: str) -> None:
+    """The manifest's shape, before anything uses it: a malformed one is an ArchiveError, never
+    a traceback, and nothing from it reaches a URL unchecked (group, version, resource)."""
+
+    def bad(why: str) -> ArchiveError:
+        return ArchiveError(f"{name}: the manifest is malformed ({why})")
+
+    types = m.get("types")
+    if not isinstance(types, list):
+        raise bad("no list of types")
+    for key, kind in (("encryption", dict), ("filters", dict), ("warnings", list)):
+        if key in m and not isinstance(m[key], kind):
+            raise bad(f"{key} is not a {kind.__name__}")
+    for t in types:
+        if not isinstance(t, dict):
+            raise bad("a type entry is not an object")
+        group, version, resource = t.get("group", ""), t.get("version"), t.get("resource")
+        if not (
+            isinstance(group, str) and _GROUP.match(group)
+            and isinstance(version, str) and _VERSION.match(version)
+            and isinstance(resource, str) and _RESOURCE.match(resource)
+        ):  # fmt: skip
+            raise bad(f"type {group!r}/{version!r}/{resource!r}")
+        count = t.get("count", 0)
+        if not isinstance(count, int) or isinstance(count, bool) or count < -1:
+            raise bad(f"count of {resource}")
+        frame = t.get("frame")
+        if frame is None:
+            continue
+        sums = t.get("checksums")
+        if not (
+            isinstance(frame, dict)
+            and all(isinstance(frame.get(k), int) and frame[k] >= 0 for k in ("offset", "length"))
+            and isinstance(frame.get("sha256"), str) and _SHA.match(frame["sha256"])
+            and isinstance(sums, dict)
+            and sums.get("path") == checksums_path(group, resource)
+            and isinstance(sums.get("sha256"), str) and _SHA.match(sums["sha256"])
+        ):  # fmt: skip
+            raise bad(f"the frame of {resource}")

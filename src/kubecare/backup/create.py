@@ -21,6 +21,7 @@ import orjson
 
 from .. import __version__
 from ..errors import (
+    ApiError,
     Conflict,
     Forbidden,
     KubecareError,
@@ -281,7 +282,7 @@ async def create_backup(
 
         encryptor = make_encryptor(parse_recipients(options.recipients))
     version = await kube.version()
-    resources = await discover(kube)
+    resources = await discover(kube, all_versions=True)
     types = plan_types(resources, filters)
     if not types:
         raise KubecareError("no resource type matches the filters; nothing to back up")
@@ -317,13 +318,18 @@ async def create_backup(
         nonlocal done
         async with sem:
             with tempfile.TemporaryFile(dir=dest.parent, prefix=".kubecare-spool-") as spool:
-                frame = TypeFrame(spool, mtime)
+                frame = TypeFrame(spool, mtime, tmpdir=str(dest.parent))
                 try:
                     await _read_type(kube, r, result, frame, options, encryptor)
-                except (Forbidden, NotFound) as e:
+                except ApiError as e:
+                    # Forbidden by RBAC, gone since discovery, or an aggregated API whose server
+                    # keeps failing (after the retries): the rest of the cluster is still worth
+                    # backing up, and the manifest names what is missing.
                     if options.strict:
                         raise
-                    why = "forbidden" if isinstance(e, Forbidden) else "no longer served"
+                    why = {Forbidden: "forbidden", NotFound: "no longer served"}.get(
+                        type(e), "cannot be listed"
+                    )
                     warnings.append(f"{result.name}: {why}, not backed up ({e})")
                     result.count = -1
                     return
@@ -360,6 +366,11 @@ async def create_backup(
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         kept = [t for t in results if t.count >= 0]
+        if not kept:
+            raise KubecareError(
+                "no resource type could be listed (" + "; ".join(warnings[:3]) + "); "
+                "nothing was backed up: check the credentials' RBAC"
+            )
         manifest = {
             "format": FORMAT,
             "formatVersion": FORMAT_VERSION,
@@ -416,15 +427,15 @@ async def create_backup(
 
 
 async def _custom_types(kube: Kube) -> set[tuple[str, str]]:
-    """(group, plural) of every type a CustomResourceDefinition serves."""
+    """(group, plural) of every type a CustomResourceDefinition serves (a CRD is named
+    ``<plural>.<group>``: metadata alone tells, without the CRDs' schemas)."""
+    out = set()
     try:
-        crds, _ = await kube.list_all("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+        async for meta in kube.list_metadata(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", what="list CRDs"
+        ):
+            plural, _, group = str(meta.get("name") or "").partition(".")
+            out.add((group, plural))
     except (Forbidden, NotFound):
         return set()
-    return {
-        (
-            str((c.get("spec") or {}).get("group")),
-            str(((c.get("spec") or {}).get("names") or {}).get("plural")),
-        )
-        for c in crds
-    }
+    return out

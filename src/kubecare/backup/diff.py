@@ -13,12 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ..kube.client import JSON, Kube
 from . import labels
 from .archive import ArchiveReader, parse_member_path
-from .restore import api_path, selected_types
+from .restore import api_path, check_identity, load_object, selected_types
 from .rules import Filters, clean, skip_reason, type_name
 from .verify import checked_members
 
@@ -91,11 +89,15 @@ async def diff_backup(
         archived: dict[tuple[str, str], JSON | None] = {}
         for member in checked_members(reader, entry):
             _, _, ns, name, encrypted = parse_member_path(member.path)
+            scope_ns = name if gr == "namespaces" else ns
+            in_scope = not scope_ns or scope.namespace_ok(scope_ns)
             if encrypted and decrypt is None:
-                archived[(ns, name)] = None
+                if in_scope:  # labels unknown without the key: present, not compared
+                    archived[(ns, name)] = None
                 continue
             data = decrypt(member.data, member.path) if encrypted and decrypt else member.data
-            obj = orjson.loads(data)
+            obj = load_object(data, reader.name, member.path)
+            check_identity(obj, ns, name, bool(entry.get("namespaced")), member.path)
             if scope.object_ok(gr, obj) and labels.matches(
                 selector, (obj.get("metadata") or {}).get("labels")
             ):
@@ -123,7 +125,7 @@ async def diff_backup(
                 if gr == "secrets":  # say which keys changed, never their values
                     changes = [
                         FieldChange(c.path, _hidden(c.archived), _hidden(c.live))
-                        if c.path.startswith(("data", "stringData"))
+                        if c.path.startswith(("data", "stringData", "metadata.annotations"))
                         else c
                         for c in changes
                     ]

@@ -16,6 +16,7 @@ field manager ``kubecare``. It never deletes anything.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,15 @@ from typing import Any
 
 import orjson
 
-from ..errors import ApiError, KubecareError, NotFound, Unreachable, UsageError, first_error
+from ..errors import (
+    ApiError,
+    Forbidden,
+    KubecareError,
+    NotFound,
+    Unreachable,
+    UsageError,
+    first_error,
+)
 from ..events import Event, EventSink, ignore
 from ..kube.client import JSON, Kube
 from . import labels
@@ -33,7 +42,6 @@ from .rules import Filters, for_restore, restore_order, type_name
 from .verify import checked_members, verify
 
 FIELD_MANAGER = "kubecare"
-_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 _CRDS = "customresourcedefinitions.apiextensions.k8s.io"
 
 
@@ -136,6 +144,7 @@ class _Restore:
         self.namespaces: dict[str, bool] = {}  # name -> terminating
         self.new_namespaces: set[str] = set()  # created (or, dry run: would be) by this restore
         self.served: set[str] = set()
+        self.versions: set[tuple[str, str]] = set()  # (type, version) served
         self.pending_crds: set[str] = set()  # dry run: CRDs in the archive not in the cluster
 
     def result(self, entry: JSON, ns: str, name: str, outcome: Outcome, why: str = "") -> None:
@@ -145,11 +154,16 @@ class _Restore:
     async def refresh(self) -> None:
         from ..kube.discovery import discover
 
-        self.served = {type_name(r.group, r.resource) for r in await discover(self.kube)}
-        items, _ = await self.kube.list_all("/api/v1/namespaces", what="list namespaces")
-        self.namespaces = {
-            str(n["metadata"]["name"]): bool(n["metadata"].get("deletionTimestamp")) for n in items
-        }
+        found = await discover(self.kube, all_versions=True)
+        self.served = {type_name(r.group, r.resource) for r in found}
+        self.versions = {(type_name(r.group, r.resource), r.version) for r in found}
+        try:
+            self.namespaces = {
+                str(meta.get("name")): bool(meta.get("deletionTimestamp"))
+                async for meta in self.kube.list_metadata("/api/v1/namespaces")
+            }
+        except Forbidden:
+            self.namespaces = {}  # a namespaced user: terminating namespaces show as API errors
 
     async def existing(self, entry: JSON, namespaces: set[str]) -> set[tuple[str, str]]:
         """(namespace, name) of the type's objects already in the cluster."""
@@ -158,20 +172,10 @@ class _Restore:
             targets = [next(iter(namespaces))]
         out: set[tuple[str, str]] = set()
         for ns in targets:
-            path = api_path(entry, ns or "")
-            params = {"limit": 1000}
-            token = None
-            while True:
-                query = dict(params, **({"continue": token} if token else {}))
-                page = await self.kube.get_json(
-                    path, params=query, accept=_METADATA_LIST, what=f"list {entry['resource']}"
-                )
-                for item in page.get("items") or []:
-                    meta = item.get("metadata") or {}
-                    out.add((str(meta.get("namespace") or ""), str(meta.get("name"))))
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    break
+            async for meta in self.kube.list_metadata(
+                api_path(entry, ns or ""), what=f"list {entry['resource']}"
+            ):
+                out.add((str(meta.get("namespace") or ""), str(meta.get("name"))))
         return out
 
     def objects(self, entry: JSON) -> Iterator[tuple[str, str, JSON]]:
@@ -180,16 +184,14 @@ class _Restore:
         gr = type_name(str(entry.get("group") or ""), str(entry["resource"]))
         filters = self.options.filters
         for member in checked_members(self.reader, entry):
-            _, _, _, name, encrypted = parse_member_path(member.path)
+            _, _, path_ns, name, encrypted = parse_member_path(member.path)
             data = member.data
             if encrypted:
                 if self.decrypt is None:
                     raise UsageError("the archive's Secrets are encrypted; pass --identity FILE")
                 data = self.decrypt(data, member.path)
-            try:
-                obj = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise ArchiveError(f"{self.reader.name}: {member.path} is not JSON") from None
+            obj = load_object(data, self.reader.name, member.path)
+            check_identity(obj, path_ns, name, bool(entry.get("namespaced")), member.path)
             if not filters.object_ok(gr, obj):
                 continue
             if not labels.matches(self.selector, (obj.get("metadata") or {}).get("labels")):
@@ -246,19 +248,27 @@ class _Restore:
         if not entry.get("count"):
             return
         served = gr in self.served or (self.options.dry_run and gr in self.pending_crds)
+        why = f"{gr} is not served by this cluster (no such API or CRD)"
+        if gr in self.served and (gr, str(entry["version"])) not in self.versions:
+            served, why = False, f"{gr} is not served at {entry['version']} by this cluster"
         existing: set[tuple[str, str]] = set()
-        if gr in self.served:
+        if served and gr in self.served:
             include = self.options.filters.include_namespaces
             mapped = {self.options.namespace_map.get(n, n) for n in include}
-            existing = await self.existing(entry, mapped if len(mapped) == 1 else set())
+            try:
+                existing = await self.existing(entry, mapped if len(mapped) == 1 else set())
+            except ApiError as e:  # this type only: the others are still worth restoring
+                served, why = False, f"cannot list {gr} to see what exists: {e.message}"
         try:
-            count = await self._send_all(entry, served, existing)
+            count = await self._send_all(entry, served, existing, why)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         if count:
             self.on_event(Event("type-done", f"{gr}: {count} objects", data={"type": gr}))
 
-    async def _send_all(self, entry: JSON, served: bool, existing: set[tuple[str, str]]) -> int:
+    async def _send_all(
+        self, entry: JSON, served: bool, existing: set[tuple[str, str]], why: str
+    ) -> int:
         """Apply the type's objects, a bounded number in flight; returns how many were read."""
         gr = type_name(str(entry.get("group") or ""), str(entry["resource"]))
         sem = asyncio.Semaphore(max(1, self.options.concurrency))
@@ -274,13 +284,7 @@ class _Restore:
             for ns, name, obj in self.objects(entry):
                 count += 1
                 if not served:
-                    self.result(
-                        entry,
-                        ns,
-                        name,
-                        Outcome.FAILED,
-                        f"{gr} is not served by this cluster (no such API or CRD)",
-                    )
+                    self.result(entry, ns, name, Outcome.FAILED, why)
                     continue
                 if (ns, name) in existing and self.options.existing == "skip":
                     self.result(entry, ns, name, Outcome.SKIPPED, "already exists")
@@ -383,3 +387,30 @@ def _check_identity(
                 if member.path.endswith(".age"):
                     decrypt(member.data, member.path)
                     return
+
+
+_NAME = re.compile(r"^[^/%\x00-\x20\x7f]+$")
+
+
+def load_object(data: bytes, archive: str, path: str) -> JSON:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ArchiveError(f"{archive}: {path} is not JSON") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+        raise ArchiveError(f"{archive}: {path} is not a Kubernetes object")
+    return obj
+
+
+def check_identity(obj: JSON, namespace: str, name: str, namespaced: bool, path: str) -> None:
+    """The object is the one its member path names, and its name can be part of a URL (a path
+    segment name: no "/", no "%", not "." or "..", no spaces or control characters)."""
+    meta = obj["metadata"]
+    if meta.get("name") != name or (namespaced and meta.get("namespace") != namespace):
+        raise ArchiveError(
+            f"{path} holds {meta.get('namespace') or ''}/{meta.get('name')}, not the object its "
+            "name says; the archive was altered"
+        )
+    for segment in (name, namespace) if namespaced else (name,):
+        if not _NAME.match(segment) or segment in (".", ".."):
+            raise ArchiveError(f"{path}: {segment!r} is not a valid object name")

@@ -85,6 +85,14 @@ def skip_reason(gr: str, obj: JSON) -> str | None:
         return "maintained by the apiserver"
     if gr == "pods" and _MIRROR in annotations:
         return "mirror pod of a static pod (the manifest on the node is the source)"
+    status = obj.get("status") or {}
+    if gr == "pods" and status.get("phase") in ("Succeeded", "Failed"):
+        return "finished: restoring it would run it again"
+    if gr == "jobs.batch" and any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    ):
+        return "finished: restoring it would run it again"
     owners = meta.get("ownerReferences") or []
     if gr in _OWNED_KINDS_SKIPPED and any(o.get("controller") for o in owners):
         return "created by its controller, which is backed up"
@@ -206,7 +214,8 @@ def for_restore(gr: str, obj: JSON, namespace_map: dict[str, str]) -> tuple[JSON
     - Services: allocated cluster IPs dropped (a new one is assigned; headless stays headless),
       node ports kept only where the last-applied configuration names them;
     - Jobs: the generated selector and controller-uid labels dropped (they name the old UID);
-    - Pods: the node binding, the priority value (admission derives it) and the injected service-account token volume dropped;
+    - Pods: the node binding, the priority value (admission derives it), ephemeral containers
+      (they cannot be set on create) and the injected service-account token volume dropped;
     - PersistentVolumeClaims: the binding and provisioner annotations dropped (Velero's
       pvc_action.go does the same), the PV controller sets them again;
     - PersistentVolumes: the claim reference's UID and resourceVersion dropped so the restored
@@ -252,6 +261,7 @@ def for_restore(gr: str, obj: JSON, namespace_map: dict[str, str]) -> tuple[JSON
     elif gr == "pods" and spec is not None:
         spec.pop("nodeName", None)
         spec.pop("priority", None)  # admission sets it from priorityClassName; a stale one fails
+        spec.pop("ephemeralContainers", None)  # validation refuses them on create
         injected = {
             v.get("name")
             for v in spec.get("volumes") or []

@@ -1,9 +1,14 @@
 """``kubecare backup schedule``: the manifests that run ``kubecare backup create`` in the
-cluster on a schedule — a ServiceAccount, a read-only ClusterRole (get and list on every
-resource, nothing else: a backup never writes), its binding, and a CronJob.
+cluster on a schedule — a ServiceAccount, a read-only ClusterRole, its binding, and a CronJob.
 
-Pure: the manifests are built from the flags; ``kubectl apply -f -`` (or a GitOps repo) takes
-them from there.
+The role names every resource type the cluster serves, with ``get`` and ``list`` only. Not
+``resources: ["*"]``: in RBAC that also matches subresources, and ``get`` on ``nodes/proxy``
+reaches every kubelet's API (exec included), ``get`` on ``pods/exec`` opens a shell where the
+websocket upgrade is authorized as a GET. Types added later (new CRDs) are listed with a
+warning until the manifests are generated again.
+
+Pure: the manifests are built from the flags and the discovered types; ``kubectl apply -f -``
+(or a GitOps repo) takes them from there.
 """
 
 from __future__ import annotations
@@ -31,9 +36,24 @@ class ScheduleOptions:
     keep_last: int | None = None
     keep_within: str = ""
     extra_args: tuple[str, ...] = ()
+    resources: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (group, resources) to read
+
+
+def read_rules(
+    resources: list[tuple[str, str, tuple[str, ...]]],
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(group, resource, verbs) of the discovered types -> per group, the listable resources
+    (top level only: never a subresource)."""
+    per: dict[str, set[str]] = {}
+    for group, resource, verbs in resources:
+        if "/" not in resource and "list" in verbs:
+            per.setdefault(group, set()).add(resource)
+    return tuple((g, tuple(sorted(per[g]))) for g in sorted(per))
 
 
 def validate(o: ScheduleOptions) -> None:
+    if not o.resources:
+        raise UsageError("no resource types to grant: the cluster's discovery was empty")
     if not o.image:
         raise UsageError("--image is required: an image with kubecare installed")
     if not _CRON.match(o.schedule.strip()):
@@ -41,6 +61,8 @@ def validate(o: ScheduleOptions) -> None:
     if o.store.startswith("s3://"):
         if o.claim:
             raise UsageError("--claim is for a directory store, not s3://")
+    elif o.claim and o.store and not o.store.startswith("/"):
+        raise UsageError(f"--to {o.store!r} must be an absolute path on the --claim volume")
     elif not o.claim:
         raise UsageError(
             "in the cluster, backups need somewhere to go: --to s3://bucket/prefix "
@@ -101,7 +123,10 @@ def manifests(o: ScheduleOptions) -> list[JSON]:
             "metadata": {"name": o.name, "labels": labels},
             # Read-only: a backup lists and reads; it never creates, changes or deletes.
             "rules": [
-                {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list"]},
+                *(
+                    {"apiGroups": [group], "resources": list(names), "verbs": ["get", "list"]}
+                    for group, names in o.resources
+                ),
                 {
                     "nonResourceURLs": ["/version", "/api", "/api/*", "/apis", "/apis/*"],
                     "verbs": ["get"],
@@ -136,6 +161,8 @@ def manifests(o: ScheduleOptions) -> list[JSON]:
                             "spec": {
                                 "serviceAccountName": o.name,
                                 "restartPolicy": "Never",
+                                # the backup volume is writable by the non-root user
+                                "securityContext": {"fsGroup": 65532},
                                 "containers": [container],
                                 "volumes": volumes,
                             },

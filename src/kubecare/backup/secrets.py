@@ -62,7 +62,8 @@ def encryptor(parsed: list[Any]) -> Callable[[bytes], bytes]:
 
 
 def identities(path: Path) -> list[Any]:
-    """The identities of an age identity file (refused if others can read it)."""
+    """The identities of an age identity file, or an SSH private key (refused if others can
+    read it)."""
     import pyrage
 
     try:
@@ -75,6 +76,12 @@ def identities(path: Path) -> list[Any]:
             f"identity file {path} is readable by others (mode {st.st_mode & 0o777:o}); "
             f"run: chmod 600 {path}"
         )
+    if "BEGIN OPENSSH PRIVATE KEY" in text:  # an SSH key (a recipient may be its public key)
+        try:
+            return [pyrage.ssh.Identity.from_buffer(text.encode())]
+        except pyrage.IdentityError as e:
+            raise UsageError(f"{path}: cannot use this SSH key ({e}); an unencrypted ed25519 "
+                             "or RSA key is needed") from None  # fmt: skip
     out = []
     for line in text.splitlines():
         line = line.strip()

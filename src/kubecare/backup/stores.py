@@ -230,9 +230,17 @@ class S3Store:
             except FileNotFoundError:
                 raise _missing(name, self.url) from None
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                for chunk in result.stream(min_chunk_size=8 << 20):
-                    f.write(chunk)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for chunk in result.stream(min_chunk_size=8 << 20):
+                        f.write(chunk)
+            except OSError as e:
+                raise StoreError(
+                    f"cannot download {name} from {self.url} to {tmp}: {e.strerror or e}; "
+                    "set TMPDIR to a directory with room"
+                ) from None
+            except Exception as e:  # obstore's errors, mid-stream
+                raise StoreError(f"cannot read {name} from {self.url}: {_short(e)}") from None
             with ArchiveReader.open(path) as r:
                 yield r
 
@@ -260,6 +268,8 @@ class S3Store:
         try:
             path = tmp / self.key(name)
             yield path
+            if self.exists(name):  # taken while the backup was being made
+                raise StoreError(f"backup {name} already exists in {self.url}; choose another name")
             if path.stat().st_size <= _CREATE_LIMIT:
                 try:  # one conditional PUT: never replaces an object of that name
                     self._call(
@@ -330,3 +340,14 @@ def _short(e: BaseException) -> str:
     text = text.split(" - Server returned", 1)[0] if "<?xml" in text else text
     code = re.search(r"<Code>([^<]+)</Code>", str(e))
     return f"{text[:300]} ({code.group(1)})" if code else text[:300]
+
+
+def is_backup(store: Store, name: str) -> bool:
+    """Whether ``name`` in ``store`` is a kubecare backup (a valid name, a readable manifest)."""
+    if not _NAME.match(name):
+        return False
+    try:
+        store.manifest(name)
+    except KubecareError:
+        return False
+    return True

@@ -136,7 +136,8 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
     sched = cmds.add_parser(
         "schedule",
-        help="print a CronJob and read-only RBAC that run `kubecare backup create` in the cluster",
+        help="print a CronJob and read-only RBAC (the types the cluster serves now) that run "
+        "`kubecare backup create` in the cluster",
     )
     sched.add_argument("--image", required=True, help="an image with kubecare installed")
     sched.add_argument("--schedule", default="0 2 * * *", help="cron schedule (0 2 * * *)")
@@ -231,12 +232,17 @@ def _retention(args: argparse.Namespace) -> tuple[int | None, float | None]:
 def _prune(
     store: Store, keep_last: int | None, keep_within: float | None, dry_run: bool
 ) -> list[str]:
+    """Delete what retention lets go — only kubecare backups: a file that merely ends in
+    .tar.zst (a kernel tarball in the same directory) is never a candidate."""
     import datetime
 
     from kubecare.backup.retention import to_delete
+    from kubecare.backup.stores import is_backup
 
+    if keep_last is None and keep_within is None:
+        return []
     gone = to_delete(
-        store.infos(),
+        [i for i in store.infos() if is_backup(store, i.name)],
         keep_last=keep_last,
         keep_within=keep_within,
         now=datetime.datetime.now(datetime.UTC),
@@ -298,7 +304,13 @@ def create_cmd(args: argparse.Namespace) -> int:
             args, lambda kube: create_backup(kube, dest, name, options, on_event=progress)
         )
     result.location = f"{store.url.rstrip('/')}/{name}.tar.zst"
-    pruned = _prune(store, keep_last, keep_within, False)
+    pruned: list[str] = []
+    if result.warnings and (keep_last is not None or keep_within is not None):
+        # An incomplete backup must not rotate complete ones out (RBAC broken for two weeks
+        # would otherwise leave nothing but partial backups).
+        say("not deleting older backups: this one is incomplete (see the warnings)")
+    else:
+        pruned = _prune(store, keep_last, keep_within, False)
     _render_created(result, pruned, args.output)
     return 0
 
@@ -604,9 +616,16 @@ def delete_cmd(args: argparse.Namespace) -> int:
 
 
 def schedule_cmd(args: argparse.Namespace) -> int:
-    from kubecare.backup.schedule import ScheduleOptions, manifests
+    from kubecare.backup.schedule import ScheduleOptions, manifests, read_rules
+    from kubecare.cli.common import with_cluster
+    from kubecare.kube.discovery import discover
 
     _retention(args)  # validated here, run in the cluster
+
+    async def types(kube: Any) -> list[tuple[str, str, tuple[str, ...]]]:
+        return [(r.group, r.resource, r.verbs) for r in await discover(kube, all_versions=True)]
+
+    rules = read_rules(with_cluster(args, types))
 
     docs = manifests(
         ScheduleOptions(
@@ -620,6 +639,7 @@ def schedule_cmd(args: argparse.Namespace) -> int:
             allow_plaintext_secrets=args.allow_plaintext_secrets,
             keep_last=args.keep_last,
             keep_within=args.keep_within,
+            resources=rules,
         )
     )
     if args.output == "json":

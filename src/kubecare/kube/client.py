@@ -22,6 +22,8 @@ from kubecare.kube.errors import mapped
 from kubecare.kube.http import HttpClient
 
 JSON = dict[str, Any]
+#: A list of metadata only (no spec, no status): the apiserver's own slim answer.
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
 class Kube:
@@ -195,3 +197,19 @@ class Kube:
                         continue
                     seen.add(uid)
                 yield item
+
+    async def list_metadata(
+        self, path: str, *, chunk_size: int = 1000, what: str | None = None
+    ) -> AsyncIterator[JSON]:
+        """Yield the ``metadata`` of every item of a list, paged, without their bodies."""
+        token: str | None = None
+        while True:
+            query: dict[str, Any] = {"limit": chunk_size}
+            if token:
+                query["continue"] = token
+            page = await self.get_json(path, params=query, accept=METADATA_LIST, what=what)
+            for item in page.get("items") or []:
+                yield item.get("metadata") or {}
+            token = (page.get("metadata") or {}).get("continue") or None
+            if not token:
+                return

@@ -53,37 +53,44 @@ class ApiResource:
         return f"{base}/{self.resource}"
 
 
-def parse_aggregated(doc: JSON, *, core: bool) -> list[ApiResource]:
-    """Resources of an APIGroupDiscoveryList (preferred version of each group, no subresources)."""
+def parse_aggregated(doc: JSON, *, core: bool, all_versions: bool = False) -> list[ApiResource]:
+    """Resources of an APIGroupDiscoveryList: the preferred version of each group, or with
+    ``all_versions`` every served version, preferred first (a resource may exist only in a
+    group's older version, e.g. an alpha kind beside a v1 group)."""
     out: list[ApiResource] = []
     for group in doc.get("items") or []:
         group_name = "" if core else (group.get("metadata") or {}).get("name", "")
         versions = group.get("versions") or []
-        if not versions:
-            continue
-        preferred = versions[0]  # the server lists versions in preference order
-        version = preferred.get("version", "")
-        for res in preferred.get("resources") or []:
-            subs = tuple(
-                Subresource(
-                    name=str(sub.get("subresource", "")),
-                    group=str((sub.get("responseKind") or {}).get("group", group_name)),
-                    version=str((sub.get("responseKind") or {}).get("version", version)),
-                    verbs=tuple(sub.get("verbs") or ()),
-                )
-                for sub in res.get("subresources") or []
+        # the server lists versions in preference order
+        for served in versions if all_versions else versions[:1]:
+            out.extend(_aggregated_version(served, group_name))
+    return out
+
+
+def _aggregated_version(served: JSON, group_name: str) -> list[ApiResource]:
+    version = served.get("version", "")
+    out: list[ApiResource] = []
+    for res in served.get("resources") or []:
+        subs = tuple(
+            Subresource(
+                name=str(sub.get("subresource", "")),
+                group=str((sub.get("responseKind") or {}).get("group", group_name)),
+                version=str((sub.get("responseKind") or {}).get("version", version)),
+                verbs=tuple(sub.get("verbs") or ()),
             )
-            out.append(
-                ApiResource(
-                    group=group_name,
-                    version=version,
-                    resource=res.get("resource", ""),
-                    kind=(res.get("responseKind") or {}).get("kind", ""),
-                    namespaced=res.get("scope") == "Namespaced",
-                    verbs=tuple(res.get("verbs") or ()),
-                    subresources=subs,
-                )
+            for sub in res.get("subresources") or []
+        )
+        out.append(
+            ApiResource(
+                group=group_name,
+                version=version,
+                resource=res.get("resource", ""),
+                kind=(res.get("responseKind") or {}).get("kind", ""),
+                namespaced=res.get("scope") == "Namespaced",
+                verbs=tuple(res.get("verbs") or ()),
+                subresources=subs,
             )
+        )
     return out
 
 
@@ -116,17 +123,23 @@ def parse_resource_list(doc: JSON, group: str, version: str) -> list[ApiResource
     ]
 
 
-async def discover(kube: Kube) -> list[ApiResource]:
-    """Every resource type the server serves, preferred version per group."""
+async def discover(kube: Kube, *, all_versions: bool = False) -> list[ApiResource]:
+    """Every resource type the server serves: the preferred version per group, or with
+    ``all_versions`` every served version (preferred first)."""
     core = await kube.get_json("/api", accept=_AGGREGATED, what="API discovery (/api)")
     apis = await kube.get_json("/apis", accept=_AGGREGATED, what="API discovery (/apis)")
     if core.get("kind") == "APIGroupDiscoveryList" and apis.get("kind") == "APIGroupDiscoveryList":
-        return parse_aggregated(core, core=True) + parse_aggregated(apis, core=False)
+        return parse_aggregated(core, core=True, all_versions=all_versions) + parse_aggregated(
+            apis, core=False, all_versions=all_versions
+        )
     targets = [("", v) for v in core.get("versions") or ["v1"]][:1]
     for group in apis.get("groups") or []:
         preferred = (group.get("preferredVersion") or {}).get("version")
+        versions = [v.get("version") for v in group.get("versions") or []]
         if preferred:
             targets.append((group["name"], preferred))
+        if all_versions:
+            targets += [(group["name"], v) for v in versions if v and v != preferred]
 
     async def one(group: str, version: str) -> list[ApiResource]:
         path = f"/apis/{group}/{version}" if group else f"/api/{version}"

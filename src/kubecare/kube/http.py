@@ -279,6 +279,10 @@ class HttpClient:
 
     # -- requests -------------------------------------------------------------------------------
     def _target(self, path: str, params: Mapping[str, Any] | None) -> str:
+        if any(c <= " " or c == "\x7f" for c in path):
+            # A name from a file (an archive, a manifest) must never add a header or a second
+            # request to the wire: refuse, rather than send, a path with spaces or controls.
+            raise ValueError(f"refusing to request {path[:80]!r}: spaces or control characters")
         target = self.prefix + path
         if params:
             query = urlencode({k: v for k, v in params.items() if v is not None})
