@@ -3,10 +3,10 @@ standard tools and by kubecare at random access per resource type.
 
 Layout (format version 1, docs/backup-format.md has the reference)::
 
-    [zstd frame]  tar members of one resource type:
+    [zstd frames] tar members of one resource type (a frame per page of its list):
                       resources/<group|core>/<resource>/<namespace|_cluster>/<name>.json[.age]
-                      checksums/<group|core>/<resource>.sha256   (sha256sum format)
-    [zstd frame]  ... one frame per resource type that has objects
+                      checksums/<group|core>/<resource>.sha256   (sha256sum format, last)
+    [zstd frames] ... one such section per resource type that has objects
     [zstd frame]  manifest.json, then the tar end-of-archive blocks
     [skippable]   footer: where the manifest frame starts and how long it is
 
@@ -103,6 +103,44 @@ def check_member_name(path: str) -> None:
 
 
 def _tar_header(path: str, size: int, mtime: int) -> bytes:
+    """The tar header of a member: a ustar header built directly (tarfile's own takes ~40 µs,
+    most of a backup's time per object), byte for byte what ``tarfile`` writes in USTAR format;
+    names ustar cannot hold go through tarfile's PAX path."""
+    raw = path.encode("utf-8", "surrogateescape")
+    prefix = b""
+    if len(raw) > 100:
+        cut = raw.rfind(b"/", 0, 156)
+        if cut <= 0 or len(raw) - cut - 1 > 100 or size >= 8**11:
+            return _pax_header(path, size, mtime)
+        prefix, raw = raw[:cut], raw[cut + 1 :]
+    if size >= 8**11 or mtime >= 8**11:
+        return _pax_header(path, size, mtime)
+    sized = b"%011o\0" % size
+    timed = b"%011o\0" % mtime
+    checksum = _USTAR_SUM + sum(raw) + sum(prefix) + sum(sized) + sum(timed)
+    return b"".join(
+        (
+            raw.ljust(100, b"\0"),
+            _USTAR_MODE,
+            sized,
+            timed,
+            b"%06o\0 " % checksum,
+            _USTAR_TAIL,
+            prefix.ljust(155, b"\0"),
+            b"\0" * 12,
+        )
+    )
+
+
+_USTAR_MODE = b"0000600\0" + b"0000000\0" * 2  # mode, uid, gid
+_USTAR_TAIL = (  # typeflag, linkname, magic, version, uname, gname, devmajor, devminor
+    b"0" + b"\0" * 100 + b"ustar\x0000" + b"kubecare".ljust(32, b"\0") * 2 + b"\0" * 16
+)
+# Every byte of a header but name, size, mtime and prefix, the checksum field counted as spaces.
+_USTAR_SUM = sum(_USTAR_MODE) + sum(b" " * 8) + sum(_USTAR_TAIL)
+
+
+def _pax_header(path: str, size: int, mtime: int) -> bytes:
     info = tarfile.TarInfo(path)
     info.size = size
     info.mode = 0o600
@@ -133,10 +171,14 @@ class TypeFrame:
     def __post_init__(self) -> None:
         import tempfile
 
+        self._restart_frame()
+        self._sums = tempfile.TemporaryFile(dir=self.tmpdir)  # noqa: SIM115 (closed in finish/reset)
+
+    def _restart_frame(self) -> None:
         import zstandard
 
         self._zstd = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True).compressobj()
-        self._sums = tempfile.TemporaryFile(dir=self.tmpdir)  # noqa: SIM115 (closed in finish/reset)
+        self._open = False  # a frame add() started and has not flushed
 
     def add(self, path: str, data: bytes) -> None:
         digest = hashlib.sha256(data).hexdigest()
@@ -145,7 +187,18 @@ class TypeFrame:
         self.count += 1
         self.size += len(data)
 
+    def add_frame(self, frame: bytes, sums: bytes, count: int, size: int) -> None:
+        """A page's members, already tarred and compressed into a frame of their own."""
+        if self._open:
+            self.spool.write(self._zstd.flush())  # close the frame add() was writing
+            self._restart_frame()
+        self.spool.write(frame)
+        self._sums.write(sums)
+        self.count += count
+        self.size += size
+
     def _write(self, raw: bytes) -> None:
+        self._open = True
         out = self._zstd.compress(raw)
         if out:
             self.spool.write(out)
@@ -232,8 +285,12 @@ class ArchiveWriter:
         fsync_dir(self.final.parent)
 
     def abort(self) -> None:
+        """Remove the temp file; never raises (it runs while another error is on its way)."""
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # the buffered tail cannot be written (a full disk): it is dropped
+                pass
         self.tmp.unlink(missing_ok=True)
 
 

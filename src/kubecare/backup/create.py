@@ -12,12 +12,10 @@ import asyncio
 import datetime
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from .. import __version__
 from ..errors import (
@@ -41,9 +39,9 @@ from .archive import (
     ArchiveWriter,
     TypeFrame,
     checksums_path,
-    member_path,
 )
-from .rules import Filters, clean, skip_reason, type_name
+from .pages import PageResult, PageSpec, ignore_sigint, list_meta, process_page
+from .rules import Filters, type_name
 
 SHORT_NAMES = {
     "configmaps": "cm",
@@ -75,6 +73,9 @@ class CreateOptions:
     strict: bool = False  # a type that cannot be listed fails the backup
     concurrency: int = 4  # types listed at once
     chunk_size: int = 500  # objects per list request
+    # Processes that turn pages into archive bytes (0: this process). Forked, so only for a
+    # process without other threads at that point: the CLI sets 2, the library default is 0.
+    workers: int = 0
 
 
 @dataclass
@@ -139,57 +140,27 @@ def parse_recipients(recipients: tuple[str, ...]) -> list[Any]:
     return parse(recipients)
 
 
-def _dump(obj: JSON, api_version: str, kind: str) -> bytes:
-    body = {"apiVersion": api_version, "kind": kind}
-    body.update(obj)  # list items of built-in types carry neither
-    body["apiVersion"], body["kind"] = api_version, kind
-    return orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-
-
 class _Restart(Exception):
     """The list's continue token expired: read the type again from the start, unpaged."""
 
 
-async def _pages(
-    kube: Kube, path: str, params: dict[str, Any], chunk_size: int, what: str
-) -> AsyncIterator[JSON]:
-    """Pages of one list; the next page is fetched while the caller works on the current one.
-    An expired continue token (410) raises :class:`_Restart` (client-go's pager falls back to a
-    full list the same way: tools/pager FullListIfExpired)."""
-
-    async def fetch(token: str | None) -> JSON:
-        query = dict(params)
-        if chunk_size:
-            query["limit"] = chunk_size
-        if token:
-            query["continue"] = token
-        for attempt in range(6):
-            try:
-                return await kube.get_json(path, params=query, what=what)
-            except Conflict as e:
-                if e.status == 410 and token:
-                    raise _Restart() from None
+async def _fetch(kube: Kube, path: str, query: dict[str, Any], what: str, first: bool) -> bytes:
+    """One page, raw; 429 and 5xx retried with back-off. An expired continue token (410) on a
+    later page raises :class:`_Restart` (client-go's pager falls back to a full list the same
+    way: tools/pager FullListIfExpired)."""
+    for attempt in range(6):
+        try:
+            return await kube.get_bytes(path, params=query, what=what)
+        except Conflict as e:
+            if e.status == 410 and not first:
+                raise _Restart() from None
+            raise
+        except (TooManyRequests, ServerError) as e:
+            if attempt == 5:
                 raise
-            except (TooManyRequests, ServerError) as e:
-                if attempt == 5:
-                    raise
-                delay = getattr(e, "retry_after", None) or min(0.2 * 2**attempt, 5.0)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
-    pending = asyncio.ensure_future(fetch(None))
-    try:
-        while True:
-            page = await pending
-            token = (page.get("metadata") or {}).get("continue") or None
-            if token:
-                pending = asyncio.ensure_future(fetch(token))
-            yield page
-            if not token:
-                return
-    finally:
-        if not pending.done():
-            pending.cancel()
+            delay = getattr(e, "retry_after", None) or min(0.2 * 2**attempt, 5.0)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 async def _read_type(
@@ -198,10 +169,12 @@ async def _read_type(
     result: TypeResult,
     frame: TypeFrame,
     options: CreateOptions,
-    encryptor: Any,
+    spec: PageSpec,
+    pool: Executor | None,
 ) -> None:
+    """Page through the type; each page is processed (in a worker process when there is a
+    pool) while this one goes on with the network."""
     filters = options.filters
-    gr = result.name
     params: dict[str, Any] = {}
     if filters.selector:
         params["labelSelector"] = filters.selector
@@ -212,55 +185,62 @@ async def _read_type(
     )
     path = r.path(namespace)
     chunk = options.chunk_size
+    loop = asyncio.get_running_loop()
+
+    def take(done: PageResult) -> None:
+        frame.add_frame(done.frame, done.sums, done.count, done.size)
+        result.count, result.bytes = frame.count, frame.size
+        for reason, n in done.skipped.items():
+            result.skipped[reason] = result.skipped.get(reason, 0) + n
+
     for attempt in range(2):
+        pending: list[asyncio.Future[PageResult]] = []
         try:
-            async for page in _pages(kube, path, params, chunk, f"list {gr}"):
-                result.resource_version = result.resource_version or str(
-                    (page.get("metadata") or {}).get("resourceVersion") or ""
-                )
-                for obj in page.get("items") or []:
-                    _add(gr, r, obj, result, frame, filters, encryptor)
-            return
+            token = ""
+            while True:
+                query = dict(params)
+                if chunk:
+                    query["limit"] = chunk
+                if token:
+                    query["continue"] = token
+                page = await _fetch(kube, path, query, f"list {result.name}", not token)
+                version, token = list_meta(page)
+                result.resource_version = result.resource_version or version
+                if pool is None:
+                    take(process_page(spec, page))
+                else:
+                    # The next page is fetched while workers process this one; results are
+                    # taken in page order, a few pages in flight at most (memory stays flat).
+                    pending.append(loop.run_in_executor(pool, process_page, spec, page))
+                    while len(pending) > 2 or (pending and not token):
+                        take(await pending.pop(0))
+                if not token:
+                    return
         except _Restart:
             if attempt:
                 raise
+            for f in pending:
+                f.cancel()
             frame.reset()
             result.count, result.bytes, result.skipped = 0, 0, {}
             result.resource_version, result.restarted, chunk = "", True, 0
 
 
-def _add(
-    gr: str,
-    r: ApiResource,
-    obj: JSON,
-    result: TypeResult,
-    frame: TypeFrame,
-    filters: Filters,
-    encryptor: Any,
-) -> None:
-    if not filters.object_ok(gr, obj):
-        return
-    reason = skip_reason(gr, obj)
-    if reason:
-        result.skipped[reason] = result.skipped.get(reason, 0) + 1
-        return
-    meta = obj.get("metadata") or {}
-    data = _dump(clean(obj), r.group_version, r.kind)
-    encrypted = gr == "secrets" and encryptor is not None
-    if encrypted:
-        data = encryptor(data)
-    frame.add(
-        member_path(
-            r.group,
-            r.resource,
-            str(meta.get("namespace") or "") if r.namespaced else "",
-            str(meta.get("name") or ""),
-            encrypted=encrypted,
-        ),
-        data,
+def _pool(workers: int) -> Executor | None:
+    """Worker processes for the CPU work (forked: they start in milliseconds with everything
+    imported). None: process pages in this process."""
+    if workers <= 0:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=ignore_sigint,
     )
-    result.count += 1
-    result.bytes += len(data)
+    pool.submit(int).result()  # fork them now, before anything else starts a thread
+    return pool
 
 
 async def create_backup(
@@ -276,18 +256,16 @@ async def create_backup(
     filters = options.filters
     if filters.selector:
         labels.parse(filters.selector)
-    encryptor = None
-    if options.recipients:
-        from .secrets import encryptor as make_encryptor
-
-        encryptor = make_encryptor(parse_recipients(options.recipients))
+    encrypted = bool(options.recipients)
+    if encrypted:
+        parse_recipients(options.recipients)  # a bad recipient is a usage error, before listing
     version = await kube.version()
     resources = await discover(kube, all_versions=True)
     types = plan_types(resources, filters)
     if not types:
         raise KubecareError("no resource type matches the filters; nothing to back up")
     has_secrets = any(type_name(r.group, r.resource) == "secrets" for r in types)
-    if has_secrets and encryptor is None and not options.allow_plaintext_secrets:
+    if has_secrets and not encrypted and not options.allow_plaintext_secrets:
         raise UsageError(
             "the backup would hold Secrets in plaintext; give --encrypt-to RECIPIENT (an age "
             "public key) or --recipients-file, or pass --allow-plaintext-secrets, or "
@@ -310,6 +288,7 @@ async def create_backup(
     frames: dict[str, JSON] = {}
     warnings: list[str] = []
     writer = ArchiveWriter(dest)
+    pool = _pool(options.workers)
     lock = asyncio.Lock()
     sem = asyncio.Semaphore(max(1, options.concurrency))
     done = 0
@@ -320,7 +299,11 @@ async def create_backup(
             with tempfile.TemporaryFile(dir=dest.parent, prefix=".kubecare-spool-") as spool:
                 frame = TypeFrame(spool, mtime, tmpdir=str(dest.parent))
                 try:
-                    await _read_type(kube, r, result, frame, options, encryptor)
+                    spec = PageSpec(
+                        result.name, r.group, r.resource, r.group_version, r.kind, r.namespaced,
+                        options.filters, options.recipients, mtime,
+                    )  # fmt: skip
+                    await _read_type(kube, r, result, frame, options, spec, pool)
                 except ApiError as e:
                     # Forbidden by RBAC, gone since discovery, or an aggregated API whose server
                     # keeps failing (after the retries): the rest of the cluster is still worth
@@ -380,8 +363,8 @@ async def create_backup(
             "cluster": {"server": kube.server, "version": version.get("gitVersion", "")},
             "filters": filters.to_json(),
             "encryption": {
-                "secrets": "age" if encryptor is not None else "none",
-                "recipients": list(options.recipients) if encryptor is not None else [],
+                "secrets": "age" if encrypted else "none",
+                "recipients": list(options.recipients),
             },
             "warnings": warnings,
             "types": [
@@ -405,6 +388,8 @@ async def create_backup(
         await asyncio.to_thread(writer.commit, manifest, mtime)
     except OSError as e:
         writer.abort()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         raise KubecareError(
             f"cannot write the backup to {dest.parent}: {e.strerror or e}; free some space or "
             "choose another --to (nothing was written under the backup's name)"
@@ -412,6 +397,9 @@ async def create_backup(
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     kept = [t for t in results if t.count >= 0]
     return BackupResult(
         name=name,
@@ -422,7 +410,7 @@ async def create_backup(
         bytes=sum(t.bytes for t in kept),
         archive_bytes=dest.stat().st_size,  # noqa: ASYNC240 (one stat, at the end)
         seconds=time.monotonic() - started,
-        encrypted_secrets=encryptor is not None,
+        encrypted_secrets=encrypted,
     )
 
 

@@ -75,6 +75,19 @@ def type_name(group: str, resource: str) -> str:
     return f"{resource}.{group}" if group else resource
 
 
+_RULED = {gr for gr, _, _ in SYSTEM_OBJECTS} | {
+    "pods", "jobs.batch", "replicasets.apps", "endpoints", "endpointslices.discovery.k8s.io",
+    "configmaps", "secrets", "apiservices.apiregistration.k8s.io",
+}  # fmt: skip
+
+
+def has_skip_rules(gr: str) -> bool:
+    """Whether :func:`skip_reason` can leave out any object of this type (most types: no)."""
+    return gr in _RULED or gr.endswith(
+        (".rbac.authorization.k8s.io", ".flowcontrol.apiserver.k8s.io")
+    )
+
+
 def skip_reason(gr: str, obj: JSON) -> str | None:
     """Why an object is left out of a backup by default, or None to keep it."""
     meta = obj.get("metadata") or {}
@@ -298,6 +311,11 @@ class Filters:
     exclude_resources: tuple[str, ...] = ()
     selector: str = ""
     include_cluster_resources: bool | None = None  # None: yes unless namespaces are named
+
+    @property
+    def by_namespace(self) -> bool:
+        """Whether objects are taken or left by their namespace at all."""
+        return bool(self.include_namespaces or self.exclude_namespaces)
 
     @property
     def cluster_resources(self) -> bool:

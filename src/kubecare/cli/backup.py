@@ -61,6 +61,12 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     create.add_argument(
         "--chunk-size", type=int, default=500, help="objects per list request (500; 0: unpaged)"
     )
+    create.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes that serialize, encrypt and compress (2; 0: none, all in this one)",
+    )
     _add_retention(create)
     add_output(create)
     create.set_defaults(handler=create_cmd)
@@ -263,8 +269,10 @@ def create_cmd(args: argparse.Namespace) -> int:
     from kubecare.cli.render import say
     from kubecare.errors import UsageError
 
-    if args.concurrency < 1 or args.chunk_size < 0:
-        raise UsageError("--concurrency must be at least 1 and --chunk-size not negative")
+    if args.concurrency < 1 or args.chunk_size < 0 or args.workers < 0:
+        raise UsageError(
+            "--concurrency must be at least 1, --chunk-size and --workers not negative"
+        )
     keep_last, keep_within = _retention(args)
     name = check_name(
         args.name or datetime.datetime.now(datetime.UTC).strftime("backup-%Y%m%d-%H%M%S")
@@ -281,6 +289,7 @@ def create_cmd(args: argparse.Namespace) -> int:
         strict=args.strict,
         concurrency=args.concurrency,
         chunk_size=args.chunk_size,
+        workers=args.workers,
     )
     store = open_store(args.store)
     quiet = args.output != "table"

@@ -86,6 +86,15 @@ class Kube:
             resp.raise_for_status()
             return self._decode(resp.content, what or path)
 
+    async def get_bytes(
+        self, path: str, *, params: dict[str, Any] | None = None, what: str | None = None
+    ) -> bytes:
+        """GET ``path`` and return the body undecoded (for callers that decode elsewhere)."""
+        with self.mapped(what or path):
+            resp = await self.http.get(path, params=params, headers={"Accept": "application/json"})
+            resp.raise_for_status()
+            return resp.content
+
     async def request_json(
         self,
         method: str,
