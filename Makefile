@@ -57,6 +57,7 @@ bench: setup
 	$(BIN)/python bench/outage_bench.py --runs 7
 	$(BIN)/python bench/startup_bench.py --runs 15
 	$(BIN)/python bench/etcd_bench.py --runs 5
+	$(BIN)/python bench/backup_bench.py --runs 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

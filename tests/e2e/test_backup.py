@@ -33,6 +33,7 @@ from kubecare.sandbox import Sandbox
 
 from .accounts import kubeconfig_with_user, service_account, token_for
 from .conftest import cli_argv, run_cli
+from .test_backup_faults import fill
 from .workloads import deployment, statefulset, wait_for, widget_crd
 
 pytestmark = pytest.mark.e2e
@@ -476,9 +477,7 @@ async def test_backup_under_churn_is_consistent_per_type(
 ) -> None:
     """ConfigMaps created and deleted while the backup lists them page by page: the archive
     holds exactly what the cluster held at the revision the manifest names."""
-    for i in range(150):
-        await kube.request_json("POST", f"/api/v1/namespaces/{namespace}/configmaps",
-                                body={"metadata": {"name": f"c{i:03d}"}})  # fmt: skip
+    await fill(kube, namespace, 150)
     stop = asyncio.Event()
 
     async def churn() -> None:
@@ -518,9 +517,7 @@ async def test_backup_under_churn_is_consistent_per_type(
 async def test_kill_9_during_create_leaves_no_archive_then_restore_resumes(
     sandbox: Sandbox, mix: Mix, namespace: str, kube: Kube
 ) -> None:
-    for i in range(300):
-        await kube.request_json("POST", f"/api/v1/namespaces/{namespace}/configmaps",
-                                body={"metadata": {"name": f"c{i:03d}"}, "data": {"i": str(i)}})  # fmt: skip
+    await fill(kube, namespace, 300)
     store = mix.store / "kill"
     argv = cli_argv("backup", "create", "killed", "--to", str(store), "--include-namespaces",
                     namespace, "--chunk-size", "1", "--concurrency", "1", "--allow-plaintext-secrets",
