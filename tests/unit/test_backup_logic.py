@@ -348,7 +348,11 @@ def test_archive_round_trip_verify_and_standard_tools(tmp_path: Path) -> None:
         assert names[-1] == "checksums/core/configmaps.sha256"
     out = tmp_path / "x"
     out.mkdir()
-    subprocess.run(["tar", "--zstd", "-xf", str(path), "-C", str(out)], check=True)
+    import zstandard
+
+    with path.open("rb") as f:  # what `tar --zstd` does (zstd may not be installed here)
+        plain = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
+    subprocess.run(["tar", "-xf", "-", "-C", str(out)], input=plain, check=True)
     listed = subprocess.run(["sha256sum", "-c", "checksums/core/configmaps.sha256"], cwd=out,
                             capture_output=True, text=True, check=True)  # fmt: skip
     assert listed.stdout.count(": OK") == 2
@@ -558,13 +562,25 @@ def test_finished_pods_and_jobs_are_left_out() -> None:
 
 
 def test_ssh_keys_encrypt_and_decrypt_secrets(tmp_path: Path) -> None:
-    import subprocess
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
 
     from kubecare.backup.secrets import decryptor, encryptor, identities, recipients
 
-    subprocess.run(["ssh-keygen", "-t", "ed25519", "-N", "", "-q", "-f", str(tmp_path / "k")],
-                   check=True)  # fmt: skip
-    public = (tmp_path / "k.pub").read_text().strip()
+    key = ed25519.Ed25519PrivateKey.generate()  # what ssh-keygen -t ed25519 -N "" writes
+    (tmp_path / "k").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "k").chmod(0o600)
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     sealed = encryptor(recipients([public]))(b"secret")
     assert decryptor(identities(tmp_path / "k"))(sealed, "m") == b"secret"
     (tmp_path / "k").chmod(0o644)
@@ -592,3 +608,29 @@ def test_types_without_skip_rules_are_known() -> None:
                "clusterroles.rbac.authorization.k8s.io",
                "flowschemas.flowcontrol.apiserver.k8s.io"):  # fmt: skip
         assert has_skip_rules(gr), gr
+
+
+def test_default_excludes_can_be_turned_off() -> None:
+    from kubecare.backup.pages import PageSpec, process_page
+
+    owned = {**obj("p", "a", ownerReferences=[{"kind": "ReplicaSet", "controller": True}])}
+    page = json.dumps({"metadata": {"resourceVersion": "7"}, "items": [owned]}).encode()
+
+    def spec(f: Filters) -> PageSpec:
+        return PageSpec("pods", "", "pods", "v1", "Pod", True, f, (), 0)
+
+    kept = process_page(spec(Filters()), page)
+    assert kept.count == 0 and kept.skipped and kept.resource_version == "7"
+    everything = process_page(spec(Filters(default_excludes=False)), page)
+    assert everything.count == 1 and not everything.skipped
+
+
+def test_list_metadata_is_read_from_either_end_without_the_items() -> None:
+    from kubecare.backup.pages import list_meta
+
+    builtin = b'{"kind":"ConfigMapList","apiVersion":"v1","metadata":{"resourceVersion":"9","continue":"abc"},"items":[{"metadata":{"name":"x"},"data":{"continue":"no"}}]}'
+    custom = b'{"apiVersion":"e.com/v1","items":[{"kind":"W","metadata":{"continue":"no"}}],"kind":"WList","metadata":{"continue":"tok","resourceVersion":"5"}}\n'
+    assert list_meta(builtin) == ("9", "abc")
+    assert list_meta(custom) == ("5", "tok")
+    odd = b'{"items":[],"metadata":{"resourceVersion":"3"}}'  # another layout: parsed in full
+    assert list_meta(odd) == ("3", "")

@@ -22,6 +22,7 @@ spool, so the archive never holds two versions of a type.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -287,10 +288,9 @@ class ArchiveWriter:
     def abort(self) -> None:
         """Remove the temp file; never raises (it runs while another error is on its way)."""
         if not self._file.closed:
-            try:
+            # the buffered tail may not be writable (a full disk): it is dropped
+            with contextlib.suppress(OSError):
                 self._file.close()
-            except OSError:  # the buffered tail cannot be written (a full disk): it is dropped
-                pass
         self.tmp.unlink(missing_ok=True)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import tempfile
 import time
 from concurrent.futures import Executor
@@ -40,7 +41,7 @@ from .archive import (
     TypeFrame,
     checksums_path,
 )
-from .pages import PageResult, PageSpec, ignore_sigint, list_meta, process_page
+from .pages import PageResult, PageSpec, list_meta, process_page, worker_init
 from .rules import Filters, type_name
 
 SHORT_NAMES = {
@@ -237,7 +238,8 @@ def _pool(workers: int) -> Executor | None:
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("fork"),
-        initializer=ignore_sigint,
+        initializer=worker_init,
+        initargs=(os.getpid(),),
     )
     pool.submit(int).result()  # fork them now, before anything else starts a thread
     return pool

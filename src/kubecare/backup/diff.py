@@ -81,6 +81,7 @@ async def diff_backup(
         exclude_resources=filters.exclude_resources,
         selector=filters.selector or str(taken.get("selector") or ""),
         include_cluster_resources=filters.include_cluster_resources,
+        default_excludes=bool(taken.get("defaultExcludes", True)),
     )
     selector = labels.parse(scope.selector)
     out: list[ObjectDiff] = []
@@ -106,7 +107,7 @@ async def diff_backup(
         params = {"labelSelector": scope.selector} if scope.selector else None
         ns_path = scope.include_namespaces[0] if len(scope.include_namespaces) == 1 else ""
         async for obj in kube.list_items(api_path(entry, ns_path), params=params):
-            if not scope.object_ok(gr, obj) or skip_reason(gr, obj):
+            if not scope.object_ok(gr, obj) or (scope.default_excludes and skip_reason(gr, obj)):
                 continue
             meta = obj.get("metadata") or {}
             key = (str(meta.get("namespace") or ""), str(meta.get("name")))

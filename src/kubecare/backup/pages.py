@@ -9,6 +9,7 @@ frames concatenate, so a type's pages are one stream.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import signal
@@ -68,9 +69,18 @@ def list_meta(page: bytes) -> tuple[str, str]:
     return str(meta.get("resourceVersion") or ""), str(meta.get("continue") or "")
 
 
-def ignore_sigint() -> None:
-    """Worker initializer: Ctrl-C is the parent's to handle (no traceback per worker)."""
+def worker_init(parent: int) -> None:
+    """Worker initializer: Ctrl-C is the parent's to handle (no traceback per worker), and a
+    worker dies with its parent — killed with -9, the parent cannot shut the pool down, and a
+    forked worker holds the queue's pipe open itself, so it would wait forever."""
+    import ctypes
+    import os
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: no such call
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _encrypt(recipients: tuple[str, ...], data: bytes) -> bytes:
@@ -100,7 +110,8 @@ def process_page(spec: PageSpec, page: bytes) -> PageResult:
     parts: list[bytes] = []
     sums: list[str] = []
     encrypt = spec.gr == "secrets" and bool(spec.recipients)
-    by_namespace, ruled = spec.filters.by_namespace, has_skip_rules(spec.gr)
+    by_namespace = spec.filters.by_namespace
+    ruled = spec.filters.default_excludes and has_skip_rules(spec.gr)
     for obj in doc.get("items") or []:
         if by_namespace and not spec.filters.object_ok(spec.gr, obj):
             continue

@@ -311,6 +311,7 @@ class Filters:
     exclude_resources: tuple[str, ...] = ()
     selector: str = ""
     include_cluster_resources: bool | None = None  # None: yes unless namespaces are named
+    default_excludes: bool = True  # False: keep the objects skip_reason would leave out
 
     @property
     def by_namespace(self) -> bool:
@@ -359,4 +360,5 @@ class Filters:
             "excludeResources": list(self.exclude_resources),
             "selector": self.selector,
             "includeClusterResources": self.cluster_resources,
+            "defaultExcludes": self.default_excludes,
         }

@@ -57,6 +57,12 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     create.add_argument(
         "--strict", action="store_true", help="fail if a resource type cannot be listed (forbidden)"
     )
+    create.add_argument(
+        "--no-default-excludes",
+        dest="default_excludes",
+        action="store_false",
+        help="keep the objects left out by default (controller-made pods, kube-root-ca.crt, ...)",
+    )
     create.add_argument("--concurrency", type=int, default=4, help="types listed at once (4)")
     create.add_argument(
         "--chunk-size", type=int, default=500, help="objects per list request (500; 0: unpaged)"
@@ -196,6 +202,7 @@ def filters(args: argparse.Namespace) -> Filters:
     from kubecare.backup.rules import Filters
 
     return Filters(
+        default_excludes=getattr(args, "default_excludes", True),
         include_namespaces=_split(args.include_namespaces),
         exclude_namespaces=_split(args.exclude_namespaces),
         include_resources=_split(args.include_resources),
