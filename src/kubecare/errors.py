@@ -58,6 +58,11 @@ class ApiError(KubecareError):
         self.status = status
         self.reason = reason
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments do not survive pickling by default; a worker process raises
+        # these too (backup pages), and the parent must get the same error back.
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
 
 class NotFound(ApiError):
     """Raised on 404: the named object (or the API that serves it) does not exist."""
@@ -131,3 +136,10 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
             return first_error(exc)
         return exc
     return group
+
+
+def _rebuild(cls: type[KubecareError], message: str, state: dict[str, object]) -> KubecareError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error

@@ -634,3 +634,69 @@ def test_list_metadata_is_read_from_either_end_without_the_items() -> None:
     assert list_meta(custom) == ("5", "tok")
     odd = b'{"items":[],"metadata":{"resourceVersion":"3"}}'  # another layout: parsed in full
     assert list_meta(odd) == ("3", "")
+
+
+@pytest.mark.parametrize("length", [1, 60, 99, 100, 101, 120, 155, 156, 200, 254, 255, 256, 300])
+@pytest.mark.parametrize("segment", ["n", "é", "a" * 30])
+def test_tar_header_is_tarfiles_ustar_header(length: int, segment: str) -> None:
+    """Byte for byte what tarfile writes, at and around ustar's 100/155-byte limits, with
+    multi-byte UTF-8; PAX where ustar cannot hold the name (as tarfile's PAX format does)."""
+    import tarfile
+
+    from kubecare.backup.archive import _tar_header
+
+    parts, total = ["resources"], len("resources")
+    while total < length:
+        parts.append(segment)
+        total += 1 + len(segment.encode())
+    path = "/".join(parts)[: max(length, 1)].rstrip("/") or "x"
+    info = tarfile.TarInfo(path)
+    info.size, info.mode, info.mtime = 1234, 0o600, 1700000000
+    info.uname = info.gname = "kubecare"
+    try:
+        want = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    except (ValueError, UnicodeError):
+        want = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    assert _tar_header(path, 1234, 1700000000) == want
+
+
+def test_api_errors_survive_a_worker_process() -> None:
+    import pickle
+
+    from kubecare.errors import ApiError, Forbidden, TooManyRequests
+
+    for e in (ApiError("x", status=500), Forbidden("no", status=403, reason="Forbidden"),
+              TooManyRequests("slow", status=429, retry_after=2.0)):  # fmt: skip
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e) and back.message == e.message and str(back) == str(e)
+        assert back.__dict__ == e.__dict__
+
+
+def test_odd_but_valid_names_round_trip_and_impossible_ones_are_skipped(tmp_path: Path) -> None:
+    from kubecare.backup.pages import PageSpec, process_page
+    from kubecare.backup.restore import api_path
+
+    names = ["with space", "line\u2028sep", "q?x", "system:node:a"]
+    items = [obj(n, "a") for n in [*names, "ctl\x07char"]]
+    page = json.dumps({"metadata": {}, "items": items}).encode()
+    spec = PageSpec("roles.rbac.authorization.k8s.io", "rbac.authorization.k8s.io", "roles",
+                    "rbac.authorization.k8s.io/v1", "Role", True, Filters(), (), 0)  # fmt: skip
+    done = process_page(spec, page)
+    assert done.count == 4 and sum(done.skipped.values()) == 1
+    path = tmp_path / "odd.tar.zst"
+    w = ArchiveWriter(path)
+    with open(tmp_path / ".s", "w+b") as spool:
+        frame = TypeFrame(spool, 0)
+        frame.add_frame(done.frame, done.sums, done.count, done.size)
+        sha = frame.finish(checksums_path("rbac.authorization.k8s.io", "roles"))
+        off, length, fsha = w.append(spool)
+    w.commit({"format": "kubecare-backup", "formatVersion": 1, "types": [{
+        "group": "rbac.authorization.k8s.io", "version": "v1", "resource": "roles", "count": 4,
+        "namespaced": True, "frame": {"offset": off, "length": length, "sha256": fsha},
+        "checksums": {"path": checksums_path("rbac.authorization.k8s.io", "roles"),
+                      "sha256": sha}}]}, 0)  # fmt: skip
+    with ArchiveReader.open(path) as r:
+        assert verify(r).ok, verify(r).problems
+    entry = {"group": "", "version": "v1", "resource": "roles", "namespaced": True}
+    assert api_path(entry, "a", "q?x").endswith("/namespaces/a/roles/q%3Fx")
+    assert api_path(entry, "a", "with space").endswith("/roles/with%20space")

@@ -110,8 +110,11 @@ def _tar_header(path: str, size: int, mtime: int) -> bytes:
     raw = path.encode("utf-8", "surrogateescape")
     prefix = b""
     if len(raw) > 100:
-        cut = raw.rfind(b"/", 0, 156)
-        if cut <= 0 or len(raw) - cut - 1 > 100 or size >= 8**11:
+        # tarfile's _posix_split_name: the shortest prefix that leaves a name of <= 100 bytes
+        cut = raw.find(b"/")
+        while cut > 0 and len(raw) - cut - 1 > 100:
+            cut = raw.find(b"/", cut + 1)
+        if cut <= 0 or cut > 155:
             return _pax_header(path, size, mtime)
         prefix, raw = raw[:cut], raw[cut + 1 :]
     if size >= 8**11 or mtime >= 8**11:
@@ -203,6 +206,10 @@ class TypeFrame:
         out = self._zstd.compress(raw)
         if out:
             self.spool.write(out)
+
+    def close(self) -> None:
+        """Drop the checksum lines (the type failed; finish() closes them otherwise)."""
+        self._sums.close()
 
     def reset(self) -> None:
         """Forget everything written (the list starts over)."""

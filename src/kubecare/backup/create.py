@@ -13,7 +13,8 @@ import datetime
 import os
 import tempfile
 import time
-from concurrent.futures import Executor
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,6 @@ async def _read_type(
     )
     path = r.path(namespace)
     chunk = options.chunk_size
-    loop = asyncio.get_running_loop()
 
     def take(done: PageResult) -> None:
         frame.add_frame(done.frame, done.sums, done.count, done.size)
@@ -197,34 +197,56 @@ async def _read_type(
     for attempt in range(2):
         pending: list[asyncio.Future[PageResult]] = []
         try:
-            token = ""
-            while True:
-                query = dict(params)
-                if chunk:
-                    query["limit"] = chunk
-                if token:
-                    query["continue"] = token
-                page = await _fetch(kube, path, query, f"list {result.name}", not token)
-                version, token = list_meta(page)
-                result.resource_version = result.resource_version or version
-                if pool is None:
-                    take(process_page(spec, page))
-                else:
-                    # The next page is fetched while workers process this one; results are
-                    # taken in page order, a few pages in flight at most (memory stays flat).
-                    pending.append(loop.run_in_executor(pool, process_page, spec, page))
-                    while len(pending) > 2 or (pending and not token):
-                        take(await pending.pop(0))
-                if not token:
-                    return
+            await _pages(kube, path, params, chunk, result, spec, pool, pending, take)
+            return
         except _Restart:
             if attempt:
-                raise
-            for f in pending:
-                f.cancel()
+                raise ApiError(
+                    f"list {result.name}: the list expired twice while being read; "
+                    "run the backup again",
+                    status=410,
+                ) from None
             frame.reset()
             result.count, result.bytes, result.skipped = 0, 0, {}
             result.resource_version, result.restarted, chunk = "", True, 0
+        finally:
+            for f in pending:  # queued pages of a failed or restarted list: not needed now
+                f.cancel()
+
+
+async def _pages(
+    kube: Kube,
+    path: str,
+    params: dict[str, Any],
+    chunk: int,
+    result: TypeResult,
+    spec: PageSpec,
+    pool: Executor | None,
+    pending: list[asyncio.Future[PageResult]],
+    take: Callable[[PageResult], None],
+) -> None:
+    """Every page of one list. With a pool, the next page is fetched while workers process
+    this one; results are taken in page order, a few pages in flight at most (memory stays
+    flat). ``pending`` is the caller's, so it can cancel what is left if this fails."""
+    loop = asyncio.get_running_loop()
+    token = ""
+    while True:
+        query = dict(params)
+        if chunk:
+            query["limit"] = chunk
+        if token:
+            query["continue"] = token
+        page = await _fetch(kube, path, query, f"list {result.name}", not token)
+        version, token = list_meta(page)
+        result.resource_version = result.resource_version or version
+        if pool is None:
+            take(process_page(spec, page))
+        else:
+            pending.append(loop.run_in_executor(pool, process_page, spec, page))
+            while len(pending) > 2 or (pending and not token):
+                take(await pending.pop(0))
+        if not token:
+            return
 
 
 def _pool(workers: int) -> Executor | None:
@@ -289,8 +311,12 @@ async def create_backup(
     ]
     frames: dict[str, JSON] = {}
     warnings: list[str] = []
+    try:
+        pool = _pool(options.workers)
+    except OSError as e:  # no fork here (process limit, no /dev/shm): do the work in-process
+        warnings.append(f"worker processes unavailable ({e.strerror or e}); worked in one")
+        pool = None
     writer = ArchiveWriter(dest)
-    pool = _pool(options.workers)
     lock = asyncio.Lock()
     sem = asyncio.Semaphore(max(1, options.concurrency))
     done = 0
@@ -306,12 +332,13 @@ async def create_backup(
                         options.filters, options.recipients, mtime,
                     )  # fmt: skip
                     await _read_type(kube, r, result, frame, options, spec, pool)
-                except ApiError as e:
+                except BaseException as e:
+                    frame.close()
+                    if not isinstance(e, ApiError) or options.strict:
+                        raise
                     # Forbidden by RBAC, gone since discovery, or an aggregated API whose server
                     # keeps failing (after the retries): the rest of the cluster is still worth
                     # backing up, and the manifest names what is missing.
-                    if options.strict:
-                        raise
                     why = {Forbidden: "forbidden", NotFound: "no longer served"}.get(
                         type(e), "cannot be listed"
                     )
@@ -388,6 +415,12 @@ async def create_backup(
             ],
         }
         await asyncio.to_thread(writer.commit, manifest, mtime)
+    except BrokenExecutor:
+        writer.abort()
+        raise KubecareError(
+            "a worker process died (out of memory?); nothing was written under the backup's "
+            "name; run it again, with --workers 0 to do the work in one process"
+        ) from None
     except OSError as e:
         writer.abort()
         if pool is not None:

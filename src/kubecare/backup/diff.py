@@ -15,7 +15,7 @@ from typing import Any
 
 from ..kube.client import JSON, Kube
 from . import labels
-from .archive import ArchiveReader, parse_member_path
+from .archive import ArchiveError, ArchiveReader, parse_member_path
 from .restore import api_path, check_identity, load_object, selected_types
 from .rules import Filters, clean, skip_reason, type_name
 from .verify import checked_members
@@ -35,6 +35,7 @@ class ObjectDiff:
     name: str
     change: str  # only-in-archive, only-in-cluster, changed, not-compared
     fields: list[FieldChange] = field(default_factory=list)
+    reason: str = ""  # why not compared
 
 
 _MISSING = object()
@@ -87,7 +88,8 @@ async def diff_backup(
     out: list[ObjectDiff] = []
     for entry in selected_types(manifest, scope):
         gr = type_name(str(entry.get("group") or ""), str(entry["resource"]))
-        archived: dict[tuple[str, str], JSON | None] = {}
+        archived: dict[tuple[str, str], JSON | None] = {}  # None: not compared
+        unreadable: dict[tuple[str, str], str] = {}
         for member in checked_members(reader, entry):
             _, _, ns, name, encrypted = parse_member_path(member.path)
             scope_ns = name if gr == "namespaces" else ns
@@ -97,8 +99,12 @@ async def diff_backup(
                     archived[(ns, name)] = None
                 continue
             data = decrypt(member.data, member.path) if encrypted and decrypt else member.data
-            obj = load_object(data, reader.name, member.path)
-            check_identity(obj, ns, name, bool(entry.get("namespaced")), member.path)
+            try:
+                obj = load_object(data, reader.name, member.path)
+                check_identity(obj, ns, name, bool(entry.get("namespaced")), member.path)
+            except ArchiveError as e:
+                archived[(ns, name)], unreadable[(ns, name)] = None, e.message
+                continue
             if scope.object_ok(gr, obj) and labels.matches(
                 selector, (obj.get("metadata") or {}).get("labels")
             ):
@@ -120,7 +126,8 @@ async def diff_backup(
             elif key not in archived:
                 out.append(ObjectDiff(gr, ns, name, "only-in-cluster"))
             elif archived[key] is None:
-                out.append(ObjectDiff(gr, ns, name, "not-compared"))
+                why = unreadable.get(key, "encrypted: pass --identity to compare")
+                out.append(ObjectDiff(gr, ns, name, "not-compared", reason=why))
             else:
                 changes = list(field_changes(archived[key], live[key]))
                 if gr == "secrets":  # say which keys changed, never their values

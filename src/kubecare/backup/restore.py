@@ -124,8 +124,15 @@ def parse_namespace_map(pairs: list[str]) -> dict[str, str]:
 def api_path(entry: JSON, namespace: str, name: str = "") -> str:
     group, version = str(entry.get("group") or ""), str(entry["version"])
     base = f"/apis/{group}/{version}" if group else f"/api/{version}"
-    ns = f"/namespaces/{namespace}" if entry.get("namespaced") and namespace else ""
-    return f"{base}{ns}/{entry['resource']}" + (f"/{name}" if name else "")
+    ns = f"/namespaces/{_quote(namespace)}" if entry.get("namespaced") and namespace else ""
+    return f"{base}{ns}/{entry['resource']}" + (f"/{_quote(name)}" if name else "")
+
+
+def _quote(segment: str) -> str:
+    """A name as one URL path segment (RBAC names may hold spaces, "?", ":")."""
+    from urllib.parse import quote
+
+    return quote(segment, safe=":@")
 
 
 class _Restore:
@@ -186,12 +193,17 @@ class _Restore:
         for member in checked_members(self.reader, entry):
             _, _, path_ns, name, encrypted = parse_member_path(member.path)
             data = member.data
+            gr_ns = path_ns if entry.get("namespaced") else ""
             if encrypted:
                 if self.decrypt is None:
                     raise UsageError("the archive's Secrets are encrypted; pass --identity FILE")
                 data = self.decrypt(data, member.path)
-            obj = load_object(data, self.reader.name, member.path)
-            check_identity(obj, path_ns, name, bool(entry.get("namespaced")), member.path)
+            try:
+                obj = load_object(data, self.reader.name, member.path)
+                check_identity(obj, path_ns, name, bool(entry.get("namespaced")), member.path)
+            except ArchiveError as e:  # this object only; verify has passed for the rest
+                self.result(entry, gr_ns, name, Outcome.FAILED, e.message)
+                continue
             if not filters.object_ok(gr, obj):
                 continue
             if not labels.matches(self.selector, (obj.get("metadata") or {}).get("labels")):
@@ -389,7 +401,9 @@ def _check_identity(
                     return
 
 
-_NAME = re.compile(r"^[^/%\x00-\x20\x7f]+$")
+# A path segment name (apimachinery's path.IsValidPathSegmentName): no "/" and no "%"; and
+# no control characters, which no archive member may hold.
+_NAME = re.compile(r"[^/%\x00-\x1f\x7f]+")
 
 
 def load_object(data: bytes, archive: str, path: str) -> JSON:
@@ -412,5 +426,5 @@ def check_identity(obj: JSON, namespace: str, name: str, namespaced: bool, path:
             "name says; the archive was altered"
         )
     for segment in (name, namespace) if namespaced else (name,):
-        if not _NAME.match(segment) or segment in (".", ".."):
+        if not _NAME.fullmatch(segment) or segment in (".", ".."):
             raise ArchiveError(f"{path}: {segment!r} is not a valid object name")

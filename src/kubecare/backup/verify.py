@@ -75,7 +75,9 @@ def checked_members(reader: ArchiveReader, entry: dict[str, Any]) -> Iterator[Me
 
 def _parse_sums(data: bytes, name: str, path: str) -> dict[str, str]:
     out = {}
-    for line in data.decode("utf-8", "replace").splitlines():
+    for line in data.decode("utf-8", "replace").split("\n"):  # not splitlines(): U+2028 is a name
+        if not line:
+            continue
         digest, sep, member = line.partition("  ")
         if not sep or len(digest) != 64:
             raise ArchiveError(f"{name}: {path} is corrupt")

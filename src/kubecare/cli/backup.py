@@ -530,7 +530,7 @@ def diff_cmd(args: argparse.Namespace) -> int:
             note = {
                 "only-in-archive": "  (only in the backup: deleted since)",
                 "only-in-cluster": "  (only in the cluster: created since)",
-                "not-compared": "  (encrypted: pass --identity to compare)",
+                "not-compared": f"  ({d.reason})",
             }.get(d.change, "")
             lines.append(f"{mark[d.change]} {d.type} {where}{d.name}{note}")
             for f in d.fields:

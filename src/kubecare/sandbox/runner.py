@@ -52,7 +52,6 @@ from kubecare.sandbox.staticpods import (
 BACKOFF_MAX = 300.0
 BACKOFF_RESET = 600.0  # a component that ran this long starts its back-off afresh
 RESCAN = 2.0
-STOP_ORDER = ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 
 
 @dataclass
@@ -333,7 +332,7 @@ class Runner:
             self._versions[binary] = f"v{found.group(1)}" if found else ""
         return self._versions[binary]
 
-    async def _stop(self, pod: StaticPod, why: str) -> None:
+    async def _stop(self, pod: StaticPod, why: str, grace: float = 10) -> None:
         if pod.probes:
             pod.probes.cancel()
         proc = pod.proc
@@ -343,7 +342,7 @@ class Runner:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(grace):
                 await asyncio.shield(proc.wait())
         except (TimeoutError, asyncio.CancelledError):
             with contextlib.suppress(ProcessLookupError):
@@ -501,8 +500,19 @@ class Runner:
             watcher.cancel()
             syncing.cancel()
             every = list(self.pods.values()) + [p for ps in self.terminating.values() for p in ps]
-            for pod in sorted(every, key=_stop_rank):
-                await self._stop(pod, "the sandbox is stopping")
+            # The control-plane components together, etcd last (nothing writes to it while it
+            # stops, and it gets the full grace period: its data is what must not be torn).
+            # kube-controller-manager does not exit on SIGTERM until its controllers have
+            # drained, which takes the whole 10 s grace; when everything stops, 3 s will do.
+            for rank in sorted({_stop_rank(p) for p in every}):
+                grace = 10 if rank else 3
+                await asyncio.gather(
+                    *(
+                        self._stop(p, "the sandbox is stopping", grace)
+                        for p in every
+                        if _stop_rank(p) == rank
+                    )
+                )
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if balancer:
                 await balancer.stop()
@@ -529,8 +539,9 @@ class Runner:
 
 
 def _stop_rank(pod: StaticPod) -> int:
+    """0 for everything but etcd, 1 for etcd: stopped in that order, each group at once."""
     component = pod.spec.component if pod.spec else ""
-    return STOP_ORDER.index(component) if component in STOP_ORDER else 0
+    return 1 if component == "etcd" else 0
 
 
 def main() -> None:
