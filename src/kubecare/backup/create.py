@@ -2,8 +2,10 @@
 an archive (:mod:`kubecare.backup.archive`) with memory that does not grow with the cluster.
 
 Each type is read with one paged list (one resourceVersion: the type is consistent as of that
-revision, which the manifest records); types are read concurrently, a bounded number at a time,
-while the next page of a type is fetched as the current one is written.
+revision, which the manifest records); types are read concurrently, a bounded number at a time.
+Pages are turned into archive bytes by :func:`kubecare.backup.pages.process_page` — in worker
+processes when ``workers`` > 0, while this process fetches the next pages — and each type's
+section is spooled to disk, then appended to the archive when its list is complete.
 """
 
 from __future__ import annotations

@@ -380,6 +380,7 @@ def _render_created(result: BackupResult, pruned: list[str], output: str) -> Non
 def list_cmd(args: argparse.Namespace) -> int:
     from kubecare.backup.stores import open_store
     from kubecare.cli.render import emit, simple_table
+    from kubecare.errors import KubecareError
 
     store = open_store(args.store)
     infos = sorted(store.infos(), key=lambda i: (i.modified, i.name))
@@ -396,11 +397,7 @@ def list_cmd(args: argparse.Namespace) -> int:
                 "size": info.size,
                 "secrets": (m.get("encryption") or {}).get("secrets", ""),
             }
-        except Exception as e:  # one bad archive must not hide the others
-            from kubecare.errors import KubecareError
-
-            if not isinstance(e, KubecareError):
-                raise
+        except KubecareError as e:  # one bad archive must not hide the others
             row = {
                 "name": info.name,
                 "created": "",
