@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..backup.rules import SERVER_METADATA as _BACKUP_SERVER_METADATA
 from ..errors import SnapshotError, UsageError
 from .bbolt import open_bolt
 from .k8sproto import ENCRYPTED_PREFIX, PROTOBUF_PREFIX, Decoded, Decoder
@@ -41,17 +42,9 @@ SHORT_NAMES = {
     "sc": "storageclasses",
     "ep": "endpoints",
 }
-#: Server-set fields a re-created object must not carry (the apiserver sets them anew).
-SERVER_METADATA = (
-    "resourceVersion",
-    "uid",
-    "creationTimestamp",
-    "generation",
-    "managedFields",
-    "selfLink",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-)
+#: Server-set fields a re-created object must not carry (the apiserver sets them anew): the
+#: backup's list, but owner references, which clean() drops with a warning of its own.
+SERVER_METADATA = tuple(f for f in _BACKUP_SERVER_METADATA if f != "ownerReferences")
 
 
 @dataclass(frozen=True)
