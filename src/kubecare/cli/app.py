@@ -15,12 +15,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kubecare import __version__
-from kubecare.cli import backup, completion, drain, etcd, nodes, outage, sandbox
+from kubecare.cli import backup, completion, drain, etcd, nodes, outage, sandbox, upgrade
 from kubecare.cli.args import add_global_flags
 
 DESCRIPTION = (
     "Kubernetes node maintenance: cordon, drain, maintain, node outages and risks, "
-    "etcd snapshots, resource backups, and a local sandbox control plane."
+    "versions and cluster upgrades, etcd snapshots, resource backups, and a local sandbox "
+    "control plane."
 )
 # Commands that take a command line after `--` (it is split off before parsing).
 TAKES_COMMAND = {"maintain"}
@@ -32,6 +33,7 @@ MODULES: tuple[Register, ...] = (
     outage.register,
     etcd.register,
     backup.register,
+    upgrade.register,
     sandbox.register,
     completion.register,
 )

@@ -86,6 +86,43 @@ class Kube:
             resp.raise_for_status()
             return self._decode(resp.content, what or path)
 
+    async def get_with_warnings(
+        self, path: str, *, params: dict[str, Any] | None = None, what: str | None = None
+    ) -> tuple[JSON, list[str]]:
+        """GET ``path``; the decoded body and the texts of the apiserver's ``Warning`` headers
+        (deprecated APIs are answered with one)."""
+        from kubecare.versions.deprecations import parse_warnings
+
+        with self.mapped(what or path):
+            resp = await self.http.get(path, params=params, headers={"Accept": "application/json"})
+            resp.raise_for_status()
+            warnings = parse_warnings((resp.headers.get("warning") or "").split("\n"))
+            return self._decode(resp.content, what or path), warnings
+
+    def at(self, endpoint: str) -> Kube:
+        """A client for one apiserver instance (``host:port``) with this client's credentials:
+        each instance of an HA control plane has its own version and its own metrics."""
+        import dataclasses
+
+        other = Kube.__new__(Kube)
+        other.options = self.options
+        other.connection = dataclasses.replace(self.connection, server=f"https://{endpoint}")
+        other.http = build_client(
+            other.connection,
+            connect_timeout=self.options.connect_timeout,
+            request_timeout=self.options.request_timeout,
+        )
+        other.requests = 0
+        other.http.hooks.append(other._count)
+        return other
+
+    async def get_text(self, path: str, *, what: str | None = None) -> str:
+        """GET a plain-text endpoint (``/metrics``)."""
+        with self.mapped(what or path):
+            resp = await self.http.get(path, headers={"Accept": "text/plain"})
+            resp.raise_for_status()
+            return resp.text
+
     async def get_bytes(
         self, path: str, *, params: dict[str, Any] | None = None, what: str | None = None
     ) -> bytes:
@@ -183,6 +220,12 @@ class Kube:
             version = version or (page.get("metadata") or {}).get("resourceVersion", "")
             items.extend(page.get("items") or [])
         return items, version
+
+    async def list_objects(
+        self, path: str, *, params: dict[str, Any] | None = None, what: str | None = None
+    ) -> list[JSON]:
+        """Every item of a list (paged), when the list's resourceVersion is not needed."""
+        return (await self.list_all(path, params=params, what=what))[0]
 
     async def list_items(
         self,

@@ -465,7 +465,13 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
         if not line:
             continue
         name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+        key = name.strip().lower()
+        if key == "warning" and key in headers:
+            # The apiserver sends one Warning header per warning (never folded): keep them all,
+            # a newline apart (a header value cannot contain one).
+            headers[key] += "\n" + value.strip()
+        else:
+            headers[key] = value.strip()
     return int(parts[1]), headers
 
 

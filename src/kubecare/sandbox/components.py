@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubecare.versions.kubeadm import etcd_tag
+
 PKI = "/etc/kubernetes/pki"
 ETCD_PKI = "/etc/kubernetes/pki/etcd"
 ETCD_DATA = "/var/lib/etcd"
@@ -26,11 +28,6 @@ SERVICE_SUBNET = "10.96.0.0/12"
 POD_SUBNET = "10.244.0.0/16"
 CLUSTER_NAME = "kubernetes"
 STARTUP_TIMEOUT = 240  # kubeadm's ControlPlaneComponentHealthCheckTimeout (4 min)
-
-#: The etcd image kubeadm pins for each Kubernetes minor (cmd/kubeadm/app/constants:
-#: SupportedEtcdVersion / DefaultEtcdVersion). The runner runs the sandbox's one etcd build for
-#: any of them (docs/decisions.md).
-KUBEADM_ETCD_TAGS = {36: "3.6.8-0", 37: "3.7.0-0"}
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,7 @@ class ClusterShape:
 
     @property
     def etcd_tag(self) -> str:
-        return KUBEADM_ETCD_TAGS.get(self.minor, KUBEADM_ETCD_TAGS[max(KUBEADM_ETCD_TAGS)])
+        return etcd_tag(self.minor)  # the sandbox runs its one etcd build for any tag
 
 
 @dataclass(frozen=True)

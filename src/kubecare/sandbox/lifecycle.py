@@ -712,9 +712,9 @@ class Sandbox:
     def _image_for(self, component: str, version: str) -> str:
         v = resolve_version(version)
         if component == "etcd":
-            from kubecare.sandbox.components import KUBEADM_ETCD_TAGS
+            from kubecare.versions.kubeadm import etcd_tag
 
-            return f"registry.k8s.io/etcd:{KUBEADM_ETCD_TAGS[int(v.split('.')[1])]}"
+            return f"registry.k8s.io/etcd:{etcd_tag(int(v.split('.')[1]))}"
         return f"registry.k8s.io/{component}:v{v}"
 
     def set_image(self, component: str, version: str, *, node: str | None = None) -> Path:
@@ -763,6 +763,18 @@ class Sandbox:
                 detail = (pod or {}).get("error") or "see kubecare sandbox logs " + name
                 raise SandboxError(f"{name} did not {what} within {timeout:.0f}s: {detail}")
             time.sleep(0.2)
+
+    def record_version(self, version: str) -> None:
+        """Remember the Kubernetes version the control plane now runs (nodes added later
+        register with it), as after ``kubeadm upgrade apply``."""
+        with self.locked():
+            state = self.load()
+            state.version = resolve_version(version)
+            self.save(state)
+
+    def node_root(self, node: str) -> Path:
+        """A control-plane node's kubeadm-shaped tree (``etc/kubernetes``, ``var/lib/etcd``)."""
+        return Path(self._node(self.load(), node)["manifests"]).parent.parent.parent
 
     # -- nodes ---------------------------------------------------------------------------------
     def _check_node(self, state: SandboxState, node: str) -> None:

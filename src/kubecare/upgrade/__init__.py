@@ -1,0 +1,1 @@
+"""Cluster upgrades, one minor at a time: plan (pure), preflight, executors, journal, apply."""

@@ -1,0 +1,462 @@
+"""``kubecare upgrade apply``: the plan carried out, node by node, with a journal.
+
+The run: refuse a no-go plan (unless told which checks to ignore); check the executor (templates,
+SSH logins) before anything changes; write the journal; take an etcd snapshot and a resource
+backup (named in the journal, so a rollback knows where they are); then for each batch, for
+each node, under the cluster maintenance lock:
+
+    drain (kubecare drain's semantics) -> executor -> Ready at the target kubelet version
+    -> uncordon
+
+and after each batch the health gate: every node Ready and no workload that was available at
+the start unavailable now (waited for up to ``gate_timeout``). The first failure stops the run:
+the failed node stays cordoned, nodes not started stay untouched, the journal says where it
+stopped, and the same command resumes from there without redoing finished nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubecare.errors import KubecareError, OperationFailed, UsageError
+from kubecare.events import Event, EventSink, ignore
+from kubecare.kube import JSON, Kube
+from kubecare.nodes.drain_options import DrainOptions
+from kubecare.nodes.inventory import ready_status
+from kubecare.upgrade import journal as jr
+from kubecare.upgrade.executors import Executor
+from kubecare.upgrade.journal import Journal, NodeRecord
+from kubecare.upgrade.plan import WORKER, NodeStep, Strategy, UpgradePlan
+from kubecare.upgrade.window import Window
+from kubecare.versions.semver import Version
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    target: Version
+    drain: DrainOptions = field(default_factory=DrainOptions)
+    snapshot: bool = True
+    snapshot_dir: Path = Path("~/.local/share/kubecare/etcd-snapshots")
+    etcd_endpoints: tuple[Any, ...] = ()  # kubecare.etcd.members.Endpoint
+    backup: bool = True
+    backup_store: str | None = None
+    backup_recipients: tuple[str, ...] = ()
+    backup_allow_plaintext: bool = False
+    ready_timeout: float = 600.0
+    gate_timeout: float = 300.0
+    window: Window | None = None
+    wait_for_window: bool = False
+    ignore_preflight: tuple[str, ...] = ()  # check names, or ("all",)
+    lock_slots: int = 1
+
+
+@dataclass
+class ApplyResult:
+    journal: Journal
+    resumed: bool
+    skipped: list[str]  # nodes already at the target when the run started
+    seconds: float
+
+
+class WindowClosed(OperationFailed):
+    exit_code = 3
+
+
+def _now_local() -> datetime.datetime:
+    return datetime.datetime.now().astimezone()
+
+
+def refuse_no_go(plan: UpgradePlan, ignore: Sequence[str]) -> None:
+    failing = [c for c in plan.checks if c.blocking and not c.ok]
+    if "all" in ignore:
+        return
+    left = [c for c in failing if c.name not in ignore]
+    if left:
+        names = ", ".join(dict.fromkeys(c.name for c in left))
+        raise OperationFailed(
+            "the upgrade plan is a no-go: "
+            + "; ".join(c.detail for c in left)
+            + f" (see kubecare upgrade plan --to {plan.target}; --ignore-preflight-errors={names} to go on anyway)"
+        )
+
+
+def new_journal(plan: UpgradePlan, executor: str) -> Journal:
+    return Journal(
+        target=plan.target,
+        started=jr.now(),
+        executor=executor,
+        strategy=str(plan.strategy),
+        max_unavailable=plan.max_unavailable,
+        nodes=[NodeRecord(s.node, s.role, s.batch) for s in plan.pending],
+        owner=jr.owner(),
+    )
+
+
+def _unavailable(objs: Sequence[JSON], kind: str) -> set[str]:
+    out = set()
+    for o in objs:
+        spec, st = o.get("spec") or {}, o.get("status") or {}
+        key = f"{o['metadata']['namespace']}/{kind}/{o['metadata']['name']}"
+        if kind == "DaemonSet":
+            if int(st.get("numberUnavailable") or 0) > 0:
+                out.add(key)
+        else:
+            want = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
+            have = int(st.get("availableReplicas") or 0)
+            if have < want:
+                out.add(key)
+    return out
+
+
+async def unavailable_workloads(kube: Kube) -> set[str]:
+    deps, sts, dss = await asyncio.gather(
+        kube.list_objects("/apis/apps/v1/deployments"),
+        kube.list_objects("/apis/apps/v1/statefulsets"),
+        kube.list_objects("/apis/apps/v1/daemonsets"),
+    )
+    return (
+        _unavailable(deps, "Deployment")
+        | _unavailable(sts, "StatefulSet")
+        | _unavailable(dss, "DaemonSet")
+    )
+
+
+class Upgrade:
+    def __init__(
+        self,
+        kube: Kube,
+        executor: Executor,
+        store: jr.Store,
+        opts: ApplyOptions,
+        *,
+        on_event: EventSink = ignore,
+    ) -> None:
+        self.kube = kube
+        self.executor = executor
+        self.store = store
+        self.opts = opts
+        self.on_event = on_event
+        self._write = asyncio.Lock()
+        self.journal: Journal | None = None
+        self.baseline: set[str] = set()
+
+    def _event(self, kind: str, message: str, node: str = "", **data: Any) -> None:
+        self.on_event(Event(kind, message, node=node, data=data))
+
+    async def _save(self) -> None:
+        assert self.journal is not None
+        async with self._write:
+            await self.store.save(self.journal)
+
+    # -- the run ---------------------------------------------------------------------------
+    async def run(self, plan: UpgradePlan, existing: Journal | None) -> ApplyResult:
+        t0 = time.monotonic()
+        target = self.opts.target
+        resumed = existing is not None and existing.state != "done"
+        if resumed:
+            assert existing is not None
+            journal = existing
+            journal.state, journal.owner, journal.message = "running", jr.owner(), ""
+            todo = [n for n in journal.nodes if n.state != jr.DONE]
+            self._event("resume", f"resuming the upgrade to {journal.target} from {self.store.where}: "
+                        f"{len(journal.done)} node(s) done, {len(todo)} to go")  # fmt: skip
+        else:
+            refuse_no_go(plan, self.opts.ignore_preflight)
+            journal = new_journal(plan, self.executor.name)
+        self.journal = journal
+        steps = {s.node: s for s in plan.steps}
+        pending = [steps[n.name] if n.name in steps else NodeStep(n.name, n.role, n.batch, ())
+                   for n in journal.nodes if n.state != jr.DONE]  # fmt: skip
+        # Before anything changes: the executor's own checks (templates, SSH logins, builds).
+        await self.executor.check(pending, target)
+        self._backup_preflight()
+        await self._save()
+        if self.opts.snapshot and not journal.snapshot:
+            journal.snapshot = await self._snapshot()
+            await self._save()
+        if self.opts.backup and not journal.backup:
+            journal.backup = await self._backup()
+            await self._save()
+        self.baseline = await unavailable_workloads(self.kube)
+        try:
+            for batch in sorted({n.batch for n in journal.nodes if n.state != jr.DONE}):
+                records = [n for n in journal.nodes if n.batch == batch and n.state != jr.DONE]
+                await self._window()
+                await self._batch([(r, steps.get(r.name) or NodeStep(r.name, r.role, r.batch, ()))
+                                   for r in records])  # fmt: skip
+        except WindowClosed as e:
+            journal.state, journal.message = "paused", e.message
+            await self._save()
+            raise
+        except KubecareError as e:
+            journal.state, journal.message = "failed", e.message
+            await self._save()
+            raise
+        journal.state, journal.message = "done", f"every node at {journal.target}"
+        await self._save()
+        self._event("done", f"upgrade to {journal.target} complete: {len(journal.nodes)} node(s)")
+        skipped = [s.node for s in plan.steps if s.up_to_date]
+        return ApplyResult(journal, resumed, skipped, time.monotonic() - t0)
+
+    async def _window(self) -> None:
+        w = self.opts.window
+        if w is None:
+            return
+        now = _now_local()
+        if w.contains(now):
+            return
+        opening = w.next_opening(now)
+        if self.opts.wait_for_window:
+            self._event(
+                "window",
+                f"outside the maintenance window {w.text}; waiting until {opening:%a %H:%M}",
+            )
+            while not w.contains(_now_local()):  # noqa: ASYNC110 (a clock, not an event)
+                await asyncio.sleep(20)
+            return
+        assert self.journal is not None
+        left = len([n for n in self.journal.nodes if n.state != jr.DONE])
+        raise WindowClosed(
+            f"outside the maintenance window {w.text} (it opens {opening:%a %Y-%m-%d %H:%M}); "
+            f"{left} node(s) left: run the same command again then (or add --wait-for-window)"
+        )
+
+    async def _batch(self, batch: list[tuple[NodeRecord, NodeStep]]) -> None:
+        errors: list[KubecareError] = []
+
+        async def one(rec: NodeRecord, step: NodeStep) -> None:
+            try:
+                await self._node(rec, step)
+            except KubecareError as e:
+                errors.append(e)
+
+        # Nodes of one batch go together; one failing lets the others in flight finish (a node
+        # stopped mid-drain or mid-upgrade would be worse), then the run stops.
+        await asyncio.gather(*(one(r, s) for r, s in batch))
+        if errors:
+            raise errors[0]
+        t0 = time.monotonic()
+        await self._gate([r.name for r, _ in batch])
+        took = time.monotonic() - t0
+        for r, _ in batch:
+            r.seconds["gate"] = round(took, 3)
+        await self._save()
+
+    async def _node(self, rec: NodeRecord, step: NodeStep) -> None:
+        from kubecare.kube.lock import maintenance_lock
+
+        d = self.opts.drain
+        rec.attempts += 1
+        rec.started, rec.error, rec.state = jr.now(), "", jr.PENDING
+        surge = (
+            self.journal is not None
+            and self.journal.strategy == Strategy.SURGE
+            and rec.role == WORKER
+        )
+        t_node = time.monotonic()
+        try:
+            if d.lock:
+                async with maintenance_lock(
+                    self.kube, rec.name, namespace=d.lock_namespace,
+                    slots=max(self.opts.lock_slots, d.max_concurrent_drains), ttl=d.lock_ttl,
+                    timeout=d.lock_timeout, on_event=self.on_event,
+                ) as lock:  # fmt: skip
+                    await self._steps(rec, step, surge, lock)
+            else:
+                await self._steps(rec, step, surge, None)
+        except KubecareError as e:
+            phase = {
+                jr.PENDING: "lock",
+                jr.DRAINING: "drain",
+                jr.UPGRADING: "deprovision" if surge else "upgrade",
+                jr.WAITING: "wait",
+                jr.UNCORDONING: "uncordon",
+            }.get(rec.state, rec.state)
+            rec.state, rec.error = jr.FAILED, f"{phase}: {e.message}"
+            await self._save()
+            where = (
+                "it stays cordoned" if phase not in ("lock", "provision") else "it was not touched"
+            )
+            raise OperationFailed(
+                f"node {rec.name} failed while {_doing(phase)}: {e.message}; {where}. Fix the cause, "
+                f"then run the same kubecare upgrade apply again: finished nodes are not redone "
+                f"(kubecare upgrade status shows where it stopped)"
+            ) from None
+        rec.seconds["total"] = round(time.monotonic() - t_node, 3)
+
+    async def _steps(self, rec: NodeRecord, step: NodeStep, surge: bool, lock: Any) -> None:
+        from kubecare.nodes.cordon import set_unschedulable
+        from kubecare.nodes.drain import drain_nodes
+
+        target = self.opts.target
+        if surge and not rec.replaced_by:
+            t0 = time.monotonic()
+            rec.state = "provision"
+            await self._save()
+            new = await self.executor.provision(step, target, self._line(rec.name))
+            rec.replaced_by = new
+            await self._save()
+            await self._wait_node(new, target)
+            rec.seconds["provision"] = round(time.monotonic() - t0, 3)
+        rec.state = jr.DRAINING
+        await self._save()
+        t0 = time.monotonic()
+        self._event("node", f"node {rec.name}: draining", rec.name)
+        await drain_nodes(self.kube, [rec.name], self.opts.drain, on_event=self.on_event, lock=lock)
+        rec.seconds["drain"] = round(time.monotonic() - t0, 3)
+        _check(lock)
+        if surge:
+            rec.state = jr.UPGRADING
+            await self._save()
+            t0 = time.monotonic()
+            await self.executor.deprovision(rec.name, self._line(rec.name))
+            rec.seconds["executor"] = round(time.monotonic() - t0, 3)
+            rec.state, rec.finished = jr.DONE, jr.now()
+            await self._save()
+            return
+        rec.state = jr.UPGRADING
+        await self._save()
+        t0 = time.monotonic()
+        self._event(
+            "node", f"node {rec.name}: upgrading with the {self.executor.name} executor", rec.name
+        )
+        await self.executor.upgrade(step, target, self._line(rec.name))
+        rec.seconds["executor"] = round(time.monotonic() - t0, 3)
+        _check(lock)
+        rec.state = jr.WAITING
+        await self._save()
+        t0 = time.monotonic()
+        await self._wait_node(rec.name, target)
+        rec.seconds["ready"] = round(time.monotonic() - t0, 3)
+        _check(lock)
+        rec.state = jr.UNCORDONING
+        await self._save()
+        t0 = time.monotonic()
+        await set_unschedulable(self.kube, rec.name, False)
+        rec.seconds["uncordon"] = round(time.monotonic() - t0, 3)
+        rec.state, rec.finished = jr.DONE, jr.now()
+        await self._save()
+        self._event("node-done", f"node {rec.name}: at {target}, uncordoned", rec.name)
+
+    def _line(self, node: str) -> Any:
+        def line(text: str) -> None:
+            self.on_event(Event("executor-output", text, node=node))
+
+        return line
+
+    async def _wait_node(self, node: str, target: Version) -> None:
+        """Until the node is Ready and its kubelet reports the target version."""
+        want = str(target)
+        deadline = time.monotonic() + self.opts.ready_timeout
+        while True:
+            obj = await self.kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
+            version = ((obj.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")
+            ready = ready_status(obj) == "True"
+            if ready and version == want:
+                return
+            if time.monotonic() > deadline:
+                why = "not Ready" if not ready else f"its kubelet reports {version}, not {want}"
+                raise OperationFailed(f"node {node} is {why} after {self.opts.ready_timeout:g}s")
+            await asyncio.sleep(0.5)
+
+    async def _gate(self, nodes: list[str]) -> None:
+        """Every node Ready; nothing that was available at the start unavailable now."""
+        deadline = time.monotonic() + self.opts.gate_timeout
+        while True:
+            all_nodes = await self.kube.list_objects("/api/v1/nodes")
+            not_ready = sorted(
+                n["metadata"]["name"] for n in all_nodes if ready_status(n) != "True"
+            )
+            down = sorted(await unavailable_workloads(self.kube) - self.baseline)
+            if not not_ready and not down:
+                return
+            if time.monotonic() > deadline:
+                what = []
+                if not_ready:
+                    what.append(f"nodes not Ready: {', '.join(not_ready)}")
+                if down:
+                    what.append(f"workloads unavailable since the upgrade began: {', '.join(down)}")
+                raise OperationFailed(
+                    f"health gate after {', '.join(nodes)} failed after {self.opts.gate_timeout:g}s: "
+                    + "; ".join(what)
+                    + "; those nodes are upgraded and uncordoned, the rest untouched"
+                )
+            await asyncio.sleep(1.0)
+
+    # -- before the first node ---------------------------------------------------------------
+    def _backup_preflight(self) -> None:
+        o = self.opts
+        needs_backup = o.backup and not (self.journal and self.journal.backup)
+        if needs_backup and not o.backup_recipients and not o.backup_allow_plaintext:
+            raise UsageError(
+                "the resource backup taken before the upgrade needs a recipient for its "
+                "Secrets: --encrypt-to (or ~/.config/kubecare/backup-recipients.txt), "
+                "--backup-allow-plaintext-secrets, or --no-backup"
+            )
+        if o.snapshot and not (self.journal and self.journal.snapshot) and not o.etcd_endpoints:
+            raise UsageError(
+                "no etcd endpoint for the snapshot taken before the upgrade: give "
+                "--etcd-endpoints/--etcd-cacert/--etcd-cert/--etcd-key (or run on a control-plane "
+                "node), or --no-snapshot"
+            )
+
+    async def _snapshot(self) -> str:
+        from kubecare.etcd.grpc import pick_healthy
+        from kubecare.etcd.save import save
+
+        directory = self.opts.snapshot_dir.expanduser()
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest = directory / f"etcd-before-{self.opts.target}-{stamp}.db"
+        eps = list(self.opts.etcd_endpoints)
+        ep = (await pick_healthy(eps))[0] if len(eps) > 1 else eps[0]
+        t0 = time.monotonic()
+        saved = await save(ep, dest, verify=True)
+        self._event(
+            "snapshot",
+            f"etcd snapshot {dest} ({saved.bytes / 1e6:.1f} MB, {time.monotonic() - t0:.1f}s)",
+        )
+        return str(dest)
+
+    async def _backup(self) -> str:
+        from kubecare.backup.create import CreateOptions, create_backup
+        from kubecare.backup.stores import check_name, open_store
+
+        store = open_store(self.opts.backup_store)
+        name = check_name(f"before-{self.opts.target}-{time.strftime('%Y%m%d-%H%M%S')}".lower())
+        options = CreateOptions(
+            recipients=self.opts.backup_recipients,
+            allow_plaintext_secrets=self.opts.backup_allow_plaintext,
+        )
+        t0 = time.monotonic()
+        with store.staging(name) as dest:
+            result = await create_backup(self.kube, dest, name, options)
+        where = f"{store.url.rstrip('/')}/{name}.tar.zst"
+        self._event(
+            "backup",
+            f"resource backup {where} ({result.objects} objects, {time.monotonic() - t0:.1f}s)",
+        )
+        return where
+
+
+def _check(lock: Any) -> None:
+    if lock is not None and lock.lost.is_set():
+        raise lock.lost_error()
+
+
+def _doing(phase: str) -> str:
+    return {
+        "lock": "waiting for the maintenance lock",
+        "provision": "adding its replacement node",
+        "drain": "draining",
+        "deprovision": "removing it",
+        "upgrade": "running the executor's upgrade steps",
+        "wait": "waiting for it to be Ready at the target version",
+        "uncordon": "uncordoning",
+    }.get(phase, phase)

@@ -1,0 +1,547 @@
+"""Executors: who performs a node's upgrade steps once kubecare has drained it.
+
+- ``command``: a local command line, a template with ``{node}``, ``{version}``, ``{minor}`` and
+  ``{role}`` (also in $NODE, $VERSION, $MINOR, $ROLE).
+- ``ssh``: a step list run over SSH (asyncssh) on the node, stopping at the first failing step;
+  by default the kubeadm/apt procedure of kubernetes.io "Upgrading kubeadm clusters".
+- ``job``: the same step list in a privileged Job pinned to the node, entering the host's
+  namespaces with nsenter (no SSH keys needed).
+- ``sandbox``: on a kubecare sandbox, what kubeadm does on a node: the control-plane node's
+  static pod manifests rewritten to the target images (etcd first, at the tag kubeadm pins; the
+  old manifests kept in ``etc/kubernetes/tmp/kubeadm-backup-manifests-<time>``), each component
+  waited for until it runs healthy at the new version, ``kubeadm-config`` updated; the kubelet
+  (a kwok node) then reports the target version after a reboot (new boot ID).
+
+Every executor checks what it can before anything changes (``check``): template placeholders,
+SSH authentication to every node, the sandbox's build of the target version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import shlex
+import shutil
+import string
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from kubecare.errors import KubecareError, NotFound, OperationFailed, UsageError
+from kubecare.kube import JSON, Kube
+from kubecare.upgrade.plan import CONTROL_PLANE, FIRST_CONTROL_PLANE, WORKER, NodeStep
+from kubecare.versions.semver import Version
+
+Line = Callable[[str], None]
+PLACEHOLDERS = ("node", "version", "minor", "role")
+
+#: kubernetes.io "Upgrading kubeadm clusters" (pkgs.k8s.io Debian packages): the apt source is
+#: per minor, so it is switched first; packages are held between upgrades.
+_APT_KUBEADM = (
+    "sed -i -E 's#/v[0-9]+\\.[0-9]+/deb/#/v{minor}/deb/#' /etc/apt/sources.list.d/kubernetes.list",
+    "apt-mark unhold kubeadm && apt-get update && apt-get install -y kubeadm='{version}-*' && apt-mark hold kubeadm",
+)
+_APT_KUBELET = (
+    "apt-mark unhold kubelet kubectl && apt-get install -y kubelet='{version}-*' kubectl='{version}-*' && apt-mark hold kubelet kubectl",
+    "systemctl daemon-reload",
+    "systemctl restart kubelet",
+)
+DEFAULT_STEPS: dict[str, tuple[str, ...]] = {
+    FIRST_CONTROL_PLANE: (*_APT_KUBEADM, "kubeadm upgrade apply --yes v{version}", *_APT_KUBELET),
+    CONTROL_PLANE: (*_APT_KUBEADM, "kubeadm upgrade node", *_APT_KUBELET),
+    WORKER: (*_APT_KUBEADM, "kubeadm upgrade node", *_APT_KUBELET),
+}
+
+
+def values(step: NodeStep, target: Version) -> dict[str, str]:
+    return {
+        "node": step.node,
+        "version": f"{target.major}.{target.minor}.{target.patch}"
+        + (f"-{target.pre}" if target.pre else ""),
+        "minor": target.minor_line,
+        "role": step.role,
+    }
+
+
+def check_template(template: str, flag: str, allowed: Sequence[str] = PLACEHOLDERS) -> None:
+    """Unknown placeholders or stray braces: a usage error before anything changes."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise UsageError(
+            f"{flag} {template!r}: {e} (write a literal brace as {{{{ or }}}})"
+        ) from None
+    for f in fields:
+        if f not in allowed:
+            raise UsageError(
+                f"{flag} {template!r}: unknown placeholder {{{f}}}; use "
+                + ", ".join("{" + a + "}" for a in allowed)
+            )
+
+
+def render(template: str, vals: Mapping[str, str]) -> str:
+    return template.format(**vals)
+
+
+def load_steps(path: Path) -> dict[str, tuple[str, ...]]:
+    """A steps file: YAML, either one list for every node or a mapping of role -> list
+    (``first-control-plane``, ``control-plane``, ``worker``; missing roles keep the defaults)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.expanduser().read_text())
+    except OSError as e:
+        raise UsageError(f"--steps {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"--steps {path}: not YAML ({str(e).splitlines()[0]})") from None
+    if isinstance(doc, list):
+        doc = {role: doc for role in DEFAULT_STEPS}
+    if not isinstance(doc, dict) or not all(
+        r in DEFAULT_STEPS and isinstance(v, list) and all(isinstance(s, str) for s in v)
+        for r, v in doc.items()
+    ):
+        raise UsageError(
+            f"--steps {path}: expected a list of commands, or a mapping of "
+            f"{', '.join(DEFAULT_STEPS)} to lists of commands"
+        )
+    steps = {**DEFAULT_STEPS, **{r: tuple(v) for r, v in doc.items()}}
+    for role, lines in steps.items():
+        for line in lines:
+            check_template(line, f"--steps {path} ({role})")
+    return steps
+
+
+class Executor(Protocol):
+    name: str
+
+    async def check(self, steps: Sequence[NodeStep], target: Version) -> None: ...
+
+    async def upgrade(self, step: NodeStep, target: Version, on_line: Line) -> None: ...
+
+    async def provision(self, replacing: NodeStep, target: Version, on_line: Line) -> str: ...
+
+    async def deprovision(self, node: str, on_line: Line) -> None: ...
+
+
+class _NoSurge:
+    name = ""
+
+    async def provision(self, replacing: NodeStep, target: Version, on_line: Line) -> str:
+        raise UsageError(
+            f"--strategy surge with --executor {self.name} needs --provision-command and "
+            "--deprovision-command"
+        )
+
+    async def deprovision(self, node: str, on_line: Line) -> None:
+        await self.provision(NodeStep(node, WORKER, 0, ()), Version(0, 0, 0), on_line)
+
+
+class CommandExecutor(_NoSurge):
+    """A local command per node (``--command "ansible-playbook upgrade.yml -l {node} -e v={version}"``)."""
+
+    name = "command"
+
+    def __init__(
+        self,
+        template: str,
+        *,
+        timeout: float | None = None,
+        provision: str | None = None,
+        deprovision: str | None = None,
+    ) -> None:
+        if not template.strip():
+            raise UsageError("--executor command needs --command TEMPLATE")
+        check_template(template, "--command")
+        for flag, t in (("--provision-command", provision), ("--deprovision-command", deprovision)):
+            if t:
+                check_template(t, flag)
+        self.template = template
+        self.timeout = timeout
+        self.provision_template = provision
+        self.deprovision_template = deprovision
+
+    async def check(self, steps: Sequence[NodeStep], target: Version) -> None:
+        argv = shlex.split(self.template)
+        if (
+            argv
+            and shutil.which(render(argv[0], values(steps[0], target)) if steps else argv[0])
+            is None
+        ):
+            raise UsageError(f"--command: {argv[0]!r} is not an executable on $PATH")
+
+    async def _run(self, template: str, vals: dict[str, str], on_line: Line) -> list[str]:
+        from kubecare.nodes.maintain import run_local
+
+        argv = [render(a, vals) for a in shlex.split(template)]
+        env = {k.upper(): v for k, v in vals.items()}
+        lines: list[str] = []
+
+        def line(text: str) -> None:
+            lines.append(text)
+            on_line(text)
+
+        code = await run_local(argv, env, self.timeout, line)
+        if code != 0:
+            tail = f": {lines[-1]}" if lines else ""
+            raise OperationFailed(f"{shlex.join(argv)} exited {code}{tail}")
+        return lines
+
+    async def upgrade(self, step: NodeStep, target: Version, on_line: Line) -> None:
+        await self._run(self.template, values(step, target), on_line)
+
+    async def provision(self, replacing: NodeStep, target: Version, on_line: Line) -> str:
+        if not self.provision_template:
+            return await super().provision(replacing, target, on_line)
+        lines = await self._run(self.provision_template, values(replacing, target), on_line)
+        name = lines[-1].strip() if lines else ""
+        if not name:
+            raise OperationFailed(
+                "--provision-command printed no node name (its last line must be the new node's name)"
+            )
+        return name
+
+    async def deprovision(self, node: str, on_line: Line) -> None:
+        if not self.deprovision_template:
+            await super().deprovision(node, on_line)
+            return
+        vals = {"node": node, "version": "", "minor": "", "role": WORKER}
+        await self._run(self.deprovision_template, vals, on_line)
+
+
+async def _node_address(kube: Kube, node: str) -> str:
+    obj = await kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
+    for a in (obj.get("status") or {}).get("addresses") or []:
+        if a.get("type") == "InternalIP":
+            return str(a.get("address"))
+    return node
+
+
+class SshExecutor(_NoSurge):
+    """The step list over SSH, one connection per node, the first failing step ends it."""
+
+    name = "ssh"
+
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        user: str = "root",
+        host: str = "{ip}",
+        port: int = 22,
+        identity: str | None = None,
+        known_hosts: str | None = None,
+        steps: dict[str, tuple[str, ...]] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        check_template(host, "--ssh-host", ("node", "ip"))
+        self.kube = kube
+        self.user = user
+        self.host = host
+        self.port = port
+        self.identity = identity
+        self.known_hosts = known_hosts
+        self.steps = steps or DEFAULT_STEPS
+        self.timeout = timeout
+
+    async def _target(self, node: str) -> tuple[str, int]:
+        ip = await _node_address(self.kube, node) if "{ip}" in self.host else ""
+        host = self.host.format(node=node, ip=ip)
+        name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+        return (name, int(port)) if port.isdigit() else (host, self.port)
+
+    def _connect(self, host: str, port: int) -> Any:
+        import asyncssh
+
+        return asyncssh.connect(
+            host,
+            port=port,
+            username=self.user,
+            known_hosts=self.known_hosts or (),
+            client_keys=[self.identity] if self.identity else (),
+            connect_timeout=15,
+        )
+
+    async def check(self, steps: Sequence[NodeStep], target: Version) -> None:
+        """Log in to every node once (and run ``true``) before the first drain."""
+        import asyncssh
+
+        async def one(node: str) -> None:
+            host, port = await self._target(node)
+            try:
+                async with self._connect(host, port) as conn:
+                    await conn.run("true", check=True, timeout=30)
+            except asyncssh.PermissionDenied:
+                raise OperationFailed(
+                    f"ssh {self.user}@{host}:{port} (node {node}): authentication failed; give "
+                    "--ssh-key with a key the node accepts, or check --ssh-user"
+                ) from None
+            except asyncssh.HostKeyNotVerifiable:
+                raise OperationFailed(
+                    f"ssh {host}:{port} (node {node}): host key not trusted; add it to "
+                    "--known-hosts (default ~/.ssh/known_hosts)"
+                ) from None
+            except (OSError, asyncssh.Error, TimeoutError) as e:
+                raise OperationFailed(f"ssh {self.user}@{host}:{port} (node {node}): {e}") from None
+
+        for s in steps:
+            await one(s.node)
+
+    async def upgrade(self, step: NodeStep, target: Version, on_line: Line) -> None:
+        import asyncssh
+
+        host, port = await self._target(step.node)
+        vals = values(step, target)
+        lines = [render(t, vals) for t in self.steps[step.role]]
+        try:
+            async with asyncio.timeout(self.timeout), self._connect(host, port) as conn:
+                for i, line in enumerate(lines, 1):
+                    on_line(f"[{i}/{len(lines)}] {line}")
+                    result = await conn.run(line, check=False)
+                    for text in (str(result.stdout or "") + str(result.stderr or "")).splitlines():
+                        on_line(text)
+                    if result.exit_status != 0:
+                        raise OperationFailed(
+                            f"step {i}/{len(lines)} on {step.node} exited {result.exit_status}: {line}"
+                        )
+        except TimeoutError:
+            raise OperationFailed(
+                f"the steps on {step.node} did not finish within {self.timeout:g}s"
+            ) from None
+        except (OSError, asyncssh.Error) as e:
+            raise OperationFailed(
+                f"ssh {self.user}@{host}:{port} (node {step.node}): {e}"
+            ) from None
+
+
+class JobExecutor(_NoSurge):
+    """The step list in a privileged Job pinned to the node (nsenter into the host)."""
+
+    name = "job"
+    namespace = "kube-system"
+
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        image: str = "debian:bookworm-slim",
+        steps: dict[str, tuple[str, ...]] | None = None,
+        timeout: float = 1800,
+    ) -> None:
+        self.kube = kube
+        self.image = image
+        self.steps = steps or DEFAULT_STEPS
+        self.timeout = timeout
+
+    async def check(self, steps: Sequence[NodeStep], target: Version) -> None:
+        # The Job is created with the server's validation first: a bad image name or a
+        # forbidden privileged pod is found before the first drain.
+        if steps:
+            await self.kube.request_json(
+                "POST",
+                f"/apis/batch/v1/namespaces/{self.namespace}/jobs",
+                body=self.manifest(steps[0], target),
+                params={"dryRun": "All"},
+                what="the upgrade Job (server-side dry run)",
+            )
+
+    def job_name(self, node: str, target: Version) -> str:
+        digest = hashlib.sha256(f"{node}/{target}".encode()).hexdigest()[:8]
+        return f"kubecare-upgrade-{node[:30].rstrip('-.')}-{digest}"
+
+    def manifest(self, step: NodeStep, target: Version) -> JSON:
+        vals = values(step, target)
+        script = "\n".join(render(t, vals) for t in self.steps[step.role])
+        labels = {
+            "app.kubernetes.io/managed-by": "kubecare",
+            "kubecare.io/upgrade-node": step.node[:63],
+        }
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": self.job_name(step.node, target), "namespace": self.namespace, "labels": labels},
+            "spec": {
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": int(self.timeout),
+                "ttlSecondsAfterFinished": 86400,
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "nodeName": step.node,  # no scheduler: the node is cordoned
+                        "restartPolicy": "Never",
+                        "hostPID": True,
+                        "hostNetwork": True,
+                        "priorityClassName": "system-node-critical",
+                        "tolerations": [{"operator": "Exists"}],
+                        "containers": [
+                            {
+                                "name": "upgrade",
+                                "image": self.image,
+                                "securityContext": {"privileged": True},
+                                "command": [
+                                    "nsenter", "--target", "1", "--mount", "--uts", "--ipc",
+                                    "--net", "--pid", "--", "sh", "-ec", script,
+                                ],
+                            }
+                        ],
+                    },
+                },
+            },
+        }  # fmt: skip
+
+    async def upgrade(self, step: NodeStep, target: Version, on_line: Line) -> None:
+        name = self.job_name(step.node, target)
+        path = f"/apis/batch/v1/namespaces/{self.namespace}/jobs"
+        try:
+            job = await self.kube.get_json(f"{path}/{name}", what=f"job {name}")
+            if _job_state(job) == "Complete":
+                on_line(f"job {self.namespace}/{name} already completed (an earlier run)")
+                return
+            # Failed or unfinished from an earlier run: start it again.
+            await self.kube.request_json(
+                "DELETE",
+                f"{path}/{name}",
+                params={"propagationPolicy": "Foreground"},
+                what=f"job {name}",
+            )
+            await self._gone(f"{path}/{name}")
+        except NotFound:
+            pass
+        await self.kube.request_json(
+            "POST", path, body=self.manifest(step, target), what=f"job {name}"
+        )
+        on_line(f"job {self.namespace}/{name} created on {step.node}")
+        deadline = time.monotonic() + self.timeout + 60
+        while True:
+            job = await self.kube.get_json(f"{path}/{name}", what=f"job {name}")
+            state = _job_state(job)
+            if state == "Complete":
+                on_line(f"job {self.namespace}/{name} completed")
+                return
+            if state == "Failed" or time.monotonic() > deadline:
+                tail = await self._log_tail(name)
+                raise OperationFailed(
+                    f"job {self.namespace}/{name} on {step.node} failed"
+                    + (f": {tail}" if tail else "")
+                    + f"; see kubectl -n {self.namespace} logs job/{name}"
+                )
+            await asyncio.sleep(1.0)
+
+    async def _gone(self, path: str) -> None:
+        for _ in range(120):
+            try:
+                await self.kube.get_json(path)
+            except NotFound:
+                return
+            await asyncio.sleep(0.5)
+        raise OperationFailed(f"{path} was not deleted within 60s")
+
+    async def _log_tail(self, name: str) -> str:
+        with contextlib.suppress(KubecareError):
+            pods = await self.kube.list_objects(
+                f"/api/v1/namespaces/{self.namespace}/pods",
+                params={"labelSelector": f"job-name={name}"},
+            )
+            for p in pods:
+                text = await self.kube.get_text(
+                    f"/api/v1/namespaces/{self.namespace}/pods/{p['metadata']['name']}/log?tailLines=5"
+                )
+                lines = [ln for ln in text.splitlines() if ln.strip()]
+                if lines:
+                    return lines[-1]
+        return ""
+
+
+def _job_state(job: JSON) -> str:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
+            return str(c["type"])
+    return ""
+
+
+class SandboxExecutor:
+    """What kubeadm and the package manager do on a node, done on a kubecare sandbox."""
+
+    name = "sandbox"
+    ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+    def __init__(self, kube: Kube, sandbox: str, *, component_timeout: float = 180) -> None:
+        from kubecare.sandbox.lifecycle import Sandbox
+
+        self.kube = kube
+        self.sandbox = Sandbox(sandbox)
+        if not self.sandbox.exists():
+            raise UsageError(f'no sandbox "{sandbox}"; see kubecare sandbox list')
+        self.component_timeout = component_timeout
+
+    async def check(self, steps: Sequence[NodeStep], target: Version) -> None:
+        from kubecare.sandbox.binaries import KUBE_VERSIONS, binary_path
+
+        version = f"{target.major}.{target.minor}.{target.patch}"
+        if target.pre or version not in KUBE_VERSIONS:
+            raise UsageError(
+                f"the sandbox runs only the versions it builds ({', '.join('v' + v for v in KUBE_VERSIONS)}), not {target}"
+            )
+        if binary_path("kube-apiserver", version) is None:
+            raise UsageError(
+                f"v{version} is not built; run: kubecare sandbox build --version {version}"
+            )
+
+    async def upgrade(self, step: NodeStep, target: Version, on_line: Line) -> None:
+        from kubecare.sandbox.nodes import set_boot_id, set_kubelet_version
+
+        version = f"{target.major}.{target.minor}.{target.patch}"
+        changing = {c.component for c in step.changes}
+        if step.role in (FIRST_CONTROL_PLANE, CONTROL_PLANE):
+            root = self.sandbox.node_root(step.node)
+            stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
+            backup = root / "etc" / "kubernetes" / "tmp" / f"kubeadm-backup-manifests-{stamp}"
+            await asyncio.to_thread(
+                shutil.copytree, root / "etc" / "kubernetes" / "manifests", backup
+            )
+            on_line(f"[upgrade/staticpods] manifests backed up to {backup}")
+            for component in self.ORDER:
+                if component not in changing:
+                    continue
+                on_line(
+                    f"[upgrade/staticpods] {component}: moving to {version}, waiting until healthy"
+                )
+                t0 = time.monotonic()
+                await self.sandbox.start_component(
+                    component, version=version, node=step.node, timeout=self.component_timeout
+                )
+                on_line(
+                    f"[upgrade/staticpods] {component} healthy after {time.monotonic() - t0:.1f}s"
+                )
+            if step.role == FIRST_CONTROL_PLANE:
+                await self._upload_config(version)
+                on_line("[upload-config] kubeadm-config: kubernetesVersion v" + version)
+            await asyncio.to_thread(self.sandbox.record_version, version)
+        await set_kubelet_version(self.kube, step.node, version)
+        boot = await set_boot_id(self.kube, step.node)
+        on_line(f"kubelet v{version} on {step.node}, rebooted (boot ID {boot[:8]})")
+
+    async def _upload_config(self, version: str) -> None:
+        import yaml
+
+        path = "/api/v1/namespaces/kube-system/configmaps/kubeadm-config"
+        cm = await self.kube.get_json(path, what="configmap kube-system/kubeadm-config")
+        conf = yaml.safe_load((cm.get("data") or {}).get("ClusterConfiguration") or "{}") or {}
+        conf["kubernetesVersion"] = f"v{version}"
+        cm["data"]["ClusterConfiguration"] = yaml.safe_dump(conf, sort_keys=False)
+        await self.kube.request_json(
+            "PUT", path, body=cm, what="configmap kube-system/kubeadm-config"
+        )
+
+    async def provision(self, replacing: NodeStep, target: Version, on_line: Line) -> str:
+        """A new kwok worker at the target version (the sandbox records it), Ready."""
+        base = replacing.node.rsplit("-v1-", 1)[0]
+        name = f"{base}-v1-{target.minor}"
+        await self.sandbox.add_node(name)
+        on_line(f"node {name} added (kubelet v{target.major}.{target.minor}.{target.patch})")
+        return name
+
+    async def deprovision(self, node: str, on_line: Line) -> None:
+        await self.sandbox.remove_node(node)
+        on_line(f"node {node} removed")

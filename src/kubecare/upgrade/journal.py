@@ -1,0 +1,211 @@
+"""The upgrade journal: every step of a run, written as it happens, so a crashed or interrupted
+run resumes where it stopped without redoing finished nodes.
+
+Two homes: a ConfigMap in the cluster (default ``kube-system/kubecare-upgrade``, visible to
+every admin and to ``kubecare upgrade status`` from any machine), or a local JSON file. The
+ConfigMap is replaced with its resourceVersion: two runs writing one journal get a 409 instead
+of overwriting each other; the file is replaced atomically.
+
+A node is ``pending`` → ``draining`` → ``upgrading`` → ``waiting`` → ``uncordoning`` → ``done``
+(or ``failed``). Resuming redoes a node that is not ``done`` from its drain: each step is safe
+to repeat (a drain of a drained node, ``kubeadm upgrade`` at the version already there, an
+uncordon).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from kubecare.errors import Conflict, NotFound, OperationFailed, UsageError
+from kubecare.files import write_atomic
+from kubecare.kube import Kube
+
+DEFAULT_NAME = "kubecare-upgrade"
+DEFAULT_NAMESPACE = "kube-system"
+KEY = "journal.json"
+FORMAT = 1
+
+PENDING, DRAINING, UPGRADING, WAITING, UNCORDONING, DONE, FAILED = (
+    "pending",
+    "draining",
+    "upgrading",
+    "waiting",
+    "uncordoning",
+    "done",
+    "failed",
+)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class NodeRecord:
+    name: str
+    role: str
+    batch: int
+    state: str = PENDING
+    started: str = ""
+    finished: str = ""
+    error: str = ""
+    attempts: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    replaced_by: str = ""  # surge: the new node that took its place
+
+
+@dataclass
+class Journal:
+    target: str
+    started: str
+    executor: str
+    strategy: str
+    max_unavailable: int
+    nodes: list[NodeRecord]
+    state: str = "running"  # running | paused | failed | done
+    owner: str = ""
+    updated: str = ""
+    snapshot: str = ""  # where the etcd snapshot of this run is
+    backup: str = ""  # where the resource backup of this run is
+    message: str = ""
+    format: int = FORMAT
+
+    def node(self, name: str) -> NodeRecord:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def done(self) -> list[str]:
+        return [n.name for n in self.nodes if n.state == DONE]
+
+    def to_json(self) -> bytes:
+        import dataclasses
+
+        return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, data: bytes | str, where: str) -> Journal:
+        try:
+            raw = orjson.loads(data)
+            if raw.get("format", 0) > FORMAT:
+                raise UsageError(
+                    f"the upgrade journal {where} was written by a newer kubecare "
+                    f"(format {raw['format']}); use that version"
+                )
+            raw["nodes"] = [NodeRecord(**n) for n in raw["nodes"]]
+            return cls(**raw)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise OperationFailed(
+                f"the upgrade journal {where} is not readable; inspect it, then delete it to start over"
+            ) from None
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+class Store(Protocol):
+    where: str
+
+    async def load(self) -> Journal | None: ...
+    async def save(self, journal: Journal) -> None: ...
+    async def delete(self) -> None: ...
+
+
+class ConfigMapStore:
+    """The journal as a ConfigMap; writes carry the resourceVersion last read."""
+
+    def __init__(self, kube: Kube, namespace: str = DEFAULT_NAMESPACE, name: str = DEFAULT_NAME):
+        self.kube = kube
+        self.namespace = namespace
+        self.name = name
+        self.version: str | None = None
+        self.where = f"configmap {namespace}/{name}"
+
+    @property
+    def _path(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/configmaps/{self.name}"
+
+    async def load(self) -> Journal | None:
+        try:
+            cm = await self.kube.get_json(self._path, what=self.where)
+        except NotFound:
+            self.version = None
+            return None
+        self.version = cm["metadata"]["resourceVersion"]
+        data = (cm.get("data") or {}).get(KEY)
+        if data is None:
+            raise OperationFailed(f"{self.where} holds no {KEY}; delete it to start over")
+        return Journal.from_json(data, self.where)
+
+    async def save(self, journal: Journal) -> None:
+        journal.updated = now()
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "kubecare"},
+            },
+            "data": {KEY: journal.to_json().decode()},
+        }
+        try:
+            if self.version is None:
+                cm = await self.kube.request_json(
+                    "POST", f"/api/v1/namespaces/{self.namespace}/configmaps", body=body,
+                    what=self.where,
+                )  # fmt: skip
+            else:
+                body["metadata"]["resourceVersion"] = self.version
+                cm = await self.kube.request_json("PUT", self._path, body=body, what=self.where)
+        except Conflict:
+            raise OperationFailed(
+                f"{self.where} was changed by someone else (another upgrade run?); check "
+                "kubecare upgrade status, then run the command again"
+            ) from None
+        self.version = cm["metadata"]["resourceVersion"]
+
+    async def delete(self) -> None:
+        with contextlib.suppress(NotFound):
+            await self.kube.request_json("DELETE", self._path, what=self.where)
+        self.version = None
+
+
+class FileStore:
+    def __init__(self, path: Path):
+        self.path = path.expanduser()
+        self.where = str(self.path)
+
+    async def load(self) -> Journal | None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise OperationFailed(
+                f"cannot read the upgrade journal {self.path}: {e.strerror}"
+            ) from None
+        return Journal.from_json(data, self.where)
+
+    async def save(self, journal: Journal) -> None:
+        journal.updated = now()
+        try:
+            write_atomic(self.path, journal.to_json(), mode=0o600)
+        except OSError as e:
+            raise OperationFailed(
+                f"cannot write the upgrade journal {self.path}: {e.strerror}"
+            ) from None
+
+    async def delete(self) -> None:
+        self.path.unlink(missing_ok=True)

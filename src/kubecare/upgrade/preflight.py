@@ -1,0 +1,208 @@
+"""What ``upgrade plan`` reads from the cluster before it can say go or no-go.
+
+- Nodes not Ready (kubeadm's ControlPlaneNodesReady, extended to workers: a rolling upgrade
+  would count them as unavailable).
+- Every node's drain plan (the same one ``kubecare drain --plan`` shows): pods that block a
+  drain, PDBs that allow no disruption now, workloads whose ready replicas are all on one node.
+- Deprecated APIs still used: the ``apiserver_requested_deprecated_apis`` gauge of *every*
+  apiserver instance (it lives in each process and is cleared when that apiserver restarts, so it
+  must be read before the upgrade), and stored custom resources at a CRD version marked
+  ``deprecated: true``, with the warning text the apiserver sends for them.
+- The age of the newest etcd snapshot in the snapshot directory and of the newest resource backup
+  in the backup store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kubecare.errors import KubecareError
+from kubecare.kube import JSON, Kube
+from kubecare.nodes.drain_options import DrainOptions
+from kubecare.nodes.inventory import ready_status
+from kubecare.upgrade.plan import NodeFacts, Preflight, Strategy, UpgradePlan, build_plan
+from kubecare.versions.deprecations import DeprecatedUse, parse_metrics
+from kubecare.versions.inventory import ADVERTISE, Inventory
+from kubecare.versions.semver import Version
+
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+SNAPSHOT_SUFFIXES = (".db", ".db.zst", ".snapshot")
+
+
+def node_facts(nodes: Sequence[JSON]) -> list[NodeFacts]:
+    out = []
+    for n in nodes:
+        meta = n["metadata"]
+        info = (n.get("status") or {}).get("nodeInfo") or {}
+        out.append(
+            NodeFacts(
+                meta["name"],
+                CONTROL_PLANE_LABEL in (meta.get("labels") or {}),
+                ready_status(n) == "True",
+                str(info.get("kubeletVersion") or "?"),
+                bool((n.get("spec") or {}).get("unschedulable")),
+            )
+        )
+    return out
+
+
+async def apiserver_endpoints(kube: Kube) -> list[str]:
+    """Each kube-apiserver instance's ``host:port`` (kubeadm's advertise annotation)."""
+    pods = await kube.list_objects(
+        "/api/v1/namespaces/kube-system/pods",
+        params={"labelSelector": "component=kube-apiserver,tier=control-plane"},
+    )
+    out = [str((p["metadata"].get("annotations") or {}).get(ADVERTISE) or "") for p in pods]
+    return sorted(e for e in out if e)
+
+
+async def deprecated_in_use(kube: Kube) -> tuple[list[DeprecatedUse], list[str]]:
+    """Deprecated APIs requested since each apiserver started, and stored custom resources at
+    deprecated CRD versions. Returns the uses and notes (an apiserver whose metrics could not
+    be read is named: the check is then incomplete)."""
+    notes: list[str] = []
+    uses: list[DeprecatedUse] = []
+    endpoints = await apiserver_endpoints(kube)
+    targets: list[tuple[str, Kube]] = [(e, kube.at(e)) for e in endpoints] or [(kube.server, kube)]
+    try:
+        for name, client in targets:
+            try:
+                text = await client.get_text("/metrics", what=f"metrics of apiserver {name}")
+            except KubecareError as e:
+                notes.append(f"deprecated APIs: could not read the metrics of {name}: {e}")
+                continue
+            uses += parse_metrics(text, f"metric on apiserver {name}")
+    finally:
+        for _, client in targets:
+            if client is not kube:
+                await client.close()
+    crds = await kube.list_objects("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+    warnings: dict[tuple[str, str, str], str] = {}
+    for crd in crds:
+        spec = crd.get("spec") or {}
+        group, plural = spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
+        for v in spec.get("versions") or []:
+            if not (v.get("deprecated") and v.get("served")):
+                continue
+            path = f"/apis/{group}/{v['name']}/{plural}"
+            try:
+                body, texts = await kube.get_with_warnings(path, params={"limit": 1}, what=path)
+            except KubecareError as e:
+                notes.append(f"deprecated APIs: could not list {path}: {e}")
+                continue
+            key = (group, v["name"], plural)
+            warnings[key] = texts[0] if texts else ""
+            if body.get("items"):
+                uses.append(
+                    DeprecatedUse(group, v["name"], plural, "", "", "stored objects", warnings[key])
+                )
+    # The metric's series for a deprecated CRD version gets the apiserver's own warning text.
+    uses = [
+        DeprecatedUse(u.group, u.version, u.resource, u.subresource, u.removed_release, u.source,
+                      u.warning or warnings.get((u.group, u.version, u.resource), ""))
+        for u in uses
+    ]  # fmt: skip
+    return uses, notes
+
+
+def newest_snapshot(directory: Path) -> tuple[float | None, str]:
+    """Seconds since the newest etcd snapshot file in ``directory`` was written, and its path."""
+    try:
+        files = [p for p in directory.expanduser().iterdir() if p.name.endswith(SNAPSHOT_SUFFIXES)]
+    except OSError:
+        return None, str(directory)
+    if not files:
+        return None, str(directory)
+    newest = max(files, key=lambda p: p.stat().st_mtime)
+    return time.time() - newest.stat().st_mtime, str(newest)
+
+
+def newest_backup(store_url: str | None) -> tuple[float | None, str]:
+    from kubecare.backup.stores import open_store
+
+    try:
+        store = open_store(store_url)
+        infos = store.infos()
+    except KubecareError as e:
+        return None, f"store unreadable: {e}"
+    if not infos:
+        return None, store.url
+    newest = max(infos, key=lambda i: i.modified)
+    return (
+        time.time() - newest.modified.timestamp(),
+        f"{store.url.rstrip('/')}/{newest.name}.tar.zst",
+    )
+
+
+async def read_preflight(
+    kube: Kube,
+    nodes: Sequence[JSON],
+    drain_opts: DrainOptions,
+    inventory: Inventory,
+    *,
+    snapshot_dir: Path,
+    backup_store: str | None,
+) -> Preflight:
+    from kubecare.nodes.drain_plan import plan_nodes
+
+    names = [n["metadata"]["name"] for n in nodes]
+    plans, (deprecated, notes) = await asyncio.gather(
+        plan_nodes(kube, names, drain_opts), deprecated_in_use(kube)
+    )
+    snap_age, snap_where = newest_snapshot(snapshot_dir)
+    backup_age, backup_where = await asyncio.to_thread(newest_backup, backup_store)
+    return Preflight(
+        drain_errors={p.node: p.errors for p in plans if p.errors},
+        pdb_holds={p.node: p.holds for p in plans if p.holds},
+        single_node_workloads={
+            p.node: tuple(r.workload for r in p.at_risk) for p in plans if p.at_risk
+        },
+        deprecated=tuple(deprecated),
+        snapshot_age=snap_age,
+        snapshot_where=snap_where,
+        backup_age=backup_age,
+        backup_where=backup_where,
+        notes=tuple(notes + inventory.notes),
+    )
+
+
+async def make_plan(
+    kube: Kube,
+    target: Version,
+    drain_opts: DrainOptions,
+    *,
+    strategy: Strategy = Strategy.ROLLING,
+    max_unavailable: str = "1",
+    snapshot_dir: Path,
+    backup_store: str | None = None,
+    etcd_endpoints: Sequence[Any] = (),
+    ignore_version_warnings: bool = False,
+    allow_experimental: bool = False,
+    allow_rc: bool = False,
+) -> tuple[UpgradePlan, Inventory]:
+    """Read the cluster and compute the plan (changes nothing)."""
+    from kubecare.versions.inventory import collect, etcd_statuses
+
+    statuses = await etcd_statuses(etcd_endpoints) if etcd_endpoints else []
+    inventory, nodes = await asyncio.gather(
+        collect(kube, etcd_status=statuses), kube.list_objects("/api/v1/nodes")
+    )
+    pre = await read_preflight(
+        kube, nodes, drain_opts, inventory, snapshot_dir=snapshot_dir, backup_store=backup_store
+    )
+    plan = build_plan(
+        inventory.components,
+        node_facts(nodes),
+        target,
+        pre,
+        strategy=strategy,
+        max_unavailable=max_unavailable,
+        ignore_version_warnings=ignore_version_warnings,
+        allow_experimental=allow_experimental,
+        allow_rc=allow_rc,
+    )
+    return plan, inventory

@@ -1,0 +1,1 @@
+"""Versions of a cluster's components and the version skew policy (pure rules + inventory)."""

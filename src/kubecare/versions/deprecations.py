@@ -1,0 +1,166 @@
+"""Deprecated and removed APIs: the removals table, and reading the apiserver's signals.
+
+The table is the "Deprecated API Migration Guide"
+(https://kubernetes.io/docs/reference/using-api/deprecation-guide/), whose newest section is
+v1.32; ``tests/unit/data/deprecation-guide-removals.txt`` holds its removal sentences and a unit
+test checks this table against them. Later removals of beta APIs that are off by default are
+not in the guide; the apiserver itself reports them in the metric's ``removed_release`` label.
+
+The live signals (k8s.io/apiserver pkg/endpoints/metrics): the gauge
+``apiserver_requested_deprecated_apis{group,version,resource,subresource,removed_release}`` is set
+to 1 by each apiserver for every deprecated API a client has requested since that apiserver
+started (so it is read from every instance, before it is upgraded), and a deprecated request is
+answered with a ``Warning: 299 - "<text>"`` header. Custom resources served at a version marked
+``deprecated: true`` have ``removed_release=""``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kubecare.versions.semver import Version
+
+
+@dataclass(frozen=True)
+class Removal:
+    removed_in: str  # "1.22"
+    group: str  # "" for the core group
+    version: str
+    resource: str
+    kind: str
+    replacement: str  # group/version to use instead ("" when there is none)
+
+    @property
+    def group_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+def _r(removed: str, gv: str, kinds: str, replacement: str) -> list[Removal]:
+    group, _, version = gv.rpartition("/")
+    out = []
+    for pair in kinds.split(","):
+        kind, resource = pair.strip().split("=")
+        out.append(Removal(removed, group, version, resource, kind, replacement))
+    return out
+
+
+REMOVALS: tuple[Removal, ...] = tuple(
+    _r("1.32", "flowcontrol.apiserver.k8s.io/v1beta3", "FlowSchema=flowschemas, PriorityLevelConfiguration=prioritylevelconfigurations", "flowcontrol.apiserver.k8s.io/v1")
+    + _r("1.29", "flowcontrol.apiserver.k8s.io/v1beta2", "FlowSchema=flowschemas, PriorityLevelConfiguration=prioritylevelconfigurations", "flowcontrol.apiserver.k8s.io/v1")
+    + _r("1.27", "storage.k8s.io/v1beta1", "CSIStorageCapacity=csistoragecapacities", "storage.k8s.io/v1")
+    + _r("1.26", "flowcontrol.apiserver.k8s.io/v1beta1", "FlowSchema=flowschemas, PriorityLevelConfiguration=prioritylevelconfigurations", "flowcontrol.apiserver.k8s.io/v1beta2")
+    + _r("1.26", "autoscaling/v2beta2", "HorizontalPodAutoscaler=horizontalpodautoscalers", "autoscaling/v2")
+    + _r("1.25", "batch/v1beta1", "CronJob=cronjobs", "batch/v1")
+    + _r("1.25", "discovery.k8s.io/v1beta1", "EndpointSlice=endpointslices", "discovery.k8s.io/v1")
+    + _r("1.25", "events.k8s.io/v1beta1", "Event=events", "events.k8s.io/v1")
+    + _r("1.25", "autoscaling/v2beta1", "HorizontalPodAutoscaler=horizontalpodautoscalers", "autoscaling/v2")
+    + _r("1.25", "policy/v1beta1", "PodDisruptionBudget=poddisruptionbudgets", "policy/v1")
+    + _r("1.25", "policy/v1beta1", "PodSecurityPolicy=podsecuritypolicies", "")
+    + _r("1.25", "node.k8s.io/v1beta1", "RuntimeClass=runtimeclasses", "node.k8s.io/v1")
+    + _r("1.22", "admissionregistration.k8s.io/v1beta1", "MutatingWebhookConfiguration=mutatingwebhookconfigurations, ValidatingWebhookConfiguration=validatingwebhookconfigurations", "admissionregistration.k8s.io/v1")
+    + _r("1.22", "apiextensions.k8s.io/v1beta1", "CustomResourceDefinition=customresourcedefinitions", "apiextensions.k8s.io/v1")
+    + _r("1.22", "apiregistration.k8s.io/v1beta1", "APIService=apiservices", "apiregistration.k8s.io/v1")
+    + _r("1.22", "authentication.k8s.io/v1beta1", "TokenReview=tokenreviews", "authentication.k8s.io/v1")
+    + _r("1.22", "authorization.k8s.io/v1beta1", "LocalSubjectAccessReview=localsubjectaccessreviews, SelfSubjectAccessReview=selfsubjectaccessreviews, SubjectAccessReview=subjectaccessreviews, SelfSubjectRulesReview=selfsubjectrulesreviews", "authorization.k8s.io/v1")
+    + _r("1.22", "certificates.k8s.io/v1beta1", "CertificateSigningRequest=certificatesigningrequests", "certificates.k8s.io/v1")
+    + _r("1.22", "coordination.k8s.io/v1beta1", "Lease=leases", "coordination.k8s.io/v1")
+    + _r("1.22", "extensions/v1beta1", "Ingress=ingresses", "networking.k8s.io/v1")
+    + _r("1.22", "networking.k8s.io/v1beta1", "Ingress=ingresses, IngressClass=ingressclasses", "networking.k8s.io/v1")
+    + _r("1.22", "rbac.authorization.k8s.io/v1beta1", "ClusterRole=clusterroles, ClusterRoleBinding=clusterrolebindings, Role=roles, RoleBinding=rolebindings", "rbac.authorization.k8s.io/v1")
+    + _r("1.22", "scheduling.k8s.io/v1beta1", "PriorityClass=priorityclasses", "scheduling.k8s.io/v1")
+    + _r("1.22", "storage.k8s.io/v1beta1", "CSIDriver=csidrivers, CSINode=csinodes, StorageClass=storageclasses, VolumeAttachment=volumeattachments", "storage.k8s.io/v1")
+    + _r("1.16", "extensions/v1beta1", "NetworkPolicy=networkpolicies", "networking.k8s.io/v1")
+    + _r("1.16", "extensions/v1beta1", "DaemonSet=daemonsets", "apps/v1")
+    + _r("1.16", "apps/v1beta2", "DaemonSet=daemonsets", "apps/v1")
+    + _r("1.16", "extensions/v1beta1", "Deployment=deployments", "apps/v1")
+    + _r("1.16", "apps/v1beta1", "Deployment=deployments", "apps/v1")
+    + _r("1.16", "apps/v1beta2", "Deployment=deployments", "apps/v1")
+    + _r("1.16", "apps/v1beta1", "StatefulSet=statefulsets", "apps/v1")
+    + _r("1.16", "apps/v1beta2", "StatefulSet=statefulsets", "apps/v1")
+    + _r("1.16", "extensions/v1beta1", "ReplicaSet=replicasets", "apps/v1")
+    + _r("1.16", "apps/v1beta1", "ReplicaSet=replicasets", "apps/v1")
+    + _r("1.16", "apps/v1beta2", "ReplicaSet=replicasets", "apps/v1")
+    + _r("1.16", "extensions/v1beta1", "PodSecurityPolicy=podsecuritypolicies", "policy/v1beta1")
+)  # fmt: skip
+
+
+def removal_of(group: str, version: str, resource: str) -> Removal | None:
+    for r in REMOVALS:
+        if (r.group, r.version, r.resource) == (group, version, resource):
+            return r
+    return None
+
+
+METRIC = "apiserver_requested_deprecated_apis"
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class DeprecatedUse:
+    """A deprecated API some client requested (one metric series, or an object found stored)."""
+
+    group: str
+    version: str
+    resource: str
+    subresource: str
+    removed_release: str  # "" when no removal is planned (and for custom resources)
+    source: str  # the apiserver endpoint whose metric showed it, or "stored objects"
+    warning: str = ""  # the apiserver's Warning header text for this API, when read
+
+    @property
+    def group_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def removed_by(self, target: Version) -> bool:
+        """Whether the API is gone in ``target`` (the metric's label, else the guide's table)."""
+        removed = self.removed_release or getattr(
+            removal_of(self.group, self.version, self.resource), "removed_in", ""
+        )
+        if not removed:
+            return False
+        major, _, minor = removed.partition(".")
+        return (target.major, target.minor) >= (int(major), int(minor))
+
+
+def parse_metrics(text: str, source: str) -> list[DeprecatedUse]:
+    """The deprecated-API series in a Prometheus text exposition (value 1 = requested)."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(METRIC):
+            continue
+        m = _SAMPLE.match(line)
+        if not m or m["name"] != METRIC:
+            continue
+        try:
+            if float(m["value"]) <= 0:
+                continue
+        except ValueError:
+            continue
+        labels = {
+            k: v.encode().decode("unicode_escape") for k, v in _LABEL.findall(m["labels"] or "")
+        }
+        out.append(
+            DeprecatedUse(
+                labels.get("group", ""),
+                labels.get("version", ""),
+                labels.get("resource", ""),
+                labels.get("subresource", ""),
+                labels.get("removed_release", ""),
+                source,
+            )
+        )
+    return out
+
+
+def parse_warnings(values: Iterable[str]) -> list[str]:
+    """The texts of ``Warning: 299 - "<text>"`` headers (k8s.io/apimachinery net.NewWarningHeader:
+    code, agent, a quoted string with ``"`` and ``\\`` escaped)."""
+    out = []
+    for value in values:
+        m = re.match(r'^\s*(\d{3})\s+(\S+)\s+"((?:[^"\\]|\\.)*)"', value)
+        if m and m[1] == "299":
+            out.append(re.sub(r"\\(.)", r"\1", m[3]))
+    return out
