@@ -155,12 +155,119 @@ def parse_metrics(text: str, source: str) -> list[DeprecatedUse]:
     return out
 
 
+@dataclass(frozen=True)
+class WarningHeader:
+    code: int
+    agent: str
+    text: str
+
+
+_CODE = re.compile(r"^[0-9]{3}$")
+
+
+def _has_control(text: str) -> bool:
+    import unicodedata
+
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def _quoted(text: str) -> tuple[str, str]:
+    """apimachinery's parseQuotedString: the unescaped string and what follows it."""
+    if not text:
+        raise ValueError("invalid quoted string: 0-length")
+    if text[0] != '"':
+        raise ValueError("invalid quoted string: missing initial quote")
+    out: list[str] = []
+    escaping = False
+    for i, ch in enumerate(text[1:], 1):
+        if ch == '"' and not escaping:
+            return "".join(out), text[i + 1 :].strip()
+        if ch == "\\" and not escaping:
+            escaping = True
+            continue
+        out.append(ch)
+        escaping = False
+    raise ValueError("invalid quoted string: missing closing quote")
+
+
+def _decode_rfc2047(text: str) -> str:
+    """Go's mime.WordDecoder.DecodeHeader, as the apiserver's clients tolerate it: encoded
+    words in charsets Python knows are decoded; anything else is left as it is."""
+    import email.header
+
+    if "=?" not in text:
+        return text
+    try:
+        parts = email.header.decode_header(text)
+        return "".join(p.decode(cs or "ascii") if isinstance(p, bytes) else p for p, cs in parts)
+    except (LookupError, UnicodeDecodeError, ValueError):
+        return text
+
+
+def parse_warning_header(header: str) -> tuple[WarningHeader, str]:
+    """One warning of a ``Warning`` header and the rest of it (apimachinery
+    util/net ParseWarningHeader: ``code agent "text" ["date"][, ...]``)."""
+    header = header.strip()
+    parts = header.split(" ", 2)
+    if len(parts) != 3:
+        raise ValueError("invalid warning header: fewer than 3 segments")
+    code, agent, rest = parts
+    if not _CODE.match(code):
+        raise ValueError("invalid warning header: code segment is not 3 digits between 100-299")
+    if not agent:
+        raise ValueError("invalid warning header: empty agent segment")
+    if _has_control(agent) or "\ufffd" in agent:
+        raise ValueError("invalid warning header: invalid agent")
+    if not rest:
+        raise ValueError("invalid warning header: empty text segment")
+    try:
+        text, after = _quoted(rest)
+    except ValueError as e:
+        raise ValueError(f"invalid warning header: {e}") from None
+    text = _decode_rfc2047(text)
+    if _has_control(text) or "\ufffd" in text:
+        raise ValueError("invalid warning header: invalid text")
+    remainder = ""
+    if after:
+        if after[0] == '"':
+            end = after.find('"', 1)
+            if end < 0:
+                raise ValueError("invalid warning header: unterminated date segment")
+            remainder = after[end + 1 :].strip()
+        else:
+            remainder = after
+    if remainder:
+        if remainder[0] != ",":
+            raise ValueError("invalid warning header: unexpected token after warn-date")
+        remainder = remainder[1:].strip()
+    return WarningHeader(int(code), agent, text), remainder
+
+
+def parse_warning_headers(headers: Iterable[str]) -> tuple[list[WarningHeader], list[str]]:
+    """Every warning of several ``Warning`` headers (ParseWarningHeaders): a malformed one
+    ends its header and is reported."""
+    results: list[WarningHeader] = []
+    errors: list[str] = []
+    for header in headers:
+        while header:
+            try:
+                result, header = parse_warning_header(header)
+            except ValueError as e:
+                errors.append(str(e))
+                break
+            results.append(result)
+    return results, errors
+
+
+def header_text(raw: str) -> str:
+    """A header value as the HTTP layer read it (latin-1, byte for byte) back to UTF-8 text;
+    bytes that are not UTF-8 become U+FFFD, which the parser refuses as Go's utf8.ValidString
+    check does."""
+    return raw.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
+
+
 def parse_warnings(values: Iterable[str]) -> list[str]:
-    """The texts of ``Warning: 299 - "<text>"`` headers (k8s.io/apimachinery net.NewWarningHeader:
-    code, agent, a quoted string with ``"`` and ``\\`` escaped)."""
-    out = []
-    for value in values:
-        m = re.match(r'^\s*(\d{3})\s+(\S+)\s+"((?:[^"\\]|\\.)*)"', value)
-        if m and m[1] == "299":
-            out.append(re.sub(r"\\(.)", r"\1", m[3]))
-    return out
+    """The texts of the 299 warnings, as client-go's warning handlers keep them (code 299,
+    non-empty text)."""
+    results, _ = parse_warning_headers(header_text(v) for v in values if v)
+    return [w.text for w in results if w.code == 299 and w.text]
