@@ -5,7 +5,7 @@ UV_VERSION ?= 0.13.8
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup venv binaries binaries-all demo test unit e2e lint bench clean
+.PHONY: setup venv binaries binaries-all test-deps demo test unit e2e lint bench clean
 
 ## setup: venv with the locked Python deps, and the sandbox binaries built from source
 setup: venv binaries
@@ -33,14 +33,20 @@ binaries-all: venv
 demo: setup
 	$(BIN)/python scripts/demo.py
 
+# The upgrade tests run the ssh executor against Debian's OpenSSH server (started by the test
+# itself on loopback, with its own config; the package's own service is never started).
+test-deps:
+	@test -x /usr/sbin/sshd || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends openssh-server openssh-client >/dev/null; }
+
 ## test: lint, types, unit tests and the end-to-end tests against a real sandbox
-test: venv binaries-all lint
+test: venv binaries-all test-deps lint
 	$(BIN)/pytest tests
 
 unit: venv
 	$(BIN)/pytest tests/unit
 
-e2e: venv binaries-all
+e2e: venv binaries-all test-deps
 	$(BIN)/pytest tests/e2e
 
 lint: venv

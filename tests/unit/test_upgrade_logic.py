@@ -450,7 +450,8 @@ def test_plan_no_go_reasons() -> None:
     nodes[1] = NodeFacts("w-1", False, False, "v1.36.3")
     pre = Preflight(
         drain_errors={"w-2": ("cannot delete Pods that declare no controller",)},
-        pdb_holds={"w-2": ("default/db-0",)},
+        pdb_blocked={"w-2": ("PDB default/db allows no disruption with all 1 pod(s) healthy",)},
+        pdb_waits={"w-1": ("PDB default/web allows 1 disruption(s) for 2 pod(s)",)},
         deprecated=(
             dep.DeprecatedUse("resource.k8s.io", "v1beta1", "resourceclaims", "", "1.37", "metric on a"),
             dep.DeprecatedUse("example.com", "v1alpha1", "widgets", "", "", "stored objects", "deprecated; use v1"),
@@ -460,6 +461,7 @@ def test_plan_no_go_reasons() -> None:
     assert not plan.go
     names = [c.name for c in plan.checks if c.blocking and not c.ok]
     assert names == ["nodes-ready", "drain", "pdb", "removed-api"]
+    assert not next(c for c in plan.checks if c.name == "pdb-wait").blocking
     warning = next(c for c in plan.checks if c.name == "deprecated-api")
     assert not warning.blocking and "deprecated; use v1" in warning.detail
     skipped = build_plan(components, nodes, Version.parse("v1.38.0"), Preflight())

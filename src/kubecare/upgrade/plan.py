@@ -100,7 +100,8 @@ class Preflight:
     """What the preflight read from the cluster (plain data, so the plan stays pure)."""
 
     drain_errors: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> errors
-    pdb_holds: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> held pods
+    pdb_blocked: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> PDBs
+    pdb_waits: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> waits
     single_node_workloads: dict[str, tuple[str, ...]] = field(default_factory=dict)
     deprecated: tuple[DeprecatedUse, ...] = ()
     snapshot_age: float | None = None  # seconds since the newest etcd snapshot; None: none
@@ -309,15 +310,12 @@ def _checks(
         out.append(
             Check("drain", False, True, f"node {node} cannot be drained: {'; '.join(errors)}")
         )
-    for node, held in sorted(pre.pdb_holds.items()):
+    for node, blocked in sorted(pre.pdb_blocked.items()):
         out.append(
-            Check(
-                "pdb",
-                False,
-                True,
-                f"node {node}: a PodDisruptionBudget allows no disruption now for {', '.join(held)}",
-            )
+            Check("pdb", False, True, f"node {node} can never be drained: {'; '.join(blocked)}")
         )
+    for node, waits in sorted(pre.pdb_waits.items()):
+        out.append(Check("pdb-wait", False, False, f"node {node}: {'; '.join(waits)}"))
     for node, workloads in sorted(pre.single_node_workloads.items()):
         out.append(
             Check(

@@ -23,6 +23,7 @@ from typing import Any
 from kubecare.errors import KubecareError
 from kubecare.kube import JSON, Kube
 from kubecare.nodes.drain_options import DrainOptions
+from kubecare.nodes.drain_plan import DrainPlan
 from kubecare.nodes.inventory import ready_status
 from kubecare.upgrade.plan import NodeFacts, Preflight, Strategy, UpgradePlan, build_plan
 from kubecare.versions.deprecations import DeprecatedUse, parse_metrics
@@ -109,6 +110,16 @@ async def deprecated_in_use(kube: Kube) -> tuple[list[DeprecatedUse], list[str]]
     return uses, notes
 
 
+def _never_allowed(plan: DrainPlan) -> tuple[str, ...]:
+    """PDBs covering the node's pods that allow no disruption although every pod they expect
+    is healthy: nothing will change that, so the drain would wait for ever."""
+    return tuple(
+        f"PDB {p.key} allows no disruption with all {p.expected_pods} pod(s) healthy"
+        for p in plan.pdbs
+        if p.disruptions_allowed == 0 and p.current_healthy >= p.expected_pods
+    )
+
+
 def newest_snapshot(directory: Path) -> tuple[float | None, str]:
     """Seconds since the newest etcd snapshot file in ``directory`` was written, and its path."""
     try:
@@ -157,7 +168,8 @@ async def read_preflight(
     backup_age, backup_where = await asyncio.to_thread(newest_backup, backup_store)
     return Preflight(
         drain_errors={p.node: p.errors for p in plans if p.errors},
-        pdb_holds={p.node: p.holds for p in plans if p.holds},
+        pdb_blocked={p.node: b for p in plans if (b := _never_allowed(p))},
+        pdb_waits={p.node: p.holds for p in plans if p.holds and not _never_allowed(p)},
         single_node_workloads={
             p.node: tuple(r.workload for r in p.at_risk) for p in plans if p.at_risk
         },

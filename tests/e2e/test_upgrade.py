@@ -1,0 +1,596 @@
+"""Versions and cluster upgrades on a real HA sandbox (three control-plane nodes, Kubernetes
+1.36) upgraded to 1.37 for real: the static pods' images change and the runner restarts each
+component at the new binary.
+
+One sandbox for the module, in this order (each later test needs the earlier state): versions and
+skew, plan refusals and bad input, a deprecated CRD version in use, the full rolling upgrade with
+the sandbox executor (workloads under a PDB watched throughout), then — on nodes added at the old
+version — a failing executor step and its resume, kill -9 and resume, the ssh executor against
+Debian's OpenSSH server, and the job executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubecare.kube import ClientOptions, Kube
+from kubecare.sandbox import Sandbox, SandboxOptions
+from kubecare.sandbox.nodes import set_kubelet_version
+
+from .conftest import cli_argv, own_sandbox, run_cli
+from .workloads import apply, cordoned, deployment, is_ready, pdb, pods, wait_for, wait_running
+
+pytestmark = pytest.mark.e2e
+
+OLD, NEW = "1.36.3", "1.37.2"
+KUBECTL = Path(sys.executable).parent / "kubectl"
+
+
+@pytest.fixture(scope="module")
+async def usb(sandbox_state_dir: Path) -> AsyncIterator[Sandbox]:
+    opts = SandboxOptions(workers=3, control_planes=3, version=OLD)
+    async with own_sandbox("upgrade", opts) as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
+async def ukube(usb: Sandbox) -> AsyncIterator[Kube]:
+    async with Kube(ClientOptions(kubeconfig=str(usb.kubeconfig))) as k:
+        yield k
+
+
+async def new_namespace(kube: Kube, name: str) -> str:
+    await kube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
+
+    async def account() -> bool:
+        return (
+            await kube.http.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
+        ).status_code == 200
+
+    await wait_for(account, timeout=60)
+    return name
+
+
+def cli(sb: Sandbox, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, kubeconfig=sb.kubeconfig, timeout=timeout)
+
+
+def one_error_line(res: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def versions(sb: Sandbox) -> dict[str, Any]:
+    res = cli(sb, "versions", "--sandbox", sb.name, "-o", "json")
+    assert res.returncode == 0, res.stderr
+    data: dict[str, Any] = json.loads(res.stdout)
+    return data
+
+
+def by(data: dict[str, Any], name: str) -> dict[str, str]:
+    return {c["node"]: c["version"] for c in data["components"] if c["name"] == name}
+
+
+def cluster_violations(data: dict[str, Any]) -> list[dict[str, Any]]:
+    # the kubectl on this machine's $PATH is the operator's client, not the cluster's
+    return [v for v in data["violations"] if v["component"] != "kubectl"]
+
+
+async def journal(kube: Kube) -> dict[str, Any]:
+    cm = await kube.get_json("/api/v1/namespaces/kube-system/configmaps/kubecare-upgrade")
+    data: dict[str, Any] = json.loads(cm["data"]["journal.json"])
+    return data
+
+
+async def kubelet(kube: Kube, node: str) -> str:
+    obj = await kube.get_json(f"/api/v1/nodes/{node}")
+    return str(obj["status"]["nodeInfo"]["kubeletVersion"])
+
+
+# -- 1. versions -------------------------------------------------------------------------------
+async def test_versions_reports_every_component_and_the_skew(usb: Sandbox, ukube: Kube) -> None:
+    data = versions(usb)
+    cps = {"control-plane-1", "control-plane-2", "control-plane-3"}
+    assert by(data, "kube-apiserver") == dict.fromkeys(cps, f"v{OLD}")
+    sources = {c["source"] for c in data["components"] if c["name"] == "kube-apiserver"}
+    assert all(s.startswith("/version at 127.0.0.1:") for s in sources)  # each instance asked
+    assert by(data, "kube-controller-manager") == dict.fromkeys(cps, f"v{OLD}")
+    assert by(data, "kube-scheduler") == dict.fromkeys(cps, f"v{OLD}")
+    etcd = [c for c in data["components"] if c["name"] == "etcd"]
+    assert {c["version"] for c in etcd if c["source"] == "mirror pod image"} == {"3.6.8-0"}
+    assert len([c for c in etcd if c["source"] == "Status RPC"]) == 3
+    assert set(by(data, "kubelet")) == cps | {"worker-1", "worker-2", "worker-3"}
+    assert any("kube-proxy: not installed" in n for n in data["notes"])
+    assert cluster_violations(data) == []
+
+    # A kubelet four minors behind and one newer than every apiserver: both reported.
+    await set_kubelet_version(ukube, "worker-1", "1.32.0")
+    await set_kubelet_version(ukube, "worker-2", NEW)
+    try:
+        res = cli(usb, "versions", "--strict", "-o", "json")
+        assert res.returncode == 1
+        got = {(v["node"], v["rule"]) for v in cluster_violations(json.loads(res.stdout))}
+        assert got == {("worker-1", "kubelet-older"), ("worker-2", "kubelet-newer")}
+        table = cli(usb, "versions").stdout
+        assert "kubelet v1.37.2 on worker-2: newer than kube-apiserver v1.36.3" in table
+        assert "kubelet v1.32.0 on worker-1: 4 minors behind" in table
+    finally:
+        for n in ("worker-1", "worker-2"):
+            await set_kubelet_version(ukube, n, OLD)
+
+
+# -- 2. plan: refusals and bad input -------------------------------------------------------------
+async def test_plan_refuses_skips_and_downgrades_and_bad_input_changes_nothing(
+    usb: Sandbox, ukube: Kube
+) -> None:
+    skip = cli(usb, "upgrade", "plan", "--to", "v1.38.0")
+    assert skip.returncode == 1
+    assert (
+        "NO-GO: v1.38.0 is too high" in skip.stdout and "1 minor version at a time" in skip.stdout
+    )
+    down = cli(usb, "upgrade", "plan", "--to", "v1.35.9")
+    assert down.returncode == 1 and "kubecare does not downgrade" in down.stdout
+    patch_down = cli(usb, "upgrade", "plan", "--to", "v1.36.1", "-o", "json")
+    assert patch_down.returncode == 1 and not json.loads(patch_down.stdout)["go"]
+
+    good = cli(usb, "upgrade", "plan", "--to", f"v{NEW}", "--ignore-daemonsets", "-o", "json")
+    assert good.returncode == 0, good.stdout + good.stderr
+    plan = json.loads(good.stdout)
+    assert plan["go"] and plan["etcd_target"] == "3.7.0-0"
+    assert [(s["node"], s["role"]) for s in plan["steps"]][:3] == [
+        ("control-plane-1", "first-control-plane"),
+        ("control-plane-2", "control-plane"),
+        ("control-plane-3", "control-plane"),
+    ]
+
+    bad = [
+        (("upgrade", "plan", "--to", "1.37"), "not a Kubernetes version"),
+        (("upgrade", "plan", "--to", "v1.37.x"), "not a Kubernetes version"),
+        (("upgrade", "plan", "--to", f"v{NEW}", "--max-unavailable", "0"), "--max-unavailable"),
+        (
+            ("upgrade", "apply", "--to", f"v{NEW}", "--executor", "command", "--yes",
+             "--command", "echo {nodename}"),
+            "unknown placeholder {nodename}",
+        ),
+        (
+            ("upgrade", "apply", "--to", f"v{NEW}", "--executor", "command", "--yes",
+             "--command", "echo {node"),
+            "--command 'echo {node'",
+        ),
+        (("upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--yes"), "needs --sandbox"),
+        (
+            ("upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox", "nosuch",
+             "--yes"),
+            'sandbox "nosuch" not found',
+        ),
+        (("upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox", usb.name,
+          "--yes", "--window", "Someday 02:00-06:00"), "--window"),
+        (("upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox", usb.name),
+         "add --yes"),
+    ]  # fmt: skip
+    for args, message in bad:
+        res = cli(usb, *args)
+        assert res.returncode in (1, 2), (args, res.stderr)
+        assert message in one_error_line(res), (args, res.stderr)
+    # Nothing changed: no journal, no node cordoned, every version where it was.
+    with pytest.raises(Exception, match="not found"):
+        await journal(ukube)
+    for n in ("control-plane-1", "worker-1", "worker-2", "worker-3"):
+        assert not await cordoned(ukube, n)
+    assert set(by(versions(usb), "kube-apiserver").values()) == {f"v{OLD}"}
+
+
+# -- 3. deprecated APIs ----------------------------------------------------------------------------
+def gadget_crd() -> dict[str, Any]:
+    schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.upgrade.example.com"},
+        "spec": {
+            "group": "upgrade.example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [
+                {"name": "v1alpha1", "served": True, "storage": False, "deprecated": True,
+                 "schema": schema},
+                {"name": "v1", "served": True, "storage": True, "schema": schema},
+            ],
+        },
+    }  # fmt: skip
+
+
+async def test_a_deprecated_crd_version_in_use_is_found(usb: Sandbox, ukube: Kube) -> None:
+    await ukube.request_json(
+        "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body=gadget_crd()
+    )
+
+    async def established() -> bool:
+        crd = await ukube.get_json(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gadgets.upgrade.example.com"
+        )
+        conds = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+    await wait_for(established, timeout=60)
+    ns = await new_namespace(ukube, "upgrade-gadgets")
+    # A client still on the deprecated version: the apiserver answers with a warning header
+    # and sets its deprecated-API gauge.
+    path = f"/apis/upgrade.example.com/v1alpha1/namespaces/{ns}/gadgets"
+    body = {
+        "apiVersion": "upgrade.example.com/v1alpha1",
+        "kind": "Gadget",
+        "metadata": {"name": "g1"},
+    }
+
+    async def created() -> bool:
+        try:
+            await ukube.request_json("POST", path, body=body)
+        except Exception as e:  # the CRD's REST endpoint may need a moment on every instance
+            return "AlreadyExists" in str(e) or "already exists" in str(e)
+        return True
+
+    await wait_for(created, timeout=30)
+    _, warnings = await ukube.get_with_warnings(path)
+    text = "upgrade.example.com/v1alpha1 Gadget is deprecated; use upgrade.example.com/v1 Gadget"
+    assert warnings == [text]
+
+    res = cli(usb, "upgrade", "plan", "--to", f"v{NEW}", "--ignore-daemonsets", "-o", "json")
+    plan = json.loads(res.stdout)
+    found = [
+        c for c in plan["checks"] if c["name"] == "deprecated-api" and "gadgets" in c["detail"]
+    ]
+    sources = " ".join(c["detail"] for c in found)
+    assert "metric on apiserver 127.0.0.1:" in sources  # the gauge of the instance asked
+    assert "stored objects" in sources
+    assert all(text in c["detail"] and not c["blocking"] for c in found)
+    assert plan["go"]  # deprecated, not removed by 1.37: a warning, not a no-go
+
+
+# -- 4. the full rolling upgrade ------------------------------------------------------------------
+async def test_rolling_ha_upgrade_with_the_sandbox_executor(
+    usb: Sandbox, ukube: Kube, tmp_path: Path
+) -> None:
+    import pyrage
+
+    ns = await new_namespace(ukube, "upgrade-web")
+    await apply(ukube, ns, deployment("web", 4), pdb("web", {"app": "web"}, min_available=3))
+    await wait_running(ukube, ns, 4)
+    lowest: list[int] = []
+    stop = asyncio.Event()
+
+    async def watch_ready() -> None:
+        # The PDB allows one disruption at a time: never fewer than 3 ready web pods.
+        while not stop.is_set():
+            ps = await pods(ukube, ns, "app=web")
+            lowest.append(
+                sum(1 for p in ps if is_ready(p) and not p["metadata"].get("deletionTimestamp"))
+            )
+            await asyncio.sleep(0.1)
+
+    watcher = asyncio.create_task(watch_ready())
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    snaps, store = tmp_path / "snapshots", tmp_path / "backups"
+    argv = cli_argv(
+        "upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox", usb.name,
+        "--yes", "--ignore-daemonsets", "--encrypt-to", recipient, "--snapshot-dir", str(snaps),
+        "--backup-store", str(store), "-o", "json",
+        kubeconfig=usb.kubeconfig,
+    )  # fmt: skip
+    try:
+        res = await asyncio.to_thread(
+            subprocess.run, argv, capture_output=True, text=True, timeout=600, check=False
+        )
+    finally:
+        stop.set()
+        await watcher
+    assert res.returncode == 0, res.stderr[-3000:]
+    done = json.loads(res.stdout)
+    assert done["state"] == "done" and done["target"] == f"v{NEW}"
+    assert [n["name"] for n in done["nodes"]] == [
+        "control-plane-1", "control-plane-2", "control-plane-3", "worker-1", "worker-2", "worker-3",
+    ]  # fmt: skip
+    assert {n["state"] for n in done["nodes"]} == {"done"}
+
+    # The cluster is at the target: each apiserver instance, the static pods, etcd, kubelets.
+    data = versions(usb)
+    assert set(by(data, "kube-apiserver").values()) == {f"v{NEW}"}
+    assert set(by(data, "kube-controller-manager").values()) == {f"v{NEW}"}
+    assert set(by(data, "kube-scheduler").values()) == {f"v{NEW}"}
+    images = [
+        c for c in data["components"] if c["name"] == "etcd" and c["source"] == "mirror pod image"
+    ]
+    assert {c["version"] for c in images} == {"3.7.0-0"}
+    assert set(by(data, "kubelet").values()) == {f"v{NEW}"}
+    assert cluster_violations(data) == []
+    for n in by(data, "kubelet"):
+        assert not await cordoned(ukube, n)
+
+    # Workloads under the PDB never dropped below what it allows; they did move.
+    assert lowest and min(lowest) >= 3, lowest
+    assert sum(n["seconds"].get("drain", 0) for n in done["nodes"]) > 0
+    await wait_running(ukube, ns, 4)
+
+    # The first steps: an etcd snapshot and a resource backup, named in the journal, 0600.
+    snapshot, backup = Path(done["snapshot"]), Path(done["backup"])
+    assert snapshot.parent == snaps and backup.parent == store
+    for f in (snapshot, backup):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600 and f.stat().st_size > 0
+    assert "Upgrade v1.36.3 -> v1.37.2" in res.stderr  # the plan shown before it started
+    # kubeadm's traces: the old manifests kept, kubeadm-config at the new version.
+    tmp = usb.node_root("control-plane-1") / "etc" / "kubernetes" / "tmp"
+    assert any(p.name.startswith("kubeadm-backup-manifests-") for p in tmp.iterdir())
+    cm = await ukube.get_json("/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
+    assert f"kubernetesVersion: v{NEW}" in cm["data"]["ClusterConfiguration"]
+    status = cli(usb, "upgrade", "status", "-o", "json")
+    assert json.loads(status.stdout)["state"] == "done"
+
+    # Again: nothing to do, nothing touched.
+    again = cli(usb, "upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox",
+                usb.name, "--yes", "--no-snapshot", "--no-backup", "-o", "json")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["nodes"] == []
+
+
+# -- after the upgrade: nodes added at the old version ---------------------------------------
+async def old_nodes(sb: Sandbox, kube: Kube, *names: str) -> None:
+    for n in names:
+        await sb.add_node(n)
+        await set_kubelet_version(kube, n, OLD)
+
+
+def step_script(tmp_path: Path, kubeconfig: Path, *, pause: float = 0) -> Path:
+    """A node's "upgrade": log the node, fail if told to, else report the new kubelet version
+    (what the package manager and a kubelet restart do on a real node)."""
+    script = tmp_path / "step.sh"
+    script.write_text(
+        "set -e\n"
+        f'echo "start $1" >> {tmp_path}/log\n'
+        f'if [ -e {tmp_path}/fail-$1 ]; then echo "upgrade of $1 broke" >&2; exit 3; fi\n'
+        f"sleep {pause}\n"
+        f"{KUBECTL} --kubeconfig {kubeconfig} patch node $1 --subresource=status --type=merge "
+        '-p "{\\"status\\":{\\"nodeInfo\\":{\\"kubeletVersion\\":\\"v$2\\"}}}" >/dev/null\n'
+        f'echo "done $1" >> {tmp_path}/log\n'
+    )
+    return script
+
+
+def log_of(tmp_path: Path) -> list[str]:
+    f = tmp_path / "log"
+    return f.read_text().splitlines() if f.exists() else []
+
+
+async def test_a_failing_step_stops_the_run_and_the_same_command_resumes(
+    usb: Sandbox, ukube: Kube, tmp_path: Path
+) -> None:
+    nodes = ("worker-f1", "worker-f2", "worker-f3")
+    await old_nodes(usb, ukube, *nodes)
+    script = step_script(tmp_path, usb.kubeconfig)
+    (tmp_path / "fail-worker-f2").touch()
+    args = ("upgrade", "apply", "--to", f"v{NEW}", "--executor", "command", "--command",
+            f"sh {script} {{node}} {{version}}", "--yes", "--no-snapshot", "--no-backup",
+            "--ignore-daemonsets", "-o", "json")  # fmt: skip
+    try:
+        res = cli(usb, *args)
+        assert res.returncode == 1
+        line = one_error_line(res)
+        assert "node worker-f2 failed while running the executor's upgrade steps" in line
+        assert "upgrade of worker-f2 broke" in line and "it stays cordoned" in line
+        # The failed node stays cordoned, the one done is back, the untouched one untouched.
+        assert await cordoned(ukube, "worker-f2") and await kubelet(ukube, "worker-f2") == f"v{OLD}"
+        assert (
+            not await cordoned(ukube, "worker-f1")
+            and await kubelet(ukube, "worker-f1") == f"v{NEW}"
+        )
+        assert (
+            not await cordoned(ukube, "worker-f3")
+            and await kubelet(ukube, "worker-f3") == f"v{OLD}"
+        )
+        j = await journal(ukube)
+        assert j["state"] == "failed"
+        assert {n["name"]: n["state"] for n in j["nodes"]} == {
+            "worker-f1": "done", "worker-f2": "failed", "worker-f3": "pending",
+        }  # fmt: skip
+
+        (tmp_path / "fail-worker-f2").unlink()
+        again = cli(usb, *args)
+        assert again.returncode == 0, again.stderr
+        assert "resuming the upgrade to v1.37.2" in again.stderr
+        starts = [ln.split()[1] for ln in log_of(tmp_path) if ln.startswith("start")]
+        assert starts == ["worker-f1", "worker-f2", "worker-f2", "worker-f3"]  # f1 not redone
+        for n in nodes:
+            assert not await cordoned(ukube, n) and await kubelet(ukube, n) == f"v{NEW}"
+    finally:
+        for n in nodes:
+            await usb.remove_node(n)
+
+
+async def test_kill_9_mid_run_then_resume_without_redoing_finished_nodes(
+    usb: Sandbox, ukube: Kube, tmp_path: Path
+) -> None:
+    nodes = ("worker-k1", "worker-k2", "worker-k3")
+    await old_nodes(usb, ukube, *nodes)
+    script = step_script(tmp_path, usb.kubeconfig, pause=3)
+    args = ("upgrade", "apply", "--to", f"v{NEW}", "--executor", "command", "--command",
+            f"sh {script} {{node}} {{version}}", "--yes", "--no-snapshot", "--no-backup",
+            "--ignore-daemonsets")  # fmt: skip
+    proc = subprocess.Popen(
+        cli_argv(*args, kubeconfig=usb.kubeconfig),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+
+        async def mid_run() -> bool:
+            lines = log_of(tmp_path)
+            return "done worker-k1" in lines and "start worker-k2" in lines
+
+        await wait_for(mid_run, timeout=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the step it was running
+        proc.wait()
+    try:
+        j = await journal(ukube)
+        states = {n["name"]: n["state"] for n in j["nodes"]}
+        assert states["worker-k1"] == "done" and states["worker-k2"] == "upgrading"
+        assert await cordoned(ukube, "worker-k2")  # drained when it was killed
+
+        again = cli(usb, *args)
+        assert again.returncode == 0, again.stderr
+        starts = [ln.split()[1] for ln in log_of(tmp_path) if ln.startswith("start")]
+        assert starts.count("worker-k1") == 1  # finished before the kill: not redone
+        assert starts.count("worker-k2") == 2 and starts.count("worker-k3") == 1
+        assert (await journal(ukube))["state"] == "done"
+        for n in nodes:
+            assert not await cordoned(ukube, n) and await kubelet(ukube, n) == f"v{NEW}"
+    finally:
+        for n in nodes:
+            await usb.remove_node(n)
+
+
+# -- executors: ssh (Debian's OpenSSH server) and job ------------------------------------------
+@pytest.fixture
+def openssh(tmp_path: Path) -> Iterator[tuple[int, Path, Path, Path]]:
+    """Debian's sshd on 127.0.0.1 with a config of the test's own (host key, authorized key,
+    pid file in tmp_path); yields (port, client key, wrong key, known_hosts)."""
+    import socket
+
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    assert Path(sshd).is_file(), "openssh-server is not installed (make test installs it)"
+    d = tmp_path / "sshd"
+    d.mkdir()
+    for name in ("host", "client", "wrong"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+        )
+    shutil.copy(d / "client.pub", d / "authorized_keys")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\nPidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        "PermitRootLogin prohibit-password\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    proc = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(d / "sshd_config")],
+        stdout=subprocess.DEVNULL,
+        stderr=open(d / "sshd.log", "w"),  # noqa: SIM115 (closed with the process)
+    )
+    host_pub = (d / "host.pub").read_text().split()
+    known = d / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, (d / "sshd.log").read_text()
+            assert time.monotonic() < deadline, "sshd did not listen"
+            time.sleep(0.05)
+        yield port, d / "client", d / "wrong", known
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_ssh_executor_runs_the_steps_over_openssh(
+    usb: Sandbox, ukube: Kube, tmp_path: Path, openssh: tuple[int, Path, Path, Path]
+) -> None:
+    port, key, wrong, known = openssh
+    await old_nodes(usb, ukube, "worker-s1")
+    steps = tmp_path / "steps.yaml"
+    patch = (
+        f"{KUBECTL} --kubeconfig {usb.kubeconfig} patch node {{node}} --subresource=status "
+        '--type=merge -p \'{{"status":{{"nodeInfo":{{"kubeletVersion":"v{version}"}}}}}}\''
+    )
+    steps.write_text(
+        json.dumps(
+            {
+                "worker": [
+                    f"echo upgrading {{node}} to {{version}} as $(id -un) >> {tmp_path}/ssh.log",
+                    patch,
+                ]
+            }
+        )
+    )
+
+    def run(identity: Path) -> subprocess.CompletedProcess[str]:
+        return cli(usb, "upgrade", "apply", "--to", f"v{NEW}", "--executor", "ssh",
+                   "--ssh-host", f"127.0.0.1:{port}", "--ssh-key", str(identity),
+                   "--known-hosts", str(known), "--steps", str(steps), "--yes",
+                   "--no-snapshot", "--no-backup", "--ignore-daemonsets")  # fmt: skip
+
+    try:
+        denied = await asyncio.to_thread(run, wrong)
+        assert denied.returncode == 1
+        assert "authentication failed" in one_error_line(denied)
+        # Found before anything changed: the node is neither cordoned nor upgraded.
+        assert not await cordoned(ukube, "worker-s1")
+        assert await kubelet(ukube, "worker-s1") == f"v{OLD}"
+
+        res = await asyncio.to_thread(run, key)
+        assert res.returncode == 0, res.stderr
+        assert (tmp_path / "ssh.log").read_text() == f"upgrading worker-s1 to {NEW} as root\n"
+        assert "[2/2]" in res.stderr  # each step shown as it runs
+        assert await kubelet(ukube, "worker-s1") == f"v{NEW}"
+        assert not await cordoned(ukube, "worker-s1")
+    finally:
+        await usb.remove_node("worker-s1")
+
+
+async def test_job_executor_runs_a_privileged_job_pinned_to_the_node(
+    usb: Sandbox, ukube: Kube
+) -> None:
+    await old_nodes(usb, ukube, "worker-j1")
+    seen: dict[str, Any] = {}
+
+    async def play_the_node() -> None:
+        # kwok runs no containers: the test does what the Job's steps would (the kubelet
+        # package upgraded, the kubelet restarted), once the Job exists; kwok completes its pod.
+        async def job() -> dict[str, Any] | None:
+            items = await ukube.list_objects(
+                "/apis/batch/v1/namespaces/kube-system/jobs",
+                params={"labelSelector": "kubecare.io/upgrade-node=worker-j1"},
+            )
+            return items[0] if items else None
+
+        seen["job"] = await wait_for(job, timeout=120)
+        await set_kubelet_version(ukube, "worker-j1", NEW)
+
+    player = asyncio.create_task(play_the_node())
+    try:
+        res = await asyncio.to_thread(
+            cli, usb, "upgrade", "apply", "--to", f"v{NEW}", "--executor", "job", "--yes",
+            "--no-snapshot", "--no-backup", "--ignore-daemonsets",
+        )  # fmt: skip
+        await player
+        assert res.returncode == 0, res.stderr
+        pod = seen["job"]["spec"]["template"]["spec"]
+        assert pod["nodeName"] == "worker-j1" and pod["hostPID"] is True
+        assert pod["containers"][0]["securityContext"]["privileged"] is True
+        assert "kubeadm upgrade node" in pod["containers"][0]["command"][-1]
+        assert "completed" in res.stderr
+        assert not await cordoned(ukube, "worker-j1")
+    finally:
+        player.cancel()
+        await usb.remove_node("worker-j1")
