@@ -236,6 +236,8 @@ def main() -> None:
     sh(KUBECARE, "backup", "restore", "demo-1", "--from", store, "--include-namespaces", "demo",
        "--identity", str(key))  # fmt: skip
     sh(kubectl, "-n", "demo", "get", "deployments,configmaps,secrets,poddisruptionbudgets")
+
+    upgrade_steps(kubectl, snapdir, str(ident.to_public()))
     shutil.rmtree(snapdir, ignore_errors=True)
 
     step("Reach the cluster yourself")
@@ -246,6 +248,44 @@ def main() -> None:
     print(
         f"  .venv/bin/kubecare sandbox down --name {NAME}          # stop it and remove its state"
     )
+
+
+def upgrade_steps(kubectl: str, workdir: Path, recipient: str) -> None:
+    """Steps 18-20 on a second sandbox: three control-plane nodes at Kubernetes 1.36, upgraded
+    to 1.37 for real (static pods rewritten and restarted, one node at a time)."""
+    from kubecare.sandbox import Sandbox
+
+    ha = f"{NAME}-upgrade"
+    step("18. An HA cluster one minor behind: every component's version, and the skew policy")
+    if Sandbox(ha).exists():
+        sh(KUBECARE, "sandbox", "down", "--name", ha)
+    sh(KUBECARE, "sandbox", "up", "--name", ha, "--control-planes", "3", "--nodes", "3",
+       "--version", "1.36")  # fmt: skip
+    kcfg = str(Sandbox(ha).kubeconfig)
+    try:
+        sh(KUBECARE, "--kubeconfig", kcfg, "versions", "--sandbox", ha)
+        sh(kubectl, "--kubeconfig", kcfg, "create", "deployment", "web", "--image=nginx",
+           "--replicas=4")  # fmt: skip
+        sh(kubectl, "--kubeconfig", kcfg, "create", "pdb", "web", "--selector=app=web",
+           "--min-available=3")  # fmt: skip
+        step(
+            "19. The plan: one minor at a time (v1.38 refused), the order, the skew after each step, go/no-go"
+        )
+        sh(KUBECARE, "--kubeconfig", kcfg, "upgrade", "plan", "--to", "v1.38.0", check=False)
+        sh(KUBECARE, "--kubeconfig", kcfg, "upgrade", "plan", "--to", "v1.37.2", "--sandbox", ha,
+           "--ignore-daemonsets", "--snapshot-dir", str(workdir / "etcd"),
+           "--backup-store", str(workdir / "backups"))  # fmt: skip
+        step(
+            "20. The upgrade: etcd snapshot and backup first, then node by node (drain, upgrade, Ready, uncordon)"
+        )
+        sh(KUBECARE, "--kubeconfig", kcfg, "upgrade", "apply", "--to", "v1.37.2",
+           "--executor", "sandbox", "--sandbox", ha, "--yes", "--ignore-daemonsets", "-q",
+           "--encrypt-to", recipient, "--snapshot-dir", str(workdir / "etcd"),
+           "--backup-store", str(workdir / "backups"))  # fmt: skip
+        sh(KUBECARE, "--kubeconfig", kcfg, "versions", "--sandbox", ha)
+        sh(kubectl, "--kubeconfig", kcfg, "get", "nodes")
+    finally:
+        sh(KUBECARE, "sandbox", "down", "--name", ha, check=False)
 
 
 def _wait_moved(kubectl: str, node: str, want: int = 4, timeout: float = 120) -> None:

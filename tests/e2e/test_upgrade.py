@@ -594,3 +594,63 @@ async def test_job_executor_runs_a_privileged_job_pinned_to_the_node(
     finally:
         player.cancel()
         await usb.remove_node("worker-j1")
+
+
+async def test_surge_replaces_a_worker_with_a_new_node(usb: Sandbox, ukube: Kube) -> None:
+    await old_nodes(usb, ukube, "worker-g1")
+    res = cli(usb, "upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox",
+              usb.name, "--strategy", "surge", "--yes", "--no-snapshot", "--no-backup",
+              "--ignore-daemonsets", "-o", "json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    node = json.loads(res.stdout)["nodes"][0]
+    assert node["name"] == "worker-g1" and node["replaced_by"] == "worker-g1-v1-37"
+    names = {n["metadata"]["name"] for n in await ukube.list_objects("/api/v1/nodes")}
+    assert "worker-g1" not in names and "worker-g1-v1-37" in names
+    assert await kubelet(ukube, "worker-g1-v1-37") == f"v{NEW}"
+    await usb.remove_node("worker-g1-v1-37")
+
+
+async def test_outside_the_window_nothing_starts_and_the_run_pauses(
+    usb: Sandbox, ukube: Kube
+) -> None:
+    import datetime
+
+    await old_nodes(usb, ukube, "worker-w1")
+    # a one-hour window that closed an hour ago, every day
+    start = (datetime.datetime.now() - datetime.timedelta(hours=2)).strftime("%H:00")
+    end = (datetime.datetime.now() - datetime.timedelta(hours=1)).strftime("%H:00")
+    args = ("upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox",
+            usb.name, "--yes", "--no-snapshot", "--no-backup", "--ignore-daemonsets")  # fmt: skip
+    try:
+        res = cli(usb, *args, "--window", f"{start}-{end}")
+        assert res.returncode == 3, res.stderr
+        assert "outside the maintenance window" in one_error_line(res)
+        assert (await journal(ukube))["state"] == "paused"
+        assert not await cordoned(ukube, "worker-w1")
+        assert await kubelet(ukube, "worker-w1") == f"v{OLD}"
+        resumed = cli(usb, *args)  # no window: the paused run goes on
+        assert resumed.returncode == 0, resumed.stderr
+        assert await kubelet(ukube, "worker-w1") == f"v{NEW}"
+    finally:
+        await usb.remove_node("worker-w1")
+
+
+async def test_two_writers_of_one_journal_conflict_instead_of_overwriting(ukube: Kube) -> None:
+    from kubecare.errors import OperationFailed
+    from kubecare.upgrade.journal import ConfigMapStore, Journal
+
+    a = ConfigMapStore(ukube, name="kubecare-upgrade-conflict")
+    b = ConfigMapStore(ukube, name="kubecare-upgrade-conflict")
+    try:
+        await a.save(Journal("v1.37.2", "t", "command", "rolling", 1, []))
+        ja, jb = await a.load(), await b.load()
+        assert ja is not None and jb is not None
+        jb.message = "b was here"
+        await b.save(jb)
+        ja.message = "a was here"
+        with pytest.raises(OperationFailed, match="changed by someone else"):
+            await a.save(ja)  # a 409 from the apiserver: a's stale copy is not written
+        again = await a.load()
+        assert again is not None and again.message == "b was here"
+    finally:
+        await a.delete()

@@ -143,6 +143,8 @@ class Upgrade:
         self.opts = opts
         self.on_event = on_event
         self._write = asyncio.Lock()
+        self._changes = 0  # journal changes made
+        self._written = 0  # changes the last completed write carried
         self.journal: Journal | None = None
         self.baseline: set[str] = set()
 
@@ -150,9 +152,18 @@ class Upgrade:
         self.on_event(Event(kind, message, node=node, data=data))
 
     async def _save(self) -> None:
+        """Write the journal. Nodes of a batch change it concurrently: a write that starts
+        after a change includes it, so a caller whose change an earlier-queued write already
+        carried returns without writing again (one PUT for many changes, not one each)."""
         assert self.journal is not None
+        self._changes += 1
+        mine = self._changes
         async with self._write:
+            if self._written >= mine:
+                return
+            upto = self._changes  # the journal is serialized before the first await of save()
             await self.store.save(self.journal)
+            self._written = upto
 
     # -- the run ---------------------------------------------------------------------------
     async def run(self, plan: UpgradePlan, existing: Journal | None) -> ApplyResult:
@@ -174,17 +185,22 @@ class Upgrade:
         pending = [steps[n.name] if n.name in steps else NodeStep(n.name, n.role, n.batch, ())
                    for n in journal.nodes if n.state != jr.DONE]  # fmt: skip
         # Before anything changes: the executor's own checks (templates, SSH logins, builds).
-        await self.executor.check(pending, target)
-        self._backup_preflight()
+        if pending:
+            await self.executor.check(pending, target)
+            self._backup_preflight()
         await self._save()
-        if self.opts.snapshot and not journal.snapshot:
-            journal.snapshot = await self._snapshot()
-            await self._save()
-        if self.opts.backup and not journal.backup:
-            journal.backup = await self._backup()
-            await self._save()
-        self.baseline = await unavailable_workloads(self.kube)
         try:
+            if pending:
+                # Outside the window nothing starts, not even the snapshot (it would be stale
+                # by the time the window opens).
+                await self._window()
+                if self.opts.snapshot and not journal.snapshot:
+                    journal.snapshot = await self._snapshot()
+                    await self._save()
+                if self.opts.backup and not journal.backup:
+                    journal.backup = await self._backup()
+                    await self._save()
+            self.baseline = await unavailable_workloads(self.kube)
             for batch in sorted({n.batch for n in journal.nodes if n.state != jr.DONE}):
                 records = [n for n in journal.nodes if n.batch == batch and n.state != jr.DONE]
                 await self._window()

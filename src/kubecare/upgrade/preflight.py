@@ -32,6 +32,7 @@ from kubecare.versions.semver import Version
 
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 SNAPSHOT_SUFFIXES = (".db", ".db.zst", ".snapshot")
+PLAN_CONCURRENCY = 8  # nodes whose drain plans are read at once
 
 
 def node_facts(nodes: Sequence[JSON]) -> list[NodeFacts]:
@@ -161,9 +162,16 @@ async def read_preflight(
     from kubecare.nodes.drain_plan import plan_nodes
 
     names = [n["metadata"]["name"] for n in nodes]
-    plans, (deprecated, notes) = await asyncio.gather(
-        plan_nodes(kube, names, drain_opts), deprecated_in_use(kube)
+    sem = asyncio.Semaphore(PLAN_CONCURRENCY)
+
+    async def one(node: str) -> list[DrainPlan]:
+        async with sem:
+            return await plan_nodes(kube, [node], drain_opts)
+
+    per_node, (deprecated, notes) = await asyncio.gather(
+        asyncio.gather(*(one(n) for n in names)), deprecated_in_use(kube)
     )
+    plans = [p for ps in per_node for p in ps]
     snap_age, snap_where = newest_snapshot(snapshot_dir)
     backup_age, backup_where = await asyncio.to_thread(newest_backup, backup_store)
     return Preflight(
