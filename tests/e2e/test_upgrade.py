@@ -425,7 +425,7 @@ async def test_kill_9_mid_run_then_resume_without_redoing_finished_nodes(
 ) -> None:
     nodes = ("worker-k1", "worker-k2", "worker-k3")
     await old_nodes(usb, ukube, *nodes)
-    script = step_script(tmp_path, usb.kubeconfig, pause=3)
+    script = step_script(tmp_path, usb.kubeconfig, pause=1.5)
     args = ("upgrade", "apply", "--to", f"v{NEW}", "--executor", "command", "--command",
             f"sh {script} {{node}} {{version}}", "--yes", "--no-snapshot", "--no-backup",
             "--ignore-daemonsets")  # fmt: skip

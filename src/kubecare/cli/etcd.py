@@ -196,7 +196,7 @@ def endpoints_of(args: argparse.Namespace) -> list[Endpoint]:
     from kubecare.errors import UsageError
     from kubecare.etcd.members import (
         KUBEADM_MANIFESTS,
-        Endpoint,
+        parse_endpoints,
         read_members,
         sandbox_manifest_dirs,
     )
@@ -205,16 +205,7 @@ def endpoints_of(args: argparse.Namespace) -> list[Endpoint]:
     if len(chosen) > 1:
         raise UsageError("give one of --endpoints, --manifests-dir and --sandbox")
     if args.endpoints:
-        return [
-            Endpoint(
-                url.strip(),
-                Path(args.cacert) if args.cacert else None,
-                Path(args.cert) if args.cert else None,
-                Path(args.key) if args.key else None,
-            )
-            for url in args.endpoints.split(",")
-            if url.strip()
-        ]
+        return parse_endpoints(args.endpoints, args.cacert, args.cert, args.key)
     if args.cacert or args.cert or args.key:
         raise UsageError("--cacert/--cert/--key go with --endpoints")
     if args.sandbox:

@@ -172,22 +172,13 @@ def _etcd_endpoints(args: argparse.Namespace) -> list[Any]:
     from kubecare.errors import UsageError
     from kubecare.etcd.members import (
         KUBEADM_MANIFESTS,
-        Endpoint,
+        parse_endpoints,
         read_members,
         sandbox_manifest_dirs,
     )
 
     if args.etcd_endpoints:
-        return [
-            Endpoint(
-                url.strip(),
-                Path(args.etcd_cacert) if args.etcd_cacert else None,
-                Path(args.etcd_cert) if args.etcd_cert else None,
-                Path(args.etcd_key) if args.etcd_key else None,
-            )
-            for url in args.etcd_endpoints.split(",")
-            if url.strip()
-        ]
+        return parse_endpoints(args.etcd_endpoints, args.etcd_cacert, args.etcd_cert, args.etcd_key)
     if args.etcd_cacert or args.etcd_cert or args.etcd_key:
         raise UsageError("--etcd-cacert/--etcd-cert/--etcd-key go with --etcd-endpoints")
     if getattr(args, "sandbox", None):

@@ -145,6 +145,22 @@ def parse_member(manifest: Path, text: str) -> Member:
     )
 
 
+def parse_endpoints(
+    urls: str, cacert: str | None, cert: str | None, key: str | None
+) -> list[Endpoint]:
+    """etcdctl's ``--endpoints URL,... --cacert --cert --key``: one Endpoint per URL."""
+    return [
+        Endpoint(
+            url.strip(),
+            Path(cacert) if cacert else None,
+            Path(cert) if cert else None,
+            Path(key) if key else None,
+        )
+        for url in urls.split(",")
+        if url.strip()
+    ]
+
+
 def read_members(manifest_dirs: list[Path]) -> list[Member]:
     """Every etcd member whose manifest is in one of ``manifest_dirs`` (etcd.yaml)."""
     out = []

@@ -50,6 +50,7 @@ from kubecare.sandbox.staticpods import (
 )
 
 BACKOFF_MAX = 300.0
+RETIRE_GRACE = 10.0  # seconds etcd gets to stop when its manifest changes or leaves
 BACKOFF_RESET = 600.0  # a component that ran this long starts its back-off afresh
 RESCAN = 2.0
 
@@ -258,7 +259,11 @@ class Runner:
             try:
                 while pod.starting:  # noqa: ASYNC110 (being started: one exec call, then its pid)
                     await asyncio.sleep(0.05)
-                await self._stop(pod, why)
+                # etcd gets the full grace (its graceful stop waits up to its request timeout,
+                # 7 s, for watch streams); kube-apiserver and kube-controller-manager do not exit
+                # within 10 s of a SIGTERM at all (measured: the apiserver has shut everything
+                # down after 1.5 s and then waits), so a longer wait only delays the restart.
+                await self._stop(pod, why, RETIRE_GRACE if _stop_rank(pod) else 3)
             finally:
                 left = [p for p in self.terminating.get(key, []) if p is not pod]
                 if left:
