@@ -126,9 +126,19 @@ POLICY = [
 ]  # fmt: skip
 
 
+#: Where kubecare's expectation differs from kubeadm's, and why.
+DIVERGES = {
+    "downgrade": "kubecare never downgrades",
+    "new version must be higher than v1.12.0": "kubeadm's skippable error is about its binary",
+    "kubeadm version must be higher than the new kube version. However, patch version skews may be forced": "about the kubeadm binary",
+    "kubeadm version must be higher than the new kube version. Trying to upgrade k8s to a higher minor version than kubeadm itself should never be supported": "about the kubeadm binary",
+    "the user can't use a newer minor version of kubeadm to upgrade an older version of kubeadm": "about the kubeadm binary",
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("case", POLICY, ids=[c[0] for c in POLICY])
 def test_enforce_version_policies(case: tuple) -> None:  # type: ignore[type-arg]
-    _, cluster, kubelet, _kubeadm, new, exp, rc, _km, _ks, mandatory, skippable = case
+    name, cluster, kubelet, _kubeadm, new, exp, rc, km, ks, mandatory, skippable = case
     got = skew.check_jump(
         Version.parse(cluster),
         Version.parse(new),
@@ -137,6 +147,18 @@ def test_enforce_version_policies(case: tuple) -> None:  # type: ignore[type-arg
         allow_rc=rc,
     )
     assert (len(got.mandatory), len(got.skippable)) == (mandatory, skippable), got
+    if name not in DIVERGES:  # the same verdict as kubeadm's own table
+        assert (mandatory, skippable) == (km, ks)
+
+
+def test_policy_messages() -> None:
+    v = Version.parse
+    two = skew.check_jump(v("v1.11.3"), v("v1.13.0"), {})
+    assert "too high" in two.mandatory[0] and "upgrade to v1.12.x first" in two.mandatory[0]
+    rc = skew.check_jump(v("1.3.3"), v("1.4.0-rc.1"), {})
+    assert "--allow-release-candidate-upgrades" in rc.skippable[0]
+    old = skew.check_jump(v("v1.14.0"), v("v1.14.0"), {"n1": v("v1.10.8")})
+    assert "n1" in old.skippable[0]
 
 
 # TestKubeletVersionCheck (min v1.3.0 and the control plane version); "" = the current v1.4.0
@@ -149,10 +171,12 @@ KUBELET_CHECK = [
 
 @pytest.mark.parametrize(("kubelet", "cp", "error"), KUBELET_CHECK)
 def test_kubelet_version_check(kubelet: str, cp: str, error: bool) -> None:
-    got = skew.kubelet_check(
-        Version.parse(kubelet), Version.parse(cp or "v1.4.0"), Version.parse("v1.3.0")
+    # the same verdicts from the skew rules (kubeadm's minimum is n-3 of itself; the table's
+    # older cases are more than three minors behind their control plane too)
+    got = skew.check_skew(
+        comps(("kube-apiserver", "cp", cp or "v1.4.0"), ("kubelet", "n", kubelet))
     )
-    assert (got is not None) is error
+    assert bool(got) is error, got
 
 
 def test_etcd_supported_version_falls_back_to_the_nearest_minor() -> None:
@@ -532,3 +556,124 @@ def test_job_manifest_is_pinned_and_privileged() -> None:
         c["command"][:2] == ["nsenter", "--target"] and "kubeadm upgrade node" in c["command"][-1]
     )
     assert m["spec"]["backoffLimit"] == 0 and len(m["metadata"]["name"]) <= 63
+
+
+# -- review fixes ------------------------------------------------------------------------------
+def test_a_newer_patch_is_never_downgraded() -> None:
+    components, nodes = cluster(version="v1.37.1", cps=1, workers=2)
+    components = [
+        Component(c.name, c.node, "v1.37.3", c.source) if c.node == "w-1" else c for c in components
+    ]
+    nodes = [
+        NodeFacts(n.name, n.control_plane, True, "v1.37.3" if n.name == "w-1" else n.kubelet)
+        for n in nodes
+    ]
+    plan = build_plan(components, nodes, Version.parse("v1.37.2"), Preflight())
+    by = {s.node: s for s in plan.steps}
+    assert by["w-1"].up_to_date and not by["w-1"].changes
+    assert [c.target for c in by["w-2"].changes] == ["v1.37.2"]
+
+
+def test_mandatory_version_errors_cannot_be_ignored() -> None:
+    from kubecare.upgrade.apply import refuse_no_go
+
+    components, nodes = cluster(cps=1, workers=1)
+    for target in ("v1.38.0", "v1.35.0"):
+        plan = build_plan(components, nodes, Version.parse(target), Preflight())
+        with pytest.raises(OperationFailed, match="no-go"):
+            refuse_no_go(plan, ("all",))
+    # a skippable one can (kubeadm's --force)
+    plan = build_plan(components, nodes, Version.parse("v1.37.0-rc.1"), Preflight())
+    with pytest.raises(OperationFailed, match="version-warning"):
+        refuse_no_go(plan, ())
+    refuse_no_go(plan, ("version-warning",))
+
+
+def test_resumed_runs_exempt_their_own_nodes() -> None:
+    components, nodes = cluster(cps=1, workers=2)
+    nodes = [
+        NodeFacts(n.name, n.control_plane, n.name != "w-1", n.kubelet, n.name == "w-1")
+        for n in nodes
+    ]
+    pre = Preflight(drain_errors={"w-1": ("DaemonSet-managed Pods",)})
+    assert not build_plan(components, nodes, Version.parse("v1.37.2"), pre).go
+    plan = build_plan(components, nodes, Version.parse("v1.37.2"), pre, exempt=frozenset({"w-1"}))
+    assert plan.go, plan.reasons
+    assert next(s for s in plan.steps if s.node == "w-1").cordoned
+
+
+@pytest.mark.parametrize(
+    "template", ["run {node!r}", "run {version:d}", "run {node", "run }", "run {x}"]
+)
+def test_template_format_specs_and_conversions_refused(template: str) -> None:
+    with pytest.raises(UsageError, match="--command"):
+        ex.CommandExecutor(template)
+
+
+def test_unbalanced_quotes_refused() -> None:
+    with pytest.raises(UsageError, match="No closing quotation"):
+        ex.CommandExecutor("sh -c 'run {node}")
+
+
+# TestCompareKubeAwareVersionStrings (apimachinery pkg/version/helpers_test.go)
+KUBE_AWARE = [
+    ("v1", "v2", False), ("v2", "v1", True), ("v10", "v2", True), ("v1", "v2alpha1", True),
+    ("v1", "v2beta1", True), ("v1alpha2", "v1alpha1", True), ("v1beta1", "v2alpha3", True),
+    ("v1alpha10", "v1alpha2", True), ("v1beta10", "v1beta2", True), ("foo", "v1beta2", False),
+    ("bar", "foo", True), ("version1", "version2", True), ("version1", "version10", True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("v1", "v2", "greater"), KUBE_AWARE)
+def test_compare_kube_aware_version_strings(v1: str, v2: str, greater: bool) -> None:
+    assert (dep.compare_kube_aware(v1, v2) > 0) is greater
+
+
+def test_crd_deprecation_warning_as_the_apiserver_words_it() -> None:
+    spec = {
+        "group": "example.com",
+        "names": {"kind": "Widget"},
+        "versions": [
+            {"name": "v1alpha1", "served": True, "deprecated": True},
+            {"name": "v1beta1", "served": True},
+            {"name": "v1", "served": True},
+            {"name": "v2", "served": False},
+        ],
+    }
+    assert (
+        dep.crd_deprecation_warning(spec, "v1alpha1")
+        == "example.com/v1alpha1 Widget is deprecated; use example.com/v1 Widget"
+    )
+    spec["versions"][0]["deprecationWarning"] = "use v1, v1alpha1 goes away in June"
+    assert dep.crd_deprecation_warning(spec, "v1alpha1") == "use v1, v1alpha1 goes away in June"
+    only = {
+        "group": "g",
+        "names": {"kind": "K"},
+        "versions": [{"name": "v1", "served": True, "deprecated": True}],
+    }
+    assert dep.crd_deprecation_warning(only, "v1") == "g/v1 K is deprecated"
+
+
+def test_a_running_journal_of_a_live_run_is_not_taken_over() -> None:
+    import os
+    import socket
+
+    from kubecare.kube.lock import start_time
+    from kubecare.upgrade import journal as jr
+
+    j = Journal("v1.37.2", "t", "command", "rolling", 1, [], state="running")
+    parent = os.getppid()
+    j.owner = f"{socket.gethostname()}/{parent}/{start_time(parent)}"
+    with pytest.raises(OperationFailed, match=f"pid {parent}"):
+        jr.check_owner(j)
+    jr.check_owner(j, take_over=True)
+    j.owner = f"{socket.gethostname()}/{parent}/1"  # the pid was reused: that run is gone
+    jr.check_owner(j)
+    j.owner, j.updated = "elsewhere/1/1", jr.now()
+    with pytest.raises(OperationFailed, match="--take-over"):
+        jr.check_owner(j)
+    j.updated = "2020-01-01T00:00:00Z"
+    jr.check_owner(j)  # not written for years: gone
+    j.state = "failed"
+    j.updated = jr.now()
+    jr.check_owner(j)  # a failed or paused run is anyone's to resume

@@ -139,6 +139,11 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         "--ignore-preflight-errors", default="", metavar="CHECKS",
         help="comma-separated check names (or 'all') to go on despite a no-go",
     )  # fmt: skip
+    run.add_argument(
+        "--take-over",
+        action="store_true",
+        help="resume a journal another machine's run still holds (that machine is gone)",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no per-pod or executor lines")
     apply.set_defaults(handler=apply_cmd)
 
@@ -407,7 +412,13 @@ def apply_cmd(args: argparse.Namespace) -> int:
                 f"finish it with --to {existing.target}, or forget it with kubecare upgrade reset --yes"
             )
         resuming = existing is not None and existing.state != "done"
-        plan, _ = await make_plan(kube, target, drain, etcd_endpoints=eps, **_plan_inputs(args))
+        # Nodes the unfinished run left cordoned or NotReady are its own doing, not a no-go.
+        exempt = frozenset(
+            n.name for n in (existing.nodes if existing and resuming else []) if n.state != "done"
+        )
+        plan, _ = await make_plan(
+            kube, target, drain, etcd_endpoints=eps, exempt=exempt, **_plan_inputs(args)
+        )
         if not resuming:
             say(plan_text(plan))
         if not args.yes:
@@ -432,6 +443,7 @@ def apply_cmd(args: argparse.Namespace) -> int:
                 x.strip() for x in args.ignore_preflight_errors.split(",") if x.strip()
             ),
             lock_slots=plan.max_unavailable,
+            take_over=args.take_over,
         )
         return await Upgrade(kube, executor, store, opts, on_event=printer).run(
             plan, existing if resuming else None

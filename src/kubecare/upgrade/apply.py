@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubecare.errors import KubecareError, OperationFailed, UsageError
+from kubecare.errors import (
+    KubecareError,
+    NotFound,
+    OperationFailed,
+    ServerError,
+    TooManyRequests,
+    Unreachable,
+    UsageError,
+)
 from kubecare.events import Event, EventSink, ignore
 from kubecare.kube import JSON, Kube
 from kubecare.nodes.drain_options import DrainOptions
@@ -32,7 +40,7 @@ from kubecare.nodes.inventory import ready_status
 from kubecare.upgrade import journal as jr
 from kubecare.upgrade.executors import Executor
 from kubecare.upgrade.journal import Journal, NodeRecord
-from kubecare.upgrade.plan import WORKER, NodeStep, Strategy, UpgradePlan
+from kubecare.upgrade.plan import MANDATORY, WORKER, NodeStep, Strategy, UpgradePlan
 from kubecare.upgrade.window import Window
 from kubecare.versions.semver import Version
 
@@ -54,6 +62,7 @@ class ApplyOptions:
     wait_for_window: bool = False
     ignore_preflight: tuple[str, ...] = ()  # check names, or ("all",)
     lock_slots: int = 1
+    take_over: bool = False  # resume a journal whose owner looks alive elsewhere
 
 
 @dataclass
@@ -74,15 +83,17 @@ def _now_local() -> datetime.datetime:
 
 def refuse_no_go(plan: UpgradePlan, ignore: Sequence[str]) -> None:
     failing = [c for c in plan.checks if c.blocking and not c.ok]
-    if "all" in ignore:
-        return
-    left = [c for c in failing if c.name not in ignore]
+    # kubeadm's mandatory version errors can never be overridden, not even by "all"
+    left = [
+        c for c in failing if c.name == MANDATORY or ("all" not in ignore and c.name not in ignore)
+    ]
     if left:
-        names = ", ".join(dict.fromkeys(c.name for c in left))
+        names = ", ".join(dict.fromkeys(c.name for c in left if c.name != MANDATORY))
+        hint = f"; --ignore-preflight-errors={names} to go on anyway" if names else ""
         raise OperationFailed(
             "the upgrade plan is a no-go: "
             + "; ".join(c.detail for c in left)
-            + f" (see kubecare upgrade plan --to {plan.target}; --ignore-preflight-errors={names} to go on anyway)"
+            + f" (see kubecare upgrade plan --to {plan.target}{hint})"
         )
 
 
@@ -93,7 +104,7 @@ def new_journal(plan: UpgradePlan, executor: str) -> Journal:
         executor=executor,
         strategy=str(plan.strategy),
         max_unavailable=plan.max_unavailable,
-        nodes=[NodeRecord(s.node, s.role, s.batch) for s in plan.pending],
+        nodes=[NodeRecord(s.node, s.role, s.batch, cordoned=s.cordoned) for s in plan.pending],
         owner=jr.owner(),
     )
 
@@ -147,11 +158,12 @@ class Upgrade:
         self._written = 0  # changes the last completed write carried
         self.journal: Journal | None = None
         self.baseline: set[str] = set()
+        self.lost = ""  # why this run may no longer write the journal (another run took it)
 
     def _event(self, kind: str, message: str, node: str = "", **data: Any) -> None:
         self.on_event(Event(kind, message, node=node, data=data))
 
-    async def _save(self) -> None:
+    async def _save(self, *, force: bool = False) -> None:
         """Write the journal. Nodes of a batch change it concurrently: a write that starts
         after a change includes it, so a caller whose change an earlier-queued write already
         carried returns without writing again (one PUT for many changes, not one each)."""
@@ -159,7 +171,7 @@ class Upgrade:
         self._changes += 1
         mine = self._changes
         async with self._write:
-            if self._written >= mine:
+            if self._written >= mine and not force:
                 return
             upto = self._changes  # the journal is serialized before the first await of save()
             await self.store.save(self.journal)
@@ -170,15 +182,16 @@ class Upgrade:
         t0 = time.monotonic()
         target = self.opts.target
         resumed = existing is not None and existing.state != "done"
+        refuse_no_go(plan, self.opts.ignore_preflight)  # on resume: planned without its nodes
         if resumed:
             assert existing is not None
+            jr.check_owner(existing, take_over=self.opts.take_over)
             journal = existing
             journal.state, journal.owner, journal.message = "running", jr.owner(), ""
             todo = [n for n in journal.nodes if n.state != jr.DONE]
             self._event("resume", f"resuming the upgrade to {journal.target} from {self.store.where}: "
                         f"{len(journal.done)} node(s) done, {len(todo)} to go")  # fmt: skip
         else:
-            refuse_no_go(plan, self.opts.ignore_preflight)
             journal = new_journal(plan, self.executor.name)
         self.journal = journal
         steps = {s.node: s for s in plan.steps}
@@ -186,9 +199,18 @@ class Upgrade:
                    for n in journal.nodes if n.state != jr.DONE]  # fmt: skip
         # Before anything changes: the executor's own checks (templates, SSH logins, builds).
         if pending:
+            surge_workers = journal.strategy == Strategy.SURGE and any(
+                p.role == WORKER for p in pending
+            )
+            if surge_workers and not self.executor.supports_surge:
+                raise UsageError(
+                    "--strategy surge needs a way to add and remove nodes: the sandbox executor, "
+                    "or --executor command with --provision-command and --deprovision-command"
+                )
             await self.executor.check(pending, target)
             self._backup_preflight()
         await self._save()
+        heartbeat = asyncio.create_task(self._heartbeat())
         try:
             if pending:
                 # Outside the window nothing starts, not even the snapshot (it would be stale
@@ -200,7 +222,11 @@ class Upgrade:
                 if self.opts.backup and not journal.backup:
                     journal.backup = await self._backup()
                     await self._save()
-            self.baseline = await unavailable_workloads(self.kube)
+            if not resumed or not journal.baseline:
+                journal.baseline = sorted(await unavailable_workloads(self.kube))
+            self.baseline = set(journal.baseline)
+            if journal.gate_pending >= 0:  # the last run stopped at a failed health gate
+                await self._gate_batch(journal.gate_pending, [])
             for batch in sorted({n.batch for n in journal.nodes if n.state != jr.DONE}):
                 records = [n for n in journal.nodes if n.batch == batch and n.state != jr.DONE]
                 await self._window()
@@ -214,11 +240,37 @@ class Upgrade:
             journal.state, journal.message = "failed", e.message
             await self._save()
             raise
+        finally:
+            heartbeat.cancel()
         journal.state, journal.message = "done", f"every node at {journal.target}"
         await self._save()
         self._event("done", f"upgrade to {journal.target} complete: {len(journal.nodes)} node(s)")
         skipped = [s.node for s in plan.steps if s.up_to_date]
         return ApplyResult(journal, resumed, skipped, time.monotonic() - t0)
+
+    async def _heartbeat(self) -> None:
+        """Write the journal every HEARTBEAT seconds, so another run can tell this one lives;
+        a write refused (another run took the journal over) stops this run at its next step."""
+        while True:
+            await asyncio.sleep(jr.HEARTBEAT)
+            try:
+                await self._save(force=True)
+            except KubecareError as e:
+                self.lost = e.message
+                return
+
+    def _check_lost(self) -> None:
+        if self.lost:
+            raise OperationFailed(f"this run lost its journal: {self.lost}")
+
+    async def _gate_batch(self, batch: int, nodes: list[str]) -> None:
+        """The health gate after ``batch``, recorded as pending until it passes: a run that
+        stops here checks it again when resumed, before any other node."""
+        assert self.journal is not None
+        self.journal.gate_pending = batch
+        await self._save()
+        await self._gate(nodes or [f"batch {batch + 1}"])
+        self.journal.gate_pending = -1
 
     async def _window(self) -> None:
         w = self.opts.window
@@ -251,6 +303,14 @@ class Upgrade:
                 await self._node(rec, step)
             except KubecareError as e:
                 errors.append(e)
+            except Exception as e:  # a bug must not cancel the other nodes mid-drain
+                rec.state, rec.error = jr.FAILED, f"unexpected error: {e!r}"
+                errors.append(
+                    OperationFailed(
+                        f"node {rec.name} failed with an unexpected error ({e!r}); it may be "
+                        "cordoned: check it, then run the same command again"
+                    )
+                )
 
         # Nodes of one batch go together; one failing lets the others in flight finish (a node
         # stopped mid-drain or mid-upgrade would be worse), then the run stops.
@@ -258,7 +318,7 @@ class Upgrade:
         if errors:
             raise errors[0]
         t0 = time.monotonic()
-        await self._gate([r.name for r, _ in batch])
+        await self._gate_batch(batch[0][0].batch, [r.name for r, _ in batch])
         took = time.monotonic() - t0
         for r, _ in batch:
             r.seconds["gate"] = round(took, 3)
@@ -311,14 +371,16 @@ class Upgrade:
         from kubecare.nodes.drain import drain_nodes
 
         target = self.opts.target
-        if surge and not rec.replaced_by:
+        self._check_lost()
+        if surge:
             t0 = time.monotonic()
-            rec.state = "provision"
-            await self._save()
-            new = await self.executor.provision(step, target, self._line(rec.name))
-            rec.replaced_by = new
-            await self._save()
-            await self._wait_node(new, target)
+            if not rec.replaced_by:
+                rec.state = "provision"
+                await self._save()
+                rec.replaced_by = await self.executor.provision(step, target, self._line(rec.name))
+                await self._save()
+            # also on resume: the old node is drained only once its replacement is Ready
+            await self._wait_node(rec.replaced_by, target)
             rec.seconds["provision"] = round(time.monotonic() - t0, 3)
         rec.state = jr.DRAINING
         await self._save()
@@ -327,6 +389,7 @@ class Upgrade:
         await drain_nodes(self.kube, [rec.name], self.opts.drain, on_event=self.on_event, lock=lock)
         rec.seconds["drain"] = round(time.monotonic() - t0, 3)
         _check(lock)
+        self._check_lost()
         if surge:
             rec.state = jr.UPGRADING
             await self._save()
@@ -354,7 +417,10 @@ class Upgrade:
         rec.state = jr.UNCORDONING
         await self._save()
         t0 = time.monotonic()
-        await set_unschedulable(self.kube, rec.name, False)
+        if rec.cordoned:
+            self._event("node", f"node {rec.name}: left cordoned, as before the upgrade", rec.name)
+        else:
+            await set_unschedulable(self.kube, rec.name, False)
         rec.seconds["uncordon"] = round(time.monotonic() - t0, 3)
         rec.state, rec.finished = jr.DONE, jr.now()
         await self._save()
@@ -370,28 +436,43 @@ class Upgrade:
         """Until the node is Ready and its kubelet reports the target version."""
         want = str(target)
         deadline = time.monotonic() + self.opts.ready_timeout
+        version, ready = "", False
         while True:
-            obj = await self.kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
-            version = ((obj.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")
-            ready = ready_status(obj) == "True"
-            if ready and version == want:
-                return
+            try:
+                obj = await self.kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
+            except (NotFound, *TRANSIENT):  # not registered yet, or a blip: ask again
+                obj = None
+            if obj is not None:
+                info = (obj.get("status") or {}).get("nodeInfo") or {}
+                version = str(info.get("kubeletVersion", ""))
+                ready = ready_status(obj) == "True"
+                if ready and _at_least(version, target):
+                    return
             if time.monotonic() > deadline:
-                why = "not Ready" if not ready else f"its kubelet reports {version}, not {want}"
+                why = (
+                    "not Ready"
+                    if not ready
+                    else f"its kubelet reports {version or '?'}, not {want}"
+                )
                 raise OperationFailed(f"node {node} is {why} after {self.opts.ready_timeout:g}s")
             await asyncio.sleep(0.5)
 
     async def _gate(self, nodes: list[str]) -> None:
         """Every node Ready; nothing that was available at the start unavailable now."""
         deadline = time.monotonic() + self.opts.gate_timeout
+        not_ready: list[str] = []
+        down: list[str] = []
         while True:
-            all_nodes = await self.kube.list_objects("/api/v1/nodes")
-            not_ready = sorted(
-                n["metadata"]["name"] for n in all_nodes if ready_status(n) != "True"
-            )
-            down = sorted(await unavailable_workloads(self.kube) - self.baseline)
-            if not not_ready and not down:
-                return
+            try:
+                all_nodes = await self.kube.list_objects("/api/v1/nodes")
+                not_ready = sorted(
+                    n["metadata"]["name"] for n in all_nodes if ready_status(n) != "True"
+                )
+                down = sorted(await unavailable_workloads(self.kube) - self.baseline)
+                if not not_ready and not down:
+                    return
+            except TRANSIENT:
+                pass  # a blip of the apiserver is not a failed gate: ask again
             if time.monotonic() > deadline:
                 what = []
                 if not_ready:
@@ -459,6 +540,19 @@ class Upgrade:
             f"resource backup {where} ({result.objects} objects, {time.monotonic() - t0:.1f}s)",
         )
         return where
+
+
+TRANSIENT = (ServerError, TooManyRequests, Unreachable)
+
+
+def _at_least(version: str, target: Version) -> bool:
+    """The kubelet reports the target, or a newer patch of its minor (a package manager may
+    install the newest patch)."""
+    try:
+        v = Version.parse(version)
+    except ValueError:
+        return False
+    return v >= target and (v.major, v.minor) == (target.major, target.minor)
 
 
 def _check(lock: Any) -> None:

@@ -66,18 +66,24 @@ def values(step: NodeStep, target: Version) -> dict[str, str]:
 
 
 def check_template(template: str, flag: str, allowed: Sequence[str] = PLACEHOLDERS) -> None:
-    """Unknown placeholders or stray braces: a usage error before anything changes."""
+    """Unknown placeholders, stray braces, conversions or format specs (``{node!r}``,
+    ``{version:d}``): a usage error before anything changes."""
+    hint = " (write a literal brace as {{ or }})"
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parsed = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise UsageError(
-            f"{flag} {template!r}: {e} (write a literal brace as {{{{ or }}}})"
-        ) from None
-    for f in fields:
-        if f not in allowed:
+        raise UsageError(f"{flag} {template!r}: {e}{hint}") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in allowed:
             raise UsageError(
-                f"{flag} {template!r}: unknown placeholder {{{f}}}; use "
+                f"{flag} {template!r}: unknown placeholder {{{name}}}; use "
                 + ", ".join("{" + a + "}" for a in allowed)
+            )
+        if spec or conversion:
+            raise UsageError(
+                f"{flag} {template!r}: write {{{name}}} without a conversion or format spec{hint}"
             )
 
 
@@ -115,6 +121,7 @@ def load_steps(path: Path) -> dict[str, tuple[str, ...]]:
 
 class Executor(Protocol):
     name: str
+    supports_surge: bool
 
     async def check(self, steps: Sequence[NodeStep], target: Version) -> None: ...
 
@@ -127,6 +134,7 @@ class Executor(Protocol):
 
 class _NoSurge:
     name = ""
+    supports_surge = False
 
     async def provision(self, replacing: NodeStep, target: Version, on_line: Line) -> str:
         raise UsageError(
@@ -153,10 +161,18 @@ class CommandExecutor(_NoSurge):
     ) -> None:
         if not template.strip():
             raise UsageError("--executor command needs --command TEMPLATE")
-        check_template(template, "--command")
-        for flag, t in (("--provision-command", provision), ("--deprovision-command", deprovision)):
+        for flag, t in (
+            ("--command", template),
+            ("--provision-command", provision),
+            ("--deprovision-command", deprovision),
+        ):
             if t:
                 check_template(t, flag)
+                try:
+                    shlex.split(t)
+                except ValueError as e:
+                    raise UsageError(f"{flag} {t!r}: {e}") from None
+        self.supports_surge = bool(provision and deprovision)
         self.template = template
         self.timeout = timeout
         self.provision_template = provision
@@ -464,6 +480,7 @@ class SandboxExecutor:
     """What kubeadm and the package manager do on a node, done on a kubecare sandbox."""
 
     name = "sandbox"
+    supports_surge = True
     ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
     def __init__(self, kube: Kube, sandbox: str, *, component_timeout: float = 180) -> None:

@@ -60,6 +60,7 @@ class NodeRecord:
     attempts: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     replaced_by: str = ""  # surge: the new node that took its place
+    cordoned: bool = False  # cordoned before the upgrade: left cordoned after it
 
 
 @dataclass
@@ -76,6 +77,10 @@ class Journal:
     snapshot: str = ""  # where the etcd snapshot of this run is
     backup: str = ""  # where the resource backup of this run is
     message: str = ""
+    # Workloads not fully available when the run began: the health gate's baseline, kept so a
+    # resumed run judges against the same start.
+    baseline: list[str] = field(default_factory=list)
+    gate_pending: int = -1  # a batch whose health gate has not passed yet (-1: none)
     format: int = FORMAT
 
     def node(self, name: str) -> NodeRecord:
@@ -111,7 +116,45 @@ class Journal:
 
 
 def owner() -> str:
-    return f"{socket.gethostname()}/{os.getpid()}"
+    """``host/pid/start``: enough to tell, on the same machine, whether that run still lives."""
+    from kubecare.kube.lock import start_time
+
+    return f"{socket.gethostname()}/{os.getpid()}/{start_time(os.getpid()) or 0}"
+
+
+#: A running journal not written for this long belongs to a run that is gone (a live run
+#: writes it at least every HEARTBEAT seconds).
+HEARTBEAT = 20.0
+STALE = 90.0
+
+
+def check_owner(journal: Journal, *, take_over: bool = False) -> None:
+    """Refuse to resume a journal another live run is working on."""
+    from kubecare.kube.lock import start_time
+
+    if journal.state != "running" or take_over:
+        return
+    host, _, rest = journal.owner.partition("/")
+    pid_text, _, start_text = rest.partition("/")
+    if host == socket.gethostname() and pid_text.isdigit():
+        pid = int(pid_text)
+        alive = pid != os.getpid() and start_time(pid) is not None
+        if alive and (not start_text or str(start_time(pid)) == start_text):
+            raise OperationFailed(
+                f"another kubecare upgrade is running (pid {pid} on this machine); wait for it "
+                "(kubecare upgrade status), or stop it and run this again"
+            )
+        return  # its process is gone: take over
+    try:
+        updated = datetime.datetime.fromisoformat(journal.updated.replace("Z", "+00:00"))
+        age = (datetime.datetime.now(datetime.UTC) - updated).total_seconds()
+    except ValueError:
+        age = STALE
+    if age < STALE:
+        raise OperationFailed(
+            f"another kubecare upgrade is running on {host} (journal updated {age:.0f}s ago); "
+            f"wait for it, or if that machine is gone pass --take-over (or wait {STALE:.0f}s)"
+        )
 
 
 class Store(Protocol):

@@ -23,6 +23,9 @@ from kubecare.versions.kubeadm import etcd_tag
 from kubecare.versions.semver import Version
 from kubecare.versions.skew import Component, JumpCheck
 
+#: The check no flag overrides: a jump kubeadm's policy never allows.
+MANDATORY = "version"
+
 FIRST_CONTROL_PLANE = "first-control-plane"
 CONTROL_PLANE = "control-plane"
 WORKER = "worker"
@@ -85,6 +88,7 @@ class NodeStep:
     changes: tuple[Change, ...]
     skew_after: tuple[str, ...] = ()  # violations once this node's batch is done
     up_to_date: bool = False
+    cordoned: bool = False  # cordoned before the upgrade: left cordoned after it
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,13 @@ def _ver(text: str) -> Version | None:
     return Component("", "", text, "").parsed
 
 
+def _older(version: str, target: Version) -> bool:
+    """Whether a component at ``version`` needs the upgrade. A newer patch (or anything
+    newer) is left alone: kubecare never downgrades; an unreadable version is upgraded."""
+    v = _ver(version)
+    return v is None or v < target
+
+
 def build_plan(
     components: Sequence[Component],
     nodes: Sequence[NodeFacts],
@@ -160,7 +171,18 @@ def build_plan(
     ignore_version_warnings: bool = False,
     allow_experimental: bool = False,
     allow_rc: bool = False,
+    exempt: frozenset[str] = frozenset(),
 ) -> UpgradePlan:
+    """``exempt``: nodes a resumed run left cordoned or NotReady itself (its journal says
+    which): their drain and readiness findings are the run's own doing, not a reason to stop."""
+    if exempt:
+        nodes = [dataclasses.replace(n, ready=True) if n.name in exempt else n for n in nodes]
+        preflight = dataclasses.replace(
+            preflight,
+            drain_errors={k: v for k, v in preflight.drain_errors.items() if k not in exempt},
+            pdb_blocked={k: v for k, v in preflight.pdb_blocked.items() if k not in exempt},
+            pdb_waits={k: v for k, v in preflight.pdb_waits.items() if k not in exempt},
+        )
     apis = [v for c in components if c.name == skew.APISERVER and (v := c.parsed) is not None]
     if not apis:
         raise UsageError("no kube-apiserver version found; is this a Kubernetes cluster?")
@@ -193,20 +215,24 @@ def build_plan(
                 # kubeadm never downgrades etcd (staticpods.go: "Skipping etcd upgrade")
                 if cur is not None and want is not None and cur < want:
                     changes.append(Change(c.name, c.version, etcd_target))
-            elif c.name in skew.CONTROL_PLANE and c.version != tv:
+            elif c.name in skew.CONTROL_PLANE and _older(c.version, target):
                 changes.append(Change(c.name, c.version, tv))
-        if n.kubelet != tv:
+        if _older(n.kubelet, target):
             changes.append(Change(skew.KUBELET, n.kubelet, tv))
         changes.sort(key=lambda c: ORDER.index(c.component))
         role = FIRST_CONTROL_PLANE if i == 0 else CONTROL_PLANE
-        steps.append(NodeStep(n.name, role, i, tuple(changes), up_to_date=not changes))
+        steps.append(
+            NodeStep(
+                n.name, role, i, tuple(changes), up_to_date=not changes, cordoned=n.unschedulable
+            )
+        )
     first_worker_batch = len(cps)
     for j, n in enumerate(workers):
-        kubelet = (Change(skew.KUBELET, n.kubelet, tv),) if n.kubelet != tv else ()
+        kubelet = (Change(skew.KUBELET, n.kubelet, tv),) if _older(n.kubelet, target) else ()
         steps.append(
             NodeStep(
                 n.name, WORKER, first_worker_batch + j // batch_size, kubelet,
-                up_to_date=not kubelet,
+                up_to_date=not kubelet, cordoned=n.unschedulable,
             )
         )  # fmt: skip
     violations_now = skew.check_skew(components)
@@ -287,10 +313,11 @@ def _checks(
 ) -> list[Check]:
     out = [Check("version", True, True, f"the jump to {target} is allowed")]
     if jump.mandatory or jump.skippable:
-        out = [Check("version", False, True, m) for m in jump.mandatory]
+        # kubeadm: mandatory errors can never be overridden; skippable ones with --force
+        out = [Check(MANDATORY, False, True, m) for m in jump.mandatory]
         out += [
             Check(
-                "version",
+                "version-warning",
                 False,
                 not ignore_version_warnings,
                 m + ("" if ignore_version_warnings else " (--ignore-version-warnings to go on)"),

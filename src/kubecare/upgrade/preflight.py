@@ -26,7 +26,7 @@ from kubecare.nodes.drain_options import DrainOptions
 from kubecare.nodes.drain_plan import DrainPlan
 from kubecare.nodes.inventory import ready_status
 from kubecare.upgrade.plan import NodeFacts, Preflight, Strategy, UpgradePlan, build_plan
-from kubecare.versions.deprecations import DeprecatedUse, parse_metrics
+from kubecare.versions.deprecations import DeprecatedUse, crd_deprecation_warning, parse_metrics
 from kubecare.versions.inventory import ADVERTISE, Inventory
 from kubecare.versions.semver import Version
 
@@ -63,8 +63,8 @@ async def apiserver_endpoints(kube: Kube) -> list[str]:
 
 
 async def deprecated_in_use(kube: Kube) -> tuple[list[DeprecatedUse], list[str]]:
-    """Deprecated APIs requested since each apiserver started, and stored custom resources at
-    deprecated CRD versions. Returns the uses and notes (an apiserver whose metrics could not
+    """Deprecated APIs requested since each apiserver started, and deprecated CRD versions
+    objects may be stored at. Returns the uses and notes (an apiserver whose metrics could not
     be read is named: the check is then incomplete)."""
     notes: list[str] = []
     uses: list[DeprecatedUse] = []
@@ -82,26 +82,23 @@ async def deprecated_in_use(kube: Kube) -> tuple[list[DeprecatedUse], list[str]]
         for _, client in targets:
             if client is not kube:
                 await client.close()
+    # Deprecated CRD versions: their warning text is computed as the apiserver does, never
+    # requested (a request would itself count as a client in the gauge); objects may be stored
+    # at such a version when it is in status.storedVersions.
     crds = await kube.list_objects("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
     warnings: dict[tuple[str, str, str], str] = {}
     for crd in crds:
         spec = crd.get("spec") or {}
         group, plural = spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
+        stored = set((crd.get("status") or {}).get("storedVersions") or [])
         for v in spec.get("versions") or []:
             if not (v.get("deprecated") and v.get("served")):
                 continue
-            path = f"/apis/{group}/{v['name']}/{plural}"
-            try:
-                body, texts = await kube.get_with_warnings(path, params={"limit": 1}, what=path)
-            except KubecareError as e:
-                notes.append(f"deprecated APIs: could not list {path}: {e}")
-                continue
             key = (group, v["name"], plural)
-            warnings[key] = texts[0] if texts else ""
-            if body.get("items"):
-                uses.append(
-                    DeprecatedUse(group, v["name"], plural, "", "", "stored objects", warnings[key])
-                )
+            warnings[key] = crd_deprecation_warning(spec, v["name"])
+            if v["name"] in stored:
+                where = "objects stored at this version (status.storedVersions)"
+                uses.append(DeprecatedUse(*key, "", "", where, warnings[key]))
     # The metric's series for a deprecated CRD version gets the apiserver's own warning text.
     uses = [
         DeprecatedUse(u.group, u.version, u.resource, u.subresource, u.removed_release, u.source,
@@ -203,6 +200,7 @@ async def make_plan(
     ignore_version_warnings: bool = False,
     allow_experimental: bool = False,
     allow_rc: bool = False,
+    exempt: frozenset[str] = frozenset(),
 ) -> tuple[UpgradePlan, Inventory]:
     """Read the cluster and compute the plan (changes nothing)."""
     from kubecare.versions.inventory import collect, etcd_statuses
@@ -224,5 +222,6 @@ async def make_plan(
         ignore_version_warnings=ignore_version_warnings,
         allow_experimental=allow_experimental,
         allow_rc=allow_rc,
+        exempt=exempt,
     )
     return plan, inventory

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from kubecare.versions.semver import Version
 
@@ -91,6 +92,62 @@ def removal_of(group: str, version: str, resource: str) -> Removal | None:
         if (r.group, r.version, r.resource) == (group, version, resource):
             return r
     return None
+
+
+_KUBE_VERSION = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?$")
+
+
+def _kube_version(v: str) -> tuple[int, int, int] | None:
+    m = _KUBE_VERSION.match(v)
+    if not m:
+        return None
+    kind = {"alpha": 0, "beta": 1, None: 2}[m[2]]
+    return (kind, int(m[1]), int(m[3] or 0))
+
+
+def compare_kube_aware(v1: str, v2: str) -> int:
+    """apimachinery version.CompareKubeAwareVersionStrings: GA > beta > alpha, then the major,
+    then the minor; non-Kubernetes-like names below those, in reverse alphabetical order."""
+    if v1 == v2:
+        return 0
+    a, b = _kube_version(v1), _kube_version(v2)
+    if a is None and b is None:
+        return (v2 > v1) - (v2 < v1)
+    if a is None:
+        return -1
+    if b is None:
+        return 1
+    if a[0] != b[0]:
+        return a[0] - b[0]
+    if a[1] != b[1]:
+        return a[1] - b[1]
+    return a[2] - b[2]
+
+
+def crd_deprecation_warning(crd_spec: dict[str, Any], version: str) -> str:
+    """The warning the apiserver sends for a deprecated CRD version: its ``deprecationWarning``,
+    else apiextensions-apiserver's defaultDeprecationWarning (the newest served, non-deprecated
+    version above it as the one to use)."""
+    import functools
+
+    versions = [v for v in crd_spec.get("versions") or [] if isinstance(v, dict)]
+    for v in versions:
+        if v.get("name") == version and v.get("deprecationWarning"):
+            return str(v["deprecationWarning"])
+    group = crd_spec.get("group", "")
+    kind = (crd_spec.get("names") or {}).get("kind", "")
+    msg = f"{group}/{version} {kind} is deprecated"
+    newer = [
+        str(v["name"])
+        for v in versions
+        if v.get("served")
+        and not v.get("deprecated")
+        and compare_kube_aware(version, str(v["name"])) < 0
+    ]
+    if not newer:
+        return msg
+    newer.sort(key=functools.cmp_to_key(compare_kube_aware), reverse=True)
+    return msg + f"; use {group}/{newer[0]} {kind}"
 
 
 METRIC = "apiserver_requested_deprecated_apis"
@@ -171,6 +228,11 @@ def _has_control(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
+def _invalid(text: str) -> bool:
+    """Bytes that were not UTF-8 (kept as surrogates by :func:`header_text`)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
 def _quoted(text: str) -> tuple[str, str]:
     """apimachinery's parseQuotedString: the unescaped string and what follows it."""
     if not text:
@@ -216,7 +278,7 @@ def parse_warning_header(header: str) -> tuple[WarningHeader, str]:
         raise ValueError("invalid warning header: code segment is not 3 digits between 100-299")
     if not agent:
         raise ValueError("invalid warning header: empty agent segment")
-    if _has_control(agent) or "\ufffd" in agent:
+    if _has_control(agent) or _invalid(agent):
         raise ValueError("invalid warning header: invalid agent")
     if not rest:
         raise ValueError("invalid warning header: empty text segment")
@@ -225,7 +287,7 @@ def parse_warning_header(header: str) -> tuple[WarningHeader, str]:
     except ValueError as e:
         raise ValueError(f"invalid warning header: {e}") from None
     text = _decode_rfc2047(text)
-    if _has_control(text) or "\ufffd" in text:
+    if _has_control(text) or _invalid(text):
         raise ValueError("invalid warning header: invalid text")
     remainder = ""
     if after:
@@ -261,9 +323,9 @@ def parse_warning_headers(headers: Iterable[str]) -> tuple[list[WarningHeader], 
 
 def header_text(raw: str) -> str:
     """A header value as the HTTP layer read it (latin-1, byte for byte) back to UTF-8 text;
-    bytes that are not UTF-8 become U+FFFD, which the parser refuses as Go's utf8.ValidString
-    check does."""
-    return raw.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
+    bytes that are not UTF-8 are kept as surrogates, which the parser refuses as Go's
+    utf8.ValidString check does (a real U+FFFD in the text is fine)."""
+    return raw.encode("latin-1", errors="replace").decode("utf-8", errors="surrogateescape")
 
 
 def parse_warnings(values: Iterable[str]) -> list[str]:

@@ -209,15 +209,3 @@ def check_jump(
             "upgrade them first"
         )
     return out
-
-
-def kubelet_check(kubelet: Version, control_plane: Version, minimum: Version) -> str | None:
-    """kubeadm's KubeletVersionCheck (preflight/checks.go): an error, or None."""
-    if kubelet < minimum:
-        return f"kubelet version {kubelet} is lower than supported ({minimum}); upgrade the kubelet"
-    if kubelet.major > control_plane.major or kubelet.minor > control_plane.minor:
-        return (
-            f"the kubelet version {kubelet} is higher than the control plane version "
-            f"{control_plane}; this is not a supported version skew"
-        )
-    return None
