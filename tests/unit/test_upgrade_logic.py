@@ -677,3 +677,38 @@ def test_a_running_journal_of_a_live_run_is_not_taken_over() -> None:
     j.state = "failed"
     j.updated = jr.now()
     jr.check_owner(j)  # a failed or paused run is anyone's to resume
+
+
+def test_availability_is_counted_from_the_pods() -> None:
+    from kubecare.upgrade.apply import unavailable
+
+    def obj(kind: str, name: str, owner: tuple[str, str] | None = None, **extra: object) -> dict:  # type: ignore[type-arg]
+        meta: dict[str, object] = {"name": name, "namespace": "ns"}
+        if owner:
+            meta["ownerReferences"] = [{"kind": owner[0], "name": owner[1], "controller": True}]
+        return {"kind": kind, "metadata": meta, **extra}
+
+    def pod(name: str, owner: tuple[str, str], ready: bool = True, gone: bool = False) -> dict:  # type: ignore[type-arg]
+        p = obj(
+            "Pod", name, owner, status={"conditions": [{"type": "Ready", "status": str(ready)}]}
+        )
+        if gone:
+            p["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        return p
+
+    deps = [obj("Deployment", "web", spec={"replicas": 2}), obj("Deployment", "api", spec={})]
+    rss = [
+        obj("ReplicaSet", "web-1", ("Deployment", "web")),
+        obj("ReplicaSet", "api-1", ("Deployment", "api")),
+    ]
+    sts = [obj("StatefulSet", "db", spec={"replicas": 1})]
+    dss = [obj("DaemonSet", "agent", status={"desiredNumberScheduled": 2})]
+    pods = [
+        pod("web-a", ("ReplicaSet", "web-1")),
+        pod("web-b", ("ReplicaSet", "web-1"), gone=True),  # terminating: not counted
+        pod("api-a", ("ReplicaSet", "api-1")),  # replicas unset: 1 wanted
+        pod("db-0", ("StatefulSet", "db"), ready=False),
+        pod("agent-a", ("DaemonSet", "agent")),
+        pod("agent-b", ("DaemonSet", "agent")),
+    ]
+    assert unavailable(deps, sts, dss, rss, pods) == {"ns/Deployment/web", "ns/StatefulSet/db"}

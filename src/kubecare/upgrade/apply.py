@@ -35,6 +35,7 @@ from kubecare.errors import (
 )
 from kubecare.events import Event, EventSink, ignore
 from kubecare.kube import JSON, Kube
+from kubecare.kube.objects import is_pod_ready
 from kubecare.nodes.drain_options import DrainOptions
 from kubecare.nodes.inventory import ready_status
 from kubecare.upgrade import journal as jr
@@ -109,33 +110,65 @@ def new_journal(plan: UpgradePlan, executor: str) -> Journal:
     )
 
 
-def _unavailable(objs: Sequence[JSON], kind: str) -> set[str]:
+def _owner(obj: JSON, kind: str) -> str | None:
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == kind:
+            return f"{obj['metadata']['namespace']}/{ref.get('name')}"
+    return None
+
+
+def unavailable(
+    deployments: Sequence[JSON],
+    statefulsets: Sequence[JSON],
+    daemonsets: Sequence[JSON],
+    replicasets: Sequence[JSON],
+    pods: Sequence[JSON],
+) -> set[str]:
+    """Workloads with fewer Ready, not terminating pods than they want, counted from the pods
+    themselves: the controllers' status counters lag behind an eviction by a moment, and a
+    gate reading them right after an uncordon would pass on a stale "available"."""
+    rs_owner = {
+        f"{r['metadata']['namespace']}/{r['metadata']['name']}": d
+        for r in replicasets
+        if (d := _owner(r, "Deployment"))
+    }
+    ready: dict[str, int] = {}
+    for pod in pods:
+        if pod["metadata"].get("deletionTimestamp") or not is_pod_ready(pod):
+            continue
+        keys = []
+        if (rs := _owner(pod, "ReplicaSet")) and rs in rs_owner:
+            keys.append("Deployment/" + rs_owner[rs])
+        for kind in ("StatefulSet", "DaemonSet"):
+            if owner := _owner(pod, kind):
+                keys.append(f"{kind}/{owner}")
+        for k in keys:
+            ready[k] = ready.get(k, 0) + 1
     out = set()
-    for o in objs:
-        spec, st = o.get("spec") or {}, o.get("status") or {}
-        key = f"{o['metadata']['namespace']}/{kind}/{o['metadata']['name']}"
-        if kind == "DaemonSet":
-            if int(st.get("numberUnavailable") or 0) > 0:
-                out.add(key)
-        else:
-            want = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
-            have = int(st.get("availableReplicas") or 0)
-            if have < want:
-                out.add(key)
+    for kind, objs in (("Deployment", deployments), ("StatefulSet", statefulsets)):
+        for o in objs:
+            replicas = (o.get("spec") or {}).get("replicas")
+            want = 1 if replicas is None else int(replicas)
+            key = f"{o['metadata']['namespace']}/{o['metadata']['name']}"
+            if ready.get(f"{kind}/{key}", 0) < want:
+                out.add(f"{o['metadata']['namespace']}/{kind}/{o['metadata']['name']}")
+    for o in daemonsets:
+        want = int((o.get("status") or {}).get("desiredNumberScheduled") or 0)
+        key = f"{o['metadata']['namespace']}/{o['metadata']['name']}"
+        if ready.get(f"DaemonSet/{key}", 0) < want:
+            out.add(f"{o['metadata']['namespace']}/DaemonSet/{o['metadata']['name']}")
     return out
 
 
 async def unavailable_workloads(kube: Kube) -> set[str]:
-    deps, sts, dss = await asyncio.gather(
+    deps, sts, dss, rss, pods = await asyncio.gather(
         kube.list_objects("/apis/apps/v1/deployments"),
         kube.list_objects("/apis/apps/v1/statefulsets"),
         kube.list_objects("/apis/apps/v1/daemonsets"),
+        kube.list_objects("/apis/apps/v1/replicasets"),
+        kube.list_objects("/api/v1/pods"),
     )
-    return (
-        _unavailable(deps, "Deployment")
-        | _unavailable(sts, "StatefulSet")
-        | _unavailable(dss, "DaemonSet")
-    )
+    return unavailable(deps, sts, dss, rss, pods)
 
 
 class Upgrade:
