@@ -56,7 +56,7 @@ lint: venv
 	$(BIN)/mypy
 
 ## bench: every benchmark (kubecare vs kubectl on the same sandbox); results in docs/benchmarks.md
-bench: setup
+bench: venv binaries-all
 	@# The drain benchmark takes both tools' peak RSS with GNU time (Debian package "time").
 	@test -x /usr/bin/time || { apt-get update -qq && apt-get install -y -qq time; }
 	$(BIN)/python bench/sandbox_bench.py --runs 5
@@ -65,6 +65,7 @@ bench: setup
 	$(BIN)/python bench/startup_bench.py --runs 15
 	$(BIN)/python bench/etcd_bench.py --runs 5
 	$(BIN)/python bench/backup_bench.py --runs 3
+	$(BIN)/python bench/upgrade_bench.py --runs 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

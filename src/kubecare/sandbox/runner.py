@@ -509,15 +509,16 @@ class Runner:
             # stops, and it gets the full grace period: its data is what must not be torn).
             # kube-controller-manager does not exit on SIGTERM until its controllers have
             # drained, which takes the whole 10 s grace; when everything stops, 3 s will do.
-            for rank in sorted({_stop_rank(p) for p in every}):
-                grace = 10 if rank else 3
-                await asyncio.gather(
-                    *(
-                        self._stop(p, "the sandbox is stopping", grace)
-                        for p in every
-                        if _stop_rank(p) == rank
-                    )
-                )
+            # The etcd members one after another: a leader stopping while its followers stop
+            # too tries to hand its leadership to one of them and waits out its request
+            # timeout (7 s); stopped in turn, each hand-over is to a live member (or, for the
+            # last, to none: it stops at once).
+            await asyncio.gather(
+                *(self._stop(p, "the sandbox is stopping", 3) for p in every if not _stop_rank(p))
+            )
+            for p in every:
+                if _stop_rank(p):
+                    await self._stop(p, "the sandbox is stopping", RETIRE_GRACE)
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if balancer:
                 await balancer.stop()
