@@ -100,6 +100,8 @@ def main() -> None:
         sh(KUBECARE, "sandbox", "up", *UP_FLAGS)
     sh(KUBECARE, "sandbox", "status", "--name", NAME)
     os.environ["KUBECONFIG"] = str(sb.kubeconfig)
+    # The venv's kubectl first: the one `kubecare versions` reports and checks against the skew
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     manifests = sb.manifest_path("kube-apiserver").parent
     print(f"\nthe control-plane node's manifests (as on a kubeadm node): {manifests}")
     sh("ls", str(manifests))
