@@ -712,3 +712,23 @@ def test_availability_is_counted_from_the_pods() -> None:
         pod("agent-b", ("DaemonSet", "agent")),
     ]
     assert unavailable(deps, sts, dss, rss, pods) == {"ns/Deployment/web", "ns/StatefulSet/db"}
+
+
+async def test_a_journal_file_is_held_by_one_run_at_a_time(tmp_path: Path) -> None:
+    from kubecare.upgrade.journal import FileStore
+
+    a, b = FileStore(tmp_path / "j.json"), FileStore(tmp_path / "j.json")
+    await a.hold()
+    try:
+        with pytest.raises(OperationFailed, match="another kubecare upgrade is using"):
+            await b.hold()
+    finally:
+        a.release()
+    await b.hold()  # free again once the first run let go
+    b.release()
+    j = Journal("v1.37.2", "t", "command", "rolling", 1, [])
+    assert j.baseline is None  # not taken yet: a resumed run must not take it again
+    await a.save(j)
+    assert (tmp_path / "j.json").stat().st_mode & 0o777 == 0o600
+    loaded = await a.load()
+    assert loaded == j

@@ -51,6 +51,7 @@ from kubecare.sandbox.staticpods import (
 
 BACKOFF_MAX = 300.0
 RETIRE_GRACE = 10.0  # seconds etcd gets to stop when its manifest changes or leaves
+ETCD_STOP_BUDGET = 25.0  # seconds for every etcd member together when the sandbox stops
 BACKOFF_RESET = 600.0  # a component that ran this long starts its back-off afresh
 RESCAN = 2.0
 
@@ -516,9 +517,12 @@ class Runner:
             await asyncio.gather(
                 *(self._stop(p, "the sandbox is stopping", 3) for p in every if not _stop_rank(p))
             )
+            # One budget for all of them, well inside the 40 s `sandbox down` waits for us.
+            deadline = time.monotonic() + ETCD_STOP_BUDGET
             for p in every:
                 if _stop_rank(p):
-                    await self._stop(p, "the sandbox is stopping", RETIRE_GRACE)
+                    grace = max(1.0, min(RETIRE_GRACE, deadline - time.monotonic()))
+                    await self._stop(p, "the sandbox is stopping", grace)
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if balancer:
                 await balancer.stop()

@@ -17,6 +17,7 @@ stopped, and the same command resumes from there without redoing finished nodes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import time
 from collections.abc import Sequence
@@ -206,8 +207,16 @@ class Upgrade:
         async with self._write:
             if self._written >= mine and not force:
                 return
-            upto = self._changes  # the journal is serialized before the first await of save()
-            await self.store.save(self.journal)
+            upto = self._changes  # stores serialize the journal before their first await
+            deadline = time.monotonic() + SAVE_RETRY
+            while True:
+                try:
+                    await self.store.save(self.journal)
+                    break
+                except TRANSIENT:  # an apiserver restarting (a control-plane upgrade): again
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(1.0)
             self._written = upto
 
     # -- the run ---------------------------------------------------------------------------
@@ -242,9 +251,12 @@ class Upgrade:
                 )
             await self.executor.check(pending, target)
             self._backup_preflight()
-        await self._save()
-        heartbeat = asyncio.create_task(self._heartbeat())
+        await self.store.hold()
+        stop = asyncio.Event()
+        heartbeat: asyncio.Task[None] | None = None
         try:
+            await self._save()
+            heartbeat = asyncio.create_task(self._heartbeat(stop))
             if pending:
                 # Outside the window nothing starts, not even the snapshot (it would be stale
                 # by the time the window opens).
@@ -255,8 +267,9 @@ class Upgrade:
                 if self.opts.backup and not journal.backup:
                     journal.backup = await self._backup()
                     await self._save()
-            if not resumed or not journal.baseline:
+            if journal.baseline is None:  # taken once, when the run first gets here
                 journal.baseline = sorted(await unavailable_workloads(self.kube))
+                await self._save()
             self.baseline = set(journal.baseline)
             if journal.gate_pending >= 0:  # the last run stopped at a failed health gate
                 await self._gate_batch(journal.gate_pending, [])
@@ -265,32 +278,64 @@ class Upgrade:
                 await self._window()
                 await self._batch([(r, steps.get(r.name) or NodeStep(r.name, r.role, r.batch, ()))
                                    for r in records])  # fmt: skip
-        except WindowClosed as e:
-            journal.state, journal.message = "paused", e.message
+            await self._stop_heartbeat(stop, heartbeat)
+            journal.state, journal.message = "done", f"every node at {journal.target}"
             await self._save()
+        except WindowClosed as e:
+            await self._finish(stop, heartbeat, "paused", e.message)
             raise
         except KubecareError as e:
-            journal.state, journal.message = "failed", e.message
-            await self._save()
+            await self._finish(stop, heartbeat, "failed", e.message)
             raise
+        except Exception as e:  # a bug: the journal still says where it stopped, no traceback
+            message = f"unexpected error: {e!r}"
+            await self._finish(stop, heartbeat, "failed", message)
+            raise OperationFailed(
+                f"the upgrade stopped on an unexpected error ({e!r}); kubecare upgrade status shows "
+                "where, and the same command resumes"
+            ) from e
         finally:
-            heartbeat.cancel()
-        journal.state, journal.message = "done", f"every node at {journal.target}"
-        await self._save()
+            await self._stop_heartbeat(stop, heartbeat)
+            self.store.release()
         self._event("done", f"upgrade to {journal.target} complete: {len(journal.nodes)} node(s)")
         skipped = [s.node for s in plan.steps if s.up_to_date]
         return ApplyResult(journal, resumed, skipped, time.monotonic() - t0)
 
-    async def _heartbeat(self) -> None:
-        """Write the journal every HEARTBEAT seconds, so another run can tell this one lives;
-        a write refused (another run took the journal over) stops this run at its next step."""
-        while True:
-            await asyncio.sleep(jr.HEARTBEAT)
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Write the journal every HEARTBEAT seconds, so another run can tell this one lives.
+        A write refused because another run took the journal over stops this run at its next
+        step; any other failed write (the apiserver restarting) is tried again next beat."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), jr.HEARTBEAT)
+            if stop.is_set():
+                return
             try:
                 await self._save(force=True)
-            except KubecareError as e:
+            except jr.JournalTaken as e:
                 self.lost = e.message
                 return
+            except KubecareError as e:
+                self._event("journal", f"journal not written ({e.message}); trying again")
+
+    async def _stop_heartbeat(self, stop: asyncio.Event, task: asyncio.Task[None] | None) -> None:
+        """Stop the heartbeat and wait for it: a write it had in flight finishes first, so the
+        next write carries the resourceVersion it got."""
+        stop.set()
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
+
+    async def _finish(
+        self, stop: asyncio.Event, task: asyncio.Task[None] | None, state: str, message: str
+    ) -> None:
+        """Record how the run ended; a journal that cannot be written then must not hide the
+        error that ended the run."""
+        await self._stop_heartbeat(stop, task)
+        assert self.journal is not None
+        self.journal.state, self.journal.message = state, message
+        with contextlib.suppress(KubecareError):
+            await self._save()
 
     def _check_lost(self) -> None:
         if self.lost:
@@ -388,7 +433,8 @@ class Upgrade:
                 jr.UNCORDONING: "uncordon",
             }.get(rec.state, rec.state)
             rec.state, rec.error = jr.FAILED, f"{phase}: {e.message}"
-            await self._save()
+            with contextlib.suppress(KubecareError):  # the node's error is the one to report
+                await self._save()
             where = (
                 "it stays cordoned" if phase not in ("lock", "provision") else "it was not touched"
             )
@@ -576,6 +622,7 @@ class Upgrade:
 
 
 TRANSIENT = (ServerError, TooManyRequests, Unreachable)
+SAVE_RETRY = 60.0  # seconds a journal write is retried while the apiserver is unreachable
 
 
 def _at_least(version: str, target: Version) -> bool:

@@ -79,7 +79,7 @@ class Journal:
     message: str = ""
     # Workloads not fully available when the run began: the health gate's baseline, kept so a
     # resumed run judges against the same start.
-    baseline: list[str] = field(default_factory=list)
+    baseline: list[str] | None = None  # None: not taken yet
     gate_pending: int = -1  # a batch whose health gate has not passed yet (-1: none)
     format: int = FORMAT
 
@@ -115,6 +115,10 @@ class Journal:
             ) from None
 
 
+class JournalTaken(OperationFailed):
+    """Another run wrote the journal since this one read it."""
+
+
 def owner() -> str:
     """``host/pid/start``: enough to tell, on the same machine, whether that run still lives."""
     from kubecare.kube.lock import start_time
@@ -136,7 +140,8 @@ def check_owner(journal: Journal, *, take_over: bool = False) -> None:
         return
     host, _, rest = journal.owner.partition("/")
     pid_text, _, start_text = rest.partition("/")
-    if host == socket.gethostname() and pid_text.isdigit():
+    # Same machine and a readable /proc (our own start time known): the owner's process tells.
+    if host == socket.gethostname() and pid_text.isdigit() and start_time(os.getpid()):
         pid = int(pid_text)
         alive = pid != os.getpid() and start_time(pid) is not None
         if alive and (not start_text or str(start_time(pid)) == start_text):
@@ -163,6 +168,8 @@ class Store(Protocol):
     async def load(self) -> Journal | None: ...
     async def save(self, journal: Journal) -> None: ...
     async def delete(self) -> None: ...
+    async def hold(self) -> None: ...
+    def release(self) -> None: ...
 
 
 class ConfigMapStore:
@@ -213,7 +220,7 @@ class ConfigMapStore:
                 body["metadata"]["resourceVersion"] = self.version
                 cm = await self.kube.request_json("PUT", self._path, body=body, what=self.where)
         except Conflict:
-            raise OperationFailed(
+            raise JournalTaken(
                 f"{self.where} was changed by someone else (another upgrade run?); check "
                 "kubecare upgrade status, then run the command again"
             ) from None
@@ -224,11 +231,44 @@ class ConfigMapStore:
             await self.kube.request_json("DELETE", self._path, what=self.where)
         self.version = None
 
+    async def hold(self) -> None:
+        """Nothing to take: every write carries the resourceVersion it read."""
+
+    def release(self) -> None:
+        pass
+
 
 class FileStore:
+    """A local file has no resourceVersion: a run holds an exclusive lock on ``<file>.lock``
+    for as long as it works on the journal, so two runs on this machine never share it."""
+
     def __init__(self, path: Path):
         self.path = path.expanduser()
         self.where = str(self.path)
+        self._lock: int | None = None
+
+    async def hold(self) -> None:
+        import fcntl
+
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise OperationFailed(f"cannot open {lock}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OperationFailed(
+                f"another kubecare upgrade is using the journal {self.path}; wait for it "
+                "(kubecare upgrade status --journal ...)"
+            ) from None
+        self._lock = fd
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor drops the lock
+            self._lock = None
 
     async def load(self) -> Journal | None:
         try:
