@@ -139,12 +139,6 @@ class UpgradePlan:
     def pending(self) -> list[NodeStep]:
         return [s for s in self.steps if not s.up_to_date]
 
-    def batches(self) -> list[list[NodeStep]]:
-        out: dict[int, list[NodeStep]] = {}
-        for s in self.pending:
-            out.setdefault(s.batch, []).append(s)
-        return [out[k] for k in sorted(out)]
-
 
 DAY = 86400.0
 

@@ -40,9 +40,6 @@ class Inventory:
     violations: list[Violation] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def of(self, name: str) -> list[Component]:
-        return [c for c in self.components if c.name == name]
-
 
 def _image(obj: JSON) -> str:
     spec = obj.get("spec") or {}

@@ -161,10 +161,6 @@ class JumpCheck:
     mandatory: list[str] = field(default_factory=list)
     skippable: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.mandatory and not self.skippable
-
 
 def check_jump(
     cluster: Version,
