@@ -463,7 +463,7 @@ def apply_cmd(args: argparse.Namespace) -> int:
 
 # -- status / reset ---------------------------------------------------------------------------
 def status_cmd(args: argparse.Namespace) -> int:
-    from kubecare.cli.common import with_cluster
+    from kubecare.cli.common import run, with_cluster
     from kubecare.cli.render import emit
     from kubecare.errors import NotFound
 
@@ -471,7 +471,10 @@ def status_cmd(args: argparse.Namespace) -> int:
         store = _store(args, kube)
         return await store.load(), store.where
 
-    journal, where = with_cluster(args, body)
+    if args.journal:  # a local journal needs no cluster
+        journal, where = run(body(None))
+    else:
+        journal, where = with_cluster(args, body)
     if journal is None:
         raise NotFound(f"no upgrade journal at {where}: no upgrade has run", status=404)
     emit(journal, args.output, lambda: status_text(journal))
@@ -510,7 +513,7 @@ def status_text(j: Journal) -> str:
 
 
 def reset_cmd(args: argparse.Namespace) -> int:
-    from kubecare.cli.common import with_cluster
+    from kubecare.cli.common import run, with_cluster
     from kubecare.cli.render import say
 
     async def body(kube: Any) -> str:
@@ -518,6 +521,6 @@ def reset_cmd(args: argparse.Namespace) -> int:
         await store.delete()
         return str(store.where)
 
-    where = with_cluster(args, body)
+    where = run(body(None)) if args.journal else with_cluster(args, body)
     say(f"upgrade journal {where} deleted; nodes were not touched")
     return 0
