@@ -699,3 +699,30 @@ async def test_a_failed_health_gate_is_checked_again_when_the_run_resumes(
     finally:
         await ukube.http.delete(f"/api/v1/namespaces/{ns}")
         await usb.remove_node("worker-h1")
+
+
+async def test_apiserver_errors_while_journaling_and_waiting_are_retried(
+    usb: Sandbox, ukube: Kube
+) -> None:
+    from ..faultproxy import FaultProxy, Rule
+
+    await old_nodes(usb, ukube, "worker-p1")
+    try:
+        async with FaultProxy(usb) as proxy:
+            # The journal's writes and the wait for the node meet a restarting apiserver.
+            journal_put = proxy.add(
+                Rule("PUT", r"/configmaps/kubecare-upgrade$", status=500, times=3)
+            )
+            node_get = proxy.add(Rule("GET", r"/api/v1/nodes/worker-p1$", status=503, times=2))
+            res = await asyncio.to_thread(
+                run_cli, "upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox",
+                "--sandbox", usb.name, "--yes", "--no-snapshot", "--no-backup",
+                "--ignore-daemonsets", kubeconfig=proxy.kubeconfig, timeout=300,
+            )  # fmt: skip
+            assert res.returncode == 0, res.stderr
+            assert journal_put.hits == 3 and node_get.hits == 2  # every fault was met
+        assert (await journal(ukube))["state"] == "done"
+        assert await kubelet(ukube, "worker-p1") == f"v{NEW}"
+        assert not await cordoned(ukube, "worker-p1")
+    finally:
+        await usb.remove_node("worker-p1")
