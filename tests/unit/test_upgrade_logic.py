@@ -732,3 +732,65 @@ async def test_a_journal_file_is_held_by_one_run_at_a_time(tmp_path: Path) -> No
     assert (tmp_path / "j.json").stat().st_mode & 0o777 == 0o600
     loaded = await a.load()
     assert loaded == j
+
+
+# -- DaemonSets ---------------------------------------------------------------------------------
+def test_upgrades_leave_daemonset_pods_and_the_plan_names_them() -> None:
+    """kubeadm's upgrade guide drains with --ignore-daemonsets: kube-proxy and the CNI run on
+    every node of a real cluster, so an upgrade that refused DaemonSet pods could never drain."""
+    components, nodes = cluster(cps=1, workers=2)
+    ds = {n.name: ("kube-system/DaemonSet/kube-proxy",) for n in nodes} | {
+        "w-1": ("kube-system/DaemonSet/kube-proxy", "monitoring/DaemonSet/agent")
+    }
+    plan = build_plan(components, nodes, Version.parse("v1.37.2"), Preflight(daemonset_pods=ds))
+    assert plan.go
+    check = next(c for c in plan.checks if c.name == "daemonsets")
+    assert check.ok and not check.blocking
+    assert check.detail == (
+        "DaemonSet pods stay running while their node drains: "
+        "kube-system/DaemonSet/kube-proxy (3 nodes), monitoring/DaemonSet/agent (1 node)"
+    )
+    assert "daemonsets" not in [c.name for c in build_plan(
+        components, nodes, Version.parse("v1.37.2"), Preflight()
+    ).checks]  # fmt: skip
+
+
+def test_upgrade_flags_ignore_daemonsets_by_default_drain_does_not() -> None:
+    from kubecare.cli.app import build_parser
+    from kubecare.cli.args import drain_options
+    from kubecare.upgrade.apply import ApplyOptions
+
+    parser = build_parser()
+    base = ["upgrade", "plan", "--to", "1.37"]
+    assert drain_options(parser.parse_args(base)).ignore_daemonsets
+    assert not drain_options(parser.parse_args([*base, "--no-ignore-daemonsets"])).ignore_daemonsets
+    apply = ["upgrade", "apply", "--to", "1.37", "--executor", "sandbox"]
+    assert drain_options(parser.parse_args(apply)).ignore_daemonsets
+    # kubectl drain's default stays: DaemonSet pods are refused unless asked
+    assert not drain_options(parser.parse_args(["drain", "n1"])).ignore_daemonsets
+    assert drain_options(
+        parser.parse_args(["drain", "n1", "--ignore-daemonsets"])
+    ).ignore_daemonsets
+    assert ApplyOptions(Version.parse("v1.37.2")).drain.ignore_daemonsets
+
+
+def test_preflight_lists_the_daemonset_pods_a_drain_leaves() -> None:
+    from kubecare.nodes.drain_plan import DrainPlan, PodPlan
+    from kubecare.nodes.filters import Action
+    from kubecare.upgrade.preflight import _daemonset_pods
+
+    def pod(ns: str, name: str, action: Action, owner: str) -> PodPlan:
+        return PodPlan(ns, name, name, action, "", (), owner, (), (), True)
+
+    plan = DrainPlan(
+        "w-1",
+        (
+            pod("kube-system", "kube-proxy-x", Action.SKIP, "DaemonSet/kube-proxy"),
+            pod("kube-system", "etcd-w-1", Action.SKIP, "Node/w-1"),
+            pod("default", "web-1", Action.EVICT, "ReplicaSet/web-abc"),
+            pod("kube-system", "kube-proxy-y", Action.SKIP, "DaemonSet/kube-proxy"),
+        ),
+        (),
+        (),
+    )
+    assert _daemonset_pods(plan) == ("kube-system/DaemonSet/kube-proxy",)

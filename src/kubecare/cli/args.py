@@ -89,11 +89,28 @@ def add_node_selection(parser: argparse.ArgumentParser, *, many: bool = True) ->
     parser.add_argument("-l", "--selector", help="label selector instead of names")
 
 
-def add_drain_flags(parser: argparse.ArgumentParser, *, dry_run: bool = True) -> None:
-    """kubectl drain's flags and kubecare's own: declared once for drain, maintain (and later
-    upgrade), read back by :func:`drain_options`."""
+def add_drain_flags(
+    parser: argparse.ArgumentParser, *, dry_run: bool = True, ignore_daemonsets: bool = False
+) -> None:
+    """kubectl drain's flags and kubecare's own: declared once for drain, maintain and upgrade,
+    read back by :func:`drain_options`.
+
+    ``ignore_daemonsets``: the default of --ignore-daemonsets. kubectl drain's is false; an
+    upgrade's is true, as kubeadm's upgrade guide drains (``kubectl drain --ignore-daemonsets``):
+    every real cluster runs kube-proxy and a CNI as DaemonSets, whose pods a drain cannot move."""
     g = parser.add_argument_group("drain options (kubectl drain's)")
-    g.add_argument("--ignore-daemonsets", action="store_true", help="ignore DaemonSet-managed pods")
+    if ignore_daemonsets:
+        g.add_argument(
+            "--ignore-daemonsets",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="leave DaemonSet-managed pods running on the drained node (default: yes, as "
+            "kubeadm's upgrade guide drains; --no-ignore-daemonsets refuses nodes that run any)",
+        )
+    else:
+        g.add_argument(
+            "--ignore-daemonsets", action="store_true", help="ignore DaemonSet-managed pods"
+        )
     g.add_argument(
         "--force",
         action="store_true",

@@ -71,7 +71,7 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
             "--backup-store", metavar="STORE", help="resource backups' store (dir or s3://)"
         )
         _etcd_flags(p)
-        add_drain_flags(p, dry_run=False)
+        add_drain_flags(p, dry_run=False, ignore_daemonsets=True)
         add_output(p)
 
     plan = cmds.add_parser(

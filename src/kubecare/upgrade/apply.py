@@ -50,7 +50,9 @@ from kubecare.versions.semver import Version
 @dataclass(frozen=True)
 class ApplyOptions:
     target: Version
-    drain: DrainOptions = field(default_factory=DrainOptions)
+    # kubeadm's upgrade guide drains with --ignore-daemonsets: DaemonSet pods (kube-proxy, the
+    # CNI) stay, or no real node could ever be drained.
+    drain: DrainOptions = field(default_factory=lambda: DrainOptions(ignore_daemonsets=True))
     snapshot: bool = True
     snapshot_dir: Path = Path("~/.local/share/kubecare/etcd-snapshots")
     etcd_endpoints: tuple[Any, ...] = ()  # kubecare.etcd.members.Endpoint

@@ -107,6 +107,8 @@ class Preflight:
     pdb_blocked: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> PDBs
     pdb_waits: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> waits
     single_node_workloads: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # node -> "ns/DaemonSet/name" of each DaemonSet pod its drain leaves running
+    daemonset_pods: dict[str, tuple[str, ...]] = field(default_factory=dict)
     deprecated: tuple[DeprecatedUse, ...] = ()
     snapshot_age: float | None = None  # seconds since the newest etcd snapshot; None: none
     snapshot_where: str = ""
@@ -297,6 +299,20 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / DAY:.0f} days old"
 
 
+def daemonset_detail(pods: dict[str, tuple[str, ...]]) -> str:
+    """One line naming each DaemonSet whose pods the drains leave running, and on how many
+    nodes: kube-proxy and a CNI run on every node of a real cluster."""
+    nodes_of: dict[str, set[str]] = {}
+    for node, owners in pods.items():
+        for owner in owners:
+            nodes_of.setdefault(owner, set()).add(node)
+    listed = ", ".join(
+        f"{owner} ({len(ns)} node{'s' if len(ns) != 1 else ''})"
+        for owner, ns in sorted(nodes_of.items())
+    )
+    return f"DaemonSet pods stay running while their node drains: {listed}"
+
+
 def _checks(
     jump: JumpCheck,
     nodes: Sequence[NodeFacts],
@@ -346,6 +362,8 @@ def _checks(
                 f"node {node} runs every ready replica of {', '.join(workloads)}: down while it drains",
             )
         )
+    if pre.daemonset_pods:
+        out.append(Check("daemonsets", True, False, daemonset_detail(pre.daemonset_pods)))
     removed = [d for d in pre.deprecated if d.removed_by(target)]
     others = [d for d in pre.deprecated if not d.removed_by(target)]
     for d in removed:

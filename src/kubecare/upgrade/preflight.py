@@ -24,6 +24,7 @@ from kubecare.errors import KubecareError
 from kubecare.kube import JSON, Kube
 from kubecare.nodes.drain_options import DrainOptions
 from kubecare.nodes.drain_plan import DrainPlan
+from kubecare.nodes.filters import Action
 from kubecare.nodes.inventory import ready_status
 from kubecare.upgrade.plan import NodeFacts, Preflight, Strategy, UpgradePlan, build_plan
 from kubecare.versions.deprecations import DeprecatedUse, crd_deprecation_warning, parse_metrics
@@ -147,6 +148,19 @@ def newest_backup(store_url: str | None) -> tuple[float | None, str]:
     )
 
 
+def _daemonset_pods(plan: DrainPlan) -> tuple[str, ...]:
+    """The DaemonSets whose pods this node's drain leaves running (--ignore-daemonsets)."""
+    return tuple(
+        sorted(
+            {
+                f"{p.namespace}/{p.owner}"
+                for p in plan.pods
+                if p.action is Action.SKIP and p.owner.startswith("DaemonSet/")
+            }
+        )
+    )
+
+
 async def read_preflight(
     kube: Kube,
     nodes: Sequence[JSON],
@@ -175,6 +189,7 @@ async def read_preflight(
         drain_errors={p.node: p.errors for p in plans if p.errors},
         pdb_blocked={p.node: b for p in plans if (b := _never_allowed(p))},
         pdb_waits={p.node: p.holds for p in plans if p.holds and not _never_allowed(p)},
+        daemonset_pods={p.node: owners for p in plans if (owners := _daemonset_pods(p))},
         single_node_workloads={
             p.node: tuple(r.workload for r in p.at_risk) for p in plans if p.at_risk
         },
