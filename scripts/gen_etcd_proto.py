@@ -30,8 +30,15 @@ MESSAGES = (
     "Member",
     "MemberListRequest",
     "MemberListResponse",
+    "MemberAddRequest",
+    "MemberAddResponse",
+    "MemberPromoteRequest",
+    "MemberPromoteResponse",
 )
-SERVICES = {"Maintenance": ("Status", "Snapshot"), "Cluster": ("MemberList",)}
+SERVICES = {
+    "Maintenance": ("Status", "Snapshot"),
+    "Cluster": ("MemberAdd", "MemberList", "MemberPromote"),
+}
 OUT = Path(__file__).resolve().parent.parent / "src" / "kubecare" / "etcd" / "_proto"
 
 

@@ -104,7 +104,7 @@ async def make_pool(sandbox: Sandbox, kube: Kube) -> AsyncIterator[Callable[[], 
     """Factory of pools: two fresh nodes only the calling test's pods can use. Node ``a`` is
     schedulable, ``b`` cordoned at first (so everything lands on ``a``; uncordon ``b`` to give
     evicted pods somewhere to go). Every node made is removed afterwards."""
-    from .workloads import POOL_KEY, Pool
+    from .workloads import POOL_KEY, Pool, wait_system_pods
 
     made: list[str] = []
 
@@ -116,6 +116,8 @@ async def make_pool(sandbox: Sandbox, kube: Kube) -> AsyncIterator[Callable[[], 
             await sandbox.add_node(n, labels={POOL_KEY: pid}, taints=taint)
             made.append(n)
         await set_unschedulable(kube, names[1], True)
+        for n in names:  # as on a real node, drains meet kubeadm's kube-proxy DaemonSet pod
+            await wait_system_pods(kube, n)
         return Pool(pid, names)
 
     try:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from kubecare.kube import JSON, Kube
 
-from .workloads import Pool, apply, daemonset, deployment, job, pod, pods, statefulset, wait_for
+from .workloads import (
+    Pool,
+    apply,
+    daemonset,
+    deployment,
+    job,
+    pod,
+    pods,
+    statefulset,
+    system_pods,
+    wait_for,
+)
 
 # role -> what kubectl drain does with it (for reference in the tests)
 ROLES = ("web", "db", "agent", "batch", "cache", "lonely", "static")
@@ -14,7 +25,8 @@ async def mixed_node(kube: Kube, ns: str, pool: Pool) -> dict[str, str]:
     """Put web(x2, Deployment), db (StatefulSet), agent (DaemonSet), batch (Job, completes),
     cache (Deployment with emptyDir), lonely (bare pod) and static (mirror pod) on ``pool.nodes[0]``.
 
-    Returns {"ns/pod-name": role} for the pods on that node once all are there.
+    Returns {"ns/pod-name": role} for the pods on that node once all are there, kubeadm's
+    kube-proxy pod (role "kube-proxy", a DaemonSet pod every real node runs) included.
     """
     node = pool.nodes[0]
     spec = pool.pod_spec()
@@ -66,11 +78,16 @@ async def mixed_node(kube: Kube, ns: str, pool: Pool) -> dict[str, str]:
         if roles == sorted(["web", "web", "db", "agent", "batch", "cache", "lonely", "static"]):
             return {
                 f"{ns}/{p['metadata']['name']}": p["metadata"]["labels"]["role"] for p in settled
-            }
+            } | await system_pods(kube, node)
         return None
 
     result: dict[str, str] = await wait_for(all_there, timeout=60)
     return result
+
+
+def in_namespace(roles: dict[str, str], ns: str) -> list[str]:
+    """The sorted roles of ``mixed_node``'s result that are namespace ``ns``'s pods."""
+    return sorted(role for key, role in roles.items() if key.startswith(f"{ns}/"))
 
 
 async def roles_on(kube: Kube, ns: str, node: str) -> list[str]:

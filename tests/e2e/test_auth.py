@@ -284,6 +284,7 @@ async def test_global_flags_work_after_the_command_as_kubectls_do(
             *base,
             "drain",
             "worker-1",
+            "--ignore-daemonsets",
             "--plan",
             "--context",
             ctx,

@@ -16,16 +16,24 @@ from kubecare.nodes.cordon import set_unschedulable
 from kubecare.sandbox import Sandbox, SandboxOptions
 
 from .conftest import cli_argv, run_cli
-from .scenarios import mixed_node, roles_on
+from .scenarios import in_namespace, mixed_node, roles_on
 from .workloads import Pool, apply, cordoned, deployment, pdb, pod, pods, wait_for, wait_running
 
 pytestmark = pytest.mark.e2e
 
 OVERRIDES = ("--ignore-daemonsets", "--delete-emptydir-data", "--force")
+# Every node runs kubeadm's kube-proxy DaemonSet pod: as on a real cluster, a drain that is not
+# about DaemonSets says --ignore-daemonsets.
+DS = "--ignore-daemonsets"
 
 
 def drain(sandbox: Sandbox, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return run_cli("drain", *args, kubeconfig=sandbox.kubeconfig, timeout=timeout)
+
+
+def states(report: dict[str, dict[str, object]], ns: str) -> list[object]:
+    """The outcomes of the drained pods of namespace ``ns`` (kube-proxy's is left out)."""
+    return [p["state"] for k, p in report["pods"].items() if k.startswith(f"{ns}/")]
 
 
 async def web_under_pdb(
@@ -53,9 +61,10 @@ async def test_blocking_pods_are_listed_by_reason_and_nothing_is_evicted(
     assert res.returncode == 1
     err = res.stderr
     by_role = {role: name for name, role in before.items()}
+    # kubectl names them in list order: kube-system's kube-proxy before the test's agent
     assert (
-        f"cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): {by_role['agent']}"
-        in err
+        "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): "
+        f"{by_role['kube-proxy']}, {by_role['agent']}" in err
     )
     assert (
         f"cannot delete Pods with local storage (use --delete-emptydir-data to override): {by_role['cache']}"
@@ -66,9 +75,8 @@ async def test_blocking_pods_are_listed_by_reason_and_nothing_is_evicted(
         in err
     )
     assert "Traceback" not in err
-    assert await roles_on(kube, namespace, pool.nodes[0]) == sorted(
-        before.values()
-    )  # nothing evicted
+    assert await roles_on(kube, namespace, pool.nodes[0]) == in_namespace(before, namespace)
+    # nothing evicted
     assert await cordoned(kube, pool.nodes[0])  # like kubectl: cordoned first
 
 
@@ -87,6 +95,7 @@ async def test_overrides_evict_everything_but_daemonset_and_mirror_pods(
         "cache": "evicted",
         "lonely": "evicted",
         "agent": "skipped",
+        "kube-proxy": "skipped",
         "static": "skipped",
     }
     assert all(v["seconds"] >= 0 for v in report["pods"].values())
@@ -127,7 +136,7 @@ async def test_dry_run_changes_nothing(
     assert "evicting pod" in res.stderr
     await asyncio.sleep(1)
     assert await uids_on_node() == uids_before
-    assert await roles_on(kube, namespace, pool.nodes[0]) == sorted(before.values())
+    assert await roles_on(kube, namespace, pool.nodes[0]) == in_namespace(before, namespace)
     assert not await cordoned(kube, pool.nodes[0])
 
 
@@ -186,14 +195,14 @@ async def test_disable_eviction_deletes_past_a_pdb_because_the_user_asked(
     )
     await wait_running(kube, namespace, 2)
     await wait_for(lambda: _pdb_observed(kube, namespace, "web"))
-    blocked = drain(sandbox, pool.nodes[0], "--timeout", "3s")
+    blocked = drain(sandbox, pool.nodes[0], DS, "--timeout", "3s")
     assert blocked.returncode == 1
     assert "did not finish within --timeout=3s" in blocked.stderr
     assert "waits on PDB" in blocked.stderr or "blocked by" in blocked.stderr
     assert await roles_on(kube, namespace, pool.nodes[0]) == ["web", "web"]  # the PDB held
-    res = drain(sandbox, pool.nodes[0], "--disable-eviction", "-o", "json")
+    res = drain(sandbox, pool.nodes[0], DS, "--disable-eviction", "-o", "json")
     assert res.returncode == 0, res.stderr
-    assert {p["state"] for p in json.loads(res.stdout)[0]["pods"].values()} == {"deleted"}
+    assert set(states(json.loads(res.stdout)[0], namespace)) == {"deleted"}
     assert await roles_on(kube, namespace, pool.nodes[0]) == []
 
 
@@ -209,13 +218,20 @@ async def test_terminating_pods_are_skipped_after_the_skip_wait_timeout(
     await kube.request_json("DELETE", f"/api/v1/namespaces/{namespace}/pods/stuck")
     try:
         await asyncio.sleep(2.2)
-        waits = drain(sandbox, pool.nodes[0], "--force", "--timeout", "3s")
+        waits = drain(sandbox, pool.nodes[0], DS, "--force", "--timeout", "3s")
         assert waits.returncode == 1  # without the flag, kubectl's semantics: wait for it
         skipped = drain(
-            sandbox, pool.nodes[0], "--force", "--skip-wait-for-delete-timeout", "1", "-o", "json"
+            sandbox,
+            pool.nodes[0],
+            DS,
+            "--force",
+            "--skip-wait-for-delete-timeout",
+            "1",
+            "-o",
+            "json",
         )
         assert skipped.returncode == 0, skipped.stderr
-        assert [p["state"] for p in json.loads(skipped.stdout)[0]["pods"].values()] == ["skipped"]
+        assert states(json.loads(skipped.stdout)[0], namespace) == ["skipped"]
     finally:
         await kube.request_json(
             "PATCH",
@@ -245,7 +261,7 @@ async def test_availability_never_drops_below_the_pdb(
 
     watcher = asyncio.create_task(watch_ready())
     t0 = time.monotonic()
-    res = await asyncio.to_thread(drain, sandbox, pool.nodes[0], "-o", "json")
+    res = await asyncio.to_thread(drain, sandbox, pool.nodes[0], DS, "-o", "json")
     stop.set()
     await watcher
     assert res.returncode == 0, res.stderr
@@ -270,7 +286,7 @@ async def test_several_nodes_one_after_another(
     await set_unschedulable(kube, pool.nodes[1], False)
     await apply(kube, namespace, pod("b1", pool.pod_spec(node=pool.nodes[1])))
     await wait_running(kube, namespace, 2)
-    res = drain(sandbox, "-l", f"kubecare.test/pool={pool.name}", "--force", "-o", "json")
+    res = drain(sandbox, "-l", f"kubecare.test/pool={pool.name}", DS, "--force", "-o", "json")
     assert res.returncode == 0, res.stderr
     reports = json.loads(res.stdout)
     assert [r["node"] for r in reports] == list(pool.nodes)
@@ -295,7 +311,7 @@ async def test_two_concurrent_runs_never_drain_two_nodes_at_once(
         if i == 0:
             await set_unschedulable(kube, pool.nodes[1], False)
     await wait_running(kube, namespace, 2)
-    argv = cli_argv("drain", "--force", "-o", "json", kubeconfig=sandbox.kubeconfig)
+    argv = cli_argv("drain", DS, "--force", "-o", "json", kubeconfig=sandbox.kubeconfig)
     procs = [
         subprocess.Popen([*argv, n], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for n in pool.nodes
@@ -333,7 +349,7 @@ async def test_a_stale_lock_expires(
         "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", body=lease
     )
     t0 = time.monotonic()
-    res = drain(sandbox, pool.nodes[0], "--lock-namespace", namespace)
+    res = drain(sandbox, pool.nodes[0], DS, "--lock-namespace", namespace)
     assert res.returncode == 0, res.stderr
     assert "held by crashed-host/worker-9" in res.stderr
     assert 2 <= time.monotonic() - t0 < 30
@@ -343,7 +359,7 @@ async def test_kill_9_mid_drain_leaves_the_node_cordoned_and_a_rerun_finishes(
     sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
 ) -> None:
     await web_under_pdb(kube, namespace, pool, replicas=6, ready_delay="1s")
-    argv = cli_argv("drain", pool.nodes[0], kubeconfig=sandbox.kubeconfig)
+    argv = cli_argv("drain", pool.nodes[0], DS, kubeconfig=sandbox.kubeconfig)
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -356,9 +372,8 @@ async def test_kill_9_mid_drain_leaves_the_node_cordoned_and_a_rerun_finishes(
     proc.wait()
     assert await cordoned(kube, pool.nodes[0])
     assert await roles_on(kube, namespace, pool.nodes[0])  # unfinished
-    res = drain(
-        sandbox, pool.nodes[0], "-o", "json"
-    )  # same host, same node: takes its own lock back
+    # same host, same node: takes its own lock back
+    res = drain(sandbox, pool.nodes[0], DS, "-o", "json")
     assert res.returncode == 0, res.stderr
     assert await roles_on(kube, namespace, pool.nodes[0]) == []
     assert await cordoned(kube, pool.nodes[0])
@@ -394,7 +409,7 @@ async def test_ctrl_c_says_what_was_done_and_leaves_the_node_cordoned(
     # 5 s per replacement: the drain takes >= 15 s after the first eviction, so the interrupt
     # lands mid-drain even on a loaded machine
     await web_under_pdb(kube, namespace, pool, replicas=4, ready_delay="5s")
-    argv = cli_argv("drain", pool.nodes[0], kubeconfig=sandbox.kubeconfig)
+    argv = cli_argv("drain", pool.nodes[0], DS, kubeconfig=sandbox.kubeconfig)
     # SIGINT as at a terminal: a test run started in the background (`make test &`) inherits
     # SIGINT ignored, and Python then leaves it ignored in the child too.
     proc = subprocess.Popen(
@@ -417,7 +432,9 @@ async def test_ctrl_c_says_what_was_done_and_leaves_the_node_cordoned(
     assert "Traceback" not in err
     assert await cordoned(kube, pool.nodes[0])
     # The lock was given back: another node can be drained at once.
-    assert drain(sandbox, pool.nodes[1], "--timeout", "20s", "--disable-eviction").returncode == 0
+    assert (
+        drain(sandbox, pool.nodes[1], DS, "--timeout", "20s", "--disable-eviction").returncode == 0
+    )
 
 
 async def test_parallel_nodes_drain_together_within_the_lock_limit(
@@ -439,6 +456,7 @@ async def test_parallel_nodes_drain_together_within_the_lock_limit(
     res = drain(
         sandbox,
         *pool.nodes,
+        DS,
         "--force",
         "--parallel-nodes",
         "2",
@@ -484,7 +502,7 @@ async def test_an_apiserver_outage_mid_drain_is_retried_then_reported_and_the_re
             await apply(k, "default", pdb("web", {"app": "web"}, max_unavailable=0))
             await wait_running(k, "default", 2)
             await wait_for(lambda: _pdb_observed(k, "default", "web"))
-        argv = cli_argv("drain", "worker-1", kubeconfig=sb.kubeconfig)
+        argv = cli_argv("drain", "worker-1", DS, kubeconfig=sb.kubeconfig)
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         await asyncio.sleep(4)  # the drain is now waiting on the PDB
         sb.stop_component("kube-apiserver")
@@ -500,8 +518,8 @@ async def test_an_apiserver_outage_mid_drain_is_retried_then_reported_and_the_re
             await k.request_json(
                 "DELETE", "/apis/policy/v1/namespaces/default/poddisruptionbudgets/web"
             )
-        res = run_cli("drain", "worker-1", "-o", "json", kubeconfig=sb.kubeconfig, timeout=120)
+        res = run_cli("drain", "worker-1", DS, "-o", "json", kubeconfig=sb.kubeconfig, timeout=120)
         assert res.returncode == 0, res.stderr
-        assert {p["state"] for p in json.loads(res.stdout)[0]["pods"].values()} == {"evicted"}
+        assert set(states(json.loads(res.stdout)[0], "default")) == {"evicted"}
     finally:
         sb.down()

@@ -235,7 +235,7 @@ async def test_maintain_holds_the_lock_until_the_node_is_back(
     )
     await asyncio.sleep(2)  # the drain is done; the "work" is running
     res = await asyncio.to_thread(
-        run_cli, "drain", second, kubeconfig=sandbox.kubeconfig, timeout=60
+        run_cli, "drain", second, "--ignore-daemonsets", kubeconfig=sandbox.kubeconfig, timeout=60
     )
     _, err = work.communicate(timeout=60)
     assert work.returncode == 0, err

@@ -31,6 +31,8 @@ from kubecare.sandbox.binaries import (
     ensure_binaries,
     find_kubectl,
 )
+from kubecare.sandbox.mirror import HASH
+from kubecare.sandbox.staticpods import digest_of
 
 from .conftest import own_sandbox, run_cli
 from .workloads import wait_for
@@ -301,7 +303,13 @@ async def test_a_bad_manifest_is_reported_and_the_others_keep_running(
             del doc["spec"]["containers"][0]["command"]
         elif name == "outside.yaml":
             doc["metadata"]["name"] = "outside"
-            doc["spec"]["volumes"][0]["hostPath"]["path"] = "/etc/kubernetes"
+            # absolute paths are the node's own (inside its root); a symlink there leads out.
+            # (A path with "..", the other way out, is no valid Pod: the apiserver refuses its
+            # mirror pod, the kubelet the manifest; the unit tests cover it.)
+            escape = kubeadm_sb.manifest_path("etcd").parents[1] / "escape"
+            escape.unlink(missing_ok=True)
+            escape.symlink_to("/etc")
+            doc["spec"]["volumes"][0]["hostPath"]["path"] = "/etc/kubernetes/escape"
         # else: a backup copy left in the dir, with the running pod's name
         content = yaml.safe_dump(doc)
     pids = await settled(kubeadm_sb)
@@ -318,8 +326,23 @@ async def test_a_bad_manifest_is_reported_and_the_others_keep_running(
         assert {c: runner_pod(kubeadm_sb, c)["pid"] for c in COMPONENTS} == pids  # untouched
         status = run_cli("sandbox", "status", "--name", kubeadm_sb.name)
         assert "InvalidManifest" in status.stdout
+        if name in ("no-command.yaml", "outside.yaml"):
+            # a valid Pod that cannot run: as the kubelet, its mirror pod exists with the
+            # manifest's hash and the error (kubeadm waits on that hash), it is not deleted
+            want_hash = digest_of(content.encode())
+
+            async def mirrored() -> dict[str, Any] | None:
+                p = (await mirror_pods(kubeadm_sb)).get(f"{name[:-5]}-control-plane")
+                if not p or p["metadata"]["annotations"].get(HASH) != want_hash:
+                    return None
+                return p
+
+            mirror = await wait_for(mirrored, timeout=20)
+            waiting = mirror["status"]["containerStatuses"][0]["state"]["waiting"]
+            assert waiting["reason"] == "InvalidManifest" and message in waiting["message"]
     finally:
         path.unlink()
+        (kubeadm_sb.manifest_path("etcd").parents[1] / "escape").unlink(missing_ok=True)
 
 
 async def test_an_image_never_built_shows_the_build_command_on_its_mirror_pod(

@@ -117,7 +117,10 @@ async def test_versions_reports_every_component_and_the_skew(usb: Sandbox, ukube
     assert {c["version"] for c in etcd if c["source"] == "mirror pod image"} == {"3.6.8-0"}
     assert len([c for c in etcd if c["source"] == "Status RPC"]) == 3
     assert set(by(data, "kubelet")) == cps | {"worker-1", "worker-2", "worker-3"}
-    assert any("kube-proxy: not installed" in n for n in data["notes"])
+    # kubeadm's addon phase installed them: the sandbox's kubeadm of this version pins the tags
+    assert by(data, "kube-proxy") == {"": f"v{OLD}"}
+    assert by(data, "coredns") == {"": "v1.14.2"}  # kubeadm v1.36's constants.CoreDNSVersion
+    assert not any("not installed" in n for n in data["notes"])
     assert cluster_violations(data) == []
 
     # A kubelet four minors behind and one newer than every apiserver: both reported.
@@ -127,7 +130,12 @@ async def test_versions_reports_every_component_and_the_skew(usb: Sandbox, ukube
         res = cli(usb, "versions", "--strict", "-o", "json")
         assert res.returncode == 1
         got = {(v["node"], v["rule"]) for v in cluster_violations(json.loads(res.stdout))}
-        assert got == {("worker-1", "kubelet-older"), ("worker-2", "kubelet-newer")}
+        # and kube-proxy (v{OLD}, kubeadm's) four minors from worker-1's kubelet
+        assert got == {
+            ("worker-1", "kubelet-older"),
+            ("worker-2", "kubelet-newer"),
+            ("", "proxy-kubelet"),
+        }
         table = cli(usb, "versions").stdout
         assert "kubelet v1.37.2 on worker-2: newer than kube-apiserver v1.36.3" in table
         assert "kubelet v1.32.0 on worker-1: 4 minors behind" in table

@@ -160,6 +160,24 @@ async def pods(kube: Kube, namespace: str, selector: str | None = None) -> list[
     return [p async for p in kube.list_items(f"/api/v1/namespaces/{namespace}/pods", params=params)]
 
 
+async def system_pods(kube: Kube, node: str) -> dict[str, str]:
+    """{"kube-system/pod": role} of the running kube-system DaemonSet pods on ``node`` (kubeadm's
+    kube-proxy, as on every real cluster), their role being their ``k8s-app`` label."""
+    return {
+        f"kube-system/{p['metadata']['name']}": p["metadata"]["labels"].get("k8s-app", "?")
+        for p in await pods(kube, "kube-system", "k8s-app=kube-proxy")
+        if p["spec"].get("nodeName") == node
+        and p["status"].get("phase") == "Running"
+        and not p["metadata"].get("deletionTimestamp")
+    }
+
+
+async def wait_system_pods(kube: Kube, node: str, timeout: float = 60) -> dict[str, str]:
+    """Wait until kube-proxy runs on ``node`` (a joined node gets it from its DaemonSet)."""
+    result: dict[str, str] = await wait_for(lambda: system_pods(kube, node), timeout)
+    return result
+
+
 async def cordoned(kube: Kube, node: str) -> bool:
     """Whether ``node`` is marked unschedulable, read from the API."""
     return bool(

@@ -9,8 +9,16 @@ import pytest
 import yaml
 
 from kubecare.errors import EtcdError, UsageError
-from kubecare.etcd.members import Endpoint, parse_member
-from kubecare.etcd.restore import backup_name, check_membership, plan_restore, pointed_at
+from kubecare.etcd.members import Endpoint, Member, parse_member
+from kubecare.etcd.membership import (
+    Known,
+    check_cluster,
+    check_distinct,
+    check_membership,
+    parse_initial_cluster,
+    union,
+)
+from kubecare.etcd.restore import backup_name, plan_restore, pointed_at
 
 DATA = Path(__file__).parent / "data" / "kubeadm-v1.37.2-manifests.txt"
 MANIFEST = Path("/etc/kubernetes/manifests/etcd.yaml")
@@ -138,21 +146,114 @@ def test_backups_are_hidden_next_to_the_manifest() -> None:
 
 def test_a_restore_that_leaves_members_out_is_refused() -> None:
     m = parse_member(MANIFEST, kubeadm_etcd_yaml())
-    check_membership([m], [("node1", ("https://10.0.0.1:2380",))])
-    with pytest.raises(UsageError, match="does not cover: node2, node3"):
+    check_membership([m], [Known("node1", ("https://10.0.0.1:2380",))])
+    with pytest.raises(UsageError, match="does not cover: node2, node3") as e:
         check_membership(
             [m],
             [
-                ("node1", ("https://10.0.0.1:2380",)),
-                ("node2", ("https://10.0.0.2:2380",)),
-                ("node3", ("https://10.0.0.3:2380",)),
+                Known("node1", ("https://10.0.0.1:2380",)),
+                Known("node2", ("https://10.0.0.2:2380",)),
+                Known("node3", ("https://10.0.0.3:2380",)),
             ],
         )
+    # the way out: the per-node restore, with the whole cluster spelled out
+    assert (
+        "--initial-cluster node1=https://10.0.0.1:2380,node2=https://10.0.0.2:2380,"
+        "node3=https://10.0.0.3:2380 --initial-cluster-token TOKEN" in str(e.value)
+    )
     # an unstarted member has no name yet: its peer URL names it
     with pytest.raises(UsageError, match=r"https://10\.0\.0\.9:2380"):
         check_membership(
-            [m], [("node1", ("https://10.0.0.1:2380",)), ("", ("https://10.0.0.9:2380",))]
+            [m], [Known("node1", ("https://10.0.0.1:2380",)), Known("", ("https://10.0.0.9:2380",))]
         )
+
+
+def _member(name: str, ip: str, data: str = "/var/lib/etcd", url: str | None = None) -> Member:
+    doc = yaml.safe_load(kubeadm_etcd_yaml().replace("10.0.0.1", ip).replace("node1", name))
+    for v in doc["spec"]["volumes"]:
+        if v["name"] == "etcd-data":
+            v["hostPath"]["path"] = data
+    m = parse_member(Path(f"/{name}/etcd.yaml"), yaml.safe_dump(doc))
+    if url:
+        from dataclasses import replace
+
+        m = replace(m, endpoint=Endpoint(url))
+    return m
+
+
+def test_kubeadms_first_control_plane_alone_is_not_the_cluster() -> None:
+    """kubeadm writes --initial-cluster=<self> on the first control plane and <earlier + self>
+    on the joiners: the union of what every source says is the cluster."""
+    first = parse_initial_cluster("cp1=https://10.0.0.1:2380")
+    second = parse_initial_cluster("cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380")
+    recorded = [  # the data dir's members bucket; cp3 added, never started: no name
+        Known("cp1", ("https://10.0.0.1:2380",)),
+        Known("cp2", ("https://10.0.0.2:2380",)),
+        Known("", ("https://10.0.0.3:2380",)),
+    ]
+    assert union(first, second, recorded) == [
+        Known("", ("https://10.0.0.3:2380",)),
+        Known("cp1", ("https://10.0.0.1:2380",)),
+        Known("cp2", ("https://10.0.0.2:2380",)),
+    ]
+    # a name seen in one source and its URL in another are one member
+    assert union([Known("cp3", ("https://10.0.0.3:2380",))], recorded)[-1] == Known(
+        "cp3", ("https://10.0.0.3:2380",)
+    )
+    assert parse_initial_cluster("a=https://x:1,a=https://y:1") == [
+        Known("a", ("https://x:1", "https://y:1"))
+    ]
+    for bad in ("a", "a=", "=https://x:1", "a=x:1", ""):
+        with pytest.raises(UsageError, match="is not NAME=PEER-URL"):
+            parse_initial_cluster(bad)
+
+
+def test_a_per_node_restore_keeps_each_peer_url_and_names_everyone() -> None:
+    cp1 = _member("cp1", "10.0.0.1")
+    cluster = parse_initial_cluster(
+        "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380,cp3=https://10.0.0.3:2380"
+    )
+    known = cluster[:]
+    check_cluster([cp1], cluster, known)
+    with pytest.raises(UsageError, match="does not name member cp1"):
+        check_cluster([cp1], cluster[1:], known[1:])
+    with pytest.raises(UsageError, match="must keep its peer URL"):
+        check_cluster([cp1], parse_initial_cluster("cp1=https://10.9.9.9:2380"), known[:1])
+    with pytest.raises(UsageError, match="leaves out members etcd has: cp3"):
+        check_cluster([cp1], cluster[:2], known)
+    plan = plan_restore(
+        Path("/s.db"),
+        7,
+        [cp1],
+        etcdutl=Path("etcdutl"),
+        stamp="T",
+        cluster=[(k.name, k.peer_urls[0]) for k in cluster],
+        token="shared",
+    )
+    argv = plan.members[0].argv
+    assert (
+        "--initial-cluster=cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380,"
+        "cp3=https://10.0.0.3:2380" in argv
+    )
+    assert "--initial-cluster-token=shared" in argv and "--name=cp1" in argv
+    assert plan.others == ("cp2", "cp3")
+    steps = plan.steps()
+    assert steps[0].startswith("first: stop kube-apiserver on every control-plane node")
+    assert "for cp2, cp3 on their own machines" in steps[0]
+
+
+def test_manifests_from_other_machines_that_resolve_to_one_etcd_are_refused() -> None:
+    a, b = _member("cp1", "10.0.0.1"), _member("cp2", "10.0.0.2")
+    with pytest.raises(UsageError, match="cp1 and cp2 resolve to the same data dir /var/lib/etcd"):
+        check_distinct([a, b], {})
+    b = _member("cp2", "10.0.0.2", data="/srv/cp2/var/lib/etcd")
+    with pytest.raises(UsageError, match=r"same client endpoint https://127\.0\.0\.1:2379"):
+        check_distinct([a, b], {})
+    b = _member("cp2", "10.0.0.2", data="/srv/cp2", url="https://127.0.0.1:22379")
+    probes = {"cp1": "http://127.0.0.1:2381/readyz", "cp2": "http://127.0.0.1:2381/readyz"}
+    with pytest.raises(UsageError, match="same health probe"):
+        check_distinct([a, b], probes)
+    check_distinct([a, b], {"cp1": probes["cp1"], "cp2": "http://127.0.0.1:22381/readyz"})
 
 
 def test_the_bump_goes_to_etcdutl_and_into_the_expected_revision() -> None:

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
-from kubecare.sandbox.staticpods import ImageNotBuilt, ManifestError, parse_manifest, translate
+from kubecare.sandbox.staticpods import (
+    ImageNotBuilt,
+    ManifestError,
+    host_path,
+    parse_manifest,
+    translate,
+)
 
 
 def resolve(component: str, tag: str) -> str:
@@ -199,3 +205,39 @@ def test_urls_and_plain_values_are_not_paths(tmp_path: Path) -> None:
         "--feature-gates=InitialCorruptCheck=true",
     ]
     assert parse(tmp_path, doc).argv[-1] == "--feature-gates=InitialCorruptCheck=true"
+
+
+def test_absolute_host_paths_are_the_nodes_own(tmp_path: Path) -> None:
+    """kubeadm's own manifests (hostPath /var/lib/etcd, /etc/kubernetes/pki) run: the kubelet on
+    that node sees its own /var and /etc, which for a sandbox node is its root."""
+    node_root = tmp_path / "nodes" / "cp"
+    doc = etcd_pod(tmp_path, tmp_path / "var/lib/etcd")
+    doc["spec"]["volumes"][0]["hostPath"]["path"] = "/var/lib/etcd"
+    data = yaml.safe_dump(doc).encode()
+    spec = parse_manifest(
+        tmp_path / "etcd.yaml", data, root=tmp_path, resolve=lambda c, t: f"/bin/{c}",
+        node_root=node_root,
+    )  # fmt: skip
+    assert f"--data-dir={node_root}/var/lib/etcd" in spec.argv
+    assert host_path("/tmp/../etc", tmp_path, node_root) == node_root / "etc"
+    assert host_path(str(tmp_path / "x"), tmp_path, node_root) == tmp_path / "x"  # as it is
+    for escape in ("/../../etc", "../../../../../etc"):
+        assert host_path(escape, tmp_path, node_root) is None
+    (node_root / "etc").mkdir(parents=True)
+    (node_root / "etc" / "escape").symlink_to("/etc")  # a link out of the node's tree
+    assert host_path("/etc/escape/kubernetes", tmp_path, node_root) is None
+    (node_root / "etc" / "pki").symlink_to(node_root / "var")  # one that stays inside
+    assert host_path("/etc/pki", tmp_path, node_root) == node_root / "var"
+    assert host_path("/var/lib/etcd", tmp_path, None) is None  # no node: refused as before
+
+
+def test_a_valid_pod_that_cannot_run_still_carries_its_manifest(tmp_path: Path) -> None:
+    """The runner keeps a mirror pod for it (new hash, the error as its waiting state)."""
+    doc = etcd_pod(tmp_path, tmp_path / "var/lib/etcd")
+    doc["spec"]["volumes"][0]["hostPath"]["path"] = "/etc"
+    with pytest.raises(ManifestError, match="outside the sandbox") as info:
+        parse(tmp_path, doc)
+    assert info.value.pod is not None and info.value.pod["metadata"]["name"] == "etcd"
+    with pytest.raises(ManifestError) as bad_yaml:
+        parse(tmp_path, b"kind: Pod\n  bad: [", "broken.yaml")
+    assert bad_yaml.value.pod is None  # not a Pod: no mirror, as the kubelet

@@ -96,8 +96,9 @@ def add_drain_flags(
     read back by :func:`drain_options`.
 
     ``ignore_daemonsets``: the default of --ignore-daemonsets. kubectl drain's is false; an
-    upgrade's is true, as kubeadm's upgrade guide drains (``kubectl drain --ignore-daemonsets``):
-    every real cluster runs kube-proxy and a CNI as DaemonSets, whose pods a drain cannot move."""
+    upgrade's and maintain's are true, as kubeadm's upgrade guide and the node maintenance docs
+    drain (``kubectl drain --ignore-daemonsets``): every real cluster runs kube-proxy and a CNI as
+    DaemonSets, whose pods a drain cannot move."""
     g = parser.add_argument_group("drain options (kubectl drain's)")
     if ignore_daemonsets:
         g.add_argument(
@@ -105,7 +106,8 @@ def add_drain_flags(
             action=argparse.BooleanOptionalAction,
             default=True,
             help="leave DaemonSet-managed pods running on the drained node (default: yes, as "
-            "kubeadm's upgrade guide drains; --no-ignore-daemonsets refuses nodes that run any)",
+            "the upgrade and maintenance guides drain; --no-ignore-daemonsets refuses nodes "
+            "that run any)",
         )
     else:
         g.add_argument(

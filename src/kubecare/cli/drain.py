@@ -55,7 +55,9 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     m.add_argument(
         "--ready-timeout", default="10m", help="how long to wait for the node to be Ready again"
     )
-    add_drain_flags(m, dry_run=False)
+    # An OS upgrade or reboot leaves DaemonSet pods where they are (they come back with the node),
+    # as the Kubernetes docs' maintenance steps drain: `kubectl drain --ignore-daemonsets`.
+    add_drain_flags(m, dry_run=False, ignore_daemonsets=True)
     add_output(m)
     m.set_defaults(handler=maintain_cmd, completes_nodes=True)
 

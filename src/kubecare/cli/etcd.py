@@ -146,6 +146,20 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     )
     r.add_argument("--etcdutl", metavar="PATH", help="the etcdutl binary (default: on $PATH)")
     r.add_argument(
+        "--initial-cluster",
+        metavar="NAME=PEER-URL,...",
+        help="restore only this node's members into this whole cluster: run the same restore "
+        "(same snapshot, list and --initial-cluster-token) on every control-plane node",
+    )
+    r.add_argument(
+        "--initial-cluster-token",
+        "--token",
+        dest="token",
+        metavar="TOKEN",
+        help="the new cluster's token (default: kubecare-restore-<time>; with "
+        "--initial-cluster: required, the same on every node)",
+    )
+    r.add_argument(
         "--skip-hash-check",
         action="store_true",
         help="restore a file without etcd's SHA-256 trailer (a copied member/snap/db)",
@@ -509,12 +523,20 @@ def restore_cmd(args: argparse.Namespace) -> None:
 def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> RestoreReport | None:
     from kubecare.cli.common import run
     from kubecare.cli.render import say
-    from kubecare.errors import EtcdError, SnapshotError, UsageError
-    from kubecare.etcd.grpc import member_list
+    from kubecare.errors import SnapshotError, UsageError
+    from kubecare.etcd import membership
     from kubecare.etcd.members import KUBEADM_MANIFESTS, read_members, sandbox_manifest_dirs
-    from kubecare.etcd.restore import check_membership, plan_restore, run_restore
+    from kubecare.etcd.restore import RestoreFailed, plan_restore, probe_url, run_restore
     from kubecare.etcd.snapshot import status
 
+    cluster = (
+        membership.parse_initial_cluster(args.initial_cluster) if args.initial_cluster else None
+    )
+    if cluster is not None and not args.token:
+        raise UsageError(
+            "--initial-cluster restores this node's members only: give every node's run the "
+            "same --initial-cluster-token TOKEN"
+        )
     say(f"checking {snapshot}")
     st = status(readable)  # structure and SHA-256: a bad file stops here, before anything
     if st.sha256 == "absent" and not args.skip_hash_check:
@@ -528,16 +550,6 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
         else [Path(d) for d in args.manifests_dir or [KUBEADM_MANIFESTS]]
     )
     members = read_members(dirs)
-    try:  # every member must be restored: ask etcd who they are
-        known = [(m.name, m.peer_urls) for m in run(member_list(members[0].endpoint))]
-    except EtcdError:  # etcd is down (the usual reason to restore): the manifests say
-        say("etcd does not answer: its members are taken from the manifests' --initial-cluster")
-        known = [
-            (name, (url,))
-            for m in members
-            for name, _, url in (item.partition("=") for item in m.initial_cluster.split(","))
-        ]
-    check_membership(members, known)
     plan = plan_restore(
         readable,
         st.revision,
@@ -548,13 +560,27 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
         skip_hash_check=args.skip_hash_check,
         restart_controllers=args.restart_controllers,
         bump=args.bump_revision,
+        cluster=[(k.name, k.peer_urls[0]) for k in cluster] if cluster else None,
+        token=args.token,
     )
+    if args.dry_run:  # the steps first: they are what a refused restore is to be done by
+        for i, text in enumerate(plan.steps(), 1):
+            print(f"{i}. {text}", flush=True)
+    # Every member etcd has must be restored, and each member here only once.
+    known, _ = run(membership.known_members(members, say))
+    if cluster is None:
+        membership.check_membership(members, known)
+    else:
+        membership.check_cluster(members, cluster, known)
+    try:
+        probes = {m.name: probe_url(m.manifest) for m in members}
+    except RestoreFailed:
+        probes = {}  # no probe to compare; the run itself stops on it, before any change
+    membership.check_distinct(members, probes)
     for m in plan.members:
         if m.new_data_dir.exists() and any(m.new_data_dir.iterdir()):
             raise UsageError(f"{m.new_data_dir} exists and is not empty; choose another --data-dir")
     if args.dry_run:
-        for i, text in enumerate(plan.steps(), 1):
-            print(f"{i}. {text}")
         return None
     report: RestoreReport = run(run_restore(plan, say))
     return report

@@ -253,3 +253,36 @@ async def member_list(ep: Endpoint, timeout: float = STATUS_TIMEOUT) -> list[Clu
     except Exception as e:
         raise describe(ep, e) from None
     return [ClusterMember(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members]
+
+
+async def member_add(
+    ep: Endpoint, peer_url: str, *, learner: bool, timeout: float = STATUS_TIMEOUT
+) -> tuple[int, list[ClusterMember]]:
+    """Cluster.MemberAdd: the new member's ID and the members after the add (the new one
+    without a name until it starts)."""
+    from ._proto import maintenance_pb2 as pb
+    from ._proto import maintenance_pb2_grpc as rpc
+
+    request = pb.MemberAddRequest(peerURLs=[peer_url], isLearner=learner)
+    try:
+        async with channel(ep) as ch:
+            resp = await rpc.ClusterStub(ch).MemberAdd(request, timeout=timeout)  # type: ignore[no-untyped-call]
+    except Exception as e:
+        raise describe(ep, e) from None
+    members = [ClusterMember(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members]
+    return resp.member.ID, members
+
+
+async def member_promote(ep: Endpoint, member_id: int, timeout: float = STATUS_TIMEOUT) -> None:
+    """Cluster.MemberPromote: a learner becomes a voting member (etcd refuses until the
+    learner has caught up with the leader: the caller retries, as kubeadm does)."""
+    from ._proto import maintenance_pb2 as pb
+    from ._proto import maintenance_pb2_grpc as rpc
+
+    try:
+        async with channel(ep) as ch:
+            await rpc.ClusterStub(ch).MemberPromote(  # type: ignore[no-untyped-call]
+                pb.MemberPromoteRequest(ID=member_id), timeout=timeout
+            )
+    except Exception as e:
+        raise describe(ep, e) from None

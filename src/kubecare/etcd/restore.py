@@ -43,6 +43,8 @@ APISERVER, CONTROLLER_MANAGER, SCHEDULER = (
 )
 STOP_TIMEOUT = 90.0  # a kubelet gives the apiserver 30 s of grace, then kills it
 ETCD_TIMEOUT = 120.0
+# A per-node restore waits for the other nodes' runs: its member has no quorum before they come.
+QUORUM_TIMEOUT = 600.0
 READY_TIMEOUT = 240.0  # kubeadm waits 4 minutes for a control-plane component
 
 
@@ -70,6 +72,7 @@ class RestorePlan:
     members: tuple[MemberRestore, ...]
     restart_controllers: bool = True
     bump: int = 0  # --bump-revision (with --mark-compacted): watchers relist instead of reusing
+    others: tuple[str, ...] = ()  # per-node restore: the members other runs restore
 
     @property
     def expected_revision(self) -> int:
@@ -77,7 +80,16 @@ class RestorePlan:
         return self.revision + self.bump
 
     def steps(self) -> list[str]:
-        out = [f"check {self.snapshot} (structure, SHA-256) and etcdutl; revision {self.revision}"]
+        out = []
+        if self.others:
+            out.append(
+                f"first: stop {APISERVER} on every control-plane node, and run this same "
+                f"restore (same snapshot, --initial-cluster and --initial-cluster-token "
+                f"{self.token}) for {', '.join(self.others)} on their own machines"
+            )
+        out.append(
+            f"check {self.snapshot} (structure, SHA-256) and etcdutl; revision {self.revision}"
+        )
         out += [f"run: {' '.join(m.argv)}" for m in self.members]
         for m in self.members:
             out.append(
@@ -91,7 +103,13 @@ class RestorePlan:
             out.append(
                 f"start etcd {m.member.name} on {m.new_data_dir} (etcd.yaml's data dir rewritten)"
             )
-        out.append(f"wait until every member is healthy at revision {self.expected_revision}")
+        if self.others:
+            out.append(
+                f"wait until {', '.join(m.member.name for m in self.members)} is healthy at "
+                f"revision {self.expected_revision} (it needs a quorum: the other nodes' runs)"
+            )
+        else:
+            out.append(f"wait until every member is healthy at revision {self.expected_revision}")
         out.append(f"start {APISERVER} again and wait for /readyz")
         if self.restart_controllers:
             out.append(
@@ -117,8 +135,14 @@ def plan_restore(
     skip_hash_check: bool = False,
     restart_controllers: bool = True,
     bump: int = 0,
+    cluster: list[tuple[str, str]] | None = None,
+    token: str | None = None,
 ) -> RestorePlan:
-    """The restore, as data. Every member restores the same snapshot with one new token."""
+    """The restore, as data. Every member restores the same snapshot with one new token.
+
+    ``cluster`` (name, peer URL): the whole restored cluster when ``members`` are only this
+    node's (a per-node restore: every node runs it with the same cluster and ``token``);
+    default: ``members`` are the whole cluster."""
     if not members:
         raise UsageError("no etcd member to restore")
     if data_dir is not None and len(members) > 1:
@@ -132,8 +156,11 @@ def plan_restore(
             f"etcd.yaml of {', '.join(missing)} has no --initial-advertise-peer-urls; "
             "it does not look like kubeadm's"
         )
-    token = f"kubecare-restore-{stamp}"
-    cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
+    token = token or f"kubecare-restore-{stamp}"
+    pairs = cluster or [(m.name, m.peer_url) for m in members]
+    initial = ",".join(f"{name}={url}" for name, url in pairs)
+    here = set(names)
+    others = tuple(dict.fromkeys(name for name, _ in pairs if name not in here))
     out = []
     for m in members:
         new = data_dir or m.data_dir.with_name(f"{m.data_dir.name}-restore-{stamp}")
@@ -143,7 +170,7 @@ def plan_restore(
             "restore",
             str(snapshot),
             f"--name={m.name}",
-            f"--initial-cluster={cluster}",
+            f"--initial-cluster={initial}",
             f"--initial-cluster-token={token}",
             f"--initial-advertise-peer-urls={m.peer_url}",
             f"--data-dir={new}",
@@ -155,27 +182,9 @@ def plan_restore(
             # one a client has seen, and the old ones read as compacted, so caches relist.
             argv += [f"--bump-revision={bump}", "--mark-compacted"]
         out.append(MemberRestore(m, new, tuple(argv)))
-    return RestorePlan(snapshot, revision, token, stamp, tuple(out), restart_controllers, bump)
-
-
-def check_membership(members: list[Member], known: list[tuple[str, tuple[str, ...]]]) -> None:
-    """Refuse a restore that would not cover every member etcd has: the members left out keep
-    the old data and their quorum, and the cluster splits in two. ``known``: (name, peer URLs)
-    from MemberList, or from the manifests' --initial-cluster when etcd cannot be asked."""
-    covered_names = {m.name for m in members}
-    covered_urls = {m.peer_url for m in members}
-    missing = [
-        name or ",".join(urls)
-        for name, urls in known
-        if name not in covered_names and not covered_urls.intersection(urls)
-    ]
-    if missing:
-        raise UsageError(
-            f"etcd has members this restore does not cover: {', '.join(sorted(missing))}; every "
-            "member must be restored from the same snapshot. Give every control-plane node's "
-            "manifests dir (--manifests-dir, repeated) where they are reachable from here, or "
-            "restore each node by hand (kubecare etcd restore --dry-run prints the steps)"
-        )
+    return RestorePlan(
+        snapshot, revision, token, stamp, tuple(out), restart_controllers, bump, others
+    )
 
 
 def pointed_at(text: str, member: Member, new_dir: Path) -> str:
@@ -428,7 +437,16 @@ async def run_restore(plan: RestorePlan, say: Say) -> RestoreReport:
                 report.revision = states[0].revision
                 return all(s.healthy for s in states)
 
-            await _wait("the restored etcd members to become healthy", healthy, ETCD_TIMEOUT)
+            if plan.others:
+                say(
+                    f"  waiting for a quorum: run the same restore for {', '.join(plan.others)} "
+                    "on their machines"
+                )
+            await _wait(
+                "the restored etcd members to become healthy",
+                healthy,
+                QUORUM_TIMEOUT if plan.others else ETCD_TIMEOUT,
+            )
             if report.revision != plan.expected_revision:
                 raise RestoreFailed(
                     f"the restored etcd serves revision {report.revision}, expected "

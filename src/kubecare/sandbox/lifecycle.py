@@ -4,8 +4,10 @@ Each control-plane node gets a kubeadm tree under ``<state>/<name>/nodes/<node>/
 ``etc/kubernetes/{admin,super-admin,controller-manager,scheduler,kubelet}.conf``, ``manifests/``
 (etcd, kube-apiserver, kube-controller-manager, kube-scheduler as static pods), ``pki/`` and
 ``pki/etcd/``, and ``var/lib/etcd``. The static pod runner (:mod:`kubecare.sandbox.runner`, the
-sandbox's kubelet) runs the manifests and keeps their mirror pods in kube-system; one kwok
-process keeps every node alive (Ready, leases) and runs the workloads' pods. With
+sandbox's kubelet) runs the manifests and keeps their mirror pods in kube-system; once the
+control plane is up, the real kubeadm's init phases (:mod:`kubecare.sandbox.kubeadm_init`) write
+its ConfigMaps, RBAC, bootstrap token and addons (CoreDNS, the kube-proxy DaemonSet); one kwok
+process keeps every node alive (Ready, leases) and runs the pods. With
 ``control_planes=3`` there are three such nodes, a 3-member etcd with peer TLS, and the runner
 serves the three apiservers behind one local address.
 
@@ -34,7 +36,7 @@ from typing import Any
 from kubecare.errors import NotFound, SandboxError, UsageError
 from kubecare.files import write_atomic
 from kubecare.kube import JSON, ClientOptions, Kube
-from kubecare.sandbox import process
+from kubecare.sandbox import kubeadm_init, process
 from kubecare.sandbox.binaries import (
     KWOK_VERSION,
     Toolset,
@@ -294,6 +296,7 @@ class Sandbox:
             write_node_files(
                 node.kubernetes_dir,
                 pki,
+                node=node.name,
                 endpoint=f"https://{shape.endpoint}",
                 local=f"https://127.0.0.1:{node.ports.apiserver}",
             )
@@ -345,8 +348,25 @@ class Sandbox:
             ) as kube:
                 await self._wait_control_plane(state, {"etcd", "kube-apiserver"}, timeout=120)
                 await self._wait_apiserver(kube, state, timeout=30)
-                say("bootstrapping like kubeadm (RBAC, kubeadm-config) and registering nodes")
-                await _bootstrap(kube, cluster_configuration(shape))
+                say(
+                    "running kubeadm's init phases (upload-config, bootstrap-token, addon: "
+                    "CoreDNS, kube-proxy) and registering nodes"
+                )
+                await _bootstrap(kube)
+                first = shape.nodes[0]
+                config = kubeadm_init.write_config(
+                    self.dir,
+                    kubeadm_init.init_configuration(
+                        first.name, first.ports.apiserver, kubeadm_init.bootstrap_token()
+                    ),
+                    cluster_configuration(shape),
+                )
+                await kubeadm_init.run_phases(
+                    tools["kubeadm"],
+                    config,
+                    first.kubernetes_dir / "super-admin.conf",
+                    self.log_path("kubeadm"),
+                )
                 specs = [NodeSpec(n.name, i, True) for i, n in enumerate(shape.nodes)] + [
                     NodeSpec(f"worker-{i}", len(shape.nodes) + i - 1, False)
                     for i in range(1, opts.workers + 1)
@@ -363,6 +383,7 @@ class Sandbox:
                 await _wait_default_service_account(kube, opts.ready_timeout)
                 await self._wait_control_plane(state, set(STATIC), timeout=opts.ready_timeout)
                 await self._wait_mirrors(kube, 4 * len(shape.nodes), opts.ready_timeout)
+                await _wait_addons(kube, len(specs), opts.ready_timeout)
         except BaseException:
             self._stop_all(state)
             self.save(state)
@@ -872,11 +893,10 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-async def _bootstrap(kube: Kube, configuration: dict[str, Any]) -> None:
-    """What ``kubeadm init`` does after the control plane is up and kubecare relies on: the
-    ``kubeadm:cluster-admins`` binding (admin.conf's group) and the ``kubeadm-config`` ConfigMap."""
-    import yaml
-
+async def _bootstrap(kube: Kube) -> None:
+    """What ``kubeadm init`` does before its phases and kubecare relies on: the
+    ``kubeadm:cluster-admins`` binding (admin.conf's group; kubeadm creates it with
+    super-admin.conf when admin.conf is first used)."""
     rbac = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
     with contextlib.suppress(Exception):
         await kube.request_json(
@@ -898,17 +918,6 @@ async def _bootstrap(kube: Kube, configuration: dict[str, Any]) -> None:
                 ],
             },
         )
-    await kube.request_json(
-        "POST",
-        "/api/v1/namespaces/kube-system/configmaps",
-        body={
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
-            "data": {"ClusterConfiguration": yaml.safe_dump(configuration, sort_keys=False)},
-        },
-        what="configmap kube-system/kubeadm-config",
-    )
 
 
 async def _register_all(kube: Kube, manifests: list[JSON]) -> None:
@@ -944,6 +953,33 @@ async def _wait_default_service_account(kube: Kube, timeout: float) -> None:
                     "the service-account controller did not create default/default; see kubecare sandbox logs kube-controller-manager"
                 ) from None
             await asyncio.sleep(0.2)
+
+
+async def _wait_addons(kube: Kube, nodes: int, timeout: float) -> None:
+    """kubeadm's addons running: a kube-proxy pod Ready on every node, CoreDNS available. A
+    sandbox handed over earlier would have pods still being created under the first test."""
+    deadline = time.monotonic() + timeout
+    ds_path = "/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy"
+    dns_path = "/apis/apps/v1/namespaces/kube-system/deployments/coredns"
+    while True:
+        ds = await kube.get_json(ds_path, what="daemonset kube-system/kube-proxy")
+        dns = await kube.get_json(dns_path, what="deployment kube-system/coredns")
+        st, dst = ds.get("status", {}), dns.get("status", {})
+        proxies = st.get("numberReady", 0)
+        want_dns = dns.get("spec", {}).get("replicas", 1)
+        if (
+            proxies == nodes
+            and st.get("updatedNumberScheduled", 0) == nodes
+            and dst.get("availableReplicas", 0) == want_dns
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise SandboxError(
+                f"kubeadm's addons did not come up within {timeout:.0f}s: kube-proxy ready on "
+                f"{proxies}/{nodes} nodes, CoreDNS {dst.get('availableReplicas', 0)}/{want_dns} "
+                "available; see kubecare sandbox logs kube-controller-manager and kwok"
+            )
+        await asyncio.sleep(0.2)
 
 
 def list_sandboxes() -> list[str]:

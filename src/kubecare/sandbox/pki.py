@@ -4,7 +4,8 @@ front-proxy-ca, front-proxy-client, sa}`` and ``pki/etcd/{ca, server, peer,
 healthcheck-client}``. The CAs and the service-account key are the cluster's (the same on every
 node, as ``kubeadm join --control-plane`` copies them); serving and client certificates are made
 per node. The client certificates behind the kubeconfig files (admin, super-admin,
-controller-manager, scheduler, kwok) live in the sandbox's private ``clients/`` dir. Keys are
+controller-manager, scheduler, kwok, each node's kubelet) live in the sandbox's private ``clients/``
+dir. Keys are
 ECDSA P-256 (kubeadm's ``encryptionAlgorithm: ECDSA-P256``: fast to make) and written 0600."""
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ CLIENTS = (
 )
 
 
+#: kubelet.conf's identity on each node, as kubeadm's kubeconfig phase makes it:
+#: ``system:node:<node>`` in ``system:nodes`` (the Node authorizer's). Its file stem in clients/.
+KUBELET_CLIENT = "kubelet-"
+
+
 @dataclass(frozen=True)
 class CertPair:
     """Paths of one certificate and its private key."""
@@ -62,7 +68,7 @@ class SandboxPKI:
     clients: Path
 
     def pair(self, name: str) -> CertPair:
-        if any(name == c[0] for c in CLIENTS):
+        if any(name == c[0] for c in CLIENTS) or name.startswith(KUBELET_CLIENT):
             return CertPair(self.clients / f"{name}.crt", self.clients / f"{name}.key")
         rel = _ALIASES.get(name, name)
         return CertPair(self.dir / f"{rel}.crt", self.dir / f"{rel}.key")
@@ -287,4 +293,7 @@ def _node_certs(
         )
     _issue(
         pki.pair("etcd/healthcheck-client"), etcd_ca, "kube-etcd-healthcheck-client", client=True
+    )
+    _issue(
+        pki.pair(KUBELET_CLIENT + node), ca, f"system:node:{node}", org="system:nodes", client=True
     )

@@ -129,6 +129,14 @@ class NodeDirs:
     manifests: Path
     ip: str = "127.0.0.1"  # the Node's address, shown on its mirror pods
 
+    @property
+    def root(self) -> Path | None:
+        """The node's own tree (``<root>/etc/kubernetes/manifests``), where its manifests'
+        absolute hostPaths resolve; None for a manifests dir laid out otherwise."""
+        if self.manifests.parts[-3:] == ("etc", "kubernetes", "manifests"):
+            return self.manifests.parents[2]
+        return None
+
 
 @dataclass
 class Config:
@@ -231,10 +239,13 @@ class Runner:
             return
         pod = StaticPod(nd.node, path, digest=digest)
         try:
-            pod.spec = parse_manifest(path, data, root=self.config.dir, resolve=resolve_binary)
+            pod.spec = parse_manifest(
+                path, data, root=self.config.dir, resolve=resolve_binary, node_root=nd.root
+            )
             pod.doc = pod.spec.pod
         except ManifestError as e:
-            pod.error, pod.reason = str(e), "InvalidManifest"
+            # A valid Pod that cannot run keeps a mirror pod with its new hash and the error.
+            pod.error, pod.reason, pod.doc = str(e), "InvalidManifest", e.pod
             self._log(f"{e}; skipped, the other manifests keep running")
         except ImageNotBuilt as e:
             pod.error, pod.reason, pod.doc = str(e), "ErrImagePull", e.pod

@@ -4,8 +4,11 @@ A manifest is a v1 Pod as kubeadm writes it. The runner has no containers, so it
 container would see: the image ``registry.k8s.io/<component>:<tag>`` picks the binary of that
 version from the build cache, and every path in the command that lies under a volume's
 ``mountPath`` is rewritten to that volume's ``hostPath`` — exactly how a kubeadm etcd restore
-works ("point etcd.yaml's hostPath at the new data dir"). A hostPath outside the sandbox's own
-state dir is refused, and so is any path in the command that no volume maps inside it
+works ("point etcd.yaml's hostPath at the new data dir"). A hostPath inside the sandbox's state dir
+is used as it is; any other absolute hostPath is the node's own path (``/var/lib/etcd`` is
+``<node root>/var/lib/etcd``), as a kubelet on that node sees it — so kubeadm's own manifests run.
+A hostPath that would leave the node's root is refused, and so is any path in the command that
+no volume maps inside the state dir
 (absolute, ``name=/path`` list items, or relative — the runner works in the state dir — all
 normalised, so ``..`` does not climb out): the sandbox never touches the machine's real /etc or
 /var.
@@ -25,7 +28,13 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 
 
 class ManifestError(Exception):
-    """A manifest the runner cannot run; the message names the file and what is wrong."""
+    """A manifest the runner cannot run; the message names the file and what is wrong.
+
+    ``pod`` is the manifest when it is a valid v1 Pod that just cannot run here: the kubelet
+    still makes its mirror pod (with the new config hash), its container waiting with the
+    error, rather than leaving the old pod's mirror or none — kubeadm waits on that hash."""
+
+    pod: dict[str, Any] | None = None
 
 
 class ImageNotBuilt(Exception):
@@ -162,17 +171,38 @@ def confined(arg: str, root: Path) -> str | None:
     return None
 
 
+def host_path(host: str, root: Path, node_root: Path | None) -> Path | None:
+    """Where a hostPath lies on this machine, or None when it is outside the sandbox.
+
+    A path already inside the sandbox's state dir is taken as it is; any other absolute path is
+    the node's own, as a kubelet on that node would see it (``/etc/kubernetes/pki`` is
+    ``<node root>/etc/kubernetes/pki``), and must stay inside the node's root — symlinks
+    followed, so a link in the node's tree cannot lead a component out of it."""
+    resolved = Path(host).resolve()
+    if resolved == root or root in resolved.parents:
+        return resolved
+    if node_root is None or not host.startswith("/"):
+        return None
+    node_root = node_root.resolve()
+    inside = Path(os.path.normpath(os.path.join(node_root, host.lstrip("/")))).resolve()
+    if inside != node_root and node_root not in inside.parents:
+        return None
+    return inside
+
+
 def parse_manifest(
     path: Path,
     data: bytes,
     *,
     root: Path,
     resolve: Callable[[str, str], str],
+    node_root: Path | None = None,
 ) -> RunSpec:
     """Validate one manifest and plan its process.
 
-    ``root``: hostPaths must lie inside it. ``resolve(component, tag)`` returns the binary for an
-    image or raises :class:`ImageNotBuilt`.
+    ``root``: the sandbox's state dir; every path the process sees lies inside it. ``node_root``:
+    the node's own tree, where other absolute hostPaths resolve (see :func:`host_path`).
+    ``resolve(component, tag)`` returns the binary for an image or raises :class:`ImageNotBuilt`.
     """
     import yaml
 
@@ -189,6 +219,23 @@ def parse_manifest(
     name = meta.get("name")
     if not name or not isinstance(name, str):
         raise ManifestError(f"{where}: the Pod has no metadata.name")
+    try:
+        return _plan(where, doc, meta, name, data, root, node_root, resolve)
+    except ManifestError as e:
+        e.pod = doc  # a Pod all the same: its mirror pod shows the error
+        raise
+
+
+def _plan(
+    where: str,
+    doc: dict[str, Any],
+    meta: dict[str, Any],
+    name: str,
+    data: bytes,
+    root: Path,
+    node_root: Path | None,
+    resolve: Callable[[str, str], str],
+) -> RunSpec:
     spec = doc.get("spec") or {}
     containers = spec.get("containers") or []
     if (
@@ -219,6 +266,7 @@ def parse_manifest(
     volumes = {v.get("name"): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
     mounts: list[tuple[str, str]] = []
     root = root.resolve()
+    node_root = node_root.resolve() if node_root else None
     for m in container.get("volumeMounts") or []:
         if not isinstance(m, dict) or not isinstance(m.get("mountPath"), str):
             raise ManifestError(f"{where}: a volumeMount needs a name and a mountPath")
@@ -226,11 +274,12 @@ def parse_manifest(
         host = hostpath.get("path") if isinstance(hostpath, dict) else None
         if not isinstance(host, str) or not host:
             raise ManifestError(f"{where}: volumeMount {m.get('name')!r} has no hostPath volume")
-        resolved = Path(host).resolve()
-        if resolved != root and root not in resolved.parents:
+        resolved = host_path(host, root, node_root)
+        if resolved is None:
             raise ManifestError(
-                f"{where}: hostPath {host} is outside the sandbox's state dir {root}; "
-                "the sandbox never touches paths outside its own tree"
+                f"{where}: hostPath {host} is outside the sandbox's state dir {root}"
+                + (f" and the node's root {node_root}" if node_root else "")
+                + "; the sandbox never touches paths outside its own tree"
             )
         mounts.append((str(m.get("mountPath")), str(resolved)))
     mounts.sort(key=lambda pair: len(pair[0]), reverse=True)

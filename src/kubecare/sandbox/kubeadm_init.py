@@ -1,0 +1,124 @@
+"""The API side of ``kubeadm init``, done by the real kubeadm: its own phases, run against the
+sandbox's freshly started control plane.
+
+``kubeadm init phase upload-config all`` (the ``kubeadm-config`` and ``kubelet-config``
+ConfigMaps and the RBAC that lets nodes read them), ``bootstrap-token`` (a bootstrap token, the
+``cluster-info`` ConfigMap in kube-public and the node-bootstrap RBAC) and ``addon all`` (CoreDNS
+and kube-proxy: their Deployment, DaemonSet, ConfigMaps, Service and RBAC; kwok runs their pods).
+So the objects ``kubeadm upgrade`` later reads are the ones kubeadm itself wrote, and every
+sandbox runs the DaemonSet every real cluster has (kube-proxy), which drains and upgrades must
+live with.
+
+The config kubeadm reads is written to ``<state>/kubeadm/init.yaml`` (0600: it holds the bootstrap
+token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import string
+from pathlib import Path
+from typing import Any
+
+from kubecare.errors import SandboxError
+from kubecare.files import write_atomic
+
+#: The phases, in kubeadm init's order (cmd/kubeadm/app/cmd/init.go: upload-config,
+#: upload-certs, mark-control-plane, bootstrap-token, kubelet-finalize, addon). mark-control-plane
+#: is the node's registration (the sandbox writes its labels and taints); upload-certs and
+#: kubelet-finalize concern files of a real node's kubelet.
+PHASES = (("upload-config", "all"), ("bootstrap-token",), ("addon", "all"))
+
+#: kubeadm derives the advertise address from the host's default route when it is loopback and
+#: refuses to go on without one ("unable to select an IP from lo network interface"). These
+#: phases only need it to be valid, not bound: a TEST-NET-1 address (RFC 5737) never routed out.
+ADVERTISE_ADDRESS = "192.0.2.10"
+
+_TOKEN_CHARS = string.ascii_lowercase + string.digits
+
+
+def bootstrap_token() -> str:
+    """A token in kubeadm's format, ``[a-z0-9]{6}.[a-z0-9]{16}`` (bootstraputil)."""
+
+    def part(n: int) -> str:
+        return "".join(secrets.choice(_TOKEN_CHARS) for _ in range(n))
+
+    return f"{part(6)}.{part(16)}"
+
+
+def init_configuration(node: str, bind_port: int, token: str) -> dict[str, Any]:
+    """kubeadm's InitConfiguration (v1beta4) for the first control-plane node."""
+    return {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "InitConfiguration",
+        "bootstrapTokens": [
+            {
+                "token": token,
+                "ttl": "24h0m0s",
+                "groups": ["system:bootstrappers:kubeadm:default-node-token"],
+                "usages": ["signing", "authentication"],
+            }
+        ],
+        "localAPIEndpoint": {"advertiseAddress": ADVERTISE_ADDRESS, "bindPort": bind_port},
+        "nodeRegistration": {
+            "name": node,
+            "criSocket": "unix:///run/containerd/containerd.sock",
+        },
+    }
+
+
+def config_documents(init: dict[str, Any], cluster: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump_all([init, cluster], sort_keys=False)
+
+
+async def run_phases(
+    kubeadm: Path, config: Path, kubeconfig: Path, log: Path, timeout: float = 60
+) -> None:
+    """Run each phase once, in order; its output goes to ``log``. A failing phase raises
+    :class:`SandboxError` with kubeadm's own message."""
+    for phase in PHASES:
+        argv = [
+            str(kubeadm), "init", "phase", *phase,
+            "--config", str(config), "--kubeconfig", str(kubeconfig),
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                output, _ = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise SandboxError(
+                f"kubeadm init phase {' '.join(phase)} did not finish within {timeout:.0f}s; "
+                f"see {log}"
+            ) from None
+        finally:
+            await asyncio.to_thread(_append, log, f"$ {' '.join(argv)}\n".encode())
+        await asyncio.to_thread(_append, log, output)
+        if proc.returncode != 0:
+            lines = output.decode(errors="replace").strip().splitlines()
+            why = next((x for x in lines if x.startswith("error")), lines[-1] if lines else "")
+            raise SandboxError(
+                f"kubeadm init phase {' '.join(phase)} failed (exit {proc.returncode}): "
+                f"{why or 'no output'}; the whole output is in {log}"
+            )
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def write_config(directory: Path, init: dict[str, Any], cluster: dict[str, Any]) -> Path:
+    path = directory / "kubeadm" / "init.yaml"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(path, config_documents(init, cluster), mode=0o600)
+    return path
