@@ -8,6 +8,7 @@ cluster back, so they get sandboxes of their own (one control plane; three for H
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import uuid
@@ -24,7 +25,7 @@ from kubecare.kube import Kube
 from kubecare.sandbox import Sandbox, SandboxOptions
 from kubecare.sandbox.binaries import ETCD_VERSION, binary_path
 
-from .conftest import own_sandbox, run_cli
+from .conftest import cli_argv, own_sandbox, run_cli
 from .workloads import deployment, wait_for, wait_running
 
 pytestmark = pytest.mark.e2e
@@ -352,3 +353,121 @@ async def test_restore_on_three_control_planes(ha_sb: Sandbox, tmp_path: Path) -
         assert await exists(kube, "/api/v1/namespaces/default/configmaps/ha-before0")
         assert not await exists(kube, "/api/v1/namespaces/default/configmaps/ha-after0")
         await configmaps(kube, "default", 1, 10, prefix="ha-new")  # writes work
+
+
+def cp_names(sb: Sandbox) -> list[str]:
+    return [cp["node"] for cp in sb.load().control_planes]
+
+
+def initial_cluster(manifest: Path) -> tuple[str, str | None]:
+    command = yaml.safe_load(manifest.read_text())["spec"]["containers"][0]["command"]
+    flags = dict(a[2:].split("=", 1) for a in command if a.startswith("--") and "=" in a)
+    return flags["initial-cluster"], flags.get("initial-cluster-state")
+
+
+async def test_etcd_members_joined_as_kubeadm_joins_them(ha_sb: Sandbox) -> None:
+    """kubeadm init's member alone; each join's manifest names the members so far, existing."""
+    first, second, third = (ha_sb.manifest_path("etcd", node) for node in cp_names(ha_sb))
+    names = [c.split("=")[0] for c in initial_cluster(third)[0].split(",")]
+    assert initial_cluster(first)[1] is None and initial_cluster(first)[0].count("=") == 1
+    assert initial_cluster(second)[1] == "existing" and initial_cluster(second)[0].count("=") == 2
+    assert initial_cluster(third)[1] == "existing" and sorted(names) == cp_names(ha_sb)
+    listed = json.loads(etcdctl(ha_sb, "member", "list", "-w", "json"))["members"]
+    assert len(listed) == 3 and not any(m.get("isLearner") for m in listed)  # promoted
+
+
+async def test_with_etcd_down_the_data_dirs_say_who_must_be_restored(
+    ha_sb: Sandbox, tmp_path: Path
+) -> None:
+    """The first control plane's manifest names one member; restoring it alone would leave two
+    members with the old data and their quorum. The data dir's membership records refuse it."""
+    snap = tmp_path / "down.db"
+    assert save(ha_sb, snap).returncode == 0
+    nodes = cp_names(ha_sb)
+    alone = tmp_path / "first"  # the first node's manifests, as if only that node were here
+    alone.mkdir()
+    (alone / "etcd.yaml").write_bytes(ha_sb.manifest_path("etcd", nodes[0]).read_bytes())
+    # Two members whose manifests resolve to one data dir: copied from other machines.
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    doc = yaml.safe_load(ha_sb.manifest_path("etcd", nodes[0]).read_text())
+    command = doc["spec"]["containers"][0]["command"]
+    for flag, value in (
+        ("name", "elsewhere"),
+        ("initial-advertise-peer-urls", "https://127.0.0.1:1"),
+    ):
+        command[:] = [f"--{flag}={value}" if a.startswith(f"--{flag}=") else a for a in command]
+    (twin / "etcd.yaml").write_text(yaml.safe_dump(doc))
+    before = {n: ha_sb.manifest_path("etcd", n).read_bytes() for n in nodes}
+    cluster = initial_cluster(ha_sb.manifest_path("etcd", nodes[2]))[0]  # the last joiner's
+    for n in nodes:
+        assert ha_sb.stop_component("etcd", node=n)
+    try:
+        res = run_cli(
+            "etcd", "restore", str(snap), "--manifests-dir", str(alone),
+            "--etcdutl", str(ETCDUTL), "--yes",
+        )  # fmt: skip
+        assert res.returncode == 2, res.stderr
+        assert "etcd does not answer" in res.stderr and "membership recorded in" in res.stderr
+        assert f"does not cover: {nodes[1]}, {nodes[2]}" in res.stderr
+        assert "--initial-cluster " in res.stderr and "Traceback" not in res.stderr
+        dry = run_cli(
+            "etcd", "restore", str(snap), "--manifests-dir", str(alone),
+            "--etcdutl", str(ETCDUTL), "--dry-run",
+        )  # fmt: skip
+        assert dry.returncode == 2 and "1. check" in dry.stdout  # the steps, then the refusal
+        assert f"does not cover: {nodes[1]}, {nodes[2]}" in dry.stderr
+        same = run_cli(
+            "etcd", "restore", str(snap), "--manifests-dir", str(alone),
+            "--manifests-dir", str(twin), "--etcdutl", str(ETCDUTL),
+            "--initial-cluster", f"{cluster},elsewhere=https://127.0.0.1:1", "--token", "t",
+            "--yes",
+        )  # fmt: skip
+        assert same.returncode == 2 and "resolve to the same data dir" in same.stderr
+        assert not list(alone.glob(".*")) and not list(tmp_path.glob("*restore*"))
+    finally:  # together: one member alone has no quorum, so it never becomes ready
+        await asyncio.gather(*(ha_sb.start_component("etcd", node=n) for n in nodes))
+    assert {n: ha_sb.manifest_path("etcd", n).read_bytes() for n in nodes} == before
+
+
+async def test_a_per_node_restore_run_on_every_node_restores_the_cluster(
+    ha_sb: Sandbox, tmp_path: Path
+) -> None:
+    """As on real machines: each node restores its own member, all with one cluster list and
+    token; each run waits for the quorum the others bring."""
+    async with Kube(ha_sb.client_options()) as kube:
+        await configmaps(kube, "default", 1, 10, prefix="pn-before")
+        snap = tmp_path / "pn.db"
+        assert save(ha_sb, snap).returncode == 0
+        await kube.request_json("DELETE", "/api/v1/namespaces/default/configmaps/pn-before0")
+        await configmaps(kube, "default", 1, 10, prefix="pn-after")
+    nodes = cp_names(ha_sb)
+    cluster = initial_cluster(ha_sb.manifest_path("etcd", nodes[2]))[0]  # the last joiner's
+    base = ["etcd", "restore", str(snap), "--etcdutl", str(ETCDUTL)]
+    runs = [
+        subprocess.Popen(
+            [
+                *cli_argv(*base, "--manifests-dir", str(ha_sb.manifest_path("etcd", n).parent)),
+                "--initial-cluster",
+                cluster,
+                "--initial-cluster-token",
+                "per-node-1",
+                "--yes",
+                "-o",
+                "json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in nodes
+    ]
+    outs = [p.communicate(timeout=600) for p in runs]
+    assert all(p.returncode == 0 for p in runs), [o[1] for o in outs]
+    assert any("waiting for a quorum" in err for _, err in outs)
+    members = json.loads(run_cli("etcd", "status", "--sandbox", ha_sb.name, "-o", "json").stdout)
+    assert len(members) == 3 and sum(m["isLeader"] for m in members) == 1
+    async with Kube(ha_sb.client_options()) as kube:
+        assert await exists(kube, "/api/v1/namespaces/default/configmaps/pn-before0")
+        assert not await exists(kube, "/api/v1/namespaces/default/configmaps/pn-after0")
+        await configmaps(kube, "default", 1, 10, prefix="pn-new")  # writes work

@@ -13,6 +13,7 @@ kubeadm user would set them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,9 +167,21 @@ def arguments(
     return (*base, *extra)
 
 
-def etcd(shape: ClusterShape, node: ControlPlaneNode) -> Component:
+def etcd(
+    shape: ClusterShape, node: ControlPlaneNode, joined: Sequence[tuple[str, str]] = ()
+) -> Component:
+    """kubeadm's etcd.yaml (phases/etcd/local.go, getEtcdCommand). ``joined``: the members
+    (name, peer URL) after this node's MemberAdd, itself included, as ``kubeadm join
+    --control-plane`` writes them, with --initial-cluster-state=existing; empty: the first
+    control plane, a cluster of its own (``kubeadm init``)."""
     p = node.ports
-    cluster = ",".join(f"{n.name}={n.etcd_peer_url}" for n in shape.nodes)
+    if joined:
+        cluster = [
+            ("initial-cluster", ",".join(f"{name}={url}" for name, url in joined)),
+            ("initial-cluster-state", "existing"),
+        ]
+    else:
+        cluster = [("initial-cluster", f"{node.name}={node.etcd_peer_url}")]
     local = f"https://127.0.0.1:{p.etcd_client}"
     # kubeadm listens on localhost and the node's address; on loopback that is one URL (etcd
     # refuses to bind the same address twice).
@@ -192,7 +205,7 @@ def etcd(shape: ClusterShape, node: ControlPlaneNode) -> Component:
         ("listen-metrics-urls", f"http://127.0.0.1:{p.etcd_metrics}"),
         ("feature-gates", "InitialCorruptCheck=true"),
         ("watch-progress-notify-interval", "5s"),
-        ("initial-cluster", cluster),
+        *cluster,
     ]
     return Component(
         name="etcd",
@@ -357,13 +370,14 @@ def scheduler(shape: ClusterShape, node: ControlPlaneNode) -> Component:
 
 
 def components(shape: ClusterShape, node: ControlPlaneNode) -> list[Component]:
-    """The four static pods of one control-plane node, etcd first."""
-    return [
-        etcd(shape, node),
-        apiserver(shape, node),
-        controller_manager(shape, node),
-        scheduler(shape, node),
-    ]
+    """The four static pods of the first control-plane node, etcd first."""
+    return [etcd(shape, node), *control_plane(shape, node)]
+
+
+def control_plane(shape: ClusterShape, node: ControlPlaneNode) -> list[Component]:
+    """kube-apiserver, kube-controller-manager and kube-scheduler: what ``kubeadm join
+    --control-plane`` writes before its etcd member joins."""
+    return [apiserver(shape, node), controller_manager(shape, node), scheduler(shape, node)]
 
 
 def sandbox_extra_args(

@@ -51,6 +51,8 @@ from kubecare.sandbox.components import (
     Ports,
     cluster_configuration,
     components,
+    control_plane,
+    etcd,
     sandbox_extra_args,
 )
 from kubecare.sandbox.kubeconfigs import sandbox_kubeconfig, write, write_node_files
@@ -332,9 +334,11 @@ class Sandbox:
             ],
             balancer_port=balancer,
         )
-        for node in shape.nodes:
+        # kubeadm init on the first node: its four static pods; kubeadm join --control-plane on
+        # the others: apiserver, controller-manager and scheduler now, etcd once it is added.
+        for i, node in enumerate(shape.nodes):
             node.manifests.mkdir(parents=True, exist_ok=True)
-            for comp in components(shape, node):
+            for comp in components(shape, node) if i == 0 else control_plane(shape, node):
                 write_atomic(node.manifests / f"{comp.name}.yaml", render(comp), mode=0o600)
         self.save(state)
         try:
@@ -346,6 +350,7 @@ class Sandbox:
             async with Kube(
                 ClientOptions(kubeconfig=str(self.super_admin()), connect_timeout=2)
             ) as kube:
+                await self._join_etcd(shape, say)
                 await self._wait_control_plane(state, {"etcd", "kube-apiserver"}, timeout=120)
                 await self._wait_apiserver(kube, state, timeout=30)
                 say(
@@ -390,6 +395,32 @@ class Sandbox:
             raise
         self.save(state)
         return time.monotonic() - t0
+
+    async def _join_etcd(self, shape: ClusterShape, say: Progress) -> None:
+        """The first etcd up alone; each other control plane's member added as kubeadm's join
+        adds it (see :mod:`kubecare.sandbox.etcd_join`), one after another."""
+        from kubecare.sandbox import etcd_join
+
+        first = shape.nodes[0]
+        cluster = etcd_join.endpoint(first.ports.etcd_client, first.pki)
+        await etcd_join.wait_healthy(cluster, 60, f"etcd on {first.name}")
+        for node in shape.nodes[1:]:
+            say(f"joining etcd member {node.name} (learner, then promoted, as kubeadm does)")
+
+            def write_manifest(
+                joined: list[tuple[str, str]], node: ControlPlaneNode = node
+            ) -> None:
+                comp = etcd(shape, node, joined)
+                write_atomic(node.manifests / "etcd.yaml", render(comp), mode=0o600)
+
+            await etcd_join.join(
+                cluster,
+                node.name,
+                node.etcd_peer_url,
+                etcd_join.endpoint(node.ports.etcd_client, node.pki),
+                write_manifest,
+                timeout=60,
+            )
 
     def _start_runner(self) -> ComponentState:
         argv = [sys.executable, "-m", "kubecare.sandbox.runner", str(self.dir)]
