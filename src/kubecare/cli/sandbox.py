@@ -84,6 +84,28 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     nd.add_argument("--wait", action="store_true", help="wait until the node is NotReady")
     nd.set_defaults(handler=node_down_cmd)
 
+    x = named(
+        "exec",
+        "run a command on a control-plane node: its /etc/kubernetes, /var/lib/etcd and "
+        "kubeadm/kubectl/etcdctl, in a private mount namespace (root)",
+    )
+    x.add_argument("node", metavar="NODE")
+    x.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    x.set_defaults(handler=exec_cmd, completes_nodes=True)
+
+    sh = named("shell", "an interactive shell on a control-plane node (as sandbox exec)")
+    sh.add_argument("node", metavar="NODE")
+    sh.set_defaults(handler=shell_cmd, completes_nodes=True)
+
+    ins = named(
+        "install",
+        "the sandbox's apt-get install: switch a node's kubeadm, or the kubelet version it reports",
+    )
+    ins.add_argument("node", metavar="NODE")
+    ins.add_argument("package", choices=("kubeadm", "kubelet"))
+    ins.add_argument("version", metavar="VERSION", help=f"a built version ({SUPPORTED})")
+    ins.set_defaults(handler=install_cmd, completes_nodes=True)
+
     nu = named("node-up", "the node resumes reporting and becomes Ready again")
     nu.add_argument("node", metavar="NODE")
     nu.add_argument("--reboot", action="store_true", help="come back with a new boot ID")
@@ -250,3 +272,54 @@ def node_up_cmd(args: argparse.Namespace) -> None:
 
     run(_sandbox(args.name).node_up(args.node, reboot=args.reboot))
     say(f"node/{args.node} is reporting again and Ready")
+
+
+def exec_cmd(args: argparse.Namespace) -> None:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    _exec_on(args.name, args.node, command)
+
+
+def shell_cmd(args: argparse.Namespace) -> None:
+    import os
+    import shutil
+
+    shell = os.environ.get("SHELL") or shutil.which("bash") or "/bin/sh"
+    # bash without the user's rc files: they would replace the prompt that names the node
+    argv = [shell, "--noprofile", "--norc", "-i"] if shell.endswith("bash") else [shell, "-i"]
+    _exec_on(args.name, args.node, argv)
+
+
+def _exec_on(name: str, node: str, command: list[str]) -> None:
+    """Replace this process with ``command`` in the node's view (its exit code is ours)."""
+    import os
+    import shutil
+    import sys
+
+    from kubecare.errors import SandboxError, UsageError
+    from kubecare.sandbox import nodeshell
+
+    if not command:
+        raise UsageError("give the command to run on the node: kubecare sandbox exec NODE -- CMD")
+    if os.geteuid() != 0:
+        raise SandboxError(
+            "sandbox exec needs root: it makes a private mount namespace (unshare --mount) "
+            "where the node's tree is /etc/kubernetes; run it as root (sudo)"
+        )
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise SandboxError("unshare not found: install util-linux (apt-get install util-linux)")
+    view = _sandbox(name).node_view(node)
+    argv = nodeshell.argv(view, command, unshare=unshare)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(unshare, argv, nodeshell.environment(view, dict(os.environ)))
+
+
+def install_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import run
+    from kubecare.cli.render import say
+
+    before, after = run(_sandbox(args.name).install(args.node, args.package, args.version))
+    say(f"{args.node}: {args.package} v{before} -> v{after}")

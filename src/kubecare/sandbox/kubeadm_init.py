@@ -19,10 +19,13 @@ import asyncio
 import secrets
 import string
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubecare.errors import SandboxError
 from kubecare.files import write_atomic
+
+if TYPE_CHECKING:
+    from kubecare.sandbox.nodeshell import NodeView
 
 #: The phases, in kubeadm init's order (cmd/kubeadm/app/cmd/init.go: upload-config,
 #: upload-certs, mark-control-plane, bootstrap-token, kubelet-finalize, addon). mark-control-plane
@@ -84,32 +87,57 @@ async def run_phases(
             str(kubeadm), "init", "phase", *phase,
             "--config", str(config), "--kubeconfig", str(kubeconfig),
         ]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
+        await _run(argv, f"kubeadm init phase {' '.join(phase)}", log, timeout)
+
+
+async def kubelet_start(view: NodeView, config: Path, log: Path, timeout: float = 60) -> None:
+    """``kubeadm init phase kubelet-start`` in the node's own view (``sandbox exec``): kubeadm
+    writes the node's ``/var/lib/kubelet/{config.yaml,instance-config.yaml,kubeadm-flags.env}``,
+    which ``kubeadm upgrade`` reads back; its systemctl calls reach the node's shim only."""
+    import os
+    import shutil
+
+    from kubecare.sandbox import nodeshell
+
+    unshare = shutil.which("unshare") or "unshare"
+    argv = nodeshell.argv(
+        view, ["kubeadm", "init", "phase", "kubelet-start", "--config", str(config)],
+        unshare=unshare,
+    )  # fmt: skip
+    env = nodeshell.environment(view, dict(os.environ))
+    await _run(argv, f"kubeadm init phase kubelet-start on {view.node}", log, timeout, env)
+
+
+async def _run(
+    argv: list[str], what: str, log: Path, timeout: float, env: dict[str, str] | None = None
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            output, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise SandboxError(f"{what} did not finish within {timeout:.0f}s; see {log}") from None
+    finally:
+        await asyncio.to_thread(_append, log, f"$ {' '.join(argv)}\n".encode())
+    await asyncio.to_thread(_append, log, output)
+    if proc.returncode != 0:
+        lines = output.decode(errors="replace").strip().splitlines()
+        why = next(
+            (x for x in lines if x.startswith(("error", "kubecare sandbox exec"))),
+            lines[-1] if lines else "",
         )
-        try:
-            async with asyncio.timeout(timeout):
-                output, _ = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise SandboxError(
-                f"kubeadm init phase {' '.join(phase)} did not finish within {timeout:.0f}s; "
-                f"see {log}"
-            ) from None
-        finally:
-            await asyncio.to_thread(_append, log, f"$ {' '.join(argv)}\n".encode())
-        await asyncio.to_thread(_append, log, output)
-        if proc.returncode != 0:
-            lines = output.decode(errors="replace").strip().splitlines()
-            why = next((x for x in lines if x.startswith("error")), lines[-1] if lines else "")
-            raise SandboxError(
-                f"kubeadm init phase {' '.join(phase)} failed (exit {proc.returncode}): "
-                f"{why or 'no output'}; the whole output is in {log}"
-            )
+        raise SandboxError(
+            f"{what} failed (exit {proc.returncode}): {why or 'no output'}; the whole output "
+            f"is in {log}"
+        )
 
 
 def _append(path: Path, data: bytes) -> None:
@@ -117,8 +145,10 @@ def _append(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def write_config(directory: Path, init: dict[str, Any], cluster: dict[str, Any]) -> Path:
-    path = directory / "kubeadm" / "init.yaml"
+def write_config(
+    directory: Path, init: dict[str, Any], cluster: dict[str, Any], name: str = "init"
+) -> Path:
+    path = directory / "kubeadm" / f"{name}.yaml"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomic(path, config_documents(init, cluster), mode=0o600)
     return path

@@ -38,10 +38,12 @@ from kubecare.files import write_atomic
 from kubecare.kube import JSON, ClientOptions, Kube
 from kubecare.sandbox import kubeadm_init, process
 from kubecare.sandbox.binaries import (
+    ETCD_VERSION,
     KWOK_VERSION,
     Toolset,
     binary_path,
     ensure_binaries,
+    find_kubectl,
     find_toolset,
     resolve_version,
 )
@@ -64,9 +66,11 @@ from kubecare.sandbox.nodes import (
     node_manifest,
     register_node,
     set_boot_id,
+    set_kubelet_version,
     set_kwok_managed,
     wait_ready,
 )
+from kubecare.sandbox.nodeshell import NodeView
 from kubecare.sandbox.pki import SandboxPKI, create_cluster_pki
 from kubecare.sandbox.state import ComponentState, SandboxState, state_root
 
@@ -359,11 +363,10 @@ class Sandbox:
                 )
                 await _bootstrap(kube)
                 first = shape.nodes[0]
+                token = kubeadm_init.bootstrap_token()
                 config = kubeadm_init.write_config(
                     self.dir,
-                    kubeadm_init.init_configuration(
-                        first.name, first.ports.apiserver, kubeadm_init.bootstrap_token()
-                    ),
+                    kubeadm_init.init_configuration(first.name, first.ports.apiserver, token),
                     cluster_configuration(shape),
                 )
                 await kubeadm_init.run_phases(
@@ -383,6 +386,7 @@ class Sandbox:
                 )
                 state.components["kwok"] = self._start_kwok(tools, opts)
                 self.save(state)
+                await self._kubelet_start(shape, token, say)
                 say(f"waiting for {len(specs)} nodes and the control plane's mirror pods")
                 await wait_ready(kube, state.nodes, timeout=opts.ready_timeout)
                 await _wait_default_service_account(kube, opts.ready_timeout)
@@ -395,6 +399,27 @@ class Sandbox:
             raise
         self.save(state)
         return time.monotonic() - t0
+
+    async def _kubelet_start(self, shape: ClusterShape, token: str, say: Progress) -> None:
+        """Each control plane's var/lib/kubelet, written by kubeadm's kubelet-start phase in
+        the node's own view — which takes root (a private mount namespace); without it the
+        files are left out and ``sandbox exec`` / kubeadm upgrade say they need root."""
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            say("not root: skipping kubeadm's kubelet-start phase (var/lib/kubelet)")
+            return
+        say("running kubeadm's kubelet-start phase on each control plane (var/lib/kubelet)")
+
+        async def one(node: ControlPlaneNode) -> None:
+            config = kubeadm_init.write_config(
+                self.dir,
+                kubeadm_init.init_configuration(node.name, node.ports.apiserver, token),
+                cluster_configuration(shape),
+                name=f"kubelet-start-{node.name}",
+            )
+            view = self.node_view(node.name)
+            await kubeadm_init.kubelet_start(view, config, self.log_path("kubeadm"))
+
+        await asyncio.gather(*(one(n) for n in shape.nodes))
 
     async def _join_etcd(self, shape: ClusterShape, say: Progress) -> None:
         """The first etcd up alone; each other control plane's member added as kubeadm's join
@@ -827,6 +852,75 @@ class Sandbox:
     def node_root(self, node: str) -> Path:
         """A control-plane node's kubeadm-shaped tree (``etc/kubernetes``, ``var/lib/etcd``)."""
         return Path(self._node(self.load(), node)["manifests"]).parent.parent.parent
+
+    def node_view(self, node: str) -> NodeView:
+        """What ``sandbox exec NODE`` runs in (see :mod:`kubecare.sandbox.nodeshell`), its dirs
+        made and its tools linked: kubeadm at the node's installed version, kubectl, etcdctl."""
+        from kubecare.sandbox import nodeshell
+
+        state = self.load()
+        self._check_node(state, node)
+        cp = next((c for c in state.control_planes if c["node"] == node), None)
+        if cp is None:
+            names = ", ".join(c["node"] for c in state.control_planes)
+            raise SandboxError(
+                f'node "{node}" is a kwok worker without a file system of its own; '
+                f"sandbox exec runs on the control-plane nodes: {names}"
+            )
+        view = nodeshell.plan(
+            node,
+            self.node_root(node),
+            etcd_client_port=cp["ports"].get("etcd_client"),
+            sandbox=self.name,
+        )
+        nodeshell.prepare(view)
+        kubeadm = self.installed(state, node, "kubeadm")
+        tools: dict[str, Path | None] = {
+            "kubeadm": binary_path("kubeadm", kubeadm),
+            "kubectl": find_kubectl(),
+            "etcdctl": binary_path("etcdctl", ETCD_VERSION),
+            "etcdutl": binary_path("etcdutl", ETCD_VERSION),
+        }
+        for name, path in tools.items():
+            if path is not None:
+                nodeshell.link(view, name, path)
+        return view
+
+    def installed(self, state: SandboxState, node: str, package: str) -> str:
+        """The version of ``package`` (kubeadm, kubelet) installed on ``node``."""
+        return state.installed.get(node, {}).get(package, state.version)
+
+    async def install(self, node: str, package: str, version: str) -> tuple[str, str]:
+        """The sandbox's ``apt-get install PACKAGE=VERSION`` on ``node``: kubeadm switches the
+        node's binary (it must be built); kubelet is what the node reports (as after the
+        kubelet's restart: kwok runs the node). Returns the versions before and after."""
+        from kubecare.sandbox import nodeshell
+
+        if package not in ("kubeadm", "kubelet"):
+            raise UsageError(f"sandbox install knows kubeadm and kubelet, not {package!r}")
+        version = resolve_version(version)
+        with self.locked():
+            state = self.load()
+            self._check_node(state, node)
+            before = self.installed(state, node, package)
+            if package == "kubeadm":
+                path = binary_path("kubeadm", version)
+                if path is None:
+                    raise SandboxError(
+                        f"kubeadm v{version} is not built; build it with: kubecare sandbox "
+                        f"build --version {version}"
+                    )
+                if any(c["node"] == node for c in state.control_planes):
+                    view = nodeshell.plan(
+                        node, self.node_root(node), etcd_client_port=None, sandbox=self.name
+                    )
+                    nodeshell.link(view, "kubeadm", path)
+            else:
+                async with Kube(self.client_options()) as kube:
+                    await set_kubelet_version(kube, node, version)
+            state.installed.setdefault(node, {})[package] = version
+            self.save(state)
+        return before, version
 
     # -- nodes ---------------------------------------------------------------------------------
     def _check_node(self, state: SandboxState, node: str) -> None:

@@ -48,6 +48,9 @@ class SandboxState:
     nodes: list[str] = field(default_factory=list)
     components: dict[str, ComponentState] = field(default_factory=dict)  # runner, kwok
     next_node_index: int = 0
+    # `sandbox install NODE kubeadm|kubelet VERSION`: what each node has, where it differs from
+    # ``version`` (the sandbox's own)
+    installed: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def list_sandboxes() -> list[str]:
