@@ -1,0 +1,64 @@
+"""The plan behind `sandbox exec`: which mounts, in which order, and what the command sees."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kubecare.errors import SandboxError, UsageError
+from kubecare.sandbox import nodeshell
+
+
+def test_the_script_overlays_first_then_binds_the_nodes_tree(tmp_path: Path) -> None:
+    view = nodeshell.plan("cp1", tmp_path / "cp1", etcd_client_port=23790, sandbox="lab")
+    lines = view.script().splitlines()
+    overlays = [i for i, ln in enumerate(lines) if "-t overlay" in ln]
+    binds = [i for i, ln in enumerate(lines) if "mount --bind" in ln]
+    # the binds land inside the overlays (a mount point in /etc needs the overlay to exist)
+    assert len(overlays) == 2 and len(binds) == 3 and max(overlays) < min(binds)
+    assert f"upperdir={tmp_path}/cp1/.ns/etc/upper" in lines[overlays[0]]
+    assert f"mount --bind {tmp_path}/cp1/etc/kubernetes /etc/kubernetes" in view.script()
+    assert lines[-1] == 'exec "$@"' and all(
+        "|| fail" in ln for ln in lines if ln.startswith(("mount", "mkdir"))
+    )
+    env = nodeshell.environment(view, {"PATH": "/usr/bin", "HOME": "/root"})
+    assert env["PATH"] == f"{tmp_path}/cp1/usr/local/bin:/usr/bin" and env["HOME"] == "/root"
+    assert env["KUBECONFIG"] == "/etc/kubernetes/admin.conf"
+    assert env["ETCDCTL_ENDPOINTS"] == "https://127.0.0.1:23790"
+
+
+@pytest.mark.parametrize("root", ["/etc/kubecare/cp1", "/var/lib/kubecare/nodes/cp1"])
+def test_a_state_dir_the_overlays_would_hide_is_refused(root: str) -> None:
+    with pytest.raises(SandboxError, match="KUBECARE_STATE_DIR"):
+        nodeshell.plan("cp1", Path(root), etcd_client_port=None, sandbox="lab")
+
+
+def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
+    view = nodeshell.plan("cp1", tmp_path, etcd_client_port=None, sandbox="lab")
+    with pytest.raises(UsageError, match="give the command"):
+        nodeshell.argv(view, [], unshare="unshare")
+
+
+def test_the_systemctl_shim_answers_for_the_kubelet_only(tmp_path: Path) -> None:
+    view = nodeshell.plan("cp1", tmp_path, etcd_client_port=None, sandbox="lab")
+    nodeshell.prepare(view)
+    shim = str(view.bin / "systemctl")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([shim, *args], capture_output=True, text=True, check=False)
+
+    for ok in (("restart", "kubelet"), ("daemon-reload",), ("is-active", "kubelet.service")):
+        assert run(*ok).returncode == 0
+    for refused in (("stop", "containerd"), ("restart", "kubelet-other"), ("poweroff",)):
+        res = run(*refused)
+        assert res.returncode == 1 and "not available on a sandbox node" in res.stderr
+
+
+def test_link_replaces_a_tool_atomically(tmp_path: Path) -> None:
+    view = nodeshell.plan("cp1", tmp_path, etcd_client_port=None, sandbox="lab")
+    a, b = tmp_path / "kubeadm-a", tmp_path / "kubeadm-b"
+    nodeshell.link(view, "kubeadm", a)
+    nodeshell.link(view, "kubeadm", b)
+    assert (view.bin / "kubeadm").readlink() == b and not list(view.bin.glob(".*"))
