@@ -109,6 +109,9 @@ def main() -> None:
 
     step("2. The nodes, as an operator sees them before maintenance")
     sh(KUBECARE, "nodes")
+    if os.geteuid() == 0:  # on the control-plane node: kubeadm's own reading of its certificates
+        sh(KUBECARE, "sandbox", "exec", "--name", NAME, "control-plane", "--",
+           "kubeadm", "certs", "check-expiration")  # fmt: skip
 
     step("3. Cordon a worker: no new pods land on it (idempotent, verified through the API)")
     sh(KUBECARE, "cordon", "worker-1", "--dry-run=server")
@@ -134,7 +137,8 @@ def main() -> None:
 
     step("7. Before draining: what will the drain do? (--plan changes nothing)")
     node = _busiest_worker(kubectl)
-    sh(KUBECARE, "drain", node, "--plan")
+    # kubeadm's kube-proxy runs on every node, as on any real cluster: its pod stays
+    sh(KUBECARE, "drain", node, "--plan", "--ignore-daemonsets")
 
     step(
         f"8. Drain {node}: evictions wait on the PDB and go as soon as it allows (watch, not 5 s sleeps)"

@@ -355,6 +355,13 @@ async def test_restore_on_three_control_planes(ha_sb: Sandbox, tmp_path: Path) -
         await configmaps(kube, "default", 1, 10, prefix="ha-new")  # writes work
 
 
+def endpoint_status(sb: Sandbox) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = json.loads(
+        etcdctl(sb, "endpoint", "status", "--cluster", "-w", "json")
+    )
+    return result
+
+
 def cp_names(sb: Sandbox) -> list[str]:
     return [cp["node"] for cp in sb.load().control_planes]
 
@@ -415,13 +422,22 @@ async def test_with_etcd_down_the_data_dirs_say_who_must_be_restored(
             "etcd", "restore", str(snap), "--manifests-dir", str(alone),
             "--etcdutl", str(ETCDUTL), "--dry-run",
         )  # fmt: skip
-        assert dry.returncode == 2 and "1. check" in dry.stdout  # the steps, then the refusal
+        # refused: no steps (they would restore one member of three), the per-node way instead
+        assert dry.returncode == 2 and "etcdutl" not in dry.stdout
         assert f"does not cover: {nodes[1]}, {nodes[2]}" in dry.stderr
+        assert f"--initial-cluster {cluster.split(',')[0]}" in dry.stderr or all(
+            part in dry.stderr for part in cluster.split(",")
+        )
+        per_node = run_cli(
+            "etcd", "restore", str(snap), "--manifests-dir", str(alone),
+            "--etcdutl", str(ETCDUTL), "--initial-cluster", cluster, "--token", "t", "--dry-run",
+        )  # fmt: skip
+        assert per_node.returncode == 0, per_node.stderr  # this node's part of the whole cluster
+        assert "first: stop kube-apiserver on every control-plane node" in per_node.stdout
+        assert f"--initial-cluster={cluster}" in per_node.stdout
         same = run_cli(
             "etcd", "restore", str(snap), "--manifests-dir", str(alone),
-            "--manifests-dir", str(twin), "--etcdutl", str(ETCDUTL),
-            "--initial-cluster", f"{cluster},elsewhere=https://127.0.0.1:1", "--token", "t",
-            "--yes",
+            "--manifests-dir", str(twin), "--etcdutl", str(ETCDUTL), "--yes",
         )  # fmt: skip
         assert same.returncode == 2 and "resolve to the same data dir" in same.stderr
         assert not list(alone.glob(".*")) and not list(tmp_path.glob("*restore*"))
@@ -444,6 +460,7 @@ async def test_a_per_node_restore_run_on_every_node_restores_the_cluster(
     nodes = cp_names(ha_sb)
     cluster = initial_cluster(ha_sb.manifest_path("etcd", nodes[2]))[0]  # the last joiner's
     base = ["etcd", "restore", str(snap), "--etcdutl", str(ETCDUTL)]
+    before = {e["Status"]["header"]["cluster_id"] for e in endpoint_status(ha_sb)}
     runs = [
         subprocess.Popen(
             [
@@ -462,9 +479,17 @@ async def test_a_per_node_restore_run_on_every_node_restores_the_cluster(
         )
         for n in nodes
     ]
-    outs = [p.communicate(timeout=600) for p in runs]
+    try:
+        outs = [p.communicate(timeout=600) for p in runs]
+    finally:
+        for p in runs:  # a failed assert above must not leave runs changing the sandbox
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert all(p.returncode == 0 for p in runs), [o[1] for o in outs]
-    assert any("waiting for a quorum" in err for _, err in outs)
+    # one new cluster, the ID etcd derives from the list and the (snapshot-mixed) token
+    after = {e["Status"]["header"]["cluster_id"] for e in endpoint_status(ha_sb)}
+    assert len(after) == 1 and after != before
     members = json.loads(run_cli("etcd", "status", "--sandbox", ha_sb.name, "-o", "json").stdout)
     assert len(members) == 3 and sum(m["isLeader"] for m in members) == 1
     async with Kube(ha_sb.client_options()) as kube:

@@ -75,8 +75,34 @@ def test_writes_stay_in_the_node_and_the_exit_code_is_the_commands(
     res = on_node(sandbox, node, "sh", "-c", f"touch /etc/{probe} /var/lib/{probe}; exit 7")
     assert res.returncode == 7, res.stderr
     assert not Path(f"/etc/{probe}").exists() and not Path(f"/var/lib/{probe}").exists()
-    assert (sandbox.node_root(node) / ".ns" / "etc" / "upper" / probe).exists()
+    root = sandbox.node_root(node)
+    assert (root / "etc" / probe).exists() and (root / "var" / "lib" / probe).exists()
     assert "kubecare-" not in mounts()  # gone with the command
+    # nothing of the machine's init system is in reach: /run is empty, systemctl is the node's
+    res = on_node(
+        sandbox, node, "sh", "-c", "ls -A /run/systemd /run/dbus; /usr/bin/systemctl stop cron"
+    )
+    assert res.returncode != 0 and "is not available on a sandbox node" in res.stderr
+
+
+def test_a_data_dir_restored_in_the_view_is_where_the_runner_looks(sandbox: Sandbox) -> None:
+    """The CKA restore writes --data-dir /var/lib/etcd-from-backup on the node; the etcd
+    manifest's hostPath /var/lib/etcd-from-backup must then name that very dir."""
+    node = first_cp(sandbox)
+    res = on_node(sandbox, node, "sh", "-c", "mkdir -p /var/lib/etcd-from-backup/member")
+    assert res.returncode == 0, res.stderr
+    from kubecare.sandbox.staticpods import host_path
+
+    root = sandbox.node_root(node)
+    try:
+        assert host_path("/var/lib/etcd-from-backup", sandbox.dir, root) == (
+            root / "var" / "lib" / "etcd-from-backup"
+        )
+        assert (root / "var" / "lib" / "etcd-from-backup" / "member").is_dir()
+    finally:
+        import shutil
+
+        shutil.rmtree(root / "var" / "lib" / "etcd-from-backup")
 
 
 def test_kubeadm_reads_the_sandboxs_certificates(sandbox: Sandbox) -> None:

@@ -3,6 +3,7 @@ tests/unit/data) and planning a restore from them: the etcdutl command, the mani
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from kubecare.etcd.membership import (
     check_cluster,
     check_distinct,
     check_membership,
+    cluster_id,
+    member_id,
     parse_initial_cluster,
     union,
 )
@@ -221,6 +224,18 @@ def test_a_per_node_restore_keeps_each_peer_url_and_names_everyone() -> None:
         check_cluster([cp1], parse_initial_cluster("cp1=https://10.9.9.9:2380"), known[:1])
     with pytest.raises(UsageError, match="leaves out members etcd has: cp3"):
         check_cluster([cp1], cluster[:2], known)
+    # another node's URL wrong, or a member etcd does not have: a ghost in the quorum
+    wrong = parse_initial_cluster(
+        "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.9:2380,cp3=https://10.0.0.3:2380"
+    )
+    with pytest.raises(UsageError, match=re.escape("but etcd has it at https://10.0.0.2:2380")):
+        check_cluster([cp1], wrong, known)
+    with pytest.raises(
+        UsageError, match=re.escape("names cp4=https://10.0.0.4:2380, which etcd does not")
+    ):
+        check_cluster([cp1], [*cluster, Known("cp4", ("https://10.0.0.4:2380",))], known)
+    with pytest.raises(UsageError, match="cp1 is given twice"):
+        parse_initial_cluster("cp1=https://a:1,cp1=https://b:1", single=True)
     plan = plan_restore(
         Path("/s.db"),
         7,
@@ -235,11 +250,33 @@ def test_a_per_node_restore_keeps_each_peer_url_and_names_everyone() -> None:
         "--initial-cluster=cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380,"
         "cp3=https://10.0.0.3:2380" in argv
     )
-    assert "--initial-cluster-token=shared" in argv and "--name=cp1" in argv
+    token = next(a for a in argv if a.startswith("--initial-cluster-token="))
+    assert token.startswith("--initial-cluster-token=shared-") and "--name=cp1" in argv
+    pairs = [(k.name, k.peer_urls[0]) for k in cluster]
+
+    def token_for(digest: str, bump: int) -> str:
+        p = plan_restore(Path("/s.db"), 7, [cp1], etcdutl=Path("e"), stamp="T", cluster=pairs,
+                         token="shared", snapshot_digest=digest, bump=bump)  # fmt: skip
+        return p.token
+
+    # the same snapshot and bump on every node: one cluster; another of either: another cluster
+    assert token_for("abc", 5) == token_for("abc", 5) != token_for("abd", 5) != token_for("abc", 6)
+    assert plan.cluster_id == cluster_id(pairs, plan.token) and plan.shared_token == "shared"
     assert plan.others == ("cp2", "cp3")
     steps = plan.steps()
     assert steps[0].startswith("first: stop kube-apiserver on every control-plane node")
     assert "for cp2, cp3 on their own machines" in steps[0]
+
+
+def test_member_and_cluster_ids_are_etcds() -> None:
+    """etcd's TestMemberTime rows without a time (membership/member_test.go): the IDs etcdutl
+    gives a restored member, from its peer URLs and the cluster token."""
+    assert member_id(("http://10.0.0.8:2379",), "") == 14544069596553697298
+    assert member_id(("http://10.0.0.1:2379", "http://10.0.0.2:2379"), "") == 16552244735972308939
+    assert member_id(("http://10.0.0.2:2379", "http://10.0.0.1:2379"), "") == 16552244735972308939
+    # the cluster's: over the sorted member IDs, so the order of --initial-cluster does not count
+    a = [("a", "https://10.0.0.1:2380"), ("b", "https://10.0.0.2:2380")]
+    assert cluster_id(a, "t") == cluster_id(a[::-1], "t") != cluster_id(a, "u")
 
 
 def test_manifests_from_other_machines_that_resolve_to_one_etcd_are_refused() -> None:

@@ -11,25 +11,28 @@ from kubecare.errors import SandboxError, UsageError
 from kubecare.sandbox import nodeshell
 
 
-def test_the_script_overlays_first_then_binds_the_nodes_tree(tmp_path: Path) -> None:
+def test_the_nodes_tree_is_the_upper_layer_of_etc_and_var(tmp_path: Path) -> None:
+    """So a path written in the view (/var/lib/etcd-from-backup) is where the runner maps the
+    same hostPath: nodes/<node>/var/lib/etcd-from-backup."""
     view = nodeshell.plan("cp1", tmp_path / "cp1", etcd_client_port=23790, sandbox="lab")
-    lines = view.script().splitlines()
-    overlays = [i for i, ln in enumerate(lines) if "-t overlay" in ln]
-    binds = [i for i, ln in enumerate(lines) if "mount --bind" in ln]
-    # the binds land inside the overlays (a mount point in /etc needs the overlay to exist)
-    assert len(overlays) == 2 and len(binds) == 3 and max(overlays) < min(binds)
-    assert f"upperdir={tmp_path}/cp1/.ns/etc/upper" in lines[overlays[0]]
-    assert f"mount --bind {tmp_path}/cp1/etc/kubernetes /etc/kubernetes" in view.script()
-    assert lines[-1] == 'exec "$@"' and all(
-        "|| fail" in ln for ln in lines if ln.startswith(("mount", "mkdir"))
+    script = view.script()
+    lines = script.splitlines()
+    assert (
+        f"-o lowerdir=/etc,upperdir={tmp_path}/cp1/etc,workdir={tmp_path}/cp1/.ns/etc-work /etc"
+        in script
     )
+    assert f"upperdir={tmp_path}/cp1/var,workdir={tmp_path}/cp1/.ns/var-work /var" in script
+    assert any("-t tmpfs" in ln and ln.split(" || ")[0].endswith(" /run") for ln in lines)
+    assert f"mount --bind {tmp_path}/cp1/usr/local/bin/systemctl /usr/bin/systemctl" in script
+    assert lines[-1] == 'exec "$@"'
+    assert all("|| fail" in ln for ln in lines if ln.startswith("mount"))
     env = nodeshell.environment(view, {"PATH": "/usr/bin", "HOME": "/root"})
     assert env["PATH"] == f"{tmp_path}/cp1/usr/local/bin:/usr/bin" and env["HOME"] == "/root"
     assert env["KUBECONFIG"] == "/etc/kubernetes/admin.conf"
     assert env["ETCDCTL_ENDPOINTS"] == "https://127.0.0.1:23790"
 
 
-@pytest.mark.parametrize("root", ["/etc/kubecare/cp1", "/var/lib/kubecare/nodes/cp1"])
+@pytest.mark.parametrize("root", ["/etc/kubecare/cp1", "/var/lib/kubecare/nodes/cp1", "/var"])
 def test_a_state_dir_the_overlays_would_hide_is_refused(root: str) -> None:
     with pytest.raises(SandboxError, match="KUBECARE_STATE_DIR"):
         nodeshell.plan("cp1", Path(root), etcd_client_port=None, sandbox="lab")

@@ -530,7 +530,9 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
     from kubecare.etcd.snapshot import status
 
     cluster = (
-        membership.parse_initial_cluster(args.initial_cluster) if args.initial_cluster else None
+        membership.parse_initial_cluster(args.initial_cluster, single=True)
+        if args.initial_cluster
+        else None
     )
     if cluster is not None and not args.token:
         raise UsageError(
@@ -562,25 +564,36 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
         bump=args.bump_revision,
         cluster=[(k.name, k.peer_urls[0]) for k in cluster] if cluster else None,
         token=args.token,
+        snapshot_digest=st.sha256 if st.sha256 != "absent" else f"revision-{st.revision}",
     )
-    if args.dry_run:  # the steps first: they are what a refused restore is to be done by
+
+    def print_steps() -> None:
         for i, text in enumerate(plan.steps(), 1):
             print(f"{i}. {text}", flush=True)
-    # Every member etcd has must be restored, and each member here only once.
-    known, _ = run(membership.known_members(members, say))
-    if cluster is None:
-        membership.check_membership(members, known)
-    else:
-        membership.check_cluster(members, cluster, known)
+
+    # A per-node plan is safe to read before the checks (it restores this node into the whole
+    # cluster): it is what a person restoring node by node follows. A whole-cluster plan is
+    # shown only once it is known to cover every member: printed first, a refused one would
+    # be a recipe for the split the refusal prevents.
+    if args.dry_run and cluster is not None:
+        print_steps()
     try:
         probes = {m.name: probe_url(m.manifest) for m in members}
     except RestoreFailed:
         probes = {}  # no probe to compare; the run itself stops on it, before any change
-    membership.check_distinct(members, probes)
+    membership.check_distinct(members, probes)  # each member here only once
+    # Every member etcd has must be restored.
+    known, _ = run(membership.known_members(members, say, cluster_given=cluster is not None))
+    if cluster is None:
+        membership.check_membership(members, known)
+    else:
+        membership.check_cluster(members, cluster, known)
     for m in plan.members:
         if m.new_data_dir.exists() and any(m.new_data_dir.iterdir()):
             raise UsageError(f"{m.new_data_dir} exists and is not empty; choose another --data-dir")
     if args.dry_run:
+        if cluster is None:
+            print_steps()
         return None
     report: RestoreReport = run(run_restore(plan, say))
     return report

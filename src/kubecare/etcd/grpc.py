@@ -38,6 +38,7 @@ class MemberStatus:
     raft_index: int
     is_learner: bool
     errors: list[str] = field(default_factory=list)
+    cluster_id: int = 0
 
     @property
     def healthy(self) -> bool:
@@ -180,6 +181,7 @@ async def member_status(ep: Endpoint, timeout: float = STATUS_TIMEOUT) -> Member
         raft_index=resp.raftIndex,
         is_learner=resp.isLearner,
         errors=list(resp.errors),
+        cluster_id=resp.header.cluster_id,
     )
 
 

@@ -32,8 +32,11 @@ class Known:
         return self.name or ",".join(self.peer_urls)
 
 
-def parse_initial_cluster(text: str, *, what: str = "--initial-cluster") -> list[Known]:
-    """etcd's ``--initial-cluster`` (``name=peerURL,...``; a name given twice has two URLs)."""
+def parse_initial_cluster(
+    text: str, *, what: str = "--initial-cluster", single: bool = False
+) -> list[Known]:
+    """etcd's ``--initial-cluster`` (``name=peerURL,...``; a name given twice has two URLs,
+    which ``single`` refuses: a restore gives each member one, as kubeadm does)."""
     out: dict[str, list[str]] = {}
     for item in text.split(","):
         name, eq, url = item.strip().partition("=")
@@ -42,8 +45,29 @@ def parse_initial_cluster(text: str, *, what: str = "--initial-cluster") -> list
                 f"{what}: {item.strip() or '(empty)'!r} is not NAME=PEER-URL "
                 "(e.g. cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380)"
             )
+        if single and name in out:
+            raise UsageError(f"{what}: {name} is given twice; give each member one peer URL")
         out.setdefault(name, []).append(url)
     return [Known(name, tuple(urls)) for name, urls in out.items()]
+
+
+def member_id(peer_urls: tuple[str, ...], token: str) -> int:
+    """etcd's computeMemberID (etcdserver/api/membership/member.go) for a new cluster: SHA-1 of
+    the sorted peer URLs joined, then the cluster token; the first 8 bytes, big-endian."""
+    import hashlib
+
+    digest = hashlib.sha1(("".join(sorted(peer_urls)) + token).encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def cluster_id(cluster: list[tuple[str, str]], token: str) -> int:
+    """RaftCluster.genID: SHA-1 over the sorted member IDs (8 bytes each, big-endian). The ID a
+    restore with this --initial-cluster and token must come up with, whoever ran which member."""
+    import hashlib
+
+    ids = sorted(member_id((url,), token) for _, url in cluster)
+    digest = hashlib.sha1(b"".join(i.to_bytes(8, "big") for i in ids)).digest()
+    return int.from_bytes(digest[:8], "big")
 
 
 def union(*sources: list[Known]) -> list[Known]:
@@ -79,7 +103,10 @@ def check_membership(members: list[Member], known: list[Known]) -> None:
     missing = uncovered([Known(m.name, (m.peer_url,)) for m in members], known)
     if missing:
         every = union([Known(m.name, (m.peer_url,)) for m in members], known)
-        cluster = ",".join(f"{k.name.split(',')[0]}={k.peer_urls[0]}" for k in every if k.name)
+        # a member added but never started has no name yet: the placeholder says to give one
+        cluster = ",".join(
+            f"{k.name.split(',')[0] or 'NAME-OF-' + k.peer_urls[0]}={k.peer_urls[0]}" for k in every
+        )
         raise UsageError(
             f"etcd has members this restore does not cover: {', '.join(missing)}; every "
             "member must be restored from the same snapshot. Give every control-plane node's "
@@ -112,6 +139,23 @@ def check_cluster(members: list[Member], cluster: list[Known], known: list[Known
             f"--initial-cluster leaves out members etcd has: {', '.join(missing)}; name every "
             "member, and restore each of them from the same snapshot with the same list and token"
         )
+    # Every other member as etcd knows it: a wrong URL would make a quorum with a ghost member,
+    # an unknown name a cluster larger than the one restored.
+    for k in cluster:
+        same = [
+            x for x in known if k.name in x.name.split(",") or set(k.peer_urls) & set(x.peer_urls)
+        ]
+        if not same:
+            raise UsageError(
+                f"--initial-cluster names {k.name}={k.peer_urls[0]}, which etcd does not have; "
+                "give only the members etcd has (the refusal without --initial-cluster lists them)"
+            )
+        urls = {u for x in same for u in x.peer_urls}
+        if not set(k.peer_urls) <= urls:
+            raise UsageError(
+                f"--initial-cluster gives {k.name} {k.peer_urls[0]}, but etcd has it at "
+                f"{', '.join(sorted(urls))}; every member keeps its peer URL"
+            )
 
 
 def check_distinct(members: list[Member], probes: Mapping[str, str]) -> None:
@@ -139,10 +183,13 @@ def check_distinct(members: list[Member], probes: Mapping[str, str]) -> None:
 
 
 async def known_members(
-    members: list[Member], say: Callable[[str], None]
+    members: list[Member], say: Callable[[str], None], *, cluster_given: bool = False
 ) -> tuple[list[Known], str]:
     """The members etcd has, and where that came from: MemberList from the first member that
-    answers; else the union of the manifests' --initial-cluster and the old data dirs' records."""
+    answers; else the union of the manifests' --initial-cluster and the old data dirs' records.
+    A data dir whose records cannot be read (damage is a reason to restore) is skipped with a
+    warning when the user gave the whole cluster (``cluster_given``), else refused: the manifests
+    alone cannot say who the members are."""
     from .datadir import recorded_members
     from .grpc import member_list
 
@@ -160,7 +207,16 @@ async def known_members(
     from_dirs: list[Known] = []
     read: list[Path] = []
     for m in members:
-        recorded = recorded_members(m.data_dir)
+        try:
+            recorded = recorded_members(m.data_dir)
+        except EtcdError as e:
+            if not cluster_given:
+                raise UsageError(
+                    f"{e}; without it the members are not known: give the whole cluster with "
+                    "--initial-cluster NAME=PEER-URL,... and --initial-cluster-token TOKEN"
+                ) from None
+            say(f"warning: {e}; going by --initial-cluster")
+            continue
         if recorded is not None:
             read.append(m.data_dir)
             from_dirs += [Known(r.name, r.peer_urls) for r in recorded]

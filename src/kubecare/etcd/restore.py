@@ -73,6 +73,8 @@ class RestorePlan:
     restart_controllers: bool = True
     bump: int = 0  # --bump-revision (with --mark-compacted): watchers relist instead of reusing
     others: tuple[str, ...] = ()  # per-node restore: the members other runs restore
+    shared_token: str = ""  # per-node restore: the --initial-cluster-token every run is given
+    cluster_id: int = 0  # what the restored members must report (etcd's own derivation)
 
     @property
     def expected_revision(self) -> int:
@@ -84,8 +86,9 @@ class RestorePlan:
         if self.others:
             out.append(
                 f"first: stop {APISERVER} on every control-plane node, and run this same "
-                f"restore (same snapshot, --initial-cluster and --initial-cluster-token "
-                f"{self.token}) for {', '.join(self.others)} on their own machines"
+                f"restore (same snapshot, --bump-revision, --initial-cluster and "
+                f"--initial-cluster-token {self.shared_token}) for {', '.join(self.others)} on "
+                "their own machines"
             )
         out.append(
             f"check {self.snapshot} (structure, SHA-256) and etcdutl; revision {self.revision}"
@@ -137,12 +140,19 @@ def plan_restore(
     bump: int = 0,
     cluster: list[tuple[str, str]] | None = None,
     token: str | None = None,
+    snapshot_digest: str = "",
 ) -> RestorePlan:
     """The restore, as data. Every member restores the same snapshot with one new token.
 
     ``cluster`` (name, peer URL): the whole restored cluster when ``members`` are only this
     node's (a per-node restore: every node runs it with the same cluster and ``token``);
-    default: ``members`` are the whole cluster."""
+    default: ``members`` are the whole cluster. A per-node restore hands etcdutl the token mixed
+    with ``snapshot_digest`` and ``bump``: runs given another snapshot or bump then make
+    clusters of different IDs, which never form a quorum together."""
+    import hashlib
+
+    from .membership import cluster_id
+
     if not members:
         raise UsageError("no etcd member to restore")
     if data_dir is not None and len(members) > 1:
@@ -156,6 +166,10 @@ def plan_restore(
             f"etcd.yaml of {', '.join(missing)} has no --initial-advertise-peer-urls; "
             "it does not look like kubeadm's"
         )
+    shared = token or ""
+    if cluster and token:
+        mix = hashlib.sha256(f"{snapshot_digest}:{bump}".encode()).hexdigest()[:12]
+        token = f"{token}-{mix}"
     token = token or f"kubecare-restore-{stamp}"
     pairs = cluster or [(m.name, m.peer_url) for m in members]
     initial = ",".join(f"{name}={url}" for name, url in pairs)
@@ -183,7 +197,16 @@ def plan_restore(
             argv += [f"--bump-revision={bump}", "--mark-compacted"]
         out.append(MemberRestore(m, new, tuple(argv)))
     return RestorePlan(
-        snapshot, revision, token, stamp, tuple(out), restart_controllers, bump, others
+        snapshot,
+        revision,
+        token,
+        stamp,
+        tuple(out),
+        restart_controllers,
+        bump,
+        others,
+        shared,
+        cluster_id(pairs, token),
     )
 
 
@@ -435,6 +458,22 @@ async def run_restore(plan: RestorePlan, say: Say) -> RestoreReport:
                 except EtcdError:
                     return False
                 report.revision = states[0].revision
+                strangers = [
+                    (m.member.name, st.cluster_id)
+                    for m, st in zip(plan.members, states, strict=True)
+                    if st.cluster_id != plan.cluster_id
+                ]
+                if strangers and all(st.healthy for st in states):
+                    name, cid = strangers[0]
+                    raise RestoreFailed(
+                        f"etcd member {name} serves cluster {cid:x}, not the restored cluster "
+                        f"{plan.cluster_id:x}: it is not running on the restored data"
+                        + (
+                            ", or another node's run restored another snapshot or bump"
+                            if plan.others
+                            else ""
+                        )
+                    )
                 return all(s.healthy for s in states)
 
             if plan.others:
@@ -494,14 +533,21 @@ async def run_restore(plan: RestorePlan, say: Say) -> RestoreReport:
                         )
 
             await step(f"restart {CONTROLLER_MANAGER} and {SCHEDULER}", restart_controllers)
-    except RestoreFailed as e:
-        raise RestoreFailed(f"{e}; {moves.rollback(plan.members)}") from None
-    except (OSError, EtcdError) as e:
-        raise RestoreFailed(f"{e}; {moves.rollback(plan.members)}") from None
+    except (RestoreFailed, OSError, EtcdError) as e:
+        raise RestoreFailed(f"{e}; {moves.rollback(plan.members)}{_others(plan)}") from None
     except BaseException:
-        say(f"interrupted; {moves.rollback(plan.members)}")
+        say(f"interrupted; {moves.rollback(plan.members)}{_others(plan)}")
         raise
     return report
+
+
+def _others(plan: RestorePlan) -> str:
+    if not plan.others:
+        return ""
+    return (
+        f" — this node only: the runs on {', '.join(plan.others)} may have restored already; "
+        "roll every node back, or finish them all"
+    )
 
 
 async def _is(url: str, want: int) -> bool:

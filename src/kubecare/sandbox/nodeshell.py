@@ -2,22 +2,26 @@
 
 A control-plane node's tree lives in the sandbox's state dir (``nodes/<node>/etc/kubernetes``,
 ``var/lib/etcd``, ``var/lib/kubelet``). The course's commands name kubeadm's real paths
-(``kubeadm certs check-expiration`` reads ``/etc/kubernetes/pki``; ``etcdctl --cacert
-/etc/kubernetes/pki/etcd/ca.crt``), so the command runs in a private mount namespace
+(``kubeadm certs check-expiration`` reads ``/etc/kubernetes/pki``; ``etcdutl snapshot restore
+--data-dir /var/lib/etcd-from-backup``), so the command runs in a private mount namespace
 (``unshare --mount``, root) where:
 
-- ``/etc`` and ``/var/lib`` are overlays on the machine's own, their upper layers under the
-  node's ``.ns/`` dir: whatever the command writes there stays in the sandbox, never in the
-  machine's real ``/etc`` or ``/var``;
-- the node's ``etc/kubernetes``, ``var/lib/etcd`` and ``var/lib/kubelet`` are bind-mounted on
-  ``/etc/kubernetes``, ``/var/lib/etcd`` and ``/var/lib/kubelet``;
+- ``/etc`` and ``/var`` are overlays on the machine's own whose upper layers are the node's
+  ``etc/`` and ``var/``: the node's files appear at kubeadm's paths, and whatever the command
+  writes there lands in the node's tree — exactly where the static pod runner maps the same
+  hostPath (``/var/lib/etcd-from-backup`` is ``nodes/<node>/var/lib/etcd-from-backup`` for
+  both) — never in the machine's real ``/etc`` or ``/var``. ``/tmp`` stays the machine's (the
+  course's ``mv kube-apiserver.yaml /tmp/`` must survive the shell; test sandboxes live there);
+- ``/run`` is an empty tmpfs: no socket of the machine's (systemd, D-Bus, containerd) is in
+  reach, so nothing typed on the node stops a real service through them;
 - the node's ``usr/local/bin`` comes first on PATH: ``kubeadm`` (the version installed on that
   node: ``sandbox install``), ``kubectl``, ``etcdctl``, ``etcdutl``, and a ``systemctl`` of the
-  node's own: kubeadm stops, starts and restarts "the kubelet" through systemctl, and on a
-  sandbox node that must never reach the machine's init system (a real kubelet running here
-  would be stopped). It answers for the kubelet — kwok runs the node's — and refuses the rest.
+  node's own, also mounted over ``/usr/bin/systemctl``: kubeadm stops, starts and restarts "the
+  kubelet" through systemctl, and a sandbox node's kubelet is kwok's. It answers for the kubelet
+  and refuses the rest.
 
-The mounts live only as long as the command: nothing is left behind to clean up. Pure planning
+It is a view of the file system, not a container: processes and the network are the machine's.
+The mounts live only as long as the command: nothing is left behind. Pure planning
 (:func:`plan`) and one ``exec`` (:func:`argv`); the CLI replaces itself with it.
 """
 
@@ -30,13 +34,10 @@ from pathlib import Path
 
 from kubecare.errors import SandboxError, UsageError
 
-#: (the node tree's dir, where the command sees it)
-BINDS = (
-    ("etc/kubernetes", "/etc/kubernetes"),
-    ("var/lib/etcd", "/var/lib/etcd"),
-    ("var/lib/kubelet", "/var/lib/kubelet"),
-)
-OVERLAYS = ("/etc", "/var/lib")
+#: the machine's dirs the node's tree is laid over (its upper layer: the same path in the tree)
+OVERLAYS = ("/etc", "/var")
+#: made in the node's tree so a fresh node has them at kubeadm's paths
+NODE_DIRS = ("etc/kubernetes", "var/lib/etcd", "var/lib/kubelet")
 BIN = "usr/local/bin"
 
 SYSTEMCTL = """#!/bin/sh
@@ -64,7 +65,11 @@ class NodeView:
 
     @property
     def scratch(self) -> Path:
+        """Overlay work dirs (overlayfs needs an empty dir on the upper layer's file system)."""
         return self.root / ".ns"
+
+    def work(self, target: str) -> Path:
+        return self.scratch / f"{target.strip('/').replace('/', '-')}-work"
 
     def script(self) -> str:
         """The shell run inside the new mount namespace before ``exec "$@"``."""
@@ -75,18 +80,20 @@ class NodeView:
             "mount --make-rprivate / || fail 'make the mounts private'",
         ]
         for target in OVERLAYS:
-            layer = self.scratch / target.strip("/").replace("/", "-")
-            up, work = layer / "upper", layer / "work"
+            up, work = self.root / target.strip("/"), self.work(target)
             lines.append(
                 f"mount -t overlay kubecare-{self.node} "
                 f"-o lowerdir={q(target)},upperdir={q(str(up))},workdir={q(str(work))} {q(target)}"
                 f" || fail {q('overlay ' + target)}"
             )
-        for rel, target in BINDS:
-            lines.append(
-                f"mkdir -p {q(target)} && mount --bind {q(str(self.root / rel))} {q(target)}"
-                f" || fail {q('mount the node tree on ' + target)}"
-            )
+        lines.append(
+            f"mount -t tmpfs -o mode=755 kubecare-{self.node}-run /run || fail 'mount /run'"
+        )
+        shim = q(str(self.bin / "systemctl"))
+        lines.append(
+            "if [ -e /usr/bin/systemctl ]; then "
+            f"mount --bind {shim} /usr/bin/systemctl || fail 'cover /usr/bin/systemctl'; fi"
+        )
         lines.append('exec "$@"')
         return "\n".join(lines)
 
@@ -114,12 +121,10 @@ def plan(node: str, root: Path, *, etcd_client_port: int | None, sandbox: str) -
 
 def prepare(view: NodeView) -> None:
     """The dirs the mounts need (inside the node's tree only)."""
-    for rel, _ in BINDS:
+    for rel in NODE_DIRS:
         (view.root / rel).mkdir(parents=True, exist_ok=True)
     for target in OVERLAYS:
-        layer = view.scratch / target.strip("/").replace("/", "-")
-        for part in ("upper", "work"):
-            (layer / part).mkdir(parents=True, exist_ok=True)
+        view.work(target).mkdir(parents=True, exist_ok=True)
     view.bin.mkdir(parents=True, exist_ok=True)
     shim = view.bin / "systemctl"
     if not shim.exists() or shim.read_text() != SYSTEMCTL:
