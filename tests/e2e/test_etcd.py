@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -496,3 +498,55 @@ async def test_a_per_node_restore_run_on_every_node_restores_the_cluster(
         assert await exists(kube, "/api/v1/namespaces/default/configmaps/pn-before0")
         assert not await exists(kube, "/api/v1/namespaces/default/configmaps/pn-after0")
         await configmaps(kube, "default", 1, 10, prefix="pn-new")  # writes work
+
+
+async def test_a_node_restored_from_another_snapshot_never_joins_and_says_how_to_go_back(
+    ha_sb: Sandbox, tmp_path: Path
+) -> None:
+    """Per-node runs given another bump (or snapshot) get another cluster ID from the mixed
+    token: that node's member never forms a quorum with the others, its run stops at
+    --quorum-timeout with the rollback commands; followed, and run again right, it joins."""
+    import re
+
+    snap = tmp_path / "mixed.db"
+    assert save(ha_sb, snap).returncode == 0
+    nodes = cp_names(ha_sb)
+    cluster = initial_cluster(ha_sb.manifest_path("etcd", nodes[2]))[0]
+
+    def argv(node: str, *extra: str) -> list[str]:
+        return cli_argv(
+            "etcd", "restore", str(snap), "--etcdutl", str(ETCDUTL),
+            "--manifests-dir", str(ha_sb.manifest_path("etcd", node).parent),
+            "--initial-cluster", cluster, "--initial-cluster-token", "mixed-1", "--yes", *extra,
+        )  # fmt: skip
+
+    runs = [
+        subprocess.Popen(argv(n, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n, extra in (
+            (nodes[0], ()),
+            (nodes[1], ()),
+            (nodes[2], ("--bump-revision", "5", "--quorum-timeout", "25s")),
+        )
+    ]
+    try:
+        outs = [p.communicate(timeout=600) for p in runs]
+    finally:
+        for p in runs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert runs[0].returncode == 0 and runs[1].returncode == 0, [o[1] for o in outs]
+    err = outs[2][1]
+    assert runs[2].returncode == 1 and "become healthy: not within 25s" in err, err
+    assert f"this node only: the runs on {nodes[0]}, {nodes[1]} may have restored" in err
+    # follow the advice: the moves back, the restored dir removed; then the same run, right
+    for hidden, original in re.findall(r"mv (\S+) (\S+?)(?=;|$| )", err):
+        os.rename(hidden, original)
+    for restored in re.findall(r"rm -rf (\S+)", err):
+        shutil.rmtree(restored)
+    again = subprocess.run(argv(nodes[2]), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    status = {e["Status"]["header"]["cluster_id"] for e in endpoint_status(ha_sb)}
+    assert len(status) == 1 and len(endpoint_status(ha_sb)) == 3
+    async with Kube(ha_sb.client_options()) as kube:
+        await configmaps(kube, "default", 1, 10, prefix="mixed-new")  # writes work

@@ -241,3 +241,13 @@ def test_a_valid_pod_that_cannot_run_still_carries_its_manifest(tmp_path: Path) 
     with pytest.raises(ManifestError) as bad_yaml:
         parse(tmp_path, b"kind: Pod\n  bad: [", "broken.yaml")
     assert bad_yaml.value.pod is None  # not a Pod: no mirror, as the kubelet
+
+
+def test_a_node_root_is_only_ever_inside_the_state_dir(tmp_path: Path) -> None:
+    from kubecare.sandbox.runner import NodeDirs
+
+    inside = NodeDirs("cp", tmp_path / "nodes" / "cp" / "etc" / "kubernetes" / "manifests")
+    assert inside.root(tmp_path) == (tmp_path / "nodes" / "cp").resolve()
+    # the machine's own kubeadm dir would make "/" the node's root: refused
+    assert NodeDirs("cp", Path("/etc/kubernetes/manifests")).root(tmp_path) is None
+    assert NodeDirs("cp", tmp_path / "manifests").root(tmp_path) is None

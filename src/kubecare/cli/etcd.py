@@ -160,6 +160,13 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         "--initial-cluster: required, the same on every node)",
     )
     r.add_argument(
+        "--quorum-timeout",
+        default="10m",
+        metavar="DURATION",
+        help="with --initial-cluster: how long this node's run waits for the quorum the other "
+        "nodes' runs bring (default 10m)",
+    )
+    r.add_argument(
         "--skip-hash-check",
         action="store_true",
         help="restore a file without etcd's SHA-256 trailer (a copied member/snap/db)",
@@ -523,6 +530,7 @@ def restore_cmd(args: argparse.Namespace) -> None:
 def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> RestoreReport | None:
     from kubecare.cli.common import run
     from kubecare.cli.render import say
+    from kubecare.durations import parse_duration
     from kubecare.errors import SnapshotError, UsageError
     from kubecare.etcd import membership
     from kubecare.etcd.members import KUBEADM_MANIFESTS, read_members, sandbox_manifest_dirs
@@ -565,6 +573,7 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
         cluster=[(k.name, k.peer_urls[0]) for k in cluster] if cluster else None,
         token=args.token,
         snapshot_digest=st.sha256 if st.sha256 != "absent" else f"revision-{st.revision}",
+        quorum_timeout=float(parse_duration(args.quorum_timeout, "--quorum-timeout") or 0),
     )
 
     def print_steps() -> None:

@@ -75,6 +75,7 @@ class RestorePlan:
     others: tuple[str, ...] = ()  # per-node restore: the members other runs restore
     shared_token: str = ""  # per-node restore: the --initial-cluster-token every run is given
     cluster_id: int = 0  # what the restored members must report (etcd's own derivation)
+    quorum_timeout: float = QUORUM_TIMEOUT
 
     @property
     def expected_revision(self) -> int:
@@ -141,6 +142,7 @@ def plan_restore(
     cluster: list[tuple[str, str]] | None = None,
     token: str | None = None,
     snapshot_digest: str = "",
+    quorum_timeout: float = QUORUM_TIMEOUT,
 ) -> RestorePlan:
     """The restore, as data. Every member restores the same snapshot with one new token.
 
@@ -207,6 +209,7 @@ def plan_restore(
         others,
         shared,
         cluster_id(pairs, token),
+        quorum_timeout or QUORUM_TIMEOUT,
     )
 
 
@@ -484,7 +487,7 @@ async def run_restore(plan: RestorePlan, say: Say) -> RestoreReport:
             await _wait(
                 "the restored etcd members to become healthy",
                 healthy,
-                QUORUM_TIMEOUT if plan.others else ETCD_TIMEOUT,
+                plan.quorum_timeout if plan.others else ETCD_TIMEOUT,
             )
             # A per-node run may see the other nodes' apiservers write already; its own member
             # serves only its restored data dir, so anything from the expected revision on is

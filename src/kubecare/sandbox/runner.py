@@ -129,13 +129,16 @@ class NodeDirs:
     manifests: Path
     ip: str = "127.0.0.1"  # the Node's address, shown on its mirror pods
 
-    @property
-    def root(self) -> Path | None:
+    def root(self, state_dir: Path) -> Path | None:
         """The node's own tree (``<root>/etc/kubernetes/manifests``), where its manifests'
-        absolute hostPaths resolve; None for a manifests dir laid out otherwise."""
-        if self.manifests.parts[-3:] == ("etc", "kubernetes", "manifests"):
-            return self.manifests.parents[2]
-        return None
+        absolute hostPaths resolve; None for a manifests dir laid out otherwise, or one outside
+        the sandbox's state dir (``/etc/kubernetes/manifests`` would make the machine's own
+        paths the node's)."""
+        if self.manifests.parts[-3:] != ("etc", "kubernetes", "manifests"):
+            return None
+        root = self.manifests.parents[2].resolve()
+        state = state_dir.resolve()
+        return root if state in root.parents else None
 
 
 @dataclass
@@ -240,7 +243,11 @@ class Runner:
         pod = StaticPod(nd.node, path, digest=digest)
         try:
             pod.spec = parse_manifest(
-                path, data, root=self.config.dir, resolve=resolve_binary, node_root=nd.root
+                path,
+                data,
+                root=self.config.dir,
+                resolve=resolve_binary,
+                node_root=nd.root(self.config.dir),
             )
             pod.doc = pod.spec.pod
         except ManifestError as e:
