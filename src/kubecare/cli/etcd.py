@@ -592,7 +592,7 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
         probes = {}  # no probe to compare; the run itself stops on it, before any change
     membership.check_distinct(members, probes)  # each member here only once
     # Every member etcd has must be restored.
-    known, _ = run(membership.known_members(members, say, cluster_given=cluster is not None))
+    known = run(membership.known_members(members, say, cluster_given=cluster is not None))
     if cluster is None:
         membership.check_membership(members, known)
     else:

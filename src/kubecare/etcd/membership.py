@@ -184,9 +184,8 @@ def check_distinct(members: list[Member], probes: Mapping[str, str]) -> None:
 
 async def known_members(
     members: list[Member], say: Callable[[str], None], *, cluster_given: bool = False
-) -> tuple[list[Known], str]:
-    """The members etcd has, and where that came from: MemberList from the first member that
-    answers; else the union of the manifests' --initial-cluster and the old data dirs' records.
+) -> list[Known]:
+    """The members etcd has: MemberList from the first member that answers; else the union of the manifests' --initial-cluster and the old data dirs' records.
     A data dir whose records cannot be read (damage is a reason to restore) is skipped with a
     warning when the user gave the whole cluster (``cluster_given``), else refused: the manifests
     alone cannot say who the members are."""
@@ -198,7 +197,7 @@ async def known_members(
             listed = await member_list(m.endpoint)
         except EtcdError:
             continue
-        return [Known(x.name, x.peer_urls) for x in listed], f"MemberList at {m.endpoint.url}"
+        return [Known(x.name, x.peer_urls) for x in listed]
     from_manifests = [
         k
         for m in members
@@ -224,4 +223,4 @@ async def known_members(
         f" and the membership recorded in {', '.join(map(str, read))}" if read else ""
     )
     say(f"etcd does not answer: its members are taken from {source}")
-    return union(from_manifests, from_dirs), source
+    return union(from_manifests, from_dirs)
