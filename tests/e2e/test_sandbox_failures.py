@@ -7,13 +7,14 @@ import socket
 import ssl
 import stat
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from kubecare.errors import SandboxError
 from kubecare.kube import ClientOptions, Kube
-from kubecare.sandbox import Sandbox, SandboxOptions, process
+from kubecare.sandbox import Sandbox, SandboxOptions, network, process
 from kubecare.sandbox.binaries import DEFAULT_KUBE_VERSION, KUBE_VERSIONS, ensure_binaries
 
 pytestmark = pytest.mark.e2e
@@ -65,11 +66,21 @@ async def test_a_component_that_dies_on_start_is_named_with_its_log_and_nothing_
 
 async def test_a_taken_port_shows_as_a_crash_loop_with_the_reason(sandbox: Sandbox) -> None:
     await asyncio.to_thread(sandbox.stop_component, "kube-scheduler")
-    port = sandbox.load().control_planes[0]["ports"]["scheduler"]
+    state = sandbox.load()
+    port = state.control_planes[0]["ports"]["scheduler"]
+    netns = sandbox.netns(state, "control-plane")
+    assert netns is not None
+
+    def squat() -> socket.socket:
+        # in the node's own network, where the scheduler binds 127.0.0.1:10259
+        network.enter(netns)
+        s = socket.socket()
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        return s
+
     try:
-        with socket.socket() as squatter:
-            squatter.bind(("127.0.0.1", port))
-            squatter.listen()
+        with ThreadPoolExecutor(1) as pool, pool.submit(squat).result():
             with pytest.raises(SandboxError, match="kube-scheduler did not start") as info:
                 await sandbox.start_component("kube-scheduler", timeout=8)
             assert "exited with code" in info.value.message
@@ -132,7 +143,7 @@ def test_bad_sandbox_names_are_usage_errors(bad: str) -> None:
 
 
 def test_etcd_requires_client_certificates(sandbox: Sandbox) -> None:
-    port = sandbox.load().control_planes[0]["ports"]["etcd_client"]
+    port = sandbox.load().control_planes[0]["forward"]["2379"]  # the host's way to 2379
     import urllib.error
     import urllib.request
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kubecare.cli.args import add_output
 
 if TYPE_CHECKING:
-    from kubecare.etcd.members import Endpoint
+    from kubecare.etcd.members import Endpoint, Reach
     from kubecare.etcd.restore import RestoreReport
     from kubecare.etcd.snapshot import Status
 
@@ -215,12 +215,7 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 def endpoints_of(args: argparse.Namespace) -> list[Endpoint]:
     """The endpoints the flags name, or those of the kubeadm manifests."""
     from kubecare.errors import UsageError
-    from kubecare.etcd.members import (
-        KUBEADM_MANIFESTS,
-        parse_endpoints,
-        read_members,
-        sandbox_manifest_dirs,
-    )
+    from kubecare.etcd.members import parse_endpoints, read_members
 
     chosen = [f for f in ("endpoints", "manifests_dir", "sandbox") if getattr(args, f)]
     if len(chosen) > 1:
@@ -229,11 +224,22 @@ def endpoints_of(args: argparse.Namespace) -> list[Endpoint]:
         return parse_endpoints(args.endpoints, args.cacert, args.cert, args.key)
     if args.cacert or args.cert or args.key:
         raise UsageError("--cacert/--cert/--key go with --endpoints")
-    if args.sandbox:
-        dirs = sandbox_manifest_dirs(args.sandbox)
-    else:
-        dirs = [Path(d) for d in args.manifests_dir or [KUBEADM_MANIFESTS]]
-    return [m.endpoint for m in read_members(dirs)]
+    dirs, reach = manifests_of(args)
+    return [m.endpoint for m in read_members(dirs, reach)]
+
+
+def manifests_of(args: argparse.Namespace) -> tuple[list[Path], Reach]:
+    """The manifests dirs ``--sandbox``/``--manifests-dir`` name (kubeadm's by default), and
+    how this process reaches what they name."""
+    from kubecare.etcd.members import KUBEADM_MANIFESTS, as_written
+
+    if getattr(args, "sandbox", None):
+        from kubecare.sandbox.target import etcd_target
+
+        return etcd_target(args.sandbox)
+    return [
+        Path(d) for d in getattr(args, "manifests_dir", None) or [KUBEADM_MANIFESTS]
+    ], as_written
 
 
 def member_status_cmd(args: argparse.Namespace) -> None:
@@ -533,7 +539,7 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
     from kubecare.durations import parse_duration
     from kubecare.errors import SnapshotError, UsageError
     from kubecare.etcd import membership
-    from kubecare.etcd.members import KUBEADM_MANIFESTS, read_members, sandbox_manifest_dirs
+    from kubecare.etcd.members import read_members
     from kubecare.etcd.restore import RestoreFailed, plan_restore, probe_url, run_restore
     from kubecare.etcd.snapshot import status
 
@@ -554,12 +560,8 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
             f"{snapshot} has no SHA-256 trailer (not saved by etcdctl or kubecare); add "
             "--skip-hash-check to restore it anyway"
         )
-    dirs = (
-        sandbox_manifest_dirs(args.sandbox)
-        if args.sandbox
-        else [Path(d) for d in args.manifests_dir or [KUBEADM_MANIFESTS]]
-    )
-    members = read_members(dirs)
+    dirs, reach = manifests_of(args)
+    members = read_members(dirs, reach)
     plan = plan_restore(
         readable,
         st.revision,
@@ -572,6 +574,7 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
         bump=args.bump_revision,
         cluster=[(k.name, k.peer_urls[0]) for k in cluster] if cluster else None,
         token=args.token,
+        reach=reach,
         snapshot_digest=st.sha256 if st.sha256 != "absent" else f"revision-{st.revision}",
         quorum_timeout=float(parse_duration(args.quorum_timeout, "--quorum-timeout") or 0),
     )
@@ -587,7 +590,7 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
     if args.dry_run and cluster is not None:
         print_steps()
     try:
-        probes = {m.name: probe_url(m.manifest) for m in members}
+        probes = {m.name: probe_url(m.manifest, reach) for m in members}
     except RestoreFailed:
         probes = {}  # no probe to compare; the run itself stops on it, before any change
     membership.check_distinct(members, probes)  # each member here only once

@@ -307,14 +307,16 @@ def _exec_on(name: str, node: str, command: list[str]) -> None:
             "sandbox exec needs root: it makes a private mount namespace (unshare --mount) "
             "where the node's tree is /etc/kubernetes; run it as root (sudo)"
         )
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        raise SandboxError("unshare not found: install util-linux (apt-get install util-linux)")
+    unshare, nsenter = shutil.which("unshare"), shutil.which("nsenter")
+    if unshare is None or nsenter is None:
+        raise SandboxError(
+            "unshare/nsenter not found: install util-linux (apt-get install util-linux)"
+        )
     view = _sandbox(name).node_view(node)
-    argv = nodeshell.argv(view, command, unshare=unshare)
+    argv = nodeshell.argv(view, command, unshare=unshare, nsenter=nsenter)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(unshare, argv, nodeshell.environment(view, dict(os.environ)))
+    os.execve(argv[0], argv, nodeshell.environment(view, dict(os.environ)))
 
 
 def install_cmd(args: argparse.Namespace) -> None:

@@ -175,19 +175,16 @@ def _store(args: argparse.Namespace, kube: Any) -> Any:
 
 def _etcd_endpoints(args: argparse.Namespace) -> list[Any]:
     from kubecare.errors import UsageError
-    from kubecare.etcd.members import (
-        KUBEADM_MANIFESTS,
-        parse_endpoints,
-        read_members,
-        sandbox_manifest_dirs,
-    )
+    from kubecare.etcd.members import KUBEADM_MANIFESTS, parse_endpoints, read_members
 
     if args.etcd_endpoints:
         return parse_endpoints(args.etcd_endpoints, args.etcd_cacert, args.etcd_cert, args.etcd_key)
     if args.etcd_cacert or args.etcd_cert or args.etcd_key:
         raise UsageError("--etcd-cacert/--etcd-cert/--etcd-key go with --etcd-endpoints")
     if getattr(args, "sandbox", None):
-        return [m.endpoint for m in read_members(sandbox_manifest_dirs(args.sandbox))]
+        from kubecare.sandbox.target import etcd_target
+
+        return [m.endpoint for m in read_members(*etcd_target(args.sandbox))]
     if (Path(KUBEADM_MANIFESTS) / "etcd.yaml").is_file():
         return [m.endpoint for m in read_members([Path(KUBEADM_MANIFESTS)])]
     return []

@@ -11,6 +11,7 @@ its state dir). Pure: text in, :class:`Member` out.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,15 @@ from urllib.parse import urlsplit
 from ..errors import EtcdError
 
 KUBEADM_MANIFESTS = Path("/etc/kubernetes/manifests")
+
+#: How this process dials a URL a manifest names: (its manifests dir, the URL) -> the URL to
+#: dial. On the node itself, the URL as written (:func:`as_written`); for a node whose network
+#: this process is not in (a sandbox's, from the host), its forward.
+Reach = Callable[[Path, str], str]
+
+
+def as_written(_manifests: Path, url: str) -> str:
+    return url
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,7 @@ def host_path(path: str, mounts: list[tuple[str, str, str]]) -> tuple[Path, str 
     return Path(path), None
 
 
-def parse_member(manifest: Path, text: str) -> Member:
+def parse_member(manifest: Path, text: str, reach: Reach = as_written) -> Member:
     import yaml
 
     where = str(manifest)
@@ -130,7 +140,7 @@ def parse_member(manifest: Path, text: str) -> Member:
             cert, key = client, client.with_suffix(".key")
     urls = flags["listen-client-urls"].split(",")
     loopback = [u for u in urls if urlsplit(u).hostname in ("127.0.0.1", "localhost", "::1")]
-    url = (loopback or urls)[0]
+    url = reach(manifest.parent, (loopback or urls)[0])
     peer = flags.get("initial-advertise-peer-urls", "")
     return Member(
         name=flags["name"],
@@ -161,8 +171,9 @@ def parse_endpoints(
     ]
 
 
-def read_members(manifest_dirs: list[Path]) -> list[Member]:
-    """Every etcd member whose manifest is in one of ``manifest_dirs`` (etcd.yaml)."""
+def read_members(manifest_dirs: list[Path], reach: Reach = as_written) -> list[Member]:
+    """Every etcd member whose manifest is in one of ``manifest_dirs`` (etcd.yaml), its client
+    URL as ``reach`` dials it."""
     out = []
     for d in manifest_dirs:
         path = d / "etcd.yaml"
@@ -175,26 +186,5 @@ def read_members(manifest_dirs: list[Path]) -> list[Member]:
             ) from None
         except PermissionError:
             raise EtcdError(f"{path}: permission denied (run as root on the node)") from None
-        out.append(parse_member(path, text))
+        out.append(parse_member(path, text, reach))
     return out
-
-
-def sandbox_manifest_dirs(name: str) -> list[Path]:
-    """The manifests dir of every control-plane node of sandbox ``name``."""
-    import json
-
-    from ..sandbox.state import state_root
-
-    state = state_root() / name / "state.json"
-    try:
-        doc = json.loads(state.read_text())
-    except FileNotFoundError:
-        raise EtcdError(
-            f'sandbox "{name}" not found; start it with: kubecare sandbox up --name {name}'
-        ) from None
-    except (OSError, ValueError) as e:
-        raise EtcdError(f"sandbox {name!r}: cannot read {state}: {e}") from None
-    dirs = [Path(cp["manifests"]) for cp in doc.get("control_planes") or []]
-    if not dirs:
-        raise EtcdError(f'sandbox "{name}" has no control-plane nodes in {state}')
-    return dirs

@@ -34,7 +34,7 @@ from typing import Any
 from ..errors import EtcdError, OperationFailed, UsageError
 from ..files import write_atomic
 from .grpc import member_status
-from .members import Member
+from .members import Member, Reach, as_written
 
 APISERVER, CONTROLLER_MANAGER, SCHEDULER = (
     "kube-apiserver",
@@ -76,6 +76,7 @@ class RestorePlan:
     shared_token: str = ""  # per-node restore: the --initial-cluster-token every run is given
     cluster_id: int = 0  # what the restored members must report (etcd's own derivation)
     quorum_timeout: float = QUORUM_TIMEOUT
+    reach: Reach = as_written  # how this process dials what the manifests name (probes)
 
     @property
     def expected_revision(self) -> int:
@@ -143,6 +144,7 @@ def plan_restore(
     token: str | None = None,
     snapshot_digest: str = "",
     quorum_timeout: float = QUORUM_TIMEOUT,
+    reach: Reach = as_written,
 ) -> RestorePlan:
     """The restore, as data. Every member restores the same snapshot with one new token.
 
@@ -210,6 +212,7 @@ def plan_restore(
         shared,
         cluster_id(pairs, token),
         quorum_timeout or QUORUM_TIMEOUT,
+        reach,
     )
 
 
@@ -357,7 +360,8 @@ async def _probe(url: str) -> int:
     return await asyncio.to_thread(get)
 
 
-def probe_url(manifest: Path) -> str:
+def probe_url(manifest: Path, reach: Reach = as_written) -> str:
+    """The URL of the probe that tells a static pod serves, as this process dials it."""
     import yaml
 
     from ..sandbox.staticpods import ManifestError, serving_probe
@@ -369,7 +373,7 @@ def probe_url(manifest: Path) -> str:
         raise RestoreFailed(f"{manifest}: cannot find its probe ({e})") from None
     if probe is None:
         raise RestoreFailed(f"{manifest} has no httpGet probe to tell when it serves")
-    return probe.url
+    return reach(manifest.parent, probe.url)
 
 
 async def _wait(
@@ -420,7 +424,7 @@ async def run_restore(plan: RestorePlan, say: Say) -> RestoreReport:
         await step("restore the snapshot into new data dirs (etcdutl)", restore_dirs)
 
         apiservers = [(m, component(m, APISERVER)) for m in plan.members]
-        api_urls = {str(p): probe_url(p) for _, p in apiservers if p.exists()}
+        api_urls = {str(p): probe_url(p, plan.reach) for _, p in apiservers if p.exists()}
 
         async def stop_apiservers() -> None:
             for _, p in apiservers:
@@ -431,7 +435,7 @@ async def run_restore(plan: RestorePlan, say: Say) -> RestoreReport:
 
         await step(f"stop every {APISERVER}", stop_apiservers)
 
-        etcd_urls = {m.member.name: probe_url(m.member.manifest) for m in plan.members}
+        etcd_urls = {m.member.name: probe_url(m.member.manifest, plan.reach) for m in plan.members}
         texts = {m.member.name: m.member.manifest.read_text() for m in plan.members}
 
         async def stop_etcd() -> None:
@@ -521,7 +525,7 @@ async def run_restore(plan: RestorePlan, say: Say) -> RestoreReport:
                         p = component(m, name)
                         if not p.exists():
                             continue
-                        url = probe_url(p)
+                        url = probe_url(p, plan.reach)
                         moves.hide(p)
                         await _wait(
                             f"{name} on {m.member.name} to stop",

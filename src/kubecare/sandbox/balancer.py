@@ -1,46 +1,53 @@
-"""A small TCP load balancer for an HA sandbox's apiservers (what kube-vip or HAProxy is on a real
-kubeadm HA cluster): clients connect to one address; each connection goes to the next apiserver
-that accepts it. TLS passes through untouched — every apiserver's certificate is valid for
-127.0.0.1 — so clients still authenticate to a real kube-apiserver. It runs inside the sandbox's
-runner process (a few lines of asyncio; no dependency)."""
+"""A small TCP forwarder and load balancer, inside the sandbox's runner process.
+
+It serves the host's forwarded loopback ports (each to one port of one node, see
+:mod:`kubecare.sandbox.network`) and, with several control planes, the cluster endpoint: what
+kube-vip or HAProxy is on a real kubeadm HA cluster — clients connect to one address; each
+connection goes to the next apiserver that accepts it. TLS passes through untouched (every
+certificate names 127.0.0.1 and the node's address), so clients still authenticate to a real
+kube-apiserver. A few lines of asyncio; no dependency."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Dial = Callable[[], Awaitable[Streams]]
 
 
 class Balancer:
-    """Round-robin over ``backends`` (ports on 127.0.0.1), skipping those that refuse."""
+    """Round-robin over ``backends`` (ways to connect), skipping those that refuse."""
 
-    def __init__(self, port: int, backends: Callable[[], Sequence[int]]) -> None:
-        self.port = port
+    def __init__(self, backends: Callable[[], Sequence[Dial]]) -> None:
         self.backends = backends
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._turn = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+    async def serve(self, sock: socket.socket) -> None:
+        """Accept on ``sock`` (bound and listening, in whatever namespace it was made in)."""
+        self._servers.append(await asyncio.start_server(self._client, sock=sock))
 
     async def stop(self) -> None:
-        if self._server:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        ports = list(self.backends())
-        if not ports:
+    async def _connect(self) -> Streams | None:
+        dials = list(self.backends())
+        if not dials:
             return None
-        start = next(self._turn) % len(ports)
-        for port in ports[start:] + ports[:start]:
+        start = next(self._turn) % len(dials)
+        for dial in dials[start:] + dials[:start]:
             with contextlib.suppress(OSError, TimeoutError):
                 async with asyncio.timeout(2):
-                    return await asyncio.open_connection("127.0.0.1", port)
+                    return await dial()
         return None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -70,3 +77,13 @@ class Balancer:
             self._tasks.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
+
+
+def loopback_socket(port: int) -> socket.socket:
+    """A listening socket on the host's 127.0.0.1:``port``."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(128)
+    s.setblocking(False)
+    return s

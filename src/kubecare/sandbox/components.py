@@ -4,11 +4,11 @@ manifests.go, phases/etcd/local.go, util/staticpod). From this one description c
 pod manifests (:mod:`kubecare.sandbox.manifests`) and the ``kubeadm-config`` ClusterConfiguration,
 so a flag is written once.
 
-Where the sandbox differs from a kubeadm node, it is here and it says why: every component
-listens on 127.0.0.1 on its own free port (several sandboxes and several control-plane nodes
-share one machine), the host CA mounts (/etc/ssl/certs, ...) are left out (the sandbox never
-mounts paths outside its own tree), and the sandbox's own settings are ``extraArgs`` as a
-kubeadm user would set them.
+Each control-plane node has a network of its own (:mod:`kubecare.sandbox.network`), so every
+component listens where kubeadm puts it: the node's 192.0.2.x address and loopback, on kubeadm's
+ports. Where the sandbox differs from a kubeadm node, it is here and it says why: the host CA
+mounts (/etc/ssl/certs, ...) are left out (the sandbox never mounts paths outside its own tree),
+and the sandbox's own settings are ``extraArgs`` as a kubeadm user would set them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ STARTUP_TIMEOUT = 240  # kubeadm's ControlPlaneComponentHealthCheckTimeout (4 mi
 
 @dataclass(frozen=True)
 class Ports:
-    """The loopback ports of one control-plane node's components."""
+    """The ports of one control-plane node's components (in its own network namespace)."""
 
     etcd_client: int
     etcd_peer: int
@@ -54,6 +54,12 @@ class ControlPlaneNode:
     ports: Ports
     root: Path  # <sandbox>/nodes/<name>
     ip: str = "127.0.0.1"
+    # the host's loopback port forwarded to each port of the node (network.FORWARDED)
+    forward: tuple[tuple[int, int], ...] = ()
+
+    def host_port(self, port: int) -> int:
+        """The loopback port a client on the host dials for the node's ``port``."""
+        return dict(self.forward).get(port, port)
 
     @property
     def kubernetes_dir(self) -> Path:
@@ -385,12 +391,7 @@ def sandbox_extra_args(
 ) -> dict[str, tuple[tuple[str, str], ...]]:
     """The sandbox's own settings, as a kubeadm user writes them in ClusterConfiguration
     extraArgs (the single source of both the manifests and kubeadm-config)."""
-    api: list[tuple[str, str]] = [
-        ("bind-address", "127.0.0.1"),
-        # Loopback is not a valid address for the `kubernetes` Endpoints; nothing needs them here.
-        ("endpoint-reconciler-type", "none"),
-        ("profiling", "false"),
-    ]
+    api: list[tuple[str, str]] = [("profiling", "false")]
     if pod_eviction_timeout is not None:
         # What --pod-eviction-timeout used to set: DefaultTolerationSeconds' injected tolerations.
         api += [

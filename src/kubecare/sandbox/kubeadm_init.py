@@ -33,11 +33,6 @@ if TYPE_CHECKING:
 #: kubelet-finalize concern files of a real node's kubelet.
 PHASES = (("upload-config", "all"), ("bootstrap-token",), ("addon", "all"))
 
-#: kubeadm derives the advertise address from the host's default route when it is loopback and
-#: refuses to go on without one ("unable to select an IP from lo network interface"). These
-#: phases only need it to be valid, not bound: a TEST-NET-1 address (RFC 5737) never routed out.
-ADVERTISE_ADDRESS = "192.0.2.10"
-
 _TOKEN_CHARS = string.ascii_lowercase + string.digits
 
 
@@ -50,8 +45,9 @@ def bootstrap_token() -> str:
     return f"{part(6)}.{part(16)}"
 
 
-def init_configuration(node: str, bind_port: int, token: str) -> dict[str, Any]:
-    """kubeadm's InitConfiguration (v1beta4) for the first control-plane node."""
+def init_configuration(node: str, address: str, bind_port: int, token: str) -> dict[str, Any]:
+    """kubeadm's InitConfiguration (v1beta4) for a control-plane node: its name and its
+    apiserver's advertise address (the node's 192.0.2.x: kubeadm refuses loopback)."""
     return {
         "apiVersion": "kubeadm.k8s.io/v1beta4",
         "kind": "InitConfiguration",
@@ -63,7 +59,7 @@ def init_configuration(node: str, bind_port: int, token: str) -> dict[str, Any]:
                 "usages": ["signing", "authentication"],
             }
         ],
-        "localAPIEndpoint": {"advertiseAddress": ADVERTISE_ADDRESS, "bindPort": bind_port},
+        "localAPIEndpoint": {"advertiseAddress": address, "bindPort": bind_port},
         "nodeRegistration": {
             "name": node,
             "criSocket": "unix:///run/containerd/containerd.sock",
@@ -78,13 +74,22 @@ def config_documents(init: dict[str, Any], cluster: dict[str, Any]) -> str:
 
 
 async def run_phases(
-    kubeadm: Path, config: Path, kubeconfig: Path, log: Path, timeout: float = 60
+    kubeadm: Path,
+    config: Path,
+    kubeconfig: Path,
+    log: Path,
+    timeout: float = 60,
+    *,
+    netns: str | None = None,
 ) -> None:
-    """Run each phase once, in order; its output goes to ``log``. A failing phase raises
-    :class:`SandboxError` with kubeadm's own message."""
+    """Run each phase once, in order, on the first control-plane node's network (``netns``:
+    kubeadm writes the server it talks to into ``cluster-info``, which joining nodes use); its
+    output goes to ``log``. A failing phase raises :class:`SandboxError` with kubeadm's own
+    message."""
+    net = ["nsenter", f"--net={netns}", "--"] if netns else []
     for phase in PHASES:
         argv = [
-            str(kubeadm), "init", "phase", *phase,
+            *net, str(kubeadm), "init", "phase", *phase,
             "--config", str(config), "--kubeconfig", str(kubeconfig),
         ]  # fmt: skip
         await _run(argv, f"kubeadm init phase {' '.join(phase)}", log, timeout)
@@ -102,7 +107,7 @@ async def kubelet_start(view: NodeView, config: Path, log: Path, timeout: float 
     unshare = shutil.which("unshare") or "unshare"
     argv = nodeshell.argv(
         view, ["kubeadm", "init", "phase", "kubelet-start", "--config", str(config)],
-        unshare=unshare,
+        unshare=unshare, nsenter=shutil.which("nsenter") or "nsenter",
     )  # fmt: skip
     env = nodeshell.environment(view, dict(os.environ))
     await _run(argv, f"kubeadm init phase kubelet-start on {view.node}", log, timeout, env)

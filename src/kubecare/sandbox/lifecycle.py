@@ -1,4 +1,4 @@
-"""A real Kubernetes control plane on loopback, shaped like a kubeadm cluster.
+"""A real Kubernetes control plane on one machine, shaped like a kubeadm cluster.
 
 Each control-plane node gets a kubeadm tree under ``<state>/<name>/nodes/<node>/``:
 ``etc/kubernetes/{admin,super-admin,controller-manager,scheduler,kubelet}.conf``, ``manifests/``
@@ -7,9 +7,12 @@ Each control-plane node gets a kubeadm tree under ``<state>/<name>/nodes/<node>/
 sandbox's kubelet) runs the manifests and keeps their mirror pods in kube-system; once the
 control plane is up, the real kubeadm's init phases (:mod:`kubecare.sandbox.kubeadm_init`) write
 its ConfigMaps, RBAC, bootstrap token and addons (CoreDNS, the kube-proxy DaemonSet); one kwok
-process keeps every node alive (Ready, leases) and runs the pods. With
-``control_planes=3`` there are three such nodes, a 3-member etcd with peer TLS, and the runner
-serves the three apiservers behind one local address.
+process keeps every node alive (Ready, leases) and runs the pods. Each
+control-plane node runs in a network namespace of its own with a 192.0.2.0/24 address
+(:mod:`kubecare.sandbox.network`); the host reaches it through loopback ports the runner
+forwards. With ``control_planes=3`` there are three such nodes, a 3-member etcd with peer TLS,
+and the runner serves the three apiservers behind one address (192.0.2.10:6443 for the nodes,
+a loopback port for the host).
 
 State: ``state.json`` (ports, pids, options; the runner reads its part), ``runner.json`` (what the
 runner runs), ``kubeconfig`` (admin, 0600), ``clients/`` (client certificates, 0700), ``logs/``.
@@ -36,7 +39,7 @@ from typing import Any
 from kubecare.errors import NotFound, SandboxError, UsageError
 from kubecare.files import write_atomic
 from kubecare.kube import JSON, ClientOptions, Kube
-from kubecare.sandbox import kubeadm_init, process
+from kubecare.sandbox import kubeadm_init, network, process
 from kubecare.sandbox.binaries import (
     ETCD_VERSION,
     KWOK_VERSION,
@@ -48,9 +51,9 @@ from kubecare.sandbox.binaries import (
     resolve_version,
 )
 from kubecare.sandbox.components import (
+    DEFAULT_PORTS,
     ClusterShape,
     ControlPlaneNode,
-    Ports,
     cluster_configuration,
     components,
     control_plane,
@@ -231,9 +234,17 @@ class Sandbox:
         return ClientOptions(kubeconfig=str(self.kubeconfig))
 
     def super_admin(self) -> Path:
-        """The first control-plane node's super-admin.conf (system:masters)."""
-        first = self.load().control_planes[0]["node"]
-        return self.node_dir(first) / "etc" / "kubernetes" / "super-admin.conf"
+        """super-admin.conf (system:masters) pointed at the host's forward of the cluster
+        endpoint: what kubecare itself (sandbox up, the runner) talks to the cluster with."""
+        return self.dir / "super-admin.conf"
+
+    def netns(self, state: SandboxState, node: str) -> str | None:
+        """The network namespace of a control-plane node (``switch``: the sandbox's switch)."""
+        holder = state.components.get(f"netns-{node}")
+        if holder is None or not process.is_running(holder.pid, holder.binary):
+            return None
+        assert holder.pid is not None
+        return network.ns_path(holder.pid)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def up(self, opts: SandboxOptions, progress: Progress | None = None) -> float:
@@ -249,6 +260,7 @@ class Sandbox:
                 "--control-planes must be 1, 3 or 5 (etcd needs an odd number of members)"
             )
         version = resolve_version(opts.version)
+        network.check_privileges()
         with self.locked():
             if self.exists():
                 try:
@@ -273,16 +285,27 @@ class Sandbox:
             tools = await asyncio.to_thread(ensure_binaries, version, say)
             return await self._up_locked(opts, version, tools, say, time.monotonic())
 
-    def _shape(self, opts: SandboxOptions, version: str) -> tuple[ClusterShape, int | None]:
+    def _shape(self, opts: SandboxOptions, version: str) -> tuple[ClusterShape, int]:
+        """Each node at its 192.0.2.x address on kubeadm's ports; the host's loopback ports
+        (the cluster endpoint's, then each node's forwards) picked free."""
         names = control_plane_names(opts.control_planes)
         ha = len(names) > 1
-        free = process.free_ports(6 * len(names) + (1 if ha else 0))
+        per = len(network.FORWARDED)
+        free = process.free_ports(1 + per * len(names))
         nodes = []
         for i, name in enumerate(names):
-            p = free[6 * i : 6 * i + 6]
-            nodes.append(ControlPlaneNode(name, Ports(*p), self.node_dir(name)))
-        balancer = free[-1] if ha else None
-        endpoint = f"127.0.0.1:{balancer if balancer else nodes[0].ports.apiserver}"
+            forward = tuple(
+                zip(network.FORWARDED, free[1 + per * i : 1 + per * (i + 1)], strict=True)
+            )
+            nodes.append(
+                ControlPlaneNode(
+                    name, DEFAULT_PORTS, self.node_dir(name), network.node_ip(i), forward
+                )
+            )
+        balancer = free[0]
+        # kubeadm's controlPlaneEndpoint: the load balancer's address with several control
+        # planes (kubeadm requires one for HA), else the one node's
+        endpoint = f"{network.SWITCH_IP if ha else nodes[0].ip}:{DEFAULT_PORTS.apiserver}"
         extra = sandbox_extra_args(
             pod_eviction_timeout=opts.pod_eviction_timeout,
             node_monitor_grace_period=opts.node_monitor_grace_period,
@@ -296,25 +319,35 @@ class Sandbox:
         self, opts: SandboxOptions, version: str, tools: Toolset, say: Progress, t0: float
     ) -> float:
         shape, balancer = self._shape(opts, version)
+        host = f"https://127.0.0.1:{balancer}"  # the cluster endpoint, as the host reaches it
         say("creating certificates and the kubeadm tree")
-        pkis = create_cluster_pki(self.dir / "clients", [(n.name, n.pki) for n in shape.nodes])
+        endpoint_ip = shape.endpoint.rsplit(":", 1)[0]
+        pkis = create_cluster_pki(
+            self.dir / "clients",
+            [(n.name, n.pki) for n in shape.nodes],
+            addresses={n.name: [n.ip, endpoint_ip] for n in shape.nodes},
+        )
         for node, pki in zip(shape.nodes, pkis, strict=True):
             write_node_files(
                 node.kubernetes_dir,
                 pki,
                 node=node.name,
                 endpoint=f"https://{shape.endpoint}",
-                local=f"https://127.0.0.1:{node.ports.apiserver}",
+                local=f"https://{node.ip}:{node.ports.apiserver}",
             )
             node.etcd_data.mkdir(parents=True, exist_ok=True)
             node.etcd_data.chmod(0o700)
             if opts.audit_log:
                 write_atomic(node.kubernetes_dir / "audit-policy.yaml", AUDIT_POLICY, mode=0o600)
                 (self.dir / "logs" / "audit").mkdir(parents=True, exist_ok=True)
-        write(self.kubeconfig, sandbox_kubeconfig(f"https://{shape.endpoint}", pkis[0], self.name))
+        write(self.kubeconfig, sandbox_kubeconfig(host, pkis[0], self.name))
         write(
             self.dir / "kwok.kubeconfig",
-            sandbox_kubeconfig(f"https://{shape.endpoint}", pkis[0], self.name, client="kwok"),
+            sandbox_kubeconfig(host, pkis[0], self.name, client="kwok"),
+        )
+        write(
+            self.super_admin(),
+            sandbox_kubeconfig(host, pkis[0], self.name, client="super-admin"),
         )
         options = asdict(opts)
         state = SandboxState(
@@ -322,19 +355,18 @@ class Sandbox:
             version=version,
             created=time.time(),
             options=options,
-            apiserver=f"https://{shape.endpoint}",
+            apiserver=host,
             control_planes=[
                 {
                     "node": n.name,
                     "ip": n.ip,
-                    "node_ip": NodeSpec(
-                        n.name, i, True
-                    ).ip,  # the Node's address, as on its mirror pods
+                    "node_ip": n.ip,  # the Node's address, as on its mirror pods
                     "manifests": str(n.manifests),
-                    "ports": asdict(n.ports),
-                    "runner_kubeconfig": str(n.kubernetes_dir / "super-admin.conf"),
+                    "ports": asdict(n.ports),  # in the node's own network
+                    "forward": {str(port): fw for port, fw in n.forward},  # port -> host's
+                    "runner_kubeconfig": str(self.super_admin()),
                 }
-                for i, n in enumerate(shape.nodes)
+                for n in shape.nodes
             ],
             balancer_port=balancer,
         )
@@ -346,6 +378,14 @@ class Sandbox:
                 write_atomic(node.manifests / f"{comp.name}.yaml", render(comp), mode=0o600)
         self.save(state)
         try:
+            say("creating the network: a namespace per control-plane node on 192.0.2.0/24")
+            holders = await asyncio.to_thread(
+                network.create,
+                [(i, n.name) for i, n in enumerate(shape.nodes)],
+                lambda node: self._start_holder(state, node),
+            )
+            assert set(holders) == {"switch", *(n.name for n in shape.nodes)}
+            self.save(state)
             say(
                 "starting the static pod runner (etcd, kube-apiserver, controller-manager, scheduler)"
             )
@@ -366,7 +406,9 @@ class Sandbox:
                 token = kubeadm_init.bootstrap_token()
                 config = kubeadm_init.write_config(
                     self.dir,
-                    kubeadm_init.init_configuration(first.name, first.ports.apiserver, token),
+                    kubeadm_init.init_configuration(
+                        first.name, first.ip, first.ports.apiserver, token
+                    ),
                     cluster_configuration(shape),
                 )
                 await kubeadm_init.run_phases(
@@ -374,6 +416,7 @@ class Sandbox:
                     config,
                     first.kubernetes_dir / "super-admin.conf",
                     self.log_path("kubeadm"),
+                    netns=self.netns(state, first.name),
                 )
                 specs = [NodeSpec(n.name, i, True) for i, n in enumerate(shape.nodes)] + [
                     NodeSpec(f"worker-{i}", len(shape.nodes) + i - 1, False)
@@ -412,7 +455,7 @@ class Sandbox:
         async def one(node: ControlPlaneNode) -> None:
             config = kubeadm_init.write_config(
                 self.dir,
-                kubeadm_init.init_configuration(node.name, node.ports.apiserver, token),
+                kubeadm_init.init_configuration(node.name, node.ip, node.ports.apiserver, token),
                 cluster_configuration(shape),
                 name=f"kubelet-start-{node.name}",
             )
@@ -434,7 +477,7 @@ class Sandbox:
         from kubecare.sandbox import etcd_join
 
         first = shape.nodes[0]
-        cluster = etcd_join.endpoint(first.ports.etcd_client, first.pki)
+        cluster = etcd_join.endpoint(first.host_port(first.ports.etcd_client), first.pki)
         await etcd_join.wait_healthy(cluster, 60, f"etcd on {first.name}")
         for node in shape.nodes[1:]:
             say(f"joining etcd member {node.name} (learner, then promoted, as kubeadm does)")
@@ -449,10 +492,19 @@ class Sandbox:
                 cluster,
                 node.name,
                 node.etcd_peer_url,
-                etcd_join.endpoint(node.ports.etcd_client, node.pki),
+                etcd_join.endpoint(node.host_port(node.ports.etcd_client), node.pki),
                 write_manifest,
                 timeout=60,
             )
+
+    def _start_holder(self, state: SandboxState, node: str) -> int:
+        """The process that keeps ``node``'s network namespace (see :mod:`.network`)."""
+        argv = network.holder_argv()
+        pid = process.spawn(argv, self.log_path("network"), cwd=self.dir)
+        state.components[f"netns-{node}"] = ComponentState(
+            f"netns-{node}", "sleep", argv, 0, "", "", pid
+        )
+        return pid
 
     def _start_runner(self) -> ComponentState:
         argv = [sys.executable, "-m", "kubecare.sandbox.runner", str(self.dir)]
@@ -874,11 +926,19 @@ class Sandbox:
                 f'node "{node}" is a kwok worker without a file system of its own; '
                 f"sandbox exec runs on the control-plane nodes: {names}"
             )
+        netns = self.netns(state, node)
+        if netns is None:
+            raise SandboxError(
+                f'node "{node}" has no network (its namespace holder is gone): the sandbox is '
+                f"not running; start it again: kubecare sandbox down --name {self.name} && "
+                f"kubecare sandbox up --name {self.name}"
+            )
         view = nodeshell.plan(
             node,
             self.node_root(node),
             etcd_client_port=cp["ports"].get("etcd_client"),
             sandbox=self.name,
+            netns=netns,
         )
         nodeshell.prepare(view)
         kubeadm = self.installed(state, node, "kubeadm")
@@ -1002,6 +1062,7 @@ class Sandbox:
 
 
 def _port_of(state: SandboxState, pod: dict[str, Any]) -> int:
+    """The host's loopback port for a component's port (its own, where nothing forwards it)."""
     cp = next((c for c in state.control_planes if c["node"] == pod.get("node")), None)
     ports = (cp or {}).get("ports") or {}
     key = {
@@ -1010,7 +1071,8 @@ def _port_of(state: SandboxState, pod: dict[str, Any]) -> int:
         "kube-controller-manager": "controller_manager",
         "kube-scheduler": "scheduler",
     }.get(str(pod.get("component")), "")
-    return int(ports.get(key, 0))
+    port = int(ports.get(key, 0))
+    return int(((cp or {}).get("forward") or {}).get(str(port), port))
 
 
 def _http_ok(url: str) -> bool:

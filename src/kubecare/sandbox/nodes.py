@@ -41,7 +41,11 @@ class NodeSpec:
 
     @property
     def ip(self) -> str:
-        # Loopback addresses: nothing ever connects to a fake kubelet, and no traffic may leave.
+        if self.control_plane:  # the node's own address in its network namespace
+            from kubecare.sandbox.network import node_ip
+
+            return node_ip(self.index)
+        # kwok's workers have no network: loopback addresses nothing ever connects to.
         return f"127.1.{self.index // 250}.{self.index % 250 + 1}"
 
 

@@ -20,8 +20,10 @@ A control-plane node's tree lives in the sandbox's state dir (``nodes/<node>/etc
   kubelet" through systemctl, and a sandbox node's kubelet is kwok's. It answers for the kubelet
   and refuses the rest.
 
-It is a view of the file system, not a container: processes and the network are the machine's.
-The mounts live only as long as the command: nothing is left behind. Pure planning
+The command also runs in the node's network namespace (:mod:`kubecare.sandbox.network`): its
+``127.0.0.1:2379`` is the node's own etcd member and ``192.0.2.x:6443`` its apiserver, as on a
+real node, so etcdctl's and kubeadm's defaults just work. Processes are the machine's: it is a
+view, not a container. The mounts live only as long as the command: nothing is left behind. Pure planning
 (:func:`plan`) and one ``exec`` (:func:`argv`); the CLI replaces itself with it.
 """
 
@@ -58,6 +60,7 @@ class NodeView:
     node: str
     root: Path  # nodes/<node>
     env: tuple[tuple[str, str], ...]
+    netns: str | None = None  # /proc/<holder>/ns/net of the node (None: the machine's network)
 
     @property
     def bin(self) -> Path:
@@ -98,7 +101,14 @@ class NodeView:
         return "\n".join(lines)
 
 
-def plan(node: str, root: Path, *, etcd_client_port: int | None, sandbox: str) -> NodeView:
+def plan(
+    node: str,
+    root: Path,
+    *,
+    etcd_client_port: int | None,
+    sandbox: str,
+    netns: str | None = None,
+) -> NodeView:
     """The view of ``node`` (its tree at ``root``); refuses a state dir the overlays would hide."""
     resolved = root.resolve()
     for target in OVERLAYS:
@@ -112,11 +122,10 @@ def plan(node: str, root: Path, *, etcd_client_port: int | None, sandbox: str) -
         ("KUBECARE_SANDBOX_NODE", node),
         ("PS1", f"({sandbox}) root@{node}:\\w# "),
     ]
-    if etcd_client_port is not None:
-        # The sandbox's members listen on ports of their own (one machine), not on 2379: etcdctl
-        # without --endpoints finds this node's member.
+    if etcd_client_port is not None and etcd_client_port != 2379:
+        # A member on a port of its own: etcdctl without --endpoints still finds this node's.
         env.append(("ETCDCTL_ENDPOINTS", f"https://127.0.0.1:{etcd_client_port}"))
-    return NodeView(node, root, tuple(env))
+    return NodeView(node, root, tuple(env), netns)
 
 
 def prepare(view: NodeView) -> None:
@@ -142,10 +151,14 @@ def link(view: NodeView, name: str, target: Path) -> None:
     os.replace(tmp, view.bin / name)
 
 
-def argv(view: NodeView, command: list[str], *, unshare: str) -> list[str]:
+def argv(
+    view: NodeView, command: list[str], *, unshare: str, nsenter: str = "nsenter"
+) -> list[str]:
+    """What to exec: ``[nsenter --net=NODE --] unshare --mount ... sh -c SCRIPT sh CMD...``."""
     if not command:
         raise UsageError("give the command to run on the node: kubecare sandbox exec NODE -- CMD")
-    return [unshare, "--mount", "--propagation", "private", "sh", "-c", view.script(), "sh",
+    net = [nsenter, f"--net={view.netns}", "--"] if view.netns else []
+    return [*net, unshare, "--mount", "--propagation", "private", "sh", "-c", view.script(), "sh",
             *command]  # fmt: skip
 
 

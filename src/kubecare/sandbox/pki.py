@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,9 +196,12 @@ def create_cluster_pki(
     nodes: Sequence[tuple[str, Path]],
     *,
     service_ip: str = "10.96.0.1",
+    addresses: Mapping[str, Sequence[str]] | None = None,
 ) -> list[SandboxPKI]:
     """Every node's ``pki/`` dir (``nodes``: name and pki dir each) and the client certificates;
-    returns one :class:`SandboxPKI` per node."""
+    returns one :class:`SandboxPKI` per node. ``addresses``: each node's own IPs (its address,
+    and the cluster endpoint's), named in its apiserver and etcd certificates as kubeadm names
+    the advertise address and controlPlaneEndpoint."""
     first = nodes[0][1]
     for d in [clients, *(p for _, p in nodes)]:
         d.mkdir(parents=True, exist_ok=True)
@@ -243,7 +246,15 @@ def create_cluster_pki(
                     shutil.copy2(src, dst)
             shutil.copy2(view.sa_key, node.sa_key)
             shutil.copy2(view.sa_pub, node.sa_pub)
-        _node_certs(node, name, ca, etcd_ca, _load(view.front_proxy_ca), service_ip)
+        _node_certs(
+            node,
+            name,
+            ca,
+            etcd_ca,
+            _load(view.front_proxy_ca),
+            service_ip,
+            tuple((addresses or {}).get(name, ())),
+        )
         out.append(node)
     return out
 
@@ -255,6 +266,7 @@ def _node_certs(
     etcd_ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
     front_proxy_ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
     service_ip: str,
+    own: tuple[str, ...] = (),
 ) -> None:
     loopback = ("127.0.0.1", "::1")
     _issue(
@@ -270,7 +282,7 @@ def _node_certs(
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        ips=(*loopback, service_ip),
+        ips=(*loopback, service_ip, *own),
     )
     _issue(
         pki.pair("apiserver-kubelet-client"),
@@ -289,7 +301,7 @@ def _node_certs(
             server=True,
             client=True,
             dns=(node, "localhost"),
-            ips=loopback,
+            ips=(*loopback, *own[:1]),  # the node's address (peers verify it), not the endpoint
         )
     _issue(
         pki.pair("etcd/healthcheck-client"), etcd_ca, "kube-etcd-healthcheck-client", client=True

@@ -16,8 +16,11 @@ its pid in state.json. For every control-plane node it:
 - reports a malformed manifest or an image that was never built, and keeps the others running;
 - writes what it runs to ``runner.json`` (pids, versions, restarts, health; processes still
   terminating included) for ``sandbox status`` and ``sandbox down``;
-- with several control planes, serves their apiservers behind one local address
-  (:mod:`kubecare.sandbox.balancer`), ready ones first.
+- runs each node's components in the node's network namespace, and probes them from there, as
+  the node's kubelet would (:mod:`kubecare.sandbox.network`);
+- serves the host's forwarded loopback ports to each node's ports, and the cluster endpoint: one
+  local address (and, with several control planes, 192.0.2.10:6443 on the sandbox's switch) in
+  front of the apiservers, ready ones first (:mod:`kubecare.sandbox.balancer`).
 
 On SIGTERM it stops every component, terminating ones included (etcd last), and exits.
 """
@@ -36,10 +39,15 @@ import time
 import urllib.request
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubecare.files import write_atomic
+
+if TYPE_CHECKING:
+    from kubecare.sandbox.balancer import Balancer, Dial
+    from kubecare.sandbox.network import Netns
 from kubecare.sandbox.staticpods import (
     ImageNotBuilt,
     ManifestError,
@@ -128,6 +136,8 @@ class NodeDirs:
     node: str
     manifests: Path
     ip: str = "127.0.0.1"  # the Node's address, shown on its mirror pods
+    netns: str | None = None  # /proc/<holder>/ns/net: the node's network (None: the host's)
+    forward: dict[int, int] | None = None  # node port -> the host's loopback port for it
 
     def root(self, state_dir: Path) -> Path | None:
         """The node's own tree (``<root>/etc/kubernetes/manifests``), where its manifests'
@@ -149,15 +159,32 @@ class Config:
     nodes: list[NodeDirs]
     kubeconfig: Path
     first_backoff: float
-    balancer_port: int | None
+    balancer_port: int | None  # the host's loopback port of the cluster endpoint
+    switch_netns: str | None = None  # where 192.0.2.10:6443 is served (several control planes)
 
     @classmethod
     def load(cls, directory: Path) -> Config:
+        from kubecare.sandbox.network import ns_path
+
         raw = json.loads((directory / "state.json").read_text())
         cps = raw.get("control_planes") or []
+        holders = {
+            name.removeprefix("netns-"): c.get("pid")
+            for name, c in (raw.get("components") or {}).items()
+            if name.startswith("netns-")
+        }
+
+        def netns(node: str) -> str | None:
+            pid = holders.get(node)
+            return ns_path(int(pid)) if pid else None
+
         nodes = [
             NodeDirs(
-                cp["node"], Path(cp["manifests"]), cp.get("node_ip") or cp.get("ip", "127.0.0.1")
+                cp["node"],
+                Path(cp["manifests"]),
+                cp.get("node_ip") or cp.get("ip", "127.0.0.1"),
+                netns(cp["node"]),
+                {int(k): int(v) for k, v in (cp.get("forward") or {}).items()} or None,
             )
             for cp in cps
         ]
@@ -168,6 +195,7 @@ class Config:
             kubeconfig=Path(first.get("runner_kubeconfig") or directory / "kubeconfig"),
             first_backoff=float((raw.get("options") or {}).get("crash_backoff", 10.0)),
             balancer_port=raw.get("balancer_port"),
+            switch_netns=netns("switch") if len(cps) > 1 else None,
         )
 
 
@@ -214,6 +242,10 @@ class Runner:
         self.status_file = config.dir / "runner.json"
         self._versions: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        from kubecare.sandbox.network import Netns
+
+        self.netns = {nd.node: Netns(nd.netns) for nd in config.nodes if nd.netns}
+        self.dirs = {nd.node: nd for nd in config.nodes}
 
     # -- manifests -----------------------------------------------------------------------------
     def scan(self) -> None:
@@ -309,7 +341,11 @@ class Runner:
             with open(log, "ab") as out:  # noqa: ASYNC230 (a local log file, opened once per start)
                 out.write(f"--- runner: starting {spec.image} ({' '.join(spec.argv)})\n".encode())
                 out.flush()
+                netns = self.dirs[pod.node].netns if pod.node in self.dirs else None
+                # nsenter execs the component itself: its pid and argv are the component's
+                prefix = ["nsenter", f"--net={netns}", "--"] if netns else []
                 pod.proc = await asyncio.create_subprocess_exec(
+                    *prefix,
                     *spec.argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
@@ -394,7 +430,10 @@ class Runner:
                 if kind == "liveness" and not pod.started:
                     continue
                 next_run[kind] = now + probe.period
-                ok = await asyncio.to_thread(probe_once, probe)
+                ns = self.netns.get(pod.node)  # from the node, as its kubelet probes
+                ok = await (
+                    ns.call(probe_once, probe) if ns else asyncio.to_thread(probe_once, probe)
+                )
                 if kind == "readiness":
                     if ok != pod.ready:
                         pod.ready = ok
@@ -499,12 +538,7 @@ class Runner:
         with contextlib.suppress(Exception):
             self.scan()
         watcher = asyncio.create_task(self.watch())
-        balancer = None
-        if self.config.balancer_port:
-            from kubecare.sandbox.balancer import Balancer
-
-            balancer = Balancer(self.config.balancer_port, self._apiserver_ports)
-            await balancer.start()
+        balancers = await self._serve()
         from kubecare.sandbox.mirror_sync import MirrorSync
 
         mirrors = MirrorSync(self)
@@ -542,11 +576,41 @@ class Runner:
                     grace = max(1.0, min(RETIRE_GRACE, deadline - time.monotonic()))
                     await self._stop(p, "the sandbox is stopping", grace)
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            if balancer:
-                await balancer.stop()
+            for b in balancers:
+                await b.stop()
+            for ns in self.netns.values():
+                ns.close()
             self.write_status()
 
-    def _apiserver_ports(self) -> list[int]:
+    async def _serve(self) -> list[Balancer]:
+        """The cluster endpoint and the host's forwarded ports (see :mod:`.network`)."""
+        from kubecare.sandbox.balancer import Balancer, loopback_socket
+        from kubecare.sandbox.network import SWITCH_IP, Netns
+
+        out = []
+        if self.config.balancer_port:
+            cluster = Balancer(self._apiservers)
+            await cluster.serve(loopback_socket(self.config.balancer_port))
+            if self.config.switch_netns:
+                switch = Netns(self.config.switch_netns)
+                self.netns["switch"] = switch
+                await cluster.serve(await switch.listen_socket(SWITCH_IP, 6443))
+            out.append(cluster)
+        for nd in self.config.nodes:
+            ns = self.netns.get(nd.node)
+            for port, host in (nd.forward or {}).items():
+                forward = Balancer(partial(list, [self._dial(ns, "127.0.0.1", port)]))
+                await forward.serve(loopback_socket(host))
+                out.append(forward)
+        return out
+
+    @staticmethod
+    def _dial(ns: Netns | None, host: str, port: int) -> Dial:
+        if ns is None:
+            return lambda: asyncio.open_connection(host, port)
+        return lambda: ns.open_connection(host, port)
+
+    def _apiservers(self) -> list[Dial]:
         """Apiservers to balance over: the ready ones, else any that runs."""
         ready, running = [], []
         for pod in self.pods.values():
@@ -557,12 +621,14 @@ class Runner:
                         for a in pod.spec.argv
                         if a.startswith("--secure-port=")
                     ),
-                    None,
+                    6443,
                 )
-                if port is not None:
-                    running.append(port)
-                    if pod.ready:
-                        ready.append(port)
+                nd = self.dirs.get(pod.node)
+                host = nd.ip if nd and nd.netns else "127.0.0.1"
+                dial = self._dial(self.netns.get(pod.node), host, port)
+                running.append(dial)
+                if pod.ready:
+                    ready.append(dial)
         return ready or running
 
 

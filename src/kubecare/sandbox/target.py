@@ -1,0 +1,63 @@
+"""A sandbox as a target of kubecare's node-level commands run on the host.
+
+On a real control-plane node, what a manifest names (``https://127.0.0.1:2379``, the node's own
+address) is reachable as written. A sandbox's nodes each have a network of their own
+(:mod:`kubecare.sandbox.network`), so from the host those addresses go through the ports the
+runner forwards. This turns ``--sandbox NAME`` into what etcd/ and the CLI take as parameters —
+the manifests dirs and a :data:`kubecare.etcd.members.Reach` — so the product never imports the
+sandbox. Light: state.json only (shell completion and one-shot commands load it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from kubecare.errors import EtcdError
+from kubecare.sandbox.state import state_root
+
+
+def host_address(url: str, node_addresses: Sequence[str], forwards: Mapping[int, int]) -> str:
+    """``url`` as a client on the host dials it: a node's own address or loopback on a forwarded
+    port becomes ``127.0.0.1:<forward>``; anything else is returned unchanged."""
+    parts = urlsplit(url if "://" in url else f"//{url}")
+    try:
+        port = parts.port
+    except ValueError:
+        return url
+    if parts.hostname not in ("127.0.0.1", "localhost", *node_addresses) or port is None:
+        return url
+    forward = forwards.get(port)
+    if forward is None:
+        return url
+    moved = parts._replace(netloc=f"127.0.0.1:{forward}")
+    return urlunsplit(moved) if "://" in url else moved.netloc
+
+
+def etcd_target(name: str) -> tuple[list[Path], Callable[[Path, str], str]]:
+    """The manifests dir of every control-plane node of sandbox ``name``, and how the host
+    reaches the URLs their manifests name."""
+    state = state_root() / name / "state.json"
+    try:
+        doc = json.loads(state.read_text())
+    except FileNotFoundError:
+        raise EtcdError(
+            f'sandbox "{name}" not found; start it with: kubecare sandbox up --name {name}'
+        ) from None
+    except (OSError, ValueError) as e:
+        raise EtcdError(f"sandbox {name!r}: cannot read {state}: {e}") from None
+    cps = doc.get("control_planes") or []
+    if not cps:
+        raise EtcdError(f'sandbox "{name}" has no control-plane nodes in {state}')
+    routes: dict[Path, tuple[list[str], dict[int, int]]] = {}
+    for cp in cps:
+        forwards = {int(k): int(v) for k, v in (cp.get("forward") or {}).items()}
+        routes[Path(cp["manifests"])] = ([str(cp.get("ip") or "")], forwards)
+
+    def reach(manifests: Path, url: str) -> str:
+        route = routes.get(manifests)
+        return host_address(url, *route) if route else url
+
+    return list(routes), reach
