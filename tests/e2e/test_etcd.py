@@ -22,10 +22,11 @@ import pytest
 import yaml
 
 from kubecare.errors import NotFound
-from kubecare.etcd.members import read_members, sandbox_manifest_dirs
+from kubecare.etcd.members import read_members
 from kubecare.kube import Kube
 from kubecare.sandbox import Sandbox, SandboxOptions
 from kubecare.sandbox.binaries import ETCD_VERSION, binary_path
+from kubecare.sandbox.target import etcd_target
 
 from .conftest import cli_argv, own_sandbox, run_cli
 from .workloads import deployment, wait_for, wait_running
@@ -55,7 +56,7 @@ def kubecare_status(path: Path) -> dict[str, Any]:
 
 
 def etcdctl(sb: Sandbox, *args: str) -> str:
-    m = read_members(sandbox_manifest_dirs(sb.name))[0]
+    m = read_members(*etcd_target(sb.name))[0]
     ep = m.endpoint
     out = subprocess.run(
         [
@@ -146,7 +147,7 @@ def test_zstd_snapshots_are_read_as_they_are(sandbox: Sandbox, tmp_path: Path) -
 def test_several_endpoints_the_snapshot_comes_from_a_healthy_one(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    ep = read_members(sandbox_manifest_dirs(sandbox.name))[0].endpoint
+    ep = read_members(*etcd_target(sandbox.name))[0].endpoint
     res = run_cli(
         "etcd",
         "snapshot",
@@ -173,7 +174,7 @@ def test_member_status_names_the_leader(sandbox: Sandbox) -> None:
 
 
 def test_bad_input_is_one_line_and_leaves_no_file(sandbox: Sandbox, tmp_path: Path) -> None:
-    ep = read_members(sandbox_manifest_dirs(sandbox.name))[0].endpoint
+    ep = read_members(*etcd_target(sandbox.name))[0].endpoint
     pki = Path(str(ep.cacert)).parent.parent  # the cluster CA's client cert: not etcd's
     wrong = run_cli(
         "etcd", "snapshot", "save", str(tmp_path / "a.db"),
