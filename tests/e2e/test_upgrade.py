@@ -1,6 +1,7 @@
 """Versions and cluster upgrades on a real HA sandbox (three control-plane nodes, Kubernetes
-1.36) upgraded to 1.37 for real: the static pods' images change and the runner restarts each
-component at the new binary.
+1.36) upgraded to 1.37 for real, by the real kubeadm v1.37.2 on each node (`kubeadm upgrade
+apply` on the first control plane, `kubeadm upgrade node` elsewhere): kubeadm rewrites the static
+pods' manifests and the runner restarts each component at the new binary.
 
 One sandbox for the module, in this order (each later test needs the earlier state): versions and
 skew, plan refusals and bad input, a deprecated CRD version in use, the full rolling upgrade with
@@ -110,7 +111,8 @@ async def test_versions_reports_every_component_and_the_skew(usb: Sandbox, ukube
     cps = {"control-plane-1", "control-plane-2", "control-plane-3"}
     assert by(data, "kube-apiserver") == dict.fromkeys(cps, f"v{OLD}")
     sources = {c["source"] for c in data["components"] if c["name"] == "kube-apiserver"}
-    assert all(s.startswith("/version at 127.0.0.1:") for s in sources)  # each instance asked
+    # each instance asked at the address its mirror pod names (through the host's forward)
+    assert sources == {f"/version at 192.0.2.1{i}:6443" for i in (1, 2, 3)}
     assert by(data, "kube-controller-manager") == dict.fromkeys(cps, f"v{OLD}")
     assert by(data, "kube-scheduler") == dict.fromkeys(cps, f"v{OLD}")
     etcd = [c for c in data["components"] if c["name"] == "etcd"]
@@ -273,7 +275,7 @@ async def test_a_deprecated_crd_version_in_use_is_found(usb: Sandbox, ukube: Kub
 
 
 # -- 4. the full rolling upgrade ------------------------------------------------------------------
-async def test_rolling_ha_upgrade_with_the_sandbox_executor(
+async def test_rolling_ha_upgrade_through_real_kubeadm(
     usb: Sandbox, ukube: Kube, tmp_path: Path
 ) -> None:
     import pyrage
@@ -346,11 +348,29 @@ async def test_rolling_ha_upgrade_with_the_sandbox_executor(
     for f in (snapshot, backup):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600 and f.stat().st_size > 0
     assert "Upgrade v1.36.3 -> v1.37.2" in res.stderr  # the plan shown before it started
-    # kubeadm's traces: the old manifests kept, kubeadm-config at the new version.
-    tmp = usb.node_root("control-plane-1") / "etc" / "kubernetes" / "tmp"
-    assert any(p.name.startswith("kubeadm-backup-manifests-") for p in tmp.iterdir())
+    # The real kubeadm did it, in each node's view: its own words, per node.
+    assert f"control-plane-1 | $ kubeadm upgrade apply v{NEW} --yes" in res.stderr
+    assert (
+        f'control-plane-1 | [upgrade] SUCCESS! A control plane node of your cluster was upgraded to "v{NEW}".'
+        in res.stderr
+    )
+    for n in ("control-plane-2", "control-plane-3", "worker-1"):
+        assert f"{n} | $ kubeadm upgrade node" in res.stderr
+        assert (
+            f"{n} | [upgrade/kubelet-config] The kubelet configuration for this node was successfully upgraded!"
+            in res.stderr
+        )
+    # kubeadm's traces: the old manifests kept, kubeadm-config at the new version, the addons
+    # kubeadm v1.37 installs, each node's kubelet config rewritten by it.
+    for n in ("control-plane-1", "control-plane-2", "control-plane-3"):
+        tmp = usb.node_root(n) / "etc" / "kubernetes" / "tmp"
+        assert any(p.name.startswith("kubeadm-backup-manifests-") for p in tmp.iterdir())
     cm = await ukube.get_json("/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
     assert f"kubernetesVersion: v{NEW}" in cm["data"]["ClusterConfiguration"]
+    proxy = await ukube.get_json("/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy")
+    assert proxy["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f":v{NEW}")
+    worker_tmp = usb.dir / "nodes" / "worker-1" / "etc" / "kubernetes" / "tmp"
+    assert any(p.name.startswith("kubeadm-kubelet-config-") for p in worker_tmp.iterdir())
     status = cli(usb, "upgrade", "status", "-o", "json")
     assert json.loads(status.stdout)["state"] == "done"
 

@@ -65,3 +65,36 @@ def test_link_replaces_a_tool_atomically(tmp_path: Path) -> None:
     nodeshell.link(view, "kubeadm", a)
     nodeshell.link(view, "kubeadm", b)
     assert (view.bin / "kubeadm").readlink() == b and not list(view.bin.glob(".*"))
+
+
+def test_the_command_runs_in_the_nodes_network_with_its_runtime_linked(tmp_path: Path) -> None:
+    view = nodeshell.plan(
+        "cp1", tmp_path, etcd_client_port=2379, sandbox="lab", netns="/proc/42/ns/net",
+        cri=tmp_path / "cri.sock",
+    )  # fmt: skip
+    argv = nodeshell.argv(view, ["kubeadm", "version"], unshare="/bin/unshare", nsenter="/bin/ns")
+    # the network first (nsenter), then the private mount namespace, then the command
+    assert argv[:4] == ["/bin/ns", "--net=/proc/42/ns/net", "--", "/bin/unshare"]
+    assert argv[-2:] == ["kubeadm", "version"]
+    script = view.script()
+    # the runtime link comes after /run is the view's own tmpfs (it would hide it otherwise)
+    assert script.index("ln -s") > script.index("-t tmpfs")
+    assert f"ln -s {tmp_path}/cri.sock /run/containerd/containerd.sock" in script
+    # etcd on kubeadm's port in the node's own network: etcdctl's defaults find it
+    assert "ETCDCTL_ENDPOINTS" not in dict(view.env)
+    plain = nodeshell.plan("cp1", tmp_path, etcd_client_port=None, sandbox="lab")
+    assert nodeshell.argv(plain, ["true"], unshare="u")[0] == "u"  # no network: the machine's
+
+
+def test_the_kubelet_stand_in_reports_the_nodes_version_and_runs_nothing(tmp_path: Path) -> None:
+    view = nodeshell.plan("cp1", tmp_path, etcd_client_port=None, sandbox="lab")
+    nodeshell.prepare(view)
+    nodeshell.kubelet(view, "1.36.3")
+    shim = str(view.bin / "kubelet")
+    out = subprocess.run([shim, "--version"], capture_output=True, text=True, check=False)
+    # kubeadm's GetKubeletVersion parses "Kubernetes vX.Y.Z"
+    assert out.returncode == 0 and out.stdout == "Kubernetes v1.36.3\n"
+    run = subprocess.run([shim, "--config", "x"], capture_output=True, text=True, check=False)
+    assert run.returncode == 1 and "kwok" in run.stderr
+    nodeshell.kubelet(view, "1.37.2")  # after `sandbox install NODE kubelet 1.37.2`
+    assert "v1.37.2" in subprocess.run([shim, "--version"], capture_output=True, text=True).stdout

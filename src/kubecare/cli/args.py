@@ -7,6 +7,7 @@ completion need them), while the code behind a command is imported only when it 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -74,7 +75,31 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
         namespace=args.namespace,
         connect_timeout=args.connect_timeout,
         request_timeout=args.request_timeout,
+        addresses=_sandbox_addresses(args),
     )
+
+
+def _sandbox_addresses(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """A sandbox's apiservers as the host reaches them, when the command talks to a sandbox:
+    ``--sandbox NAME``, or a kubeconfig that is a sandbox's own file (``sandbox env``). Its
+    nodes' 192.0.2.x addresses exist only inside its network namespaces; dialled from the host
+    they would leave the machine."""
+    import os
+
+    from kubecare.sandbox.state import state_root
+
+    name = getattr(args, "sandbox", None)
+    if not name:
+        path = args.kubeconfig or os.environ.get("KUBECONFIG", "")
+        if not path or os.pathsep in path:
+            return ()
+        where = Path(path).absolute()
+        if where.parent.parent != state_root().absolute():
+            return ()
+        name = where.parent.name
+    from kubecare.sandbox.target import api_addresses
+
+    return api_addresses(name)
 
 
 def add_output(parser: argparse.ArgumentParser) -> None:

@@ -232,14 +232,18 @@ def manifests_of(args: argparse.Namespace) -> tuple[list[Path], Reach]:
     """The manifests dirs ``--sandbox``/``--manifests-dir`` name (kubeadm's by default), and
     how this process reaches what they name."""
     from kubecare.etcd.members import KUBEADM_MANIFESTS, as_written
+    from kubecare.sandbox.target import etcd_target, owner
 
     if getattr(args, "sandbox", None):
-        from kubecare.sandbox.target import etcd_target
-
         return etcd_target(args.sandbox)
-    return [
-        Path(d) for d in getattr(args, "manifests_dir", None) or [KUBEADM_MANIFESTS]
-    ], as_written
+    dirs = [Path(d) for d in getattr(args, "manifests_dir", None) or [KUBEADM_MANIFESTS]]
+    # A sandbox node's manifests dir, given from the host: its URLs through the forwards.
+    names = {owner(d) for d in dirs}
+    if len(names) == 1:
+        name = names.pop()
+        if name is not None:
+            return dirs, etcd_target(name)[1]
+    return dirs, as_written
 
 
 def member_status_cmd(args: argparse.Namespace) -> None:

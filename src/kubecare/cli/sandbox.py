@@ -312,7 +312,9 @@ def _exec_on(name: str, node: str, command: list[str]) -> None:
         raise SandboxError(
             "unshare/nsenter not found: install util-linux (apt-get install util-linux)"
         )
-    view = _sandbox(name).node_view(node)
+    from kubecare.cli.common import run
+
+    view = run(_sandbox(name).prepare_node(node))
     argv = nodeshell.argv(view, command, unshare=unshare, nsenter=nsenter)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -366,7 +366,9 @@ def _executor(args: argparse.Namespace, kube: Any, step_timeout: float) -> Any:
         return ex.JobExecutor(kube, image=args.job_image, steps=steps, timeout=step_timeout)
     if not args.sandbox:
         raise UsageError("--executor sandbox needs --sandbox NAME")
-    return ex.SandboxExecutor(kube, args.sandbox)
+    from kubecare.sandbox.executor import SandboxExecutor
+
+    return SandboxExecutor(kube, args.sandbox, step_timeout=step_timeout)
 
 
 def apply_cmd(args: argparse.Namespace) -> int:

@@ -104,6 +104,7 @@ class Kube:
         each instance of an HA control plane has its own version and its own metrics."""
         import dataclasses
 
+        endpoint = dict(self.options.addresses).get(endpoint, endpoint)
         other = Kube.__new__(Kube)
         other.options = self.options
         other.connection = dataclasses.replace(self.connection, server=f"https://{endpoint}")

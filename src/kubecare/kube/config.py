@@ -56,6 +56,10 @@ class ClientOptions:
     # silent for longer than this (plus slack) is treated as dead, so a half-open TCP connection
     # never hangs a drain.
     watch_timeout: float = 60.0
+    # How this process reaches the apiserver instances the cluster names (the advertise
+    # endpoints on kubeadm's mirror pods): ``host:port`` as named -> ``host:port`` to dial.
+    # Empty: as named. A sandbox's nodes are reached through its forwarded loopback ports.
+    addresses: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -369,6 +369,7 @@ class Sandbox:
                 for n in shape.nodes
             ],
             balancer_port=balancer,
+            endpoint=shape.endpoint,
         )
         # kubeadm init on the first node: its four static pods; kubeadm join --control-plane on
         # the others: apiserver, controller-manager and scheduler now, etcd once it is added.
@@ -905,27 +906,112 @@ class Sandbox:
         register with it), as after ``kubeadm upgrade apply``."""
         with self.locked():
             state = self.load()
-            state.version = resolve_version(version)
+            new = resolve_version(version)
+            if new != state.version:
+                # what each node has installed stays what it was (installed() falls back to
+                # the sandbox's version for a node that never had an install of its own)
+                for node in state.nodes:
+                    mine = state.installed.setdefault(node, {})
+                    for package in ("kubeadm", "kubelet"):
+                        mine.setdefault(package, state.version)
+            state.version = new
             self.save(state)
 
     def node_root(self, node: str) -> Path:
         """A control-plane node's kubeadm-shaped tree (``etc/kubernetes``, ``var/lib/etcd``)."""
         return Path(self._node(self.load(), node)["manifests"]).parent.parent.parent
 
+    async def prepare_node(self, node: str) -> NodeView:
+        """:meth:`node_view`, after giving a kwok worker the tree a joined worker has, the first
+        time it is asked for: ``etc/kubernetes/kubelet.conf`` (its ``system:node:<node>``
+        identity, as the kubelet's TLS bootstrap leaves it), ``pki/ca.crt``, and
+        ``var/lib/kubelet`` written by kubeadm's kubelet-start phase — what ``kubeadm upgrade
+        node`` reads on a worker. A worker's network is the sandbox's switch."""
+        state = self.load()
+        self._check_node(state, node)
+        if any(c["node"] == node for c in state.control_planes):
+            return self.node_view(node)
+        root = self.node_dir(node)
+        kube_dir = root / "etc" / "kubernetes"
+        if not (root / "var" / "lib" / "kubelet" / "config.yaml").exists():
+            from kubecare.sandbox.kubeconfigs import kubeconfig_doc
+            from kubecare.sandbox.pki import KUBELET_CLIENT, issue_node_client
+
+            if not state.endpoint:
+                raise SandboxError(
+                    f'sandbox "{self.name}" predates worker trees; recreate it: kubecare '
+                    f"sandbox down --name {self.name} && kubecare sandbox up --name {self.name}"
+                )
+            pki = self.pki
+            await asyncio.to_thread(issue_node_client, pki, node)
+            (kube_dir / "pki").mkdir(parents=True, exist_ok=True)
+            write_atomic(kube_dir / "pki" / "ca.crt", pki.ca.cert.read_bytes(), mode=0o644)
+            write(
+                kube_dir / "kubelet.conf",
+                kubeconfig_doc(
+                    f"https://{state.endpoint}",
+                    pki,
+                    KUBELET_CLIENT + node,
+                    f"system:node:{node}",
+                    "kubernetes",
+                ),
+            )
+            # What `kubeadm join phase kubelet-start` writes on a worker (its init counterpart
+            # insists on the cluster's CA key, which a worker never has): the cluster's kubelet
+            # configuration from the kubelet-config ConfigMap, the CRI endpoint, and the
+            # hostname override kubeadm adds when the node's name is not the machine's.
+            kubelet_dir = root / "var" / "lib" / "kubelet"
+            kubelet_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(
+                kubelet_dir / "instance-config.yaml",
+                'containerRuntimeEndpoint: "unix:///run/containerd/containerd.sock"\n',
+                mode=0o644,
+            )
+            write_atomic(
+                kubelet_dir / "kubeadm-flags.env",
+                f'KUBELET_KUBEADM_ARGS="--hostname-override={node}"\n',
+                mode=0o644,
+            )
+            write_atomic(kubelet_dir / "config.yaml", await self._kubelet_config(), mode=0o644)
+        return self.node_view(node)
+
+    async def _kubelet_config(self) -> str:
+        """The cluster's KubeletConfiguration (kubelet-config), as kubeadm stores it."""
+        async with Kube(ClientOptions(kubeconfig=str(self.super_admin()))) as kube:
+            cm = await kube.get_json(
+                "/api/v1/namespaces/kube-system/configmaps/kubelet-config",
+                what="configmap kube-system/kubelet-config",
+            )
+        return str((cm.get("data") or {}).get("kubelet") or "")
+
     def node_view(self, node: str) -> NodeView:
         """What ``sandbox exec NODE`` runs in (see :mod:`kubecare.sandbox.nodeshell`), its dirs
-        made and its tools linked: kubeadm at the node's installed version, kubectl, etcdctl."""
+        made and its tools linked: kubeadm at the node's installed version, kubectl, etcdctl.
+        A kwok worker's tree must exist (:meth:`prepare_node` makes it)."""
         from kubecare.sandbox import nodeshell
 
         state = self.load()
         self._check_node(state, node)
         cp = next((c for c in state.control_planes if c["node"] == node), None)
         if cp is None:
-            names = ", ".join(c["node"] for c in state.control_planes)
-            raise SandboxError(
-                f'node "{node}" is a kwok worker without a file system of its own; '
-                f"sandbox exec runs on the control-plane nodes: {names}"
-            )
+            root = self.node_dir(node)
+            if not (root / "etc" / "kubernetes" / "kubelet.conf").exists():
+                raise SandboxError(
+                    f'node "{node}" has no tree yet; `kubecare sandbox exec --name {self.name} '
+                    f"{node} -- true` makes it"
+                )
+            netns = self.netns(state, "switch")
+            if netns is None:
+                raise SandboxError(
+                    f'the sandbox "{self.name}" has no network (its namespace holder is gone): '
+                    f"start it again: kubecare sandbox down --name {self.name} && kubecare "
+                    f"sandbox up --name {self.name}"
+                )
+            view = nodeshell.plan(
+                node, root, etcd_client_port=None, sandbox=self.name, netns=netns,
+                cri=self.dir / "cri.sock",
+            )  # fmt: skip
+            return self._equip(state, node, view)
         netns = self.netns(state, node)
         if netns is None:
             raise SandboxError(
@@ -939,8 +1025,16 @@ class Sandbox:
             etcd_client_port=cp["ports"].get("etcd_client"),
             sandbox=self.name,
             netns=netns,
+            cri=self.dir / "cri.sock",
         )
+        return self._equip(state, node, view)
+
+    def _equip(self, state: SandboxState, node: str, view: NodeView) -> NodeView:
+        """The view's dirs, and its tools at the versions installed on the node."""
+        from kubecare.sandbox import nodeshell
+
         nodeshell.prepare(view)
+        nodeshell.kubelet(view, self.installed(state, node, "kubelet"))
         kubeadm = self.installed(state, node, "kubeadm")
         tools: dict[str, Path | None] = {
             "kubeadm": binary_path("kubeadm", kubeadm),
@@ -977,13 +1071,22 @@ class Sandbox:
                         f"kubeadm v{version} is not built; build it with: kubecare sandbox "
                         f"build --version {version}"
                     )
-                if any(c["node"] == node for c in state.control_planes):
-                    view = nodeshell.plan(
-                        node, self.node_root(node), etcd_client_port=None, sandbox=self.name
-                    )
+                root = (
+                    self.node_root(node)
+                    if any(c["node"] == node for c in state.control_planes)
+                    else self.node_dir(node)
+                )
+                if root.exists():  # a worker without a tree gets kubeadm when it is made
+                    view = nodeshell.plan(node, root, etcd_client_port=None, sandbox=self.name)
                     nodeshell.link(view, "kubeadm", path)
             else:
                 async with Kube(self.client_options()) as kube:
+                    # what the node runs is what it reports (a test may have set it by hand)
+                    obj = await kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
+                    reported = ((obj.get("status") or {}).get("nodeInfo") or {}).get(
+                        "kubeletVersion"
+                    )
+                    before = str(reported or f"v{before}").removeprefix("v")
                     await set_kubelet_version(kube, node, version)
             state.installed.setdefault(node, {})[package] = version
             self.save(state)
@@ -1055,7 +1158,11 @@ class Sandbox:
             state = self.load()
             self._check_node(state, name)
             state.nodes.remove(name)
+            state.installed.pop(name, None)
             self.save(state)
+        if not any(c["node"] == name for c in state.control_planes):
+            # a worker's tree (sandbox exec made it) goes with the machine
+            await asyncio.to_thread(shutil.rmtree, self.node_dir(name), True)
         async with Kube(self.client_options()) as kube:
             with contextlib.suppress(NotFound):
                 await kube.request_json("DELETE", f"/api/v1/nodes/{name}", what=f'node "{name}"')

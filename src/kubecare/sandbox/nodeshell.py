@@ -13,12 +13,15 @@ A control-plane node's tree lives in the sandbox's state dir (``nodes/<node>/etc
   both) — never in the machine's real ``/etc`` or ``/var``. ``/tmp`` stays the machine's (the
   course's ``mv kube-apiserver.yaml /tmp/`` must survive the shell; test sandboxes live there);
 - ``/run`` is an empty tmpfs: no socket of the machine's (systemd, D-Bus, containerd) is in
-  reach, so nothing typed on the node stops a real service through them;
+  reach, so nothing typed on the node stops a real service through them. The node's own
+  container runtime is: ``/run/containerd/containerd.sock`` links the sandbox's CRI socket
+  (:mod:`kubecare.sandbox.cri`), which kubeadm's preflight asks;
 - the node's ``usr/local/bin`` comes first on PATH: ``kubeadm`` (the version installed on that
   node: ``sandbox install``), ``kubectl``, ``etcdctl``, ``etcdutl``, and a ``systemctl`` of the
   node's own, also mounted over ``/usr/bin/systemctl``: kubeadm stops, starts and restarts "the
   kubelet" through systemctl, and a sandbox node's kubelet is kwok's. It answers for the kubelet
-  and refuses the rest.
+  and refuses the rest. A ``kubelet`` of the node's too: ``kubelet --version`` says the version
+  the node runs (kubeadm's preflight asks it), and nothing else runs.
 
 The command also runs in the node's network namespace (:mod:`kubecare.sandbox.network`): its
 ``127.0.0.1:2379`` is the node's own etcd member and ``192.0.2.x:6443`` its apiserver, as on a
@@ -61,6 +64,7 @@ class NodeView:
     root: Path  # nodes/<node>
     env: tuple[tuple[str, str], ...]
     netns: str | None = None  # /proc/<holder>/ns/net of the node (None: the machine's network)
+    cri: Path | None = None  # the sandbox's CRI socket, linked at containerd's path
 
     @property
     def bin(self) -> Path:
@@ -92,6 +96,12 @@ class NodeView:
         lines.append(
             f"mount -t tmpfs -o mode=755 kubecare-{self.node}-run /run || fail 'mount /run'"
         )
+        if self.cri is not None:
+            lines.append(
+                "mkdir -p /run/containerd && "
+                f"ln -s {q(str(self.cri))} /run/containerd/containerd.sock "
+                "|| fail 'link the CRI socket'"
+            )
         shim = q(str(self.bin / "systemctl"))
         lines.append(
             "if [ -e /usr/bin/systemctl ]; then "
@@ -108,6 +118,7 @@ def plan(
     etcd_client_port: int | None,
     sandbox: str,
     netns: str | None = None,
+    cri: Path | None = None,
 ) -> NodeView:
     """The view of ``node`` (its tree at ``root``); refuses a state dir the overlays would hide."""
     resolved = root.resolve()
@@ -125,7 +136,7 @@ def plan(
     if etcd_client_port is not None and etcd_client_port != 2379:
         # A member on a port of its own: etcdctl without --endpoints still finds this node's.
         env.append(("ETCDCTL_ENDPOINTS", f"https://127.0.0.1:{etcd_client_port}"))
-    return NodeView(node, root, tuple(env), netns)
+    return NodeView(node, root, tuple(env), netns, cri)
 
 
 def prepare(view: NodeView) -> None:
@@ -140,6 +151,26 @@ def prepare(view: NodeView) -> None:
         from kubecare.files import write_atomic
 
         write_atomic(shim, SYSTEMCTL, mode=0o755)
+
+
+KUBELET = """#!/bin/sh
+# kubecare sandbox node: its kubelet is kwok's; this answers what kubeadm asks of the binary.
+case "$1" in
+  --version|version) echo "Kubernetes v{version}"; exit 0 ;;
+esac
+echo "kubecare sandbox: node $KUBECARE_SANDBOX_NODE runs kubelet v{version} (kwok's); it is not started by hand" >&2
+exit 1
+"""
+
+
+def kubelet(view: NodeView, version: str) -> None:
+    """The node's ``kubelet`` stand-in, reporting ``version`` (what the node runs)."""
+    from kubecare.files import write_atomic
+
+    text = KUBELET.format(version=version)
+    shim = view.bin / "kubelet"
+    if not shim.exists() or shim.read_text() != text:
+        write_atomic(shim, text, mode=0o755)
 
 
 def link(view: NodeView, name: str, target: Path) -> None:

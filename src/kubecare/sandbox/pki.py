@@ -309,3 +309,12 @@ def _node_certs(
     _issue(
         pki.pair(KUBELET_CLIENT + node), ca, f"system:node:{node}", org="system:nodes", client=True
     )
+
+
+def issue_node_client(pki: SandboxPKI, node: str) -> CertPair:
+    """A worker's kubelet client certificate (``system:node:<node>``, group system:nodes),
+    signed by the cluster CA: what the kubelet's TLS bootstrap leaves on a joined node."""
+    pair = pki.pair(KUBELET_CLIENT + node)
+    if not (pair.cert.exists() and pair.key.exists()):
+        _issue(pair, _load(pki.ca), f"system:node:{node}", org="system:nodes", client=True)
+    return pair

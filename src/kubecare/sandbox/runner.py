@@ -539,6 +539,7 @@ class Runner:
             self.scan()
         watcher = asyncio.create_task(self.watch())
         balancers = await self._serve()
+        cri = await self._serve_cri()
         from kubecare.sandbox.mirror_sync import MirrorSync
 
         mirrors = MirrorSync(self)
@@ -578,6 +579,8 @@ class Runner:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             for b in balancers:
                 await b.stop()
+            if cri is not None:
+                await cri.stop(1)
             for ns in self.netns.values():
                 ns.close()
             self.write_status()
@@ -603,6 +606,20 @@ class Runner:
                 await forward.serve(loopback_socket(host))
                 out.append(forward)
         return out
+
+    async def _serve_cri(self) -> Any:
+        """The nodes' container runtime for kubeadm's preflight (see :mod:`.cri`), on
+        ``<sandbox>/cri.sock``; None where gRPC cannot serve it (the rest runs on)."""
+        from kubecare.sandbox import cri
+
+        path = self.config.dir / cri.SOCKET
+        try:
+            path.unlink(missing_ok=True)
+            # relative to our cwd, the state dir: a unix socket's path is at most 107 bytes
+            return await cri.serve(cri.SOCKET, cri.Runtime(resolve_binary))
+        except Exception as e:  # a CRI-less node still runs; kubeadm's preflight will say so
+            self._log(f"cannot serve the CRI socket {path}: {type(e).__name__}: {e}")
+            return None
 
     @staticmethod
     def _dial(ns: Netns | None, host: str, port: int) -> Dial:

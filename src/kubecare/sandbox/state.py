@@ -51,6 +51,8 @@ class SandboxState:
     # `sandbox install NODE kubeadm|kubelet VERSION`: what each node has, where it differs from
     # ``version`` (the sandbox's own)
     installed: dict[str, dict[str, str]] = field(default_factory=dict)
+    # kubeadm's controlPlaneEndpoint (host:port inside the sandbox's network, 192.0.2.x:6443)
+    endpoint: str = ""
 
 
 def list_sandboxes() -> list[str]:

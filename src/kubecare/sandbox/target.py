@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kubecare.errors import EtcdError
@@ -36,6 +37,36 @@ def host_address(url: str, node_addresses: Sequence[str], forwards: Mapping[int,
     return urlunsplit(moved) if "://" in url else moved.netloc
 
 
+def owner(path: Path) -> str | None:
+    """The sandbox whose state dir holds ``path`` (a node's manifests dir), if any."""
+    root = state_root().absolute()
+    where = path.absolute()
+    if root not in where.parents:
+        return None
+    name = where.relative_to(root).parts[0]
+    return name if (root / name / "state.json").exists() else None
+
+
+def _state(name: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((state_root() / name / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def api_addresses(name: str) -> tuple[tuple[str, str], ...]:
+    """Each control plane's apiserver (``192.0.2.x:6443``, as its mirror pod names it) ->
+    the host's forward to it; nothing for a sandbox that is not there."""
+    doc = _state(name) or {}
+    out = []
+    for cp in doc.get("control_planes") or []:
+        forward = (cp.get("forward") or {}).get("6443")
+        if cp.get("ip") and forward:
+            out.append((f"{cp['ip']}:6443", f"127.0.0.1:{forward}"))
+    return tuple(out)
+
+
 def etcd_target(name: str) -> tuple[list[Path], Callable[[Path, str], str]]:
     """The manifests dir of every control-plane node of sandbox ``name``, and how the host
     reaches the URLs their manifests name."""
@@ -54,10 +85,10 @@ def etcd_target(name: str) -> tuple[list[Path], Callable[[Path, str], str]]:
     routes: dict[Path, tuple[list[str], dict[int, int]]] = {}
     for cp in cps:
         forwards = {int(k): int(v) for k, v in (cp.get("forward") or {}).items()}
-        routes[Path(cp["manifests"])] = ([str(cp.get("ip") or "")], forwards)
+        routes[Path(cp["manifests"]).resolve()] = ([str(cp.get("ip") or "")], forwards)
 
     def reach(manifests: Path, url: str) -> str:
-        route = routes.get(manifests)
+        route = routes.get(manifests.resolve())
         return host_address(url, *route) if route else url
 
-    return list(routes), reach
+    return [Path(cp["manifests"]) for cp in cps], reach

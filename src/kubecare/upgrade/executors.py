@@ -6,11 +6,9 @@
   by default the kubeadm/apt procedure of kubernetes.io "Upgrading kubeadm clusters".
 - ``job``: the same step list in a privileged Job pinned to the node, entering the host's
   namespaces with nsenter (no SSH keys needed).
-- ``sandbox``: on a kubecare sandbox, what kubeadm does on a node: the control-plane node's
-  static pod manifests rewritten to the target images (etcd first, at the tag kubeadm pins; the
-  old manifests kept in ``etc/kubernetes/tmp/kubeadm-backup-manifests-<time>``), each component
-  waited for until it runs healthy at the new version, ``kubeadm-config`` updated; the kubelet
-  (a kwok node) then reports the target version after a reboot (new boot ID).
+
+The ``sandbox`` executor (the same steps by the real kubeadm, in a sandbox node's own view) lives
+with the sandbox, :mod:`kubecare.sandbox.executor`: this package never imports the sandbox.
 
 Every executor checks what it can before anything changes (``check``): template placeholders,
 SSH authentication to every node, the sandbox's build of the target version.
@@ -474,91 +472,3 @@ def _job_state(job: JSON) -> str:
         if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
             return str(c["type"])
     return ""
-
-
-class SandboxExecutor:
-    """What kubeadm and the package manager do on a node, done on a kubecare sandbox."""
-
-    name = "sandbox"
-    supports_surge = True
-    ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-
-    def __init__(self, kube: Kube, sandbox: str, *, component_timeout: float = 180) -> None:
-        from kubecare.sandbox.lifecycle import Sandbox
-
-        self.kube = kube
-        self.sandbox = Sandbox(sandbox)
-        if not self.sandbox.exists():
-            raise UsageError(f'no sandbox "{sandbox}"; see kubecare sandbox list')
-        self.component_timeout = component_timeout
-
-    async def check(self, steps: Sequence[NodeStep], target: Version) -> None:
-        from kubecare.sandbox.binaries import KUBE_VERSIONS, binary_path
-
-        version = f"{target.major}.{target.minor}.{target.patch}"
-        if target.pre or version not in KUBE_VERSIONS:
-            raise UsageError(
-                f"the sandbox runs only the versions it builds ({', '.join('v' + v for v in KUBE_VERSIONS)}), not {target}"
-            )
-        if binary_path("kube-apiserver", version) is None:
-            raise UsageError(
-                f"v{version} is not built; run: kubecare sandbox build --version {version}"
-            )
-
-    async def upgrade(self, step: NodeStep, target: Version, on_line: Line) -> None:
-        from kubecare.sandbox.nodes import set_boot_id, set_kubelet_version
-
-        version = f"{target.major}.{target.minor}.{target.patch}"
-        changing = {c.component for c in step.changes}
-        if step.role in (FIRST_CONTROL_PLANE, CONTROL_PLANE):
-            root = self.sandbox.node_root(step.node)
-            stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
-            backup = root / "etc" / "kubernetes" / "tmp" / f"kubeadm-backup-manifests-{stamp}"
-            await asyncio.to_thread(
-                shutil.copytree, root / "etc" / "kubernetes" / "manifests", backup
-            )
-            on_line(f"[upgrade/staticpods] manifests backed up to {backup}")
-            for component in self.ORDER:
-                if component not in changing:
-                    continue
-                on_line(
-                    f"[upgrade/staticpods] {component}: moving to {version}, waiting until healthy"
-                )
-                t0 = time.monotonic()
-                await self.sandbox.start_component(
-                    component, version=version, node=step.node, timeout=self.component_timeout
-                )
-                on_line(
-                    f"[upgrade/staticpods] {component} healthy after {time.monotonic() - t0:.1f}s"
-                )
-            if step.role == FIRST_CONTROL_PLANE:
-                await self._upload_config(version)
-                on_line("[upload-config] kubeadm-config: kubernetesVersion v" + version)
-            await asyncio.to_thread(self.sandbox.record_version, version)
-        await set_kubelet_version(self.kube, step.node, version)
-        boot = await set_boot_id(self.kube, step.node)
-        on_line(f"kubelet v{version} on {step.node}, rebooted (boot ID {boot[:8]})")
-
-    async def _upload_config(self, version: str) -> None:
-        import yaml
-
-        path = "/api/v1/namespaces/kube-system/configmaps/kubeadm-config"
-        cm = await self.kube.get_json(path, what="configmap kube-system/kubeadm-config")
-        conf = yaml.safe_load((cm.get("data") or {}).get("ClusterConfiguration") or "{}") or {}
-        conf["kubernetesVersion"] = f"v{version}"
-        cm["data"]["ClusterConfiguration"] = yaml.safe_dump(conf, sort_keys=False)
-        await self.kube.request_json(
-            "PUT", path, body=cm, what="configmap kube-system/kubeadm-config"
-        )
-
-    async def provision(self, replacing: NodeStep, target: Version, on_line: Line) -> str:
-        """A new kwok worker at the target version (the sandbox records it), Ready."""
-        base = replacing.node.rsplit("-v1-", 1)[0]
-        name = f"{base}-v1-{target.minor}"
-        await self.sandbox.add_node(name)
-        on_line(f"node {name} added (kubelet v{target.major}.{target.minor}.{target.patch})")
-        return name
-
-    async def deprovision(self, node: str, on_line: Line) -> None:
-        await self.sandbox.remove_node(node)
-        on_line(f"node {node} removed")
