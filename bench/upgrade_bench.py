@@ -6,16 +6,18 @@ The sandbox (one control-plane node, Kubernetes 1.36, ``--workers`` kwok workers
 of 10 pods, each under a PDB with maxUnavailable 2) is upgraded to 1.37 in two ways:
 
 (a) once, ``kubecare upgrade apply --executor sandbox --max-unavailable 10%`` from 1.36: the
-    control plane (static pods restarted at the new version), then the workers in batches of 10.
+    real kubeadm on every node (``kubeadm upgrade apply`` on the control plane: its static pods
+    restarted at the new version; ``kubeadm upgrade node`` on each worker), in batches of 10.
     Reported: total time, kubecare's own overhead per node beyond its drain and executor time
     (from the journal: each node's total minus drain minus executor, plus its share of the
     batch's health gate), peak RSS.
 (b) ``--runs`` times, the workers only (the kubelets reset to 1.36 between runs), by kubecare and
     by the script an operator would write from the kubeadm docs: batches of 10 nodes, each
-    ``kubectl drain --ignore-daemonsets`` → the same executor action (the kubelet version and a
-    new boot ID reported for the node, one status patch) → ``kubectl wait --for=condition=Ready``
-    → ``kubectl uncordon``; after each batch ``kubectl wait --for=condition=Available`` on every
-    Deployment (kubecare's health gate). The order alternates every run.
+    ``kubectl drain --ignore-daemonsets`` → the same executor action, one script both run (the
+    kubelet version and a new boot ID reported for the node, one status patch; kubecare through
+    ``--executor command``) → ``kubectl wait --for=condition=Ready`` → ``kubectl uncordon``;
+    after each batch ``kubectl wait --for=condition=Available`` on every Deployment (kubecare's
+    health gate). The order alternates every run.
 
 Fairness: same sandbox, same workload, same batches; requests are counted the same way for both,
 on the server, from the apiserver's audit log by user agent; wall time and peak RSS by GNU time
@@ -52,6 +54,14 @@ BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).parent / "results"
 OLD, NEW = "1.36.3", "1.37.2"
 
+#: the executor action of (b), the same file for both tools: the node reports the new kubelet and
+#: a new boot ID (what apt, kubeadm and a kubelet restart end in on a real node)
+STEP = r"""#!/bin/bash
+set -uo pipefail
+@KUBECTL@ --kubeconfig @KCFG@ patch node "$1" --subresource=status --type=merge -p \
+  "{\"status\":{\"nodeInfo\":{\"kubeletVersion\":\"v$VERSION\",\"bootID\":\"$(cat /proc/sys/kernel/random/uuid)\"}}}" >/dev/null
+"""
+
 SCRIPT = r"""#!/bin/bash
 # The kubeadm docs' worker loop, 10 nodes at a time.
 set -uo pipefail
@@ -59,8 +69,7 @@ K="$KUBECTL --kubeconfig $KCFG"
 one() {
   local n=$1
   $K drain "$n" --ignore-daemonsets --timeout=600s >/dev/null || return 1
-  $K patch node "$n" --subresource=status --type=merge -p \
-    "{\"status\":{\"nodeInfo\":{\"kubeletVersion\":\"v$VERSION\",\"bootID\":\"$(cat /proc/sys/kernel/random/uuid)\"}}}" >/dev/null || return 1
+  bash "$STEP" "$n" || return 1
   $K wait --for=condition=Ready "node/$n" --timeout=600s >/dev/null || return 1
   $K uncordon "$n" >/dev/null || return 1
 }
@@ -163,10 +172,17 @@ def overheads(journal: dict[str, Any], batch: int) -> list[float]:
     return out
 
 
-def kubecare_argv(sb: Sandbox, journal_out: Path) -> list[str]:
+def kubecare_argv(sb: Sandbox, journal_out: Path, step: Path | None = None) -> list[str]:
+    """``step``: the executor action both tools run in (b) (``--executor command``); without it
+    the sandbox executor (the real kubeadm on each node)."""
+    executor = (
+        ["--executor", "command", "--command", f"bash {step} {{node}}"]
+        if step
+        else ["--executor", "sandbox", "--sandbox", sb.name]
+    )
     return [
         str(BIN / "kubecare"), "--kubeconfig", str(sb.kubeconfig), "upgrade", "apply",
-        "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox", sb.name, "--yes",
+        "--to", f"v{NEW}", *executor, "--yes",
         "--ignore-daemonsets", "--max-unavailable", "10%", "--no-snapshot", "--no-backup",
         "--journal", str(journal_out), "-q",
     ]  # fmt: skip
@@ -189,6 +205,9 @@ async def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="upgrade-bench-"))
     script = work / "upgrade-workers.sh"
     script.write_text(SCRIPT)
+    step = work / "node-step.sh"
+    # its tools named in it: the command executor passes only NODE/VERSION/MINOR/ROLE on
+    step.write_text(STEP.replace("@KUBECTL@", str(kubectl)).replace("@KCFG@", str(sb.kubeconfig)))
     result: dict[str, Any] = {"versions": versions(str(kubectl)), "workers": args.workers}
     try:
         t0 = time.monotonic()
@@ -224,6 +243,7 @@ async def main() -> None:
                 "KCFG": str(sb.kubeconfig),
                 "VERSION": NEW,
                 "NODES": " ".join(workers),
+                "STEP": str(step),
                 "BATCH": str(batch),
             }
             for r in range(args.runs):
@@ -233,7 +253,7 @@ async def main() -> None:
                     mark = audit.mark()
                     if tool == "kubecare":
                         jf = work / f"run{r}.json"
-                        seconds, rss = run_timed(kubecare_argv(sb, jf))
+                        seconds, rss = run_timed(kubecare_argv(sb, jf, step))
                         over = overheads(json.loads(jf.read_text()), batch)
                         extra = {"overhead_per_node": median(over)}
                     else:

@@ -257,9 +257,11 @@ def main() -> None:
 
 
 def upgrade_steps(kubectl: str, workdir: Path, recipient: str) -> None:
-    """Steps 18-20 on a second sandbox: three control-plane nodes at Kubernetes 1.36, upgraded
-    to 1.37 for real (static pods rewritten and restarted, one node at a time)."""
+    """Steps 18-21 on a second sandbox: three control-plane nodes at Kubernetes 1.36, upgraded
+    to 1.37 for real by kubeadm v1.37.2 on each node (static pods rewritten and restarted, one
+    node at a time)."""
     from kubecare.sandbox import Sandbox
+    from kubecare.sandbox.executor import cgroup_v1
 
     ha = f"{NAME}-upgrade"
     step("18. An HA cluster one minor behind: every component's version, and the skew policy")
@@ -281,13 +283,25 @@ def upgrade_steps(kubectl: str, workdir: Path, recipient: str) -> None:
         sh(KUBECARE, "--kubeconfig", kcfg, "upgrade", "plan", "--to", "v1.37.2", "--sandbox", ha,
            "--ignore-daemonsets", "--snapshot-dir", str(workdir / "etcd"),
            "--backup-store", str(workdir / "backups"))  # fmt: skip
+        skip = ["--ignore-preflight-errors=SystemVerification"] if cgroup_v1() else []
+        step("19b. The same plan by the real kubeadm v1.37.2, on the first control-plane node")
+        sh(KUBECARE, "sandbox", "install", "--name", ha, "control-plane-1", "kubeadm", "1.37.2")
+        sh(KUBECARE, "sandbox", "exec", "--name", ha, "control-plane-1", "--",
+           "kubeadm", "upgrade", "plan", "v1.37.2", *skip)  # fmt: skip
         step(
-            "20. The upgrade: etcd snapshot and backup first, then node by node (drain, upgrade, Ready, uncordon)"
+            "20. The upgrade: etcd snapshot and backup first, then node by node (drain; the real "
+            "`kubeadm upgrade apply` on the first node, `kubeadm upgrade node` on the others; "
+            "kubelet; Ready; uncordon)"
         )
         sh(KUBECARE, "--kubeconfig", kcfg, "upgrade", "apply", "--to", "v1.37.2",
            "--executor", "sandbox", "--sandbox", ha, "--yes", "--ignore-daemonsets", "-q",
            "--encrypt-to", recipient, "--snapshot-dir", str(workdir / "etcd"),
            "--backup-store", str(workdir / "backups"))  # fmt: skip
+        step(
+            "21. What kubeadm left on the node: its backups of the old manifests and kubelet config"
+        )
+        sh(KUBECARE, "sandbox", "exec", "--name", ha, "control-plane-1", "--",
+           "sh", "-c", "ls /etc/kubernetes/tmp; kubeadm version -o short")  # fmt: skip
         sh(KUBECARE, "--kubeconfig", kcfg, "versions", "--sandbox", ha)
         sh(kubectl, "--kubeconfig", kcfg, "get", "nodes")
     finally:

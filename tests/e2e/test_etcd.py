@@ -55,13 +55,16 @@ def kubecare_status(path: Path) -> dict[str, Any]:
     return result
 
 
-def etcdctl(sb: Sandbox, *args: str) -> str:
-    m = read_members(*etcd_target(sb.name))[0]
-    ep = m.endpoint
+def etcdctl(sb: Sandbox, *args: str, every: bool = False) -> str:
+    """etcdctl from the host, at the first member (``every``: all of them) through the
+    sandbox's forwards (``--cluster`` would dial the members' 192.0.2.x from the host)."""
+    members = read_members(*etcd_target(sb.name))
+    ep = members[0].endpoint
+    urls = ",".join(m.endpoint.url for m in members) if every else ep.url
     out = subprocess.run(
         [
             str(ETCDCTL),
-            f"--endpoints={ep.url}",
+            f"--endpoints={urls}",
             f"--cacert={ep.cacert}",
             f"--cert={ep.cert}",
             f"--key={ep.key}",
@@ -360,7 +363,7 @@ async def test_restore_on_three_control_planes(ha_sb: Sandbox, tmp_path: Path) -
 
 def endpoint_status(sb: Sandbox) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = json.loads(
-        etcdctl(sb, "endpoint", "status", "--cluster", "-w", "json")
+        etcdctl(sb, "endpoint", "status", "-w", "json", every=True)
     )
     return result
 

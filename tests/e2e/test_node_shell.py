@@ -145,7 +145,6 @@ async def test_install_switches_kubeadm_and_the_kubelet_version(
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["exec", "worker-1", "--", "true"], 1, "is a kwok worker without a file system"),
         (["exec", "no-such-node", "--", "true"], 1, 'node "no-such-node" is not a node'),
         (["exec", "CP"], 2, "give the command to run on the node"),
         (["install", "CP", "kubeadm", "1.30"], 2, "unsupported Kubernetes version '1.30'"),
@@ -191,3 +190,64 @@ def test_kubeadm_wrote_the_nodes_kubelet_files_and_systemctl_stays_on_the_node(
     assert res.returncode == 1  # the kubelet is the node's (kwok's); nothing else is reachable
     assert f"node {node}: its kubelet is run by kwok" in res.stderr
     assert "systemctl stop ssh is not available on a sandbox node" in res.stderr
+
+
+def test_without_root_sandbox_up_says_so_before_touching_anything(tmp_path: Path) -> None:
+    """The network namespaces need root: one line naming it, no state dir made."""
+    argv = cli_argv("sandbox", "up", "--name", "noroot", "--nodes", "1")
+    env = {**os.environ, "KUBECARE_STATE_DIR": str(tmp_path / "state")}
+    res = subprocess.run(
+        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *argv],
+        capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "needs root" in lines[0] and "network namespace" in lines[0]
+    assert "Traceback" not in res.stderr and not (tmp_path / "state").exists()
+
+
+def test_a_node_has_its_own_network_and_kubeadms_addresses(sandbox: Sandbox) -> None:
+    """On the node: its 192.0.2.x address on eth0, its apiserver and etcd on kubeadm's ports
+    (etcdctl's own default endpoint), the machine's interfaces out of sight."""
+    node = first_cp(sandbox)
+    ip = sandbox.load().control_planes[0]["ip"]
+    res = on_node(
+        sandbox, node, "sh", "-c",
+        "ip -o -4 addr show; "
+        f"kubectl --server https://{ip}:6443 get --raw /livez; echo; "
+        "etcdctl --cacert /etc/kubernetes/pki/etcd/ca.crt --cert /etc/kubernetes/pki/etcd/"
+        "healthcheck-client.crt --key /etc/kubernetes/pki/etcd/healthcheck-client.key "
+        "endpoint health",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"eth0    inet {ip}/24" in res.stdout and "192.0.2.2/" not in res.stdout
+    assert (
+        "ok" in res.stdout.splitlines() and "127.0.0.1:2379 is healthy" in res.stdout + res.stderr
+    )
+
+
+def test_a_kwok_worker_gets_a_joined_workers_tree_and_kubeadm_upgrade_node_runs(
+    sandbox: Sandbox,
+) -> None:
+    import yaml
+
+    from kubecare.sandbox.executor import cgroup_v1
+
+    res = on_node(
+        sandbox, "worker-1", "sh", "-c",
+        "kubectl --kubeconfig /etc/kubernetes/kubelet.conf get node worker-1 -o name; "
+        "kubelet --version",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["node/worker-1", f"Kubernetes v{sandbox.load().version}"]
+    tree = sandbox.dir / "nodes" / "worker-1"
+    config = yaml.safe_load((tree / "var" / "lib" / "kubelet" / "config.yaml").read_text())
+    assert config["kind"] == "KubeletConfiguration"
+    skip = ["--ignore-preflight-errors=SystemVerification"] if cgroup_v1() else []
+    # kubeadm's preflight asks the node's container runtime (the sandbox's CRI), then rewrites
+    # the kubelet's config from the cluster's kubelet-config
+    up = on_node(sandbox, "worker-1", "kubeadm", "upgrade", "node", *skip)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "ContainerRuntimeVersion" not in up.stdout + up.stderr
+    assert "The kubelet configuration for this node was successfully upgraded!" in up.stdout
+    assert any(p.name.startswith("kubeadm-kubelet-config-") for p in (tree / "etc" / "kubernetes" / "tmp").iterdir())  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import stat
@@ -100,10 +101,25 @@ async def test_a_second_sandbox_runs_beside_the_first_and_stops_cleanly(sandbox:
         async with Kube(ClientOptions(kubeconfig=str(other.kubeconfig))) as kube:
             nodes = [n["metadata"]["name"] async for n in kube.list_items("/api/v1/nodes")]
         assert sorted(nodes) == ["control-plane", "worker-1"]
+        # Both at kubeadm's addresses and ports, each in a network of its own: no clash.
+        state, first = other.load(), sandbox.load()
+        assert state.control_planes[0]["ip"] == first.control_planes[0]["ip"] == "192.0.2.11"
+        holders = [c.pid for n, c in state.components.items() if n.startswith("netns-")]
+        namespaces = {network.inode(pid) for pid in holders if pid}
+        assert len(namespaces) == 2 and network.inode(os.getpid()) not in namespaces
+        mine = {network.inode(c.pid) for n, c in first.components.items() if n.startswith("netns-") and c.pid}  # fmt: skip
+        assert not namespaces & mine
     finally:
         stopped = other.down()
     assert "runner" in stopped and "kwok" in stopped
     assert sandbox_processes(other) == []
+    # no process is left in its network namespaces: the kernel has removed them
+    left = [
+        p
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and network.inode(int(p.name)) in namespaces
+    ]
+    assert left == []  # fmt: skip
     assert all(c.healthy for c in sandbox.status()[1])  # the first one is untouched
 
 

@@ -207,6 +207,56 @@ async def test_plan_refuses_skips_and_downgrades_and_bad_input_changes_nothing(
     assert set(by(versions(usb), "kube-apiserver").values()) == {f"v{OLD}"}
 
 
+# -- 2b. the plan against kubeadm's own -----------------------------------------------------------
+def on_node(sb: Sandbox, node: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("sandbox", "exec", "--name", sb.name, node, "--", *command, timeout=300)
+
+
+def _v(text: str) -> str:
+    return text.removeprefix("v")  # kubeadm writes kube-proxy's current version without the v
+
+
+async def test_the_plan_lists_what_kubeadm_upgrade_plan_lists(usb: Sandbox) -> None:
+    """The real kubeadm v1.37.2 on the first control plane, asked for its plan of the same
+    cluster: every row (component, node, current, new) kubeadm would change, kubecare's plan
+    has, and no other. Then kubeadm's `upgrade diff` and `upgrade apply --dry-run` run through
+    on the sandbox, and change nothing."""
+    from kubecare.sandbox.executor import cgroup_v1
+
+    first = "control-plane-1"
+    await usb.install(first, "kubeadm", NEW)
+    skip = ["--ignore-preflight-errors=SystemVerification"] if cgroup_v1() else []
+    res = on_node(usb, first, "kubeadm", "upgrade", "plan", f"v{NEW}", "-o", "json", *skip)
+    assert res.returncode == 0, res.stderr[-2000:]
+    upgrade = json.loads(res.stdout)["availableUpgrades"]
+    assert len(upgrade) == 1
+    theirs = {
+        (c["name"].lower(), c.get("nodeName", ""), _v(c["currentVersion"]), _v(c["newVersion"]))
+        for c in upgrade[0]["components"]
+        if c["name"] != "kubeadm" and c["currentVersion"] != c["newVersion"]
+    }
+    ours_res = cli(usb, "upgrade", "plan", "--to", f"v{NEW}", "--ignore-daemonsets", "-o", "json")
+    assert ours_res.returncode == 0, ours_res.stderr
+    plan = json.loads(ours_res.stdout)
+    ours = {
+        (c["component"], s["node"], _v(c["current"]), _v(c["target"]))
+        for s in plan["steps"]
+        for c in s["changes"]
+    } | {(c["component"], "", _v(c["current"]), _v(c["target"])) for c in plan["addons"]}
+    assert ours == theirs
+    assert ("coredns", "", "1.14.2", "1.14.6") in ours  # kubeadm v1.37's CoreDNS
+
+    manifests = usb.node_root(first) / "etc" / "kubernetes" / "manifests"
+    before = {p.name: p.read_bytes() for p in manifests.iterdir()}
+    diff = on_node(usb, first, "kubeadm", "upgrade", "diff", f"v{NEW}")
+    assert diff.returncode == 0, diff.stderr[-2000:]
+    assert f"image: registry.k8s.io/kube-apiserver:v{NEW}" in diff.stdout
+    dry = on_node(usb, first, "kubeadm", "upgrade", "apply", f"v{NEW}", "--dry-run", "--yes", *skip)
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-2000:]
+    assert "Finished dryrunning successfully!" in dry.stdout + dry.stderr
+    assert {p.name: p.read_bytes() for p in manifests.iterdir()} == before
+
+
 # -- 3. deprecated APIs ----------------------------------------------------------------------------
 def gadget_crd() -> dict[str, Any]:
     schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
@@ -267,7 +317,8 @@ async def test_a_deprecated_crd_version_in_use_is_found(usb: Sandbox, ukube: Kub
     found = [
         c for c in plan["checks"] if c["name"] == "deprecated-api" and "gadgets" in c["detail"]
     ]
-    assert found and all("metric on apiserver 127.0.0.1:" in c["detail"] for c in found)
+    # each instance's metric, asked at the address its mirror pod names
+    assert found and all("metric on apiserver 192.0.2.1" in c["detail"] for c in found)
     # kubecare words the warning as the apiserver does (without asking the deprecated version,
     # which would count itself as a client): the same text the server sent above
     assert all(text in c["detail"] and not c["blocking"] for c in found)
@@ -452,6 +503,40 @@ async def test_a_failing_step_stops_the_run_and_the_same_command_resumes(
     finally:
         for n in nodes:
             await usb.remove_node(n)
+
+
+async def test_kubeadm_failing_half_way_leaves_the_node_cordoned_with_kubeadms_words(
+    usb: Sandbox, ukube: Kube
+) -> None:
+    """A worker whose kubelet config is gone: `kubeadm upgrade node` passes its preflight, then
+    fails in its kubelet-config phase. The run stops on that node, cordoned, the journal and the
+    error carrying kubeadm's own line; repaired, the same command finishes it."""
+    await old_nodes(usb, ukube, "worker-b1")
+    try:
+        made = on_node(usb, "worker-b1", "true")  # its tree, as a joined worker has it
+        assert made.returncode == 0, made.stderr
+        config = usb.dir / "nodes" / "worker-b1" / "var" / "lib" / "kubelet" / "config.yaml"
+        saved = config.read_bytes()
+        config.unlink()
+        args = ("upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox",
+                usb.name, "--yes", "--no-snapshot", "--no-backup", "--ignore-daemonsets")  # fmt: skip
+        res = cli(usb, *args)
+        assert res.returncode == 1, res.stderr
+        line = one_error_line(res)
+        assert "kubeadm upgrade node on worker-b1 failed (exit 1)" in line
+        assert "error backing up the kubelet config file" in line and "it stays cordoned" in line
+        assert await cordoned(ukube, "worker-b1") and await kubelet(ukube, "worker-b1") == f"v{OLD}"
+        j = await journal(ukube)
+        node = next(n for n in j["nodes"] if n["name"] == "worker-b1")
+        assert node["state"] == "failed" and "error backing up the kubelet config" in node["error"]
+
+        config.write_bytes(saved)  # the operator puts it back
+        again = cli(usb, *args)
+        assert again.returncode == 0, again.stderr
+        assert not await cordoned(ukube, "worker-b1")
+        assert await kubelet(ukube, "worker-b1") == f"v{NEW}"
+    finally:
+        await usb.remove_node("worker-b1")
 
 
 async def test_kill_9_mid_run_then_resume_without_redoing_finished_nodes(

@@ -9,7 +9,7 @@ import pytest
 
 from kubecare.errors import SandboxError
 from kubecare.sandbox import cri, network
-from kubecare.sandbox.executor import cgroup_v1, failure, kubeadm_line
+from kubecare.sandbox.executor import cgroup_v1, check_kubeadm, failure, kubeadm_line
 from kubecare.sandbox.target import host_address
 from kubecare.upgrade.plan import CONTROL_PLANE, FIRST_CONTROL_PLANE, WORKER, NodeStep
 
@@ -194,3 +194,13 @@ def test_a_sandbox_nodes_manifests_dir_is_reached_through_its_forwards(
     assert reach(tmp_path / "other", "https://127.0.0.1:2379") == "https://127.0.0.1:2379"
     assert api_addresses("lab") == (("192.0.2.11:6443", "127.0.0.1:31002"),)
     assert api_addresses("nosuch") == ()
+
+
+def test_a_kubeadm_of_another_version_stops_the_node_before_kubeadm_runs() -> None:
+    from kubecare.errors import OperationFailed
+
+    check_kubeadm(["v1.37.2"], "1.37.2", "cp1", "lab")
+    for said in (["v1.36.3"], [], ["v1.37.2", "extra"]):
+        with pytest.raises(OperationFailed, match=r"not v1\.37\.2; nothing was changed") as info:
+            check_kubeadm(said, "1.37.2", "cp1", "lab")
+        assert "kubecare sandbox install --name lab cp1 kubeadm 1.37.2" in info.value.message

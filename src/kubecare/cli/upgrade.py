@@ -293,6 +293,9 @@ def plan_text(plan: UpgradePlan) -> str:
     for s in plan.steps:
         for c in s.changes:
             rows.append((c.component, s.node, c.current, c.target))
+    # kubeadm's addon phase (with `kubeadm upgrade apply`, after the first control plane)
+    for c in plan.addons:
+        rows.append((c.component, "-", c.current, c.target))
     if rows:
         out.append(simple_table(("COMPONENT", "NODE", "CURRENT", "TARGET"), rows))
     else:

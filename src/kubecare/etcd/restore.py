@@ -364,12 +364,12 @@ def probe_url(manifest: Path, reach: Reach = as_written) -> str:
     """The URL of the probe that tells a static pod serves, as this process dials it."""
     import yaml
 
-    from ..sandbox.staticpods import ManifestError, serving_probe
+    from ..podprobes import ProbeError, serving_probe
 
     try:
         doc = yaml.safe_load(manifest.read_text())
         probe = serving_probe(doc, str(manifest))
-    except (OSError, yaml.YAMLError, ManifestError, AttributeError, TypeError) as e:
+    except (OSError, yaml.YAMLError, ProbeError, AttributeError, TypeError) as e:
         raise RestoreFailed(f"{manifest}: cannot find its probe ({e})") from None
     if probe is None:
         raise RestoreFailed(f"{manifest} has no httpGet probe to tell when it serves")

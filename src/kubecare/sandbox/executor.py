@@ -67,6 +67,17 @@ def failure(output: list[str], code: int) -> str:
     return "; ".join(dict.fromkeys(said)) or (output[-1] if output else f"exit code {code}")
 
 
+def check_kubeadm(said: list[str], version: str, node: str, sandbox: str) -> None:
+    """The node's kubeadm must be the target's: its targets (etcd's tag, the addons) are what
+    upgrade the node. Raises before kubeadm runs."""
+    if said != [f"v{version}"]:
+        raise OperationFailed(
+            f"kubeadm on {node} says {' '.join(said) or 'nothing'}, not v{version}; nothing was "
+            f"changed on it; install it: kubecare sandbox install --name {sandbox} {node} "
+            f"kubeadm {version}"
+        )
+
+
 class SandboxExecutor:
     """What an operator does on each node, done by the real kubeadm on a kubecare sandbox."""
 
@@ -109,12 +120,7 @@ class SandboxExecutor:
         on_line(f"[install] kubeadm v{before} -> v{version}")
         view = await self.sandbox.prepare_node(node)
         said = await self._run(view, ["kubeadm", "version", "-o", "short"], None, 30)
-        if said != [f"v{version}"]:
-            raise OperationFailed(
-                f"kubeadm on {node} says {' '.join(said) or 'nothing'}, not v{version}; nothing "
-                f"was changed; install it: kubecare sandbox install --name {self.sandbox.name} "
-                f"{node} kubeadm {version}"
-            )
+        check_kubeadm(said, version, node, self.sandbox.name)
         argv = kubeadm_line(step, version, v1=self.v1)
         on_line("$ " + " ".join(argv))
         t0 = time.monotonic()

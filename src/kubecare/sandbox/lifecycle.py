@@ -41,12 +41,10 @@ from kubecare.files import write_atomic
 from kubecare.kube import JSON, ClientOptions, Kube
 from kubecare.sandbox import kubeadm_init, network, process
 from kubecare.sandbox.binaries import (
-    ETCD_VERSION,
     KWOK_VERSION,
     Toolset,
     binary_path,
     ensure_binaries,
-    find_kubectl,
     find_toolset,
     resolve_version,
 )
@@ -61,6 +59,7 @@ from kubecare.sandbox.components import (
     sandbox_extra_args,
 )
 from kubecare.sandbox.kubeconfigs import sandbox_kubeconfig, write, write_node_files
+from kubecare.sandbox.machines import NodeMachines
 from kubecare.sandbox.manifests import render
 from kubecare.sandbox.nodes import (
     KWOK_LABEL,
@@ -69,11 +68,9 @@ from kubecare.sandbox.nodes import (
     node_manifest,
     register_node,
     set_boot_id,
-    set_kubelet_version,
     set_kwok_managed,
     wait_ready,
 )
-from kubecare.sandbox.nodeshell import NodeView
 from kubecare.sandbox.pki import SandboxPKI, create_cluster_pki
 from kubecare.sandbox.state import ComponentState, SandboxState, state_root
 
@@ -126,7 +123,7 @@ def control_plane_names(count: int) -> list[str]:
     return ["control-plane"] if count == 1 else [f"control-plane-{i}" for i in range(1, count + 1)]
 
 
-class Sandbox:
+class Sandbox(NodeMachines):
     """One named sandbox; methods are safe to call from several processes (a file lock guards them)."""
 
     def __init__(self, name: str = "kubecare") -> None:
@@ -917,182 +914,6 @@ class Sandbox:
             state.version = new
             self.save(state)
 
-    def node_root(self, node: str) -> Path:
-        """A control-plane node's kubeadm-shaped tree (``etc/kubernetes``, ``var/lib/etcd``)."""
-        return Path(self._node(self.load(), node)["manifests"]).parent.parent.parent
-
-    async def prepare_node(self, node: str) -> NodeView:
-        """:meth:`node_view`, after giving a kwok worker the tree a joined worker has, the first
-        time it is asked for: ``etc/kubernetes/kubelet.conf`` (its ``system:node:<node>``
-        identity, as the kubelet's TLS bootstrap leaves it), ``pki/ca.crt``, and
-        ``var/lib/kubelet`` written by kubeadm's kubelet-start phase — what ``kubeadm upgrade
-        node`` reads on a worker. A worker's network is the sandbox's switch."""
-        state = self.load()
-        self._check_node(state, node)
-        if any(c["node"] == node for c in state.control_planes):
-            return self.node_view(node)
-        root = self.node_dir(node)
-        kube_dir = root / "etc" / "kubernetes"
-        if not (root / "var" / "lib" / "kubelet" / "config.yaml").exists():
-            from kubecare.sandbox.kubeconfigs import kubeconfig_doc
-            from kubecare.sandbox.pki import KUBELET_CLIENT, issue_node_client
-
-            if not state.endpoint:
-                raise SandboxError(
-                    f'sandbox "{self.name}" predates worker trees; recreate it: kubecare '
-                    f"sandbox down --name {self.name} && kubecare sandbox up --name {self.name}"
-                )
-            pki = self.pki
-            await asyncio.to_thread(issue_node_client, pki, node)
-            (kube_dir / "pki").mkdir(parents=True, exist_ok=True)
-            write_atomic(kube_dir / "pki" / "ca.crt", pki.ca.cert.read_bytes(), mode=0o644)
-            write(
-                kube_dir / "kubelet.conf",
-                kubeconfig_doc(
-                    f"https://{state.endpoint}",
-                    pki,
-                    KUBELET_CLIENT + node,
-                    f"system:node:{node}",
-                    "kubernetes",
-                ),
-            )
-            # What `kubeadm join phase kubelet-start` writes on a worker (its init counterpart
-            # insists on the cluster's CA key, which a worker never has): the cluster's kubelet
-            # configuration from the kubelet-config ConfigMap, the CRI endpoint, and the
-            # hostname override kubeadm adds when the node's name is not the machine's.
-            kubelet_dir = root / "var" / "lib" / "kubelet"
-            kubelet_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(
-                kubelet_dir / "instance-config.yaml",
-                'containerRuntimeEndpoint: "unix:///run/containerd/containerd.sock"\n',
-                mode=0o644,
-            )
-            write_atomic(
-                kubelet_dir / "kubeadm-flags.env",
-                f'KUBELET_KUBEADM_ARGS="--hostname-override={node}"\n',
-                mode=0o644,
-            )
-            write_atomic(kubelet_dir / "config.yaml", await self._kubelet_config(), mode=0o644)
-        return self.node_view(node)
-
-    async def _kubelet_config(self) -> str:
-        """The cluster's KubeletConfiguration (kubelet-config), as kubeadm stores it."""
-        async with Kube(ClientOptions(kubeconfig=str(self.super_admin()))) as kube:
-            cm = await kube.get_json(
-                "/api/v1/namespaces/kube-system/configmaps/kubelet-config",
-                what="configmap kube-system/kubelet-config",
-            )
-        return str((cm.get("data") or {}).get("kubelet") or "")
-
-    def node_view(self, node: str) -> NodeView:
-        """What ``sandbox exec NODE`` runs in (see :mod:`kubecare.sandbox.nodeshell`), its dirs
-        made and its tools linked: kubeadm at the node's installed version, kubectl, etcdctl.
-        A kwok worker's tree must exist (:meth:`prepare_node` makes it)."""
-        from kubecare.sandbox import nodeshell
-
-        state = self.load()
-        self._check_node(state, node)
-        cp = next((c for c in state.control_planes if c["node"] == node), None)
-        if cp is None:
-            root = self.node_dir(node)
-            if not (root / "etc" / "kubernetes" / "kubelet.conf").exists():
-                raise SandboxError(
-                    f'node "{node}" has no tree yet; `kubecare sandbox exec --name {self.name} '
-                    f"{node} -- true` makes it"
-                )
-            netns = self.netns(state, "switch")
-            if netns is None:
-                raise SandboxError(
-                    f'the sandbox "{self.name}" has no network (its namespace holder is gone): '
-                    f"start it again: kubecare sandbox down --name {self.name} && kubecare "
-                    f"sandbox up --name {self.name}"
-                )
-            view = nodeshell.plan(
-                node, root, etcd_client_port=None, sandbox=self.name, netns=netns,
-                cri=self.dir / "cri.sock",
-            )  # fmt: skip
-            return self._equip(state, node, view)
-        netns = self.netns(state, node)
-        if netns is None:
-            raise SandboxError(
-                f'node "{node}" has no network (its namespace holder is gone): the sandbox is '
-                f"not running; start it again: kubecare sandbox down --name {self.name} && "
-                f"kubecare sandbox up --name {self.name}"
-            )
-        view = nodeshell.plan(
-            node,
-            self.node_root(node),
-            etcd_client_port=cp["ports"].get("etcd_client"),
-            sandbox=self.name,
-            netns=netns,
-            cri=self.dir / "cri.sock",
-        )
-        return self._equip(state, node, view)
-
-    def _equip(self, state: SandboxState, node: str, view: NodeView) -> NodeView:
-        """The view's dirs, and its tools at the versions installed on the node."""
-        from kubecare.sandbox import nodeshell
-
-        nodeshell.prepare(view)
-        nodeshell.kubelet(view, self.installed(state, node, "kubelet"))
-        kubeadm = self.installed(state, node, "kubeadm")
-        tools: dict[str, Path | None] = {
-            "kubeadm": binary_path("kubeadm", kubeadm),
-            "kubectl": find_kubectl(),
-            "etcdctl": binary_path("etcdctl", ETCD_VERSION),
-            "etcdutl": binary_path("etcdutl", ETCD_VERSION),
-        }
-        for name, path in tools.items():
-            if path is not None:
-                nodeshell.link(view, name, path)
-        return view
-
-    def installed(self, state: SandboxState, node: str, package: str) -> str:
-        """The version of ``package`` (kubeadm, kubelet) installed on ``node``."""
-        return state.installed.get(node, {}).get(package, state.version)
-
-    async def install(self, node: str, package: str, version: str) -> tuple[str, str]:
-        """The sandbox's ``apt-get install PACKAGE=VERSION`` on ``node``: kubeadm switches the
-        node's binary (it must be built); kubelet is what the node reports (as after the
-        kubelet's restart: kwok runs the node). Returns the versions before and after."""
-        from kubecare.sandbox import nodeshell
-
-        if package not in ("kubeadm", "kubelet"):
-            raise UsageError(f"sandbox install knows kubeadm and kubelet, not {package!r}")
-        version = resolve_version(version)
-        with self.locked():
-            state = self.load()
-            self._check_node(state, node)
-            before = self.installed(state, node, package)
-            if package == "kubeadm":
-                path = binary_path("kubeadm", version)
-                if path is None:
-                    raise SandboxError(
-                        f"kubeadm v{version} is not built; build it with: kubecare sandbox "
-                        f"build --version {version}"
-                    )
-                root = (
-                    self.node_root(node)
-                    if any(c["node"] == node for c in state.control_planes)
-                    else self.node_dir(node)
-                )
-                if root.exists():  # a worker without a tree gets kubeadm when it is made
-                    view = nodeshell.plan(node, root, etcd_client_port=None, sandbox=self.name)
-                    nodeshell.link(view, "kubeadm", path)
-            else:
-                async with Kube(self.client_options()) as kube:
-                    # what the node runs is what it reports (a test may have set it by hand)
-                    obj = await kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
-                    reported = ((obj.get("status") or {}).get("nodeInfo") or {}).get(
-                        "kubeletVersion"
-                    )
-                    before = str(reported or f"v{before}").removeprefix("v")
-                    await set_kubelet_version(kube, node, version)
-            state.installed.setdefault(node, {})[package] = version
-            self.save(state)
-        return before, version
-
-    # -- nodes ---------------------------------------------------------------------------------
     def _check_node(self, state: SandboxState, node: str) -> None:
         if node not in state.nodes:
             raise NotFound(

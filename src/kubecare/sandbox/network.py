@@ -152,7 +152,10 @@ def wait_holder(pid: int, timeout: float = 5.0) -> None:
         if not mine:
             break
         time.sleep(0.01)
-    raise SandboxError(f"could not create a network namespace (holder pid {pid} did not start)")
+    raise SandboxError(
+        f"could not create a network namespace: `unshare --net` (pid {pid}) did not start; "
+        "its output is in the sandbox's logs/network.log"
+    )
 
 
 def create(nodes: Sequence[tuple[int, str]], spawn: Callable[[str], int]) -> dict[str, int]:
@@ -175,31 +178,42 @@ _libc: Any = None
 def enter(path: str) -> None:
     """Move the calling thread into the network namespace at ``path`` (setns(2)). Sockets it
     makes from then on belong to that namespace; the rest of the process is unaffected."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _setns(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _setns(fd: int, what: str) -> None:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns({what}): {os.strerror(err)}")
 
 
 class Netns:
     """Sockets made in another network namespace, for this process's asyncio loop: a small
     thread pool whose threads live in the namespace creates them (socket(2) takes the calling
-    thread's namespace); connecting and reading go on in the loop."""
+    thread's namespace); connecting and reading go on in the loop. The namespace is held open
+    (a file descriptor) for as long as this object lives, holder or not; :attr:`path` names it
+    for child processes (``nsenter --net=PATH``)."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        self.path = f"/proc/{os.getpid()}/fd/{self._fd}"
         self._pool = ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="netns", initializer=enter, initargs=(path,)
+            max_workers=4,
+            thread_name_prefix="netns",
+            initializer=_setns,
+            initargs=(self._fd, path),
         )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        os.close(self._fd)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a thread of the namespace (e.g. a blocking HTTP probe)."""

@@ -44,18 +44,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubecare.files import write_atomic
-
-if TYPE_CHECKING:
-    from kubecare.sandbox.balancer import Balancer, Dial
-    from kubecare.sandbox.network import Netns
+from kubecare.podprobes import Probe
 from kubecare.sandbox.staticpods import (
     ImageNotBuilt,
     ManifestError,
-    Probe,
     RunSpec,
     digest_of,
     parse_manifest,
 )
+
+if TYPE_CHECKING:
+    from kubecare.sandbox.balancer import Balancer, Dial
+    from kubecare.sandbox.network import Netns
 
 BACKOFF_MAX = 300.0
 RETIRE_GRACE = 10.0  # seconds etcd gets to stop when its manifest changes or leaves
@@ -341,9 +341,9 @@ class Runner:
             with open(log, "ab") as out:  # noqa: ASYNC230 (a local log file, opened once per start)
                 out.write(f"--- runner: starting {spec.image} ({' '.join(spec.argv)})\n".encode())
                 out.flush()
-                netns = self.dirs[pod.node].netns if pod.node in self.dirs else None
+                ns = self.netns.get(pod.node)
                 # nsenter execs the component itself: its pid and argv are the component's
-                prefix = ["nsenter", f"--net={netns}", "--"] if netns else []
+                prefix = ["nsenter", f"--net={ns.path}", "--"] if ns else []
                 pod.proc = await asyncio.create_subprocess_exec(
                     *prefix,
                     *spec.argv,

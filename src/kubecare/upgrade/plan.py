@@ -6,7 +6,9 @@ node``), then the workers — in batches of ``--max-unavailable`` (rolling), all
 (all-at-once), or one at a time with a new node added first (surge). On each control-plane node
 etcd goes first, then kube-apiserver, kube-controller-manager, kube-scheduler
 (phases/upgrade/staticpods.go), then the kubelet. kube-proxy (an addon) follows once every
-control-plane node is done (cmd/phases/upgrade/addons.go). The skew is checked after every step.
+control-plane node is done (cmd/phases/upgrade/addons.go): ``addons`` lists kube-proxy and
+CoreDNS with the targets kubeadm's addon phase gives them, as ``kubeadm upgrade plan`` does. The
+skew is checked after every step.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from enum import StrEnum
 from kubecare.errors import UsageError
 from kubecare.versions import skew
 from kubecare.versions.deprecations import DeprecatedUse
-from kubecare.versions.kubeadm import etcd_tag
+from kubecare.versions.kubeadm import coredns_tag, etcd_tag
 from kubecare.versions.semver import Version
 from kubecare.versions.skew import Component, JumpCheck
 
@@ -128,6 +130,8 @@ class UpgradePlan:
     checks: list[Check]
     jump: JumpCheck
     skew_now: list[str]
+    # kubeadm's addon phase, run by `kubeadm upgrade apply` once the first control plane is done
+    addons: list[Change] = field(default_factory=list)
 
     @property
     def go(self) -> bool:
@@ -251,8 +255,25 @@ def build_plan(
         client = left.component == skew.KUBECTL
         checks.append(Check("skew-after", False, not client, f"after the upgrade: {left.text}"))
     return UpgradePlan(
-        tv, str(oldest), etcd_target, strategy, batch_size, steps, checks, jump, skew_now
-    )
+        tv, str(oldest), etcd_target, strategy, batch_size, steps, checks, jump, skew_now,
+        addon_changes(components, target),
+    )  # fmt: skip
+
+
+def addon_changes(components: Sequence[Component], target: Version) -> list[Change]:
+    """kube-proxy to the target version and CoreDNS to the tag the target's kubeadm pins, as
+    ``kubeadm upgrade plan`` lists them; each only when older (no plan of kubecare's
+    downgrades)."""
+    out = []
+    for c in components:
+        if c.name == skew.KUBE_PROXY and _older(c.version, target):
+            out.append(Change(c.name, c.version, str(target)))
+        elif c.name == skew.COREDNS:
+            want, cur = coredns_tag(target.minor), _ver(c.version)
+            wanted = _ver(want)
+            if wanted is not None and (cur is None or cur < wanted):
+                out.append(Change(c.name, c.version, want))
+    return out
 
 
 def _with_skew(

@@ -14,3 +14,14 @@ def etcd_tag(minor: int) -> str:
     EtcdSupportedVersion falls back, with a warning)."""
     known = sorted(KUBEADM_ETCD_TAGS)
     return KUBEADM_ETCD_TAGS[min(max(minor, known[0]), known[-1])]
+
+
+#: The CoreDNS image each kubeadm minor installs and upgrades to in its addon phase
+#: (constants.CoreDNSVersion: v1.36.3 "v1.14.2", v1.37.2 "v1.14.6").
+KUBEADM_COREDNS_TAGS = {36: "v1.14.2", 37: "v1.14.6"}
+
+
+def coredns_tag(minor: int) -> str:
+    """The CoreDNS tag kubeadm of Kubernetes 1.<minor> installs; beyond the table, the nearest."""
+    known = sorted(KUBEADM_COREDNS_TAGS)
+    return KUBEADM_COREDNS_TAGS[min(max(minor, known[0]), known[-1])]
