@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubecare.etcd.members import read_members, sandbox_manifest_dirs
+from kubecare.etcd.members import read_members
 from kubecare.kube import Kube
 from kubecare.sandbox import Sandbox, SandboxOptions
 from kubecare.sandbox.binaries import ETCD_VERSION, binary_path
+from kubecare.sandbox.target import etcd_target
 
 BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).parent / "results"
@@ -96,7 +97,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kubecare-etcd-bench-"))
     try:
         objects = asyncio.run(fill(sb, args.size_mb))
-        ep = read_members(sandbox_manifest_dirs(sb.name))[0].endpoint
+        ep = read_members(*etcd_target(sb.name))[0].endpoint
         tls = [f"--cacert={ep.cacert}", f"--cert={ep.cert}", f"--key={ep.key}"]
         save_cmds = {
             "etcdctl": lambda f: [str(etcdctl), f"--endpoints={ep.url}", *tls, "snapshot", "save", f],

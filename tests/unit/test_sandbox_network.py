@@ -48,13 +48,22 @@ def test_every_node_gets_its_own_address_on_the_switch() -> None:
         ("https://localhost:10257/healthz", "https://127.0.0.1:30003/healthz"),
         ("127.0.0.1:2379", "127.0.0.1:30001"),  # host:port, as etcdctl takes it
         ("https://192.0.2.12:2379", "https://192.0.2.12:2379"),  # another node: not ours
-        ("https://127.0.0.1:9999", "https://127.0.0.1:9999"),  # a port nothing forwards
+        ("https://[::1]:2379", "https://127.0.0.1:30001"),
+        ("https://10.0.0.5:2379", "https://10.0.0.5:2379"),  # not a sandbox address
         ("https://127.0.0.1:bad", "https://127.0.0.1:bad"),
     ],
 )
 def test_the_host_reaches_a_nodes_ports_through_their_forwards(url: str, want: str) -> None:
     forwards = {2379: 30001, 2381: 30002, 10257: 30003}
     assert host_address(url, ["192.0.2.11"], forwards) == want
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1:9999", "https://192.0.2.11:2380"])
+def test_a_node_port_nothing_forwards_is_refused_not_dialled(url: str) -> None:
+    from kubecare.errors import EtcdError
+
+    with pytest.raises(EtcdError, match="is not forwarded to the host"):
+        host_address(url, ["192.0.2.11"], {2379: 30001})
 
 
 def test_protobuf_fields_round_trip() -> None:
@@ -169,6 +178,15 @@ def test_a_kubeadm_failure_is_told_in_kubeadms_own_words() -> None:
     text = failure(out, 1)
     assert text.startswith("[upgrade/apply] FATAL") and "error execution phase" in text
     assert failure(["just this"], 2) == "just this" and failure([], 3) == "exit code 3"
+    # a preflight failure: the reason is on kubeadm's [ERROR ...] lines, not its last one
+    preflight = [
+        "[preflight] Some fatal errors occurred:",
+        "\t[ERROR ImagePull]: failed to pull image registry.k8s.io/kube-apiserver:v1.38.0: "
+        "image is not built; run: kubecare sandbox build --version 1.38.0",
+        "error: error execution phase preflight: preflight checks failed",
+    ]
+    text = failure(preflight, 1)
+    assert text.startswith("[ERROR ImagePull]") and "kubecare sandbox build" in text
 
 
 def test_a_sandbox_nodes_manifests_dir_is_reached_through_its_forwards(
@@ -176,7 +194,7 @@ def test_a_sandbox_nodes_manifests_dir_is_reached_through_its_forwards(
 ) -> None:
     import json
 
-    from kubecare.sandbox.target import api_addresses, etcd_target, owner
+    from kubecare.sandbox.target import api_addresses, etcd_target, owner, reach_for
 
     monkeypatch.setenv("KUBECARE_STATE_DIR", str(tmp_path))
     manifests = tmp_path / "lab" / "nodes" / "cp1" / "etc" / "kubernetes" / "manifests"
@@ -192,6 +210,10 @@ def test_a_sandbox_nodes_manifests_dir_is_reached_through_its_forwards(
     link.symlink_to(manifests)
     assert reach(link, "https://127.0.0.1:2379") == "https://127.0.0.1:31001"
     assert reach(tmp_path / "other", "https://127.0.0.1:2379") == "https://127.0.0.1:2379"
+    # mixed dirs: each one its own way
+    mixed = reach_for([manifests, tmp_path / "real"])
+    assert mixed(manifests, "https://127.0.0.1:2379") == "https://127.0.0.1:31001"
+    assert mixed(tmp_path / "real", "https://127.0.0.1:2379") == "https://127.0.0.1:2379"
     assert api_addresses("lab") == (("192.0.2.11:6443", "127.0.0.1:31002"),)
     assert api_addresses("nosuch") == ()
 

@@ -232,17 +232,14 @@ def manifests_of(args: argparse.Namespace) -> tuple[list[Path], Reach]:
     """The manifests dirs ``--sandbox``/``--manifests-dir`` name (kubeadm's by default), and
     how this process reaches what they name."""
     from kubecare.etcd.members import KUBEADM_MANIFESTS, as_written
-    from kubecare.sandbox.target import etcd_target, owner
+    from kubecare.sandbox.target import etcd_target, owner, reach_for
 
     if getattr(args, "sandbox", None):
         return etcd_target(args.sandbox)
     dirs = [Path(d) for d in getattr(args, "manifests_dir", None) or [KUBEADM_MANIFESTS]]
     # A sandbox node's manifests dir, given from the host: its URLs through the forwards.
-    names = {owner(d) for d in dirs}
-    if len(names) == 1:
-        name = names.pop()
-        if name is not None:
-            return dirs, etcd_target(name)[1]
+    if any(owner(d) for d in dirs):
+        return dirs, reach_for(dirs)
     return dirs, as_written
 
 

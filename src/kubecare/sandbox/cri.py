@@ -10,8 +10,9 @@ its control plane and kwok the rest — so the runner serves this small CRI on t
 
 What it answers is what the sandbox really has: an image of a control-plane component exists
 when the sandbox has built that version's binary (the runner runs exactly those), and pulling one
-that is not built fails with the command that builds it — so ``kubeadm upgrade apply v1.38.0``
-on a sandbox without that build stops in kubeadm's own preflight, naming the fix. Images of pods
+that is not built fails with the runner's own reason (the ``kubecare sandbox build`` that builds
+it, or that the sandbox cannot build that version) — so kubeadm stops in its own ImagePull
+preflight check, before it changes anything. Images of pods
 kwok runs (kube-proxy, CoreDNS, pause) need nothing and always exist. Every other call is
 UNIMPLEMENTED, as gRPC answers a method a server lacks.
 

@@ -26,6 +26,7 @@ kubecare's upgrade code takes this executor as a parameter; only the CLI builds 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -62,8 +63,16 @@ def kubeadm_line(step: NodeStep, version: str, *, v1: bool) -> list[str]:
 
 
 def failure(output: list[str], code: int) -> str:
-    """kubeadm's own account of a failure: its error line, and what it says it rolled back."""
-    said = [ln for ln in output if ln.startswith(("error", "[upgrade/apply] FATAL")) or "rolled back" in ln.lower() or "recover" in ln.lower()]  # fmt: skip
+    """kubeadm's own account of a failure: the preflight errors it lists (``[ERROR Name]: why``),
+    its error line, and what it says it rolled back."""
+    said = [
+        ln.strip()
+        for ln in output
+        if ln.lstrip().startswith("[ERROR ")
+        or ln.startswith(("error", "[upgrade/apply] FATAL"))
+        or "rolled back" in ln.lower()
+        or "recover" in ln.lower()
+    ]
     return "; ".join(dict.fromkeys(said)) or (output[-1] if output else f"exit code {code}")
 
 
@@ -76,6 +85,15 @@ def check_kubeadm(said: list[str], version: str, node: str, sandbox: str) -> Non
             f"changed on it; install it: kubecare sandbox install --name {sandbox} {node} "
             f"kubeadm {version}"
         )
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """The whole process group (its own session: kubeadm and whatever it started)."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
 
 
 class SandboxExecutor:
@@ -151,6 +169,7 @@ class SandboxExecutor:
             stderr=asyncio.subprocess.STDOUT,
             env=nodeshell.environment(view, dict(os.environ)),
             start_new_session=True,
+            limit=1 << 20,  # kubeadm's longest lines (a diff, the verification table) fit
         )
         assert proc.stdout is not None
         output: list[str] = []
@@ -165,15 +184,16 @@ class SandboxExecutor:
                         on_line(text)
                 code = await proc.wait()
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
+            await _kill(proc)
+            last = "; ".join(output[-3:]) or "no output"
             raise OperationFailed(
-                f"{' '.join(argv[:3])} on {view.node} did not finish within {timeout:.0f}s"
+                f"{' '.join(argv[:3])} on {view.node} did not finish within {timeout:.0f}s and "
+                f"was killed mid-step (last: {last}); kubeadm keeps the old manifests in "
+                "/etc/kubernetes/tmp/kubeadm-backup-manifests-* on the node"
             ) from None
         except BaseException:
             if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+                await _kill(proc)
             raise
         if code != 0:
             raise OperationFailed(

@@ -196,17 +196,25 @@ class Sandbox(NodeMachines):
         return doc if isinstance(doc, dict) else {"pods": []}
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Exclusive lock on this sandbox's state (up/down/changes never interleave)."""
+    def locked(self, wait: float = 0) -> Iterator[None]:
+        """Exclusive lock on this sandbox's state (up/down/changes never interleave). ``wait``:
+        seconds to wait for it (a short state change: the nodes of one upgrade batch install
+        their packages at once); 0 refuses at once (up and down)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
         with open(self.dir / ".lock", "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise SandboxError(
-                    f'sandbox "{self.name}" is busy: another kubecare process is starting or stopping it'
-                ) from None
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SandboxError(
+                            f'sandbox "{self.name}" is busy: another kubecare process is '
+                            "starting or stopping it"
+                        ) from None
+                    time.sleep(0.05)
             try:
                 yield
             finally:
@@ -228,7 +236,10 @@ class Sandbox(NodeMachines):
         ]
 
     def client_options(self) -> ClientOptions:
-        return ClientOptions(kubeconfig=str(self.kubeconfig))
+        from kubecare.sandbox.target import api_addresses
+
+        # its apiservers' advertise addresses through the host's forwards, never dialled as such
+        return ClientOptions(kubeconfig=str(self.kubeconfig), addresses=api_addresses(self.name))
 
     def super_admin(self) -> Path:
         """super-admin.conf (system:masters) pointed at the host's forward of the cluster
@@ -502,6 +513,7 @@ class Sandbox(NodeMachines):
         state.components[f"netns-{node}"] = ComponentState(
             f"netns-{node}", "sleep", argv, 0, "", "", pid
         )
+        self.save(state)  # at once: a `sandbox up` killed now must not leave it unrecorded
         return pid
 
     def _start_runner(self) -> ComponentState:
@@ -619,13 +631,18 @@ class Sandbox(NodeMachines):
 
     def _stop_leftovers(self) -> list[str]:
         """Components a runner killed with SIGKILL left running: they are in runner.json, and
-        their command lines name this sandbox's tree (a reused pid would not)."""
+        their command lines name this sandbox's tree (a reused pid would not). And network
+        namespace holders state.json does not name (unreadable state): `sleep infinity`
+        started in this sandbox's state dir."""
         stopped = []
         names = {str(self.dir), str(self.dir.resolve())}
         for p in self.runner_report().get("pods") or []:
             pid = int(p.get("pid") or 0)
             if pid and any(process.mentions(pid, n) for n in names) and process.stop(pid):
                 stopped.append(f"{p['name']}-{p['node']}")
+        for pid in network.holders_in(self.dir):
+            if process.stop(pid, "sleep"):
+                stopped.append(f"netns holder {pid}")
         return stopped
 
     def down(self, *, keep: bool = False) -> list[str]:
@@ -901,7 +918,7 @@ class Sandbox(NodeMachines):
     def record_version(self, version: str) -> None:
         """Remember the Kubernetes version the control plane now runs (nodes added later
         register with it), as after ``kubeadm upgrade apply``."""
-        with self.locked():
+        with self.locked(wait=30):
             state = self.load()
             new = resolve_version(version)
             if new != state.version:
@@ -956,7 +973,7 @@ class Sandbox(NodeMachines):
 
         Tests use it to get a node of their own, so draining it touches nothing else.
         """
-        with self.locked():
+        with self.locked(wait=30):
             state = self.load()
             if name in state.nodes:
                 raise SandboxError(f'sandbox "{self.name}" already has a node "{name}"')
@@ -975,7 +992,7 @@ class Sandbox(NodeMachines):
 
     async def remove_node(self, name: str) -> None:
         """Delete the Node object (its pods are garbage-collected)."""
-        with self.locked():
+        with self.locked(wait=30):
             state = self.load()
             self._check_node(state, name)
             state.nodes.remove(name)

@@ -41,7 +41,7 @@ class NodeMachines:
         def pki(self) -> SandboxPKI: ...
         def load(self) -> SandboxState: ...
         def save(self, state: SandboxState) -> None: ...
-        def locked(self) -> AbstractContextManager[None]: ...
+        def locked(self, wait: float = 0) -> AbstractContextManager[None]: ...
         def node_dir(self, node: str) -> Path: ...
         def netns(self, state: SandboxState, node: str) -> str | None: ...
         def client_options(self) -> ClientOptions: ...
@@ -195,34 +195,34 @@ class NodeMachines:
         if package not in ("kubeadm", "kubelet"):
             raise UsageError(f"sandbox install knows kubeadm and kubelet, not {package!r}")
         version = resolve_version(version)
-        with self.locked():
-            state = self.load()
-            self._check_node(state, node)
-            before = self.installed(state, node, package)
-            if package == "kubeadm":
-                path = binary_path("kubeadm", version)
-                if path is None:
-                    raise SandboxError(
-                        f"kubeadm v{version} is not built; build it with: kubecare sandbox "
-                        f"build --version {version}"
-                    )
-                root = (
-                    self.node_root(node)
-                    if any(c["node"] == node for c in state.control_planes)
-                    else self.node_dir(node)
+        state = self.load()
+        self._check_node(state, node)
+        before = self.installed(state, node, package)
+        if package == "kubeadm":
+            path = binary_path("kubeadm", version)
+            if path is None:
+                raise SandboxError(
+                    f"kubeadm v{version} is not built; build it with: kubecare sandbox "
+                    f"build --version {version}"
                 )
-                if root.exists():  # a worker without a tree gets kubeadm when it is made
-                    view = nodeshell.plan(node, root, etcd_client_port=None, sandbox=self.name)
-                    nodeshell.link(view, "kubeadm", path)
-            else:
-                async with Kube(self.client_options()) as kube:
-                    # what the node runs is what it reports (a test may have set it by hand)
-                    obj = await kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
-                    reported = ((obj.get("status") or {}).get("nodeInfo") or {}).get(
-                        "kubeletVersion"
-                    )
-                    before = str(reported or f"v{before}").removeprefix("v")
-                    await set_kubelet_version(kube, node, version)
+            root = (
+                self.node_root(node)
+                if any(c["node"] == node for c in state.control_planes)
+                else self.node_dir(node)
+            )
+            if root.exists():  # a worker without a tree gets kubeadm when it is made
+                view = nodeshell.plan(node, root, etcd_client_port=None, sandbox=self.name)
+                nodeshell.link(view, "kubeadm", path)
+        else:
+            async with Kube(self.client_options()) as kube:
+                # what the node runs is what it reports (a test may have set it by hand)
+                obj = await kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
+                reported = ((obj.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion")
+                before = str(reported or f"v{before}").removeprefix("v")
+                await set_kubelet_version(kube, node, version)
+        # only the record under the lock, briefly: the nodes of one upgrade batch install at once
+        with self.locked(wait=30):
+            state = self.load()
             state.installed.setdefault(node, {})[package] = version
             self.save(state)
         return before, version

@@ -115,6 +115,24 @@ def holder_argv() -> list[str]:
     return [shutil.which("unshare") or "unshare", "--net", "--", "sleep", "infinity"]
 
 
+def holders_in(directory: Path) -> list[int]:
+    """Pids of namespace holders started in ``directory`` (a sandbox's state dir: its holders'
+    cwd), found without state.json."""
+    want = {str(directory), str(directory.resolve())}
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "cmdline").read_bytes() != b"sleep\0infinity\0":
+                continue
+            if os.readlink(proc / "cwd") in want:
+                out.append(int(proc.name))
+        except OSError:
+            continue
+    return out
+
+
 def ns_path(pid: int) -> str:
     return f"/proc/{pid}/ns/net"
 
@@ -130,7 +148,10 @@ def inode(pid: int) -> str:
 def run_script(pid: int, script: str) -> None:
     """Run ``ip -batch`` inside the namespace of ``pid``."""
     argv = ["nsenter", f"--net={ns_path(pid)}", "--", "ip", "-batch", "-"]
-    done = subprocess.run(argv, input=script.encode(), capture_output=True, timeout=30)
+    try:
+        done = subprocess.run(argv, input=script.encode(), capture_output=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise SandboxError("setting up the sandbox's network: `ip -batch` hung for 30s") from None
     if done.returncode != 0:
         why = done.stderr.decode(errors="replace").strip().splitlines()
         raise SandboxError(
@@ -194,6 +215,11 @@ def _setns(fd: int, what: str) -> None:
         raise OSError(err, f"setns({what}): {os.strerror(err)}")
 
 
+def _close_late(made: asyncio.Future[socket.socket]) -> None:
+    if not made.cancelled() and made.exception() is None:
+        made.result().close()
+
+
 class Netns:
     """Sockets made in another network namespace, for this process's asyncio loop: a small
     thread pool whose threads live in the namespace creates them (socket(2) takes the calling
@@ -204,26 +230,47 @@ class Netns:
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDONLY)
         self.path = f"/proc/{os.getpid()}/fd/{self._fd}"
-        self._pool = ThreadPoolExecutor(
-            max_workers=4,
-            thread_name_prefix="netns",
-            initializer=_setns,
-            initargs=(self._fd, path),
-        )
+
+        def pool(workers: int, name: str) -> ThreadPoolExecutor:
+            return ThreadPoolExecutor(
+                max_workers=workers,
+                thread_name_prefix=name,
+                initializer=_setns,
+                initargs=(self._fd, path),
+            )
+
+        # Blocking calls (probes: up to their 15 s timeouts) and socket creation (an instant
+        # each, on every forwarded connection) in pools of their own: slow probes never starve
+        # the forwards.
+        self._calls = pool(8, "netns-call")
+        self._sockets = pool(1, "netns-socket")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for p in (self._calls, self._sockets):
+            p.shutdown(wait=False, cancel_futures=True)
         os.close(self._fd)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a thread of the namespace (e.g. a blocking HTTP probe)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._calls, fn, *args)
+
+    async def _socket(self) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        made = loop.run_in_executor(
+            self._sockets, socket.socket, socket.AF_INET, socket.SOCK_STREAM
+        )
+        try:
+            return await asyncio.shield(made)
+        except asyncio.CancelledError:
+            # the thread still makes it: close it when it comes
+            made.add_done_callback(_close_late)
+            raise
 
     async def open_connection(
         self, host: str, port: int, timeout: float = 2.0
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         loop = asyncio.get_running_loop()
-        sock = await self.call(socket.socket, socket.AF_INET, socket.SOCK_STREAM)
+        sock = await self._socket()
         try:
             sock.setblocking(False)
             async with asyncio.timeout(timeout):
@@ -242,4 +289,4 @@ class Netns:
             s.setblocking(False)
             return s
 
-        return await self.call(make)
+        return await asyncio.get_running_loop().run_in_executor(self._sockets, make)

@@ -22,29 +22,51 @@ from kubecare.sandbox.state import state_root
 
 def host_address(url: str, node_addresses: Sequence[str], forwards: Mapping[int, int]) -> str:
     """``url`` as a client on the host dials it: a node's own address or loopback on a forwarded
-    port becomes ``127.0.0.1:<forward>``; anything else is returned unchanged."""
+    port becomes ``127.0.0.1:<forward>``; another host is returned unchanged. A node's address
+    or loopback on a port nothing forwards raises: dialled as written it would reach the
+    machine's own loopback, or leave it."""
     parts = urlsplit(url if "://" in url else f"//{url}")
     try:
         port = parts.port
     except ValueError:
         return url
-    if parts.hostname not in ("127.0.0.1", "localhost", *node_addresses) or port is None:
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1", *node_addresses) or port is None:
         return url
     forward = forwards.get(port)
     if forward is None:
-        return url
+        raise EtcdError(
+            f"{url}: port {port} of a sandbox node is not forwarded to the host (forwarded: "
+            f"{', '.join(str(p) for p in sorted(forwards)) or 'none'}); run the command on the "
+            "node: kubecare sandbox exec NODE -- ..."
+        )
     moved = parts._replace(netloc=f"127.0.0.1:{forward}")
     return urlunsplit(moved) if "://" in url else moved.netloc
 
 
 def owner(path: Path) -> str | None:
     """The sandbox whose state dir holds ``path`` (a node's manifests dir), if any."""
-    root = state_root().absolute()
-    where = path.absolute()
+    root = state_root().resolve()
+    where = path.resolve()
     if root not in where.parents:
         return None
     name = where.relative_to(root).parts[0]
     return name if (root / name / "state.json").exists() else None
+
+
+def reach_for(dirs: Sequence[Path]) -> Callable[[Path, str], str]:
+    """How the host reaches what the manifests in ``dirs`` name: through its sandbox's forwards
+    for a sandbox node's dir, as written for any other (a real node's, when run there)."""
+    per: dict[Path, Callable[[Path, str], str]] = {}
+    for d in dirs:
+        name = owner(d)
+        if name is not None:
+            per[d.resolve()] = etcd_target(name)[1]
+
+    def reach(manifests: Path, url: str) -> str:
+        route = per.get(manifests.resolve())
+        return route(manifests, url) if route else url
+
+    return reach
 
 
 def _state(name: str) -> dict[str, Any] | None:
