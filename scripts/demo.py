@@ -87,7 +87,7 @@ def main() -> None:
 
     sb = Sandbox(NAME)
     step(
-        "1. A real control plane on loopback, shaped like kubeadm's: static pods run by the sandbox's kubelet-like runner, kwok nodes"
+        "1. A real control plane shaped like kubeadm's, each node in a network namespace of its own: static pods run by the sandbox's kubelet-like runner, kwok nodes"
     )
     if sb.exists():
         _, comps = sb.status()

@@ -436,7 +436,20 @@ async def test_rolling_ha_upgrade_through_real_kubeadm(
 async def old_nodes(sb: Sandbox, kube: Kube, *names: str) -> None:
     for n in names:
         await sb.add_node(n)
-        await set_kubelet_version(kube, n, OLD)
+    # kwok's node-initialize stage can patch a new node once more after it is Ready (queued from
+    # an earlier event, its template read the registered version): set the old version until it
+    # has stayed for 1.5 s, so the plan sees it.
+    deadline = time.monotonic() + 30
+    for n in names:
+        stable = 0
+        while stable < 3:
+            if await kubelet(kube, n) == f"v{OLD}":
+                stable += 1
+            else:
+                assert time.monotonic() < deadline, f"{n} never kept kubelet v{OLD}"
+                await set_kubelet_version(kube, n, OLD)
+                stable = 0
+            await asyncio.sleep(0.5)
 
 
 def step_script(tmp_path: Path, kubeconfig: Path, *, pause: float = 0) -> Path:
