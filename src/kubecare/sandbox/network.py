@@ -168,7 +168,11 @@ def wait_holder(pid: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         mine = inode(pid)
-        if mine and mine != ours and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"):
+        try:
+            started = Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep")
+        except OSError:
+            break  # it exited (unshare refused)
+        if mine and mine != ours and started:
             return
         if not mine:
             break
