@@ -100,3 +100,23 @@ def test_extra_args_replace_a_default_and_go_last_in_the_users_order() -> None:
         ("a", "x"),
     )
     assert arguments([("a", "2"), ("a", "1")], ()) == (("a", "1"), ("a", "2"))
+
+
+def test_the_audit_volumes_are_extra_volumes_so_kubeadm_regenerates_them() -> None:
+    """A sandbox with the audit log: the volumes its apiserver mounts are the ClusterConfiguration's
+    apiServer.extraVolumes (kubeadm upgrade rewrites the manifest from those; without them the
+    new apiserver has no policy file and never starts), with the same host paths."""
+    import dataclasses
+
+    shape = dataclasses.replace(kubeadm_shape(), audit=True, sandbox_dir=Path("/state/s"))
+    api = pod(next(c for c in components(shape, shape.nodes[0]) if c.name == "kube-apiserver"))
+    volumes = {v["name"]: v["hostPath"] for v in api["spec"]["volumes"]}
+    extra = cluster_configuration(shape)["apiServer"]["extraVolumes"]
+    assert {v["name"]: {"path": v["hostPath"], "type": v["pathType"]} for v in extra} == {
+        name: volumes[name] for name in ("audit-policy", "audit-log")
+    }
+    mounts = {m["name"]: m for m in api["spec"]["containers"][0]["volumeMounts"]}
+    for v in extra:
+        assert mounts[v["name"]]["mountPath"] == v["mountPath"]
+        assert mounts[v["name"]].get("readOnly", False) == v["readOnly"]
+    assert "extraVolumes" not in cluster_configuration(kubeadm_shape())["apiServer"]

@@ -263,18 +263,7 @@ def apiserver(shape: ClusterShape, node: ControlPlaneNode) -> Component:
         ("etcd-keyfile", f"{PKI}/apiserver-etcd-client.key"),
         ("authorization-mode", "Node,RBAC"),
     ]
-    mounts = [Mount("k8s-certs", PKI, node.pki, read_only=True)]
-    if shape.audit:
-        mounts += [
-            Mount(
-                "audit-policy",
-                AUDIT_POLICY,
-                node.kubernetes_dir / "audit-policy.yaml",
-                "File",
-                True,
-            ),
-            Mount("audit-log", AUDIT_LOG_DIR, shape.sandbox_dir / "logs" / "audit"),
-        ]
+    mounts = [Mount("k8s-certs", PKI, node.pki, read_only=True), *audit_mounts(shape)]
     return Component(
         name="kube-apiserver",
         image=f"registry.k8s.io/kube-apiserver:v{shape.version}",
@@ -420,6 +409,19 @@ def sandbox_extra_args(
     }
 
 
+def audit_mounts(shape: ClusterShape) -> tuple[Mount, ...]:
+    """The audit policy and log volumes, as a kubeadm user declares them in ClusterConfiguration
+    ``apiServer.extraVolumes`` (so ``kubeadm upgrade`` writes them into the manifest it
+    regenerates): the policy at the node's own ``/etc/kubernetes/audit-policy.yaml`` (the runner
+    resolves it in the node's tree), the log in the sandbox's ``logs/audit`` (one for all)."""
+    if not shape.audit:
+        return ()
+    return (
+        Mount("audit-policy", AUDIT_POLICY, Path(AUDIT_POLICY), "File", True),
+        Mount("audit-log", AUDIT_LOG_DIR, shape.sandbox_dir / "logs" / "audit"),
+    )
+
+
 def cluster_configuration(shape: ClusterShape) -> dict[str, Any]:
     """kubeadm's ClusterConfiguration (v1beta4) for this shape: what ``kubeadm-config`` holds."""
 
@@ -429,7 +431,25 @@ def cluster_configuration(shape: ClusterShape) -> dict[str, Any]:
     return {
         "apiVersion": "kubeadm.k8s.io/v1beta4",
         "kind": "ClusterConfiguration",
-        "apiServer": {"extraArgs": extra("kube-apiserver")},
+        "apiServer": {
+            "extraArgs": extra("kube-apiserver"),
+            **(
+                {
+                    "extraVolumes": [
+                        {
+                            "name": m.name,
+                            "hostPath": str(m.host_path),
+                            "mountPath": m.mount_path,
+                            "readOnly": m.read_only,
+                            "pathType": m.type,
+                        }
+                        for m in audit_mounts(shape)
+                    ]
+                }
+                if shape.audit
+                else {}
+            ),
+        },
         "caCertificateValidityPeriod": "87600h0m0s",
         "certificateValidityPeriod": "8760h0m0s",
         "certificatesDir": PKI,
