@@ -5,7 +5,7 @@ UV_VERSION ?= 0.13.8
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup venv binaries binaries-all test-deps demo test unit e2e lint bench clean
+.PHONY: setup venv binaries binaries-all test-deps sandbox-deps demo test unit e2e lint bench clean
 
 ## setup: venv with the locked Python deps, and the sandbox binaries built from source
 setup: venv binaries
@@ -31,8 +31,14 @@ binaries-all: venv
 
 ## demo: set everything up, start the "demo" sandbox, show kubecare's commands on it
 # (both Kubernetes minors: the demo ends with a real 1.36 -> 1.37 upgrade)
-demo: venv binaries-all
+demo: venv binaries-all sandbox-deps
 	$(BIN)/python scripts/demo.py
+
+# The sandbox's network namespaces: ip(8) from iproute2 (unshare and nsenter are util-linux's,
+# an essential package).
+sandbox-deps:
+	@command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends iproute2 >/dev/null; }
 
 # The upgrade tests run the ssh executor against Debian's OpenSSH server (started by the test
 # itself on loopback, with its own config; the package's own service is never started).
@@ -41,13 +47,13 @@ test-deps:
 	  apt-get install -y -qq --no-install-recommends openssh-server openssh-client >/dev/null; }
 
 ## test: lint, types, unit tests and the end-to-end tests against a real sandbox
-test: venv binaries-all test-deps lint
+test: venv binaries-all test-deps sandbox-deps lint
 	$(BIN)/pytest tests
 
 unit: venv
 	$(BIN)/pytest tests/unit
 
-e2e: venv binaries-all test-deps
+e2e: venv binaries-all test-deps sandbox-deps
 	$(BIN)/pytest tests/e2e
 
 lint: venv
@@ -56,7 +62,7 @@ lint: venv
 	$(BIN)/mypy
 
 ## bench: every benchmark (kubecare vs kubectl on the same sandbox); results in docs/benchmarks.md
-bench: venv binaries-all
+bench: venv binaries-all sandbox-deps
 	@# The drain benchmark takes both tools' peak RSS with GNU time (Debian package "time").
 	@test -x /usr/bin/time || { apt-get update -qq && apt-get install -y -qq time; }
 	$(BIN)/python bench/sandbox_bench.py --runs 5
