@@ -168,25 +168,44 @@ def test_cgroup_v1_is_a_root_without_the_unified_hierarchy(tmp_path: Path) -> No
     assert not cgroup_v1(tmp_path)
 
 
-def test_a_kubeadm_failure_is_told_in_kubeadms_own_words() -> None:
-    out = [
-        "[upgrade/staticpods] Moving new manifest to ...",
-        "[upgrade/apply] FATAL: couldn't upgrade control plane. kubeadm has tried to recover "
-        "everything into the earlier state. Errors faced: timed out waiting for the condition",
-        "error: error execution phase control-plane: couldn't complete the static pod upgrade",
-    ]
-    text = failure(out, 1)
-    assert text.startswith("[upgrade/apply] FATAL") and "error execution phase" in text
+@pytest.mark.parametrize(
+    ("output", "first", "also"),
+    [
+        # a rolled-back control plane: kubeadm's FATAL line and its error line
+        (
+            [
+                "[upgrade/staticpods] Moving new manifest to ...",
+                "[upgrade/apply] FATAL: couldn't upgrade control plane. kubeadm has tried to "
+                "recover everything into the earlier state. Errors faced: timed out waiting for "
+                "the condition",
+                "error: error execution phase control-plane: couldn't complete the static pod "
+                "upgrade",
+            ],
+            "[upgrade/apply] FATAL",
+            "error execution phase",
+        ),
+        # a preflight failure: the reason is on kubeadm's [ERROR ...] lines, not its last one
+        (
+            [
+                "[preflight] Some fatal errors occurred:",
+                "\t[ERROR ImagePull]: failed to pull image registry.k8s.io/kube-apiserver:v1.38.0: "
+                "image is not built; run: kubecare sandbox build --version 1.38.0",
+                "error: error execution phase preflight: preflight checks failed",
+            ],
+            "[ERROR ImagePull]",
+            "kubecare sandbox build",
+        ),
+    ],
+)
+def test_a_kubeadm_failure_is_told_in_kubeadms_own_words(
+    output: list[str], first: str, also: str
+) -> None:
+    text = failure(output, 1)
+    assert text.startswith(first) and also in text
+
+
+def test_a_failure_without_kubeadms_words_is_its_last_line_or_exit_code() -> None:
     assert failure(["just this"], 2) == "just this" and failure([], 3) == "exit code 3"
-    # a preflight failure: the reason is on kubeadm's [ERROR ...] lines, not its last one
-    preflight = [
-        "[preflight] Some fatal errors occurred:",
-        "\t[ERROR ImagePull]: failed to pull image registry.k8s.io/kube-apiserver:v1.38.0: "
-        "image is not built; run: kubecare sandbox build --version 1.38.0",
-        "error: error execution phase preflight: preflight checks failed",
-    ]
-    text = failure(preflight, 1)
-    assert text.startswith("[ERROR ImagePull]") and "kubecare sandbox build" in text
 
 
 def test_a_sandbox_nodes_manifests_dir_is_reached_through_its_forwards(

@@ -294,7 +294,6 @@ def shell_cmd(args: argparse.Namespace) -> None:
 def _exec_on(name: str, node: str, command: list[str]) -> None:
     """Replace this process with ``command`` in the node's view (its exit code is ours)."""
     import os
-    import shutil
     import sys
 
     from kubecare.errors import SandboxError, UsageError
@@ -307,11 +306,7 @@ def _exec_on(name: str, node: str, command: list[str]) -> None:
             "sandbox exec needs root: it makes a private mount namespace (unshare --mount) "
             "where the node's tree is /etc/kubernetes; run it as root (sudo)"
         )
-    unshare, nsenter = shutil.which("unshare"), shutil.which("nsenter")
-    if unshare is None or nsenter is None:
-        raise SandboxError(
-            "unshare/nsenter not found: install util-linux (apt-get install util-linux)"
-        )
+    unshare, nsenter = nodeshell.tools()
     from kubecare.cli.common import run
 
     view = run(_sandbox(name).prepare_node(node))

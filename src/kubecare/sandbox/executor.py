@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -158,9 +157,7 @@ class SandboxExecutor:
         ``on_line``. A non-zero exit raises OperationFailed with kubeadm's own words."""
         from kubecare.sandbox import nodeshell
 
-        unshare, nsenter = shutil.which("unshare"), shutil.which("nsenter")
-        if unshare is None or nsenter is None:
-            raise OperationFailed("unshare/nsenter not found: install util-linux")
+        unshare, nsenter = nodeshell.tools()
         full = nodeshell.argv(view, argv, unshare=unshare, nsenter=nsenter)
         proc = await asyncio.create_subprocess_exec(
             *full,

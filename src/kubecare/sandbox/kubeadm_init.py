@@ -100,14 +100,13 @@ async def kubelet_start(view: NodeView, config: Path, log: Path, timeout: float 
     writes the node's ``/var/lib/kubelet/{config.yaml,instance-config.yaml,kubeadm-flags.env}``,
     which ``kubeadm upgrade`` reads back; its systemctl calls reach the node's shim only."""
     import os
-    import shutil
 
     from kubecare.sandbox import nodeshell
 
-    unshare = shutil.which("unshare") or "unshare"
+    unshare, nsenter = nodeshell.tools()
     argv = nodeshell.argv(
         view, ["kubeadm", "init", "phase", "kubelet-start", "--config", str(config)],
-        unshare=unshare, nsenter=shutil.which("nsenter") or "nsenter",
+        unshare=unshare, nsenter=nsenter,
     )  # fmt: skip
     env = nodeshell.environment(view, dict(os.environ))
     await _run(argv, f"kubeadm init phase kubelet-start on {view.node}", log, timeout, env)

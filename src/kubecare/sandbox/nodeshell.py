@@ -182,6 +182,18 @@ def link(view: NodeView, name: str, target: Path) -> None:
     os.replace(tmp, view.bin / name)
 
 
+def tools() -> tuple[str, str]:
+    """The paths of unshare and nsenter (util-linux), or a SandboxError naming the package."""
+    import shutil
+
+    unshare, nsenter = shutil.which("unshare"), shutil.which("nsenter")
+    if unshare is None or nsenter is None:
+        raise SandboxError(
+            "unshare/nsenter not found: install util-linux (apt-get install util-linux)"
+        )
+    return unshare, nsenter
+
+
 def argv(
     view: NodeView, command: list[str], *, unshare: str, nsenter: str = "nsenter"
 ) -> list[str]:
