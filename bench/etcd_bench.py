@@ -30,7 +30,7 @@ from typing import Any
 from kubecare.etcd.members import read_members
 from kubecare.kube import Kube
 from kubecare.sandbox import Sandbox, SandboxOptions
-from kubecare.sandbox.binaries import ETCD_VERSION, binary_path
+from kubecare.sandbox.binaries import DEFAULT_KUBE_VERSION, binary_path, etcd_version_for
 from kubecare.sandbox.target import etcd_target
 
 BIN = Path(sys.executable).parent
@@ -80,6 +80,10 @@ async def fill(sb: Sandbox, size_mb: int) -> int:
             )[0]
             if status["dbSize"] >= size_mb * 1_000_000:
                 return n
+
+
+#: The default sandbox's etcd, and the etcdctl/etcdutl of the same release.
+ETCD_VERSION = etcd_version_for(DEFAULT_KUBE_VERSION)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -25,7 +26,7 @@ from kubecare.errors import NotFound
 from kubecare.etcd.members import read_members
 from kubecare.kube import Kube
 from kubecare.sandbox import Sandbox, SandboxOptions
-from kubecare.sandbox.binaries import ETCD_VERSION, binary_path
+from kubecare.sandbox.binaries import DEFAULT_KUBE_VERSION, binary_path, etcd_version_for
 from kubecare.sandbox.target import etcd_target
 
 from .conftest import cli_argv, own_sandbox, run_cli
@@ -33,6 +34,8 @@ from .workloads import deployment, wait_for, wait_running
 
 pytestmark = pytest.mark.e2e
 
+#: The etcd of the default sandbox (kubeadm 1.37's etcd tag, 3.7.0-0, runs etcd 3.7.4).
+ETCD_VERSION = etcd_version_for(DEFAULT_KUBE_VERSION)
 ETCDUTL = binary_path("etcdutl", ETCD_VERSION)
 ETCDCTL = binary_path("etcdctl", ETCD_VERSION)
 
@@ -94,7 +97,9 @@ def test_save_writes_a_file_etcdutl_accepts(sandbox: Sandbox, tmp_path: Path) ->
     path = tmp_path / "snap.db"
     res = save(sandbox, path, "--verify")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith(f"Snapshot saved at {path}\nServer version 3.6.0")
+    # the cluster version etcd reports is its minor's (etcdctl prints the same line)
+    minor = ETCD_VERSION.rsplit(".", 1)[0]
+    assert res.stdout.startswith(f"Snapshot saved at {path}\nServer version {minor}.0")
     assert "SHA-256 verified" in res.stderr
     assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["snap.db"]  # no temp file left
@@ -260,13 +265,21 @@ async def test_restore_refuses_what_it_must_and_changes_nothing(
     dry = run_cli("etcd", "restore", str(snap), "--sandbox", restore_sb.name, "--dry-run")
     assert dry.returncode == 0 and "etcdutl snapshot restore" in dry.stdout
     assert "stop kube-apiserver" in dry.stdout
-    full = tmp_path / "full"
-    full.mkdir()
+    full = restore_sb.node_root("control-plane") / "var" / "lib" / "full"
+    full.mkdir(parents=True)
     (full / "x").write_text("data")
     busy = run_cli(
         "etcd", "restore", str(snap), "--sandbox", restore_sb.name, "--yes", "--data-dir", str(full)
     )
     assert busy.returncode == 2 and "not empty" in busy.stderr
+    shutil.rmtree(full)
+    # a dir the node's etcd would not see (the machine's, not the node's): refused up front
+    away = run_cli(
+        "etcd", "restore", str(snap), "--sandbox", restore_sb.name, "--yes",
+        "--data-dir", str(tmp_path / "away"),
+    )  # fmt: skip
+    assert away.returncode == 1 and "outside the node's tree" in away.stderr
+    assert not (tmp_path / "away").exists()
     bad = tmp_path / "bad.db"
     raw = bytearray(snap.read_bytes())
     raw[-1] ^= 0xFF  # the trailer no longer matches the data
@@ -279,7 +292,7 @@ async def test_restore_refuses_what_it_must_and_changes_nothing(
     assert no_tool.returncode == 1 and "etcdutl not found" in no_tool.stderr
     assert manifest.read_text() == before
     assert not [p for p in manifest.parent.iterdir() if p.name.startswith(".")]
-    for res in (no_yes, busy, corrupt, no_tool):
+    for res in (no_yes, busy, away, corrupt, no_tool):
         assert "Traceback" not in res.stderr
 
 
@@ -305,7 +318,13 @@ async def test_restore_brings_deleted_objects_back_and_drops_later_ones(
     assert report["revision"] == kubecare_status(snap)["revision"] + 1_000_000_000  # bumped
     (member,) = report["members"]
     assert member["oldDataDir"] == old_dir and Path(old_dir, "member").is_dir()  # untouched
-    assert data_hostpath(manifest) == member["newDataDir"] != old_dir
+    # the manifest names the node's own path, /var/lib/etcd-restore-STAMP, as on a kubeadm node
+    root = restore_sb.node_root("control-plane")
+    new_dir = Path(member["newDataDir"])
+    assert root in new_dir.parents and new_dir != Path(old_dir)
+    assert data_hostpath(manifest) == "/" + str(new_dir.relative_to(root))
+    # and kubeadm's ClusterConfiguration, so the next kubeadm upgrade keeps it
+    assert report["kubeadmConfig"].startswith("kubeadm-config: etcd.local.dataDir is now /var")
     assert [Path(b).name for b in report["backups"]] == [
         f".etcd.yaml.kubecare-{report['backups'][0].rsplit('-', 1)[1]}"
     ]
@@ -332,6 +351,57 @@ async def test_restore_brings_deleted_objects_back_and_drops_later_ones(
             "POST", f"/apis/apps/v1/namespaces/{ns}/deployments", body=deployment("web", 2)
         )
         await wait_running(kube, ns, 2, timeout=90)  # controllers and scheduler work again
+
+
+def kubeadm_on(sb: Sandbox, *command: str) -> str:
+    res = run_cli("sandbox", "exec", "--name", sb.name, "control-plane", "--", *command,
+                  timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+async def test_after_a_restore_the_real_kubeadm_upgrade_keeps_the_restored_data(
+    restore_sb: Sandbox, tmp_path: Path
+) -> None:
+    """kubeadm regenerates etcd.yaml from kubeadm-config on every upgrade: the restored dir
+    must be recorded there, or etcd comes back on the data from before the restore. Then the
+    manifests are kubeadm's own (its paths, /etc/kubernetes/pki, /var/lib/...): status,
+    snapshot and a second restore all work inside the node's tree."""
+    manifest = restore_sb.manifest_path("etcd")
+    restored = data_hostpath(manifest)  # the previous test's restore
+    async with Kube(restore_sb.client_options()) as kube:
+        ns = f"k{uuid.uuid4().hex[:6]}"
+        await kube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
+    out = kubeadm_on(
+        restore_sb, "kubeadm", "upgrade", "apply", f"v{restore_sb.load().version}", "--yes",
+        "--ignore-preflight-errors=SystemVerification",
+    )  # fmt: skip
+    assert "[upgrade] SUCCESS!" in out
+    doc = yaml.safe_load(manifest.read_text())
+    paths = {v["name"]: v["hostPath"]["path"] for v in doc["spec"]["volumes"]}
+    assert paths == {"etcd-certs": "/etc/kubernetes/pki/etcd", "etcd-data": restored}
+    async with Kube(restore_sb.client_options()) as kube:
+        await wait_for(lambda: exists(kube, f"/api/v1/namespaces/{ns}"), timeout=60)
+
+    status = run_cli("etcd", "status", "--sandbox", restore_sb.name, "-o", "json")
+    assert status.returncode == 0, status.stderr  # the certificates at kubeadm's paths
+    assert json.loads(status.stdout)[0]["version"] == ETCD_VERSION
+    snap = tmp_path / "again.db"
+    assert save(restore_sb, snap).returncode == 0
+    async with Kube(restore_sb.client_options()) as kube:
+        await kube.request_json("DELETE", f"/api/v1/namespaces/{ns}")
+    res = run_cli("etcd", "restore", str(snap), "--sandbox", restore_sb.name, "--yes",
+                  "-o", "json", timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (member,) = json.loads(res.stdout)["members"]
+    root = restore_sb.node_root("control-plane")
+    assert member["oldDataDir"] == str(root / restored.lstrip("/"))
+    # next to the old one, not etcd-restore-A-restore-B; never on the machine's own /var/lib
+    assert re.fullmatch(r"etcd-restore-\d{8}T\d{6}", Path(member["newDataDir"]).name)
+    assert Path(member["newDataDir"]).parent == root / "var" / "lib"
+    assert not list(Path("/var/lib").glob("etcd-restore-*"))
+    async with Kube(restore_sb.client_options()) as kube:
+        assert await exists(kube, f"/api/v1/namespaces/{ns}")  # back from the snapshot
 
 
 @pytest.fixture(scope="module")
@@ -397,12 +467,17 @@ async def test_with_etcd_down_the_data_dirs_say_who_must_be_restored(
     snap = tmp_path / "down.db"
     assert save(ha_sb, snap).returncode == 0
     nodes = cp_names(ha_sb)
-    alone = tmp_path / "first"  # the first node's manifests, as if only that node were here
+    # The first node's manifests, as if only that node were here, in a dir of that node's own
+    # (its manifests name the node's paths: /var/lib/etcd-restore-... since the restore above).
+    kube_dir = ha_sb.node_root(nodes[0]) / "etc" / "kubernetes"
+    alone = kube_dir / "alone"
     alone.mkdir()
     (alone / "etcd.yaml").write_bytes(ha_sb.manifest_path("etcd", nodes[0]).read_bytes())
     # Two members whose manifests resolve to one data dir: copied from other machines.
-    twin = tmp_path / "twin"
+    twin = kube_dir / "twin"
     twin.mkdir()
+    var_lib = ha_sb.node_root(nodes[0]) / "var" / "lib"
+    dirs_before = set(var_lib.iterdir())
     doc = yaml.safe_load(ha_sb.manifest_path("etcd", nodes[0]).read_text())
     command = doc["spec"]["containers"][0]["command"]
     for flag, value in (
@@ -446,9 +521,11 @@ async def test_with_etcd_down_the_data_dirs_say_who_must_be_restored(
             "--manifests-dir", str(twin), "--etcdutl", str(ETCDUTL), "--yes",
         )  # fmt: skip
         assert same.returncode == 2 and "resolve to the same data dir" in same.stderr
-        assert not list(alone.glob(".*")) and not list(tmp_path.glob("*restore*"))
+        assert not list(alone.glob(".*")) and set(var_lib.iterdir()) == dirs_before
     finally:  # together: one member alone has no quorum, so it never becomes ready
         await asyncio.gather(*(ha_sb.start_component("etcd", node=n) for n in nodes))
+        shutil.rmtree(alone)
+        shutil.rmtree(twin)
     assert {n: ha_sb.manifest_path("etcd", n).read_bytes() for n in nodes} == before
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from kubecare.kube import Kube
 from kubecare.sandbox import Sandbox
+from kubecare.sandbox.binaries import etcd_version_for
 
 from .conftest import cli_argv, run_cli
 
@@ -58,10 +59,12 @@ def test_the_nodes_paths_and_tools_are_kubeadms_own(sandbox: Sandbox) -> None:
         # the course's etcdctl line, certificates at kubeadm's paths (the member's port is set)
         "etcdctl --cacert /etc/kubernetes/pki/etcd/ca.crt "
         "--cert /etc/kubernetes/pki/etcd/server.crt --key /etc/kubernetes/pki/etcd/server.key "
-        "endpoint health",
+        "endpoint health; etcdutl version",
     )
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
+    # the etcd client tools of the release the node's etcd manifest runs
+    assert f"etcdutl version: {etcd_version_for(sandbox.load().version)}" in lines
     assert {"etcd.yaml", "kube-apiserver.yaml"} <= set(lines) and "member" in lines
     assert f"v{sandbox.load().version}" in lines and f"node/{node}" in lines
     assert "is healthy" in res.stdout

@@ -237,6 +237,68 @@ async def test_moving_the_manifest_out_stops_the_apiserver_and_back_restores_it(
     assert run_cli("nodes", kubeconfig=kubeadm_sb.kubeconfig).returncode == 0
 
 
+def restart_kubelet(sb: Sandbox) -> None:
+    res = run_cli("sandbox", "exec", "--name", sb.name, "control-plane", "--",
+                  "systemctl", "restart", "kubelet")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+
+
+def kubelet_report(sb: Sandbox) -> dict[str, Any]:
+    return dict(sb.runner_report().get("kubelets", {}).get("control-plane") or {})
+
+
+async def test_the_kubelet_config_is_reread_when_the_kubelet_restarts(kubeadm_sb: Sandbox) -> None:
+    """As a kubelet: staticPodPath is read at (re)start, not when the file changes; a config
+    the kubelet cannot start with changes nothing that runs."""
+    root = kubeadm_sb.node_dir("control-plane")
+    config = root / "var" / "lib" / "kubelet" / "config.yaml"
+    original = config.read_text()
+    manifests = root / "etc" / "kubernetes" / "manifests"
+    alt = manifests.with_name("manifests-alt")
+    alt.mkdir()
+    for m in manifests.iterdir():  # the new dir holds every manifest but the scheduler's
+        if m.name != "kube-scheduler.yaml":
+            shutil.copy2(m, alt / m.name)
+    pids = await settled(kubeadm_sb)
+    doc = yaml.safe_load(original)
+    assert doc["staticPodPath"] == "/etc/kubernetes/manifests"  # kubeadm's
+    doc["staticPodPath"] = "/etc/kubernetes/manifests-alt"
+    config.write_text(yaml.safe_dump(doc))
+    try:
+        await asyncio.sleep(5)  # two rescans: an edited config alone changes nothing
+        assert process.is_running(pids["kube-scheduler"])
+        restart_kubelet(kubeadm_sb)
+        await wait_for(lambda: _async(not process.is_running(pids["kube-scheduler"])), timeout=30)
+        # runner.json follows within its 0.25 s loop
+        moved = {"staticPodPath": str(alt), "error": None}
+        await wait_for(lambda: _async(kubelet_report(kubeadm_sb) == moved), timeout=5)
+        # the same manifests in the new dir: the same pods, not restarted
+        for c in ("etcd", "kube-apiserver", "kube-controller-manager"):
+            assert runner_pod(kubeadm_sb, c)["pid"] == pids[c]
+        assert "kube-scheduler-control-plane" not in await mirror_pods(kubeadm_sb)
+
+        config.write_text("apiVersion: v1\nkind: ConfigMap\n")  # a kubelet that cannot start
+        restart_kubelet(kubeadm_sb)
+        await wait_for(lambda: _async(bool(kubelet_report(kubeadm_sb)["error"])), timeout=30)
+        report = kubelet_report(kubeadm_sb)
+        assert "not a KubeletConfiguration" in report["error"]
+        assert report["staticPodPath"] == str(alt)  # what ran runs on
+        assert runner_pod(kubeadm_sb, "kube-apiserver")["pid"] == pids["kube-apiserver"]
+        # and nothing manages it: a manifest removed meanwhile stops nothing
+        (alt / "kube-controller-manager.yaml").unlink()
+        await asyncio.sleep(5)
+        assert process.is_running(pids["kube-controller-manager"])
+    finally:
+        config.write_text(original)
+        restart_kubelet(kubeadm_sb)
+    await wait_for(lambda: _async(bool(runner_pod(kubeadm_sb, "kube-scheduler").get("running"))),
+                   timeout=30)  # fmt: skip
+    back = {"staticPodPath": str(manifests), "error": None}
+    await wait_for(lambda: _async(kubelet_report(kubeadm_sb) == back), timeout=5)
+    shutil.rmtree(alt)
+    await settled(kubeadm_sb)
+
+
 async def test_the_previous_minors_image_tag_runs_that_version_and_back(
     kubeadm_sb: Sandbox,
 ) -> None:

@@ -31,6 +31,7 @@ from kubecare.errors import KubecareError
 from kubecare.kube import ClientOptions, Kube
 from kubecare.nodes.cordon import set_unschedulable
 from kubecare.sandbox import Sandbox, SandboxOptions
+from kubecare.sandbox.binaries import etcd_version_for
 from kubecare.sandbox.nodes import set_kubelet_version
 
 from .conftest import cli_argv, own_sandbox, run_cli
@@ -117,7 +118,9 @@ async def test_versions_reports_every_component_and_the_skew(usb: Sandbox, ukube
     assert by(data, "kube-scheduler") == dict.fromkeys(cps, f"v{OLD}")
     etcd = [c for c in data["components"] if c["name"] == "etcd"]
     assert {c["version"] for c in etcd if c["source"] == "mirror pod image"} == {"3.6.8-0"}
-    assert len([c for c in etcd if c["source"] == "Status RPC"]) == 3
+    # the etcd each member really runs: the release of its tag's minor (Status RPC)
+    served = [c["version"] for c in etcd if c["source"] == "Status RPC"]
+    assert served == [f"v{etcd_version_for(OLD)}"] * 3
     assert set(by(data, "kubelet")) == cps | {"worker-1", "worker-2", "worker-3"}
     # kubeadm's addon phase installed them: the sandbox's kubeadm of this version pins the tags
     assert by(data, "kube-proxy") == {"": f"v{OLD}"}
@@ -383,6 +386,10 @@ async def test_rolling_ha_upgrade_through_real_kubeadm(
         c for c in data["components"] if c["name"] == "etcd" and c["source"] == "mirror pod image"
     ]
     assert {c["version"] for c in images} == {"3.7.0-0"}
+    etcd = [c for c in data["components"] if c["name"] == "etcd"]
+    served = [c["version"] for c in etcd if c["source"] == "Status RPC"]
+    assert etcd_version_for(NEW) != etcd_version_for(OLD)  # 3.6 -> 3.7: another binary
+    assert served == [f"v{etcd_version_for(NEW)}"] * 3
     assert set(by(data, "kubelet").values()) == {f"v{NEW}"}
     assert cluster_violations(data) == []
     for n in by(data, "kubelet"):

@@ -21,7 +21,7 @@ from kubecare.etcd.membership import (
     parse_initial_cluster,
     union,
 )
-from kubecare.etcd.restore import backup_name, plan_restore, pointed_at
+from kubecare.etcd.restore import RestorePlan, backup_name, plan_restore, pointed_at
 
 DATA = Path(__file__).parent / "data" / "kubeadm-v1.37.2-manifests.txt"
 MANIFEST = Path("/etc/kubernetes/manifests/etcd.yaml")
@@ -310,3 +310,194 @@ def test_after_etcd_serves_the_restore_the_advice_is_to_finish_not_undo() -> Non
     moves.restored = True
     advice = moves.rollback(())
     assert "etcd.yaml" not in advice and "mv /m/.kube-apiserver.yaml.kubecare-T" in advice
+
+
+# -- restore_prepare: what the CLI used to decide itself ----------------------------------------
+def _prepare_in(
+    tmp_path: Path, *, trailer: bool = True, **request: object
+) -> tuple[object, list[str]]:
+    import zstandard
+
+    from kubecare.etcd.restore_prepare import RestoreRequest, prepare
+
+    fixtures = Path(__file__).parents[1] / "fixtures" / "etcd"
+    data = zstandard.ZstdDecompressor().decompress((fixtures / "registry.db.zst").read_bytes())
+    snap = tmp_path / "snap.db"
+    snap.write_bytes(data if trailer else data[:-32])
+    manifests = tmp_path / "etc" / "kubernetes" / "manifests"
+    manifests.mkdir(parents=True)
+    (manifests / "etcd.yaml").write_text(kubeadm_etcd_yaml())
+    said: list[str] = []
+    chosen: list[list[Member]] = []
+
+    def etcdutl(members: list[Member]) -> Path:
+        chosen.append(members)
+        return Path("/opt/etcd/etcdutl")
+
+    prepared = prepare(
+        RestoreRequest(snap, snap, [manifests], etcdutl=etcdutl, stamp="S", **request),  # type: ignore[arg-type]
+        said.append,
+    )
+    assert [m.name for m in chosen[0]] == [m.name for m in prepared.members]
+    return prepared, said
+
+
+def test_prepare_checks_the_snapshot_reads_the_members_and_plans(tmp_path: Path) -> None:
+    prepared, said = _prepare_in(tmp_path)
+    plan = prepared.plan  # type: ignore[attr-defined]
+    assert said == [f"checking {tmp_path / 'snap.db'}"]
+    assert [m.member.name for m in plan.members] == ["node1"]  # kubeadm's manifest's name
+    assert plan.members[0].argv[0] == "/opt/etcd/etcdutl"  # the etcdutl picked for the members
+    assert not prepared.per_node  # type: ignore[attr-defined]
+
+
+def test_prepare_refuses_before_reading_any_manifest(tmp_path: Path) -> None:
+    from kubecare.errors import SnapshotError
+
+    with pytest.raises(SnapshotError, match=r"no SHA-256 trailer.*--skip-hash-check"):
+        _prepare_in(tmp_path, trailer=False)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(UsageError, match="same --initial-cluster-token"):
+        _prepare_in(tmp_path / "b", cluster="node1=https://192.0.2.11:2380")
+
+
+def test_a_per_node_prepare_names_the_whole_cluster(tmp_path: Path) -> None:
+    prepared, _ = _prepare_in(
+        tmp_path,
+        cluster="node1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380",
+        token="t",
+    )
+    assert prepared.per_node  # type: ignore[attr-defined]
+    assert prepared.plan.others == ("cp2",)  # type: ignore[attr-defined]
+
+
+# -- a node whose tree is a directory here (a sandbox node seen from the host) -------------------
+def test_a_node_tree_maps_the_nodes_paths_and_back() -> None:
+    from kubecare.etcd.members import NodeTree
+
+    tree = NodeTree(root=Path("/s/lab/nodes/cp1"), keep=Path("/s/lab"))
+    assert tree.local(Path("/var/lib/etcd")) == Path("/s/lab/nodes/cp1/var/lib/etcd")
+    assert tree.local(Path("/var/../etc/x")) == Path("/s/lab/nodes/cp1/etc/x")
+    assert tree.local(Path("/s/lab/clients/a")) == Path("/s/lab/clients/a")  # the owner's path
+    assert tree.local(Path("rel")) == Path("rel")
+    assert tree.node(Path("/s/lab/nodes/cp1/var/lib/etcd-restore-S")) == Path(
+        "/var/lib/etcd-restore-S"
+    )
+    assert tree.node(Path("/s/lab/logs")) == Path("/s/lab/logs")
+    with pytest.raises(EtcdError, match="outside the node's tree"):
+        tree.node(Path("/srv/etcd-restore"))
+    plain = NodeTree()
+    assert (
+        plain.local(Path("/var/lib/etcd"))
+        == Path("/var/lib/etcd")
+        == plain.node(Path("/var/lib/etcd"))
+    )
+
+
+def test_kubeadms_manifest_on_a_sandbox_node_restores_inside_its_tree(tmp_path: Path) -> None:
+    """After a real kubeadm upgrade the node's etcd.yaml names kubeadm's own paths: the
+    restore reads and writes inside the node's tree, and the manifest names the node's path."""
+    from kubecare.etcd.members import NodeTree
+
+    root = tmp_path / "lab" / "nodes" / "cp1"
+    tree = NodeTree(root=root, keep=tmp_path / "lab")
+    m = parse_member(MANIFEST, kubeadm_etcd_yaml(), tree=tree)
+    assert m.data_dir == root / "var/lib/etcd"
+    assert m.endpoint.cacert == root / "etc/kubernetes/pki/etcd/ca.crt"
+    plan = plan_restore(Path("/snap.db"), 7, [m], etcdutl=Path("/bin/etcdutl"), stamp="S")
+    new = plan.members[0].new_data_dir
+    assert new == root / "var/lib/etcd-restore-S"
+    assert f"--data-dir={new}" in plan.members[0].argv  # etcdutl writes it here
+    doc = yaml.safe_load(pointed_at(kubeadm_etcd_yaml(), m, new))
+    data = next(v for v in doc["spec"]["volumes"] if v["name"] == "etcd-data")
+    assert data["hostPath"]["path"] == "/var/lib/etcd-restore-S"  # what the node's kubelet opens
+    with pytest.raises(EtcdError, match="outside the node's tree"):
+        plan_restore(
+            Path("/snap.db"), 7, [m], etcdutl=Path("/bin/etcdutl"), stamp="S",
+            data_dir=Path("/srv/elsewhere"),
+        )  # fmt: skip
+
+
+# -- kubeadm-config: the restored dir recorded where kubeadm upgrade reads it -------------------
+CLUSTER_CONFIGURATION = """apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+kubernetesVersion: v1.37.2
+etcd:
+  local:
+    dataDir: /var/lib/etcd
+    extraArgs:
+    - name: listen-metrics-urls
+      value: http://127.0.0.1:2381
+networking:
+  serviceSubnet: 10.96.0.0/12
+"""
+
+
+def test_the_restored_dir_replaces_only_etcd_local_data_dir() -> None:
+    from kubecare.etcd.kubeadm_config import with_data_dir
+
+    new = with_data_dir(CLUSTER_CONFIGURATION, "/var/lib/etcd-restore-S")
+    assert new is not None
+    doc, old = yaml.safe_load(new), yaml.safe_load(CLUSTER_CONFIGURATION)
+    assert doc["etcd"]["local"]["dataDir"] == "/var/lib/etcd-restore-S"
+    doc["etcd"]["local"]["dataDir"] = "/var/lib/etcd"
+    assert doc == old  # nothing else changed
+    assert list(yaml.safe_load(new)) == list(old)  # nor the order kubeadm wrote
+    assert with_data_dir(new, "/var/lib/etcd-restore-S") is None  # already so
+    external = "kind: ClusterConfiguration\netcd:\n  external:\n    endpoints: [https://e:2379]\n"
+    assert with_data_dir(external, "/x") is None  # kubeadm writes no etcd.yaml then
+    bare = with_data_dir("kind: ClusterConfiguration\n", "/x")  # kubeadm's defaults: local
+    assert bare is not None and yaml.safe_load(bare)["etcd"] == {"local": {"dataDir": "/x"}}
+    with pytest.raises(EtcdError, match="not a ClusterConfiguration"):
+        with_data_dir("kind: InitConfiguration\n", "/x")
+
+
+def test_members_with_different_dirs_cannot_share_one_cluster_configuration() -> None:
+    from kubecare.etcd.kubeadm_config import one_dir
+
+    assert one_dir(["/var/lib/etcd-restore-S"] * 3) == "/var/lib/etcd-restore-S"
+    with pytest.raises(EtcdError, match=r"differ \(/a, /b\)"):
+        one_dir(["/b", "/a", "/b"])
+
+
+def test_a_per_node_restore_names_its_dir_after_the_shared_token() -> None:
+    m = parse_member(MANIFEST, kubeadm_etcd_yaml())
+    cluster = [("node1", "https://10.0.0.1:2380"), ("node2", "https://10.0.0.2:2380")]
+
+    def on_a_node(stamp: str) -> RestorePlan:
+        return plan_restore(
+            Path("/snap.db"), 7, [m], etcdutl=Path("/bin/etcdutl"), stamp=stamp,
+            cluster=cluster, token="march 3/rollback",
+        )  # fmt: skip
+
+    a, b = on_a_node("20261207T000000"), on_a_node("20261207T000500")  # two nodes, two clocks
+    assert (
+        a.members[0].new_data_dir
+        == b.members[0].new_data_dir
+        == Path("/var/lib/etcd-restore-march-3-rollback")
+    )
+    again = parse_member(
+        MANIFEST,
+        kubeadm_etcd_yaml().replace("/var/lib/etcd", "/var/lib/etcd-restore-20261207T000000"),
+    )
+    plan = plan_restore(
+        Path("/snap.db"), 7, [again], etcdutl=Path("/bin/etcdutl"), stamp="20261208T010101"
+    )
+    assert plan.members[0].new_data_dir == Path("/var/lib/etcd-restore-20261208T010101")
+
+
+async def test_with_etcd_down_and_no_data_dir_the_manifests_alone_are_not_enough(
+    tmp_path: Path,
+) -> None:
+    """kubeadm's first control plane names itself alone; without etcd and without a data dir
+    recording the members, a restore by its manifest could restore one member of three."""
+    from kubecare.etcd.membership import known_members
+
+    text = kubeadm_etcd_yaml().replace("https://127.0.0.1:2379", "https://127.0.0.1:9")
+    m = parse_member(MANIFEST, text.replace("/var/lib/etcd", str(tmp_path / "gone")))
+    said: list[str] = []
+    with pytest.raises(UsageError, match=r"no old data dir here records.*--initial-cluster"):
+        await known_members([m], said.append)
+    # the whole cluster given: the manifests and that list are what there is
+    known = await known_members([m], said.append, cluster_given=True)
+    assert [k.name for k in known] == ["node1"]

@@ -52,8 +52,15 @@ def test_the_systemctl_shim_answers_for_the_kubelet_only(tmp_path: Path) -> None
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([shim, *args], capture_output=True, text=True, check=False)
 
-    for ok in (("restart", "kubelet"), ("daemon-reload",), ("is-active", "kubelet.service")):
+    starts = tmp_path / nodeshell.KUBELET_STARTS
+    for ok in (("daemon-reload",), ("is-active", "kubelet.service"), ("stop", "kubelet")):
         assert run(*ok).returncode == 0
+    assert not starts.exists()  # only a start makes the runner reread the kubelet config
+    marks = []
+    for start in (("restart", "kubelet"), ("start", "kubelet.service"), ("try-restart", "kubelet")):
+        assert run(*start).returncode == 0
+        marks.append(starts.read_text())
+    assert len(set(marks)) == 3 and not list(starts.parent.glob("*.tmp"))
     for refused in (("stop", "containerd"), ("restart", "kubelet-other"), ("poweroff",)):
         res = run(*refused)
         assert res.returncode == 1 and "not available on a sandbox node" in res.stderr

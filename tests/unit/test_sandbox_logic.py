@@ -11,14 +11,18 @@ from kubecare.errors import UsageError
 from kubecare.files import write_atomic
 from kubecare.sandbox.binaries import (
     DEFAULT_KUBE_VERSION,
+    ETCD_RELEASES,
     KUBE_VERSIONS,
+    artifacts,
+    etcd_release,
+    etcd_version_for,
     kube_ldflags,
     minor_of,
     resolve_version,
     staging_replaces,
     wrapper_gomod,
 )
-from kubecare.sandbox.lifecycle import _lease_seconds
+from kubecare.sandbox.bootstrap import _lease_seconds
 from kubecare.sandbox.nodes import KWOK_LABEL, NodeSpec, kwok_args, node_manifest
 from kubecare.sandbox.pki import create_cluster_pki
 
@@ -56,6 +60,42 @@ def test_two_consecutive_minors_newest_first() -> None:
 )
 def test_versions_resolve(given: str | None, full: str) -> None:
     assert resolve_version(given) == full
+
+
+@pytest.mark.parametrize(
+    ("tag", "release"),
+    [
+        ("3.7.0-0", "3.7.4"),  # kubeadm v1.37.2's DefaultEtcdVersion
+        ("3.6.8-0", "3.6.16"),  # kubeadm v1.36.3's
+        ("v3.6.1", "3.6.16"),
+        ("3.7.4", "3.7.4"),
+        ("3.5.21-0", None),  # a minor the sandbox does not build
+        ("latest", None),
+        ("", None),
+    ],
+)
+def test_an_etcd_tag_runs_the_release_of_its_minor(tag: str, release: str | None) -> None:
+    assert etcd_release(tag) == release
+
+
+def test_each_kubernetes_version_builds_the_etcd_its_kubeadm_pins() -> None:
+    from kubecare.versions.kubeadm import etcd_tag
+
+    assert etcd_version_for("1.36.3") == "3.6.16" and etcd_version_for("1.37.2") == "3.7.4"
+    for v in KUBE_VERSIONS:
+        etcd = next(a for a in artifacts(v) if a.kind == "etcd")
+        assert etcd.version == etcd_release(etcd_tag(minor_of(v)))
+        # the release is of the tag's own minor, never another
+        assert etcd.version.rsplit(".", 1)[0] == etcd_tag(minor_of(v)).rsplit(".", 1)[0]
+    assert set(ETCD_RELEASES) == {"3.6", "3.7"}
+
+
+def test_an_etcd_image_of_an_unbuilt_minor_is_refused_with_the_fix() -> None:
+    from kubecare.sandbox.runner import resolve_binary
+    from kubecare.sandbox.staticpods import ImageNotBuilt
+
+    with pytest.raises(ImageNotBuilt, match=r"etcd:3\.5\.21-0 is not an etcd minor.*3\.6, 3\.7"):
+        resolve_binary("etcd", "3.5.21-0")
 
 
 @pytest.mark.parametrize("bad", ["1.20", "v2.0.0", "latest", "1.3"])

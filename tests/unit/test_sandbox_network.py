@@ -222,8 +222,15 @@ def test_a_sandbox_nodes_manifests_dir_is_reached_through_its_forwards(
           "forward": {"2379": 31001, "6443": 31002}}  # fmt: skip
     (tmp_path / "lab" / "state.json").write_text(json.dumps({"control_planes": [cp]}))
     assert owner(manifests) == "lab" and owner(tmp_path / "elsewhere") is None
-    dirs, reach = etcd_target("lab")
+    dirs, reach, trees = etcd_target("lab")
     assert dirs == [manifests]
+    # kubeadm's paths inside the node's tree; the sandbox's own (state dir) paths as they are
+    root = manifests.parents[2]
+    assert trees(manifests).local(Path("/etc/kubernetes/pki/etcd/ca.crt")) == (
+        root / "etc/kubernetes/pki/etcd/ca.crt"
+    )
+    assert trees(manifests).local(root / "var/lib/etcd") == root / "var/lib/etcd"
+    assert trees(tmp_path / "real").root is None  # not a sandbox node: paths as written
     # the same dir however it is spelled (a relative path, a link)
     link = tmp_path / "link"
     link.symlink_to(manifests)

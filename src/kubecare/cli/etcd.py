@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from kubecare.cli.args import add_output
 
 if TYPE_CHECKING:
-    from kubecare.etcd.members import Endpoint, Reach
+    from kubecare.etcd.members import Endpoint, Member, Reach, Trees
     from kubecare.etcd.restore import RestoreReport
+    from kubecare.etcd.restore_prepare import Prepared
     from kubecare.etcd.snapshot import Status
 
 
@@ -224,23 +225,23 @@ def endpoints_of(args: argparse.Namespace) -> list[Endpoint]:
         return parse_endpoints(args.endpoints, args.cacert, args.cert, args.key)
     if args.cacert or args.cert or args.key:
         raise UsageError("--cacert/--cert/--key go with --endpoints")
-    dirs, reach = manifests_of(args)
-    return [m.endpoint for m in read_members(dirs, reach)]
+    return [m.endpoint for m in read_members(*manifests_of(args))]
 
 
-def manifests_of(args: argparse.Namespace) -> tuple[list[Path], Reach]:
-    """The manifests dirs ``--sandbox``/``--manifests-dir`` name (kubeadm's by default), and
-    how this process reaches what they name."""
-    from kubecare.etcd.members import KUBEADM_MANIFESTS, as_written
-    from kubecare.sandbox.target import etcd_target, owner, reach_for
+def manifests_of(args: argparse.Namespace) -> tuple[list[Path], Reach, Trees]:
+    """The manifests dirs ``--sandbox``/``--manifests-dir`` name (kubeadm's by default), how
+    this process reaches the URLs they name, and where the files they name are."""
+    from kubecare.etcd.members import KUBEADM_MANIFESTS, as_written, on_the_node
+    from kubecare.sandbox.target import etcd_target, owner, reach_for, trees_for
 
     if getattr(args, "sandbox", None):
         return etcd_target(args.sandbox)
     dirs = [Path(d) for d in getattr(args, "manifests_dir", None) or [KUBEADM_MANIFESTS]]
-    # A sandbox node's manifests dir, given from the host: its URLs through the forwards.
+    # A sandbox node's manifests dir, given from the host: its URLs through the forwards, its
+    # files inside its tree.
     if any(owner(d) for d in dirs):
-        return dirs, reach_for(dirs)
-    return dirs, as_written
+        return dirs, reach_for(dirs), trees_for(dirs)
+    return dirs, as_written, on_the_node
 
 
 def member_status_cmd(args: argparse.Namespace) -> None:
@@ -444,23 +445,7 @@ def _status_table(st: Status) -> str:
     return "\n".join(out)
 
 
-#: The restore of an etcd run by systemd, as etcd's disaster-recovery guide has it (printed only).
-SYSTEMD_STEPS = (
-    "on every etcd node: etcdutl snapshot restore {snapshot} --name <this member's name> "
-    "--initial-cluster <name>=<peer URL>,... --initial-cluster-token restore-{stamp} "
-    "--initial-advertise-peer-urls <this member's peer URL> --data-dir /var/lib/etcd-restore-{stamp}",
-    "on every control-plane node: systemctl stop kube-apiserver (no apiserver may run meanwhile)",
-    "on every etcd node: systemctl stop etcd",
-    "on every etcd node: point --data-dir (or ETCD_DATA_DIR) in the etcd unit at "
-    "/var/lib/etcd-restore-{stamp}; systemctl daemon-reload; systemctl start etcd",
-    "check: etcdctl endpoint health --cluster; etcdctl endpoint status -w table (one leader, "
-    "the snapshot's revision)",
-    "start kube-apiserver again, then restart kube-controller-manager, kube-scheduler and the "
-    "kubelets (their caches predate the restore); the old data dir is untouched for a rollback",
-)
-
-
-def _etcdutl(args: argparse.Namespace) -> Path:
+def _etcdutl(args: argparse.Namespace, members: list[Member]) -> Path:
     import shutil
     import subprocess
 
@@ -469,9 +454,9 @@ def _etcdutl(args: argparse.Namespace) -> Path:
     if args.etcdutl:
         path: Path | None = Path(args.etcdutl)
     elif args.sandbox:
-        from kubecare.sandbox.binaries import ETCD_VERSION, binary_path
+        from kubecare.sandbox.target import etcdutl_for
 
-        path = binary_path("etcdutl", ETCD_VERSION)
+        path = etcdutl_for([m.image for m in members])
     else:
         found = shutil.which("etcdutl")
         path = Path(found) if found else None
@@ -501,9 +486,10 @@ def restore_cmd(args: argparse.Namespace) -> None:
                 "with --endpoints (an etcd not run as a kubeadm static pod, e.g. by systemd) "
                 "restore only prints the steps: add --dry-run and follow them"
             )
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for i, text in enumerate(SYSTEMD_STEPS, 1):
-            print(f"{i}. " + text.format(snapshot=snapshot, stamp=stamp))
+        from kubecare.etcd.systemd_restore import systemd_steps
+
+        for i, text in enumerate(systemd_steps(snapshot, time.strftime("%Y%m%dT%H%M%S")), 1):
+            print(f"{i}. {text}")
         return
     if not args.dry_run and not args.yes:
         raise UsageError(
@@ -526,6 +512,8 @@ def restore_cmd(args: argparse.Namespace) -> None:
                 f"  {m.member.name}: data in {m.new_data_dir} (the old {m.member.data_dir} is untouched)"
             )
         lines.append("backups: " + ", ".join(str(b) for b in report.backups))
+        if report.kubeadm_config:
+            lines.append(report.kubeadm_config)
         for name, seconds in report.steps:
             lines.append(f"  {seconds:6.1f}s  {name}")
         lines.append("next: restart the kubelet on every node (systemctl restart kubelet)")
@@ -538,78 +526,86 @@ def _restore(args: argparse.Namespace, snapshot: Path, readable: Path) -> Restor
     from kubecare.cli.common import run
     from kubecare.cli.render import say
     from kubecare.durations import parse_duration
-    from kubecare.errors import SnapshotError, UsageError
-    from kubecare.etcd import membership
-    from kubecare.etcd.members import read_members
-    from kubecare.etcd.restore import RestoreFailed, plan_restore, probe_url, run_restore
-    from kubecare.etcd.snapshot import status
+    from kubecare.etcd.restore import run_restore
+    from kubecare.etcd.restore_prepare import RestoreRequest, check, prepare
 
-    cluster = (
-        membership.parse_initial_cluster(args.initial_cluster, single=True)
-        if args.initial_cluster
-        else None
-    )
-    if cluster is not None and not args.token:
-        raise UsageError(
-            "--initial-cluster restores this node's members only: give every node's run the "
-            "same --initial-cluster-token TOKEN"
-        )
-    say(f"checking {snapshot}")
-    st = status(readable)  # structure and SHA-256: a bad file stops here, before anything
-    if st.sha256 == "absent" and not args.skip_hash_check:
-        raise SnapshotError(
-            f"{snapshot} has no SHA-256 trailer (not saved by etcdctl or kubecare); add "
-            "--skip-hash-check to restore it anyway"
-        )
-    dirs, reach = manifests_of(args)
-    members = read_members(dirs, reach)
-    plan = plan_restore(
-        readable,
-        st.revision,
-        members,
-        etcdutl=_etcdutl(args),
-        stamp=time.strftime("%Y%m%dT%H%M%S"),
-        data_dir=Path(args.data_dir).absolute() if args.data_dir else None,
-        skip_hash_check=args.skip_hash_check,
-        restart_controllers=args.restart_controllers,
-        bump=args.bump_revision,
-        cluster=[(k.name, k.peer_urls[0]) for k in cluster] if cluster else None,
-        token=args.token,
-        reach=reach,
-        snapshot_digest=st.sha256 if st.sha256 != "absent" else f"revision-{st.revision}",
-        quorum_timeout=float(parse_duration(args.quorum_timeout, "--quorum-timeout") or 0),
+    dirs, reach, trees = manifests_of(args)
+    prepared = prepare(
+        RestoreRequest(
+            snapshot,
+            readable,
+            dirs,
+            trees=trees,
+            etcdutl=lambda members: _etcdutl(args, members),
+            stamp=time.strftime("%Y%m%dT%H%M%S"),
+            reach=reach,
+            data_dir=Path(args.data_dir).absolute() if args.data_dir else None,
+            skip_hash_check=args.skip_hash_check,
+            restart_controllers=args.restart_controllers,
+            bump=args.bump_revision,
+            cluster=args.initial_cluster,
+            token=args.token,
+            quorum_timeout=float(parse_duration(args.quorum_timeout, "--quorum-timeout") or 0),
+        ),
+        say,
     )
 
     def print_steps() -> None:
-        for i, text in enumerate(plan.steps(), 1):
+        for i, text in enumerate(prepared.plan.steps(), 1):
             print(f"{i}. {text}", flush=True)
 
-    # A per-node plan is safe to read before the checks (it restores this node into the whole
-    # cluster): it is what a person restoring node by node follows. A whole-cluster plan is
-    # shown only once it is known to cover every member: printed first, a refused one would
-    # be a recipe for the split the refusal prevents.
-    if args.dry_run and cluster is not None:
-        print_steps()
-    try:
-        probes = {m.name: probe_url(m.manifest, reach) for m in members}
-    except RestoreFailed:
-        probes = {}  # no probe to compare; the run itself stops on it, before any change
-    membership.check_distinct(members, probes)  # each member here only once
-    # Every member etcd has must be restored.
-    known = run(membership.known_members(members, say, cluster_given=cluster is not None))
-    if cluster is None:
-        membership.check_membership(members, known)
-    else:
-        membership.check_cluster(members, cluster, known)
-    for m in plan.members:
-        if m.new_data_dir.exists() and any(m.new_data_dir.iterdir()):
-            raise UsageError(f"{m.new_data_dir} exists and is not empty; choose another --data-dir")
+    if args.dry_run and prepared.per_node:
+        print_steps()  # safe before the checks (see Prepared.per_node)
+    run(check(prepared, say))
     if args.dry_run:
-        if cluster is None:
+        if not prepared.per_node:
             print_steps()
         return None
-    report: RestoreReport = run(run_restore(plan, say))
+    report: RestoreReport = run(run_restore(prepared.plan, say))
+    report.kubeadm_config = _record_data_dir(args, prepared)
     return report
+
+
+def _record_data_dir(args: argparse.Namespace, prepared: Prepared) -> str:
+    """kubeadm-config's etcd.local.dataDir -> the restored dir (else the next kubeadm upgrade
+    puts etcd back on the old data); a failure is a warning: the restore itself is done."""
+    import argparse as ap
+    import os
+
+    from kubecare.cli.common import with_cluster
+    from kubecare.errors import KubecareError
+    from kubecare.etcd.kubeadm_config import one_dir, record_data_dir
+
+    members = prepared.plan.members
+    dirs = [str(m.member.tree.node(m.new_data_dir)) for m in members]
+    from kubecare.sandbox.target import owner
+
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
+    # A sandbox node's dir: the sandbox's own kubeconfig and forwards (its nodes' kubeconfigs
+    # name 192.0.2.x, which the host never dials).
+    sandbox = args.sandbox or owner(members[0].manifests)
+    if not kubeconfig and sandbox:
+        from kubecare.sandbox.state import state_root
+
+        kubeconfig = str(state_root() / sandbox / "kubeconfig")
+    if not kubeconfig and not (Path.home() / ".kube" / "config").exists():
+        admin = Path("/etc/kubernetes/admin.conf")
+        kubeconfig = str(admin) if admin.exists() else None  # a kubeadm node's own
+    try:
+        data_dir = one_dir(dirs)
+        changed = with_cluster(
+            ap.Namespace(**{**vars(args), "kubeconfig": kubeconfig, "sandbox": sandbox}),
+            lambda kube: record_data_dir(kube, data_dir),
+        )
+    except KubecareError as e:
+        return (
+            f"warning: kubeadm-config not updated ({e}); set etcd.local.dataDir in its "
+            "ClusterConfiguration to the restored dir (kubectl -n kube-system edit cm "
+            "kubeadm-config), or the next kubeadm upgrade puts etcd back on the old data"
+        )
+    if not changed:
+        return ""
+    return f"kubeadm-config: etcd.local.dataDir is now {data_dir} (kubeadm upgrade keeps it)"
 
 
 def _readable(args: argparse.Namespace) -> Any:

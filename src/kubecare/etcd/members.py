@@ -31,6 +31,56 @@ def as_written(_manifests: Path, url: str) -> str:
     return url
 
 
+def _inside(path: Path, top: Path) -> bool:
+    p, t = os.path.normpath(path), os.path.normpath(top)
+    return p == t or p.startswith(t.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class NodeTree:
+    """Where the paths a node's manifests name (``/etc/kubernetes/pki``, ``/var/lib/etcd``) lie
+    for this process. On the node itself, where they say (``root`` None). For a node whose
+    tree is a directory here (a sandbox's node, seen from the host), inside ``root`` — except
+    paths already inside ``keep``, which the tree's owner wrote as this machine sees them (what
+    a kubelet for that node does with the same manifests)."""
+
+    root: Path | None = None
+    keep: Path | None = None
+
+    def local(self, path: Path) -> Path:
+        """A node's path as this process opens it."""
+        if self.root is None or not path.is_absolute():
+            return path
+        if self.keep is not None and _inside(path, self.keep):
+            return path
+        return self.root / os.path.normpath(path).lstrip("/")
+
+    def node(self, path: Path) -> Path:
+        """This process's ``path`` as the node names it in a manifest (the inverse of
+        :meth:`local`); a path the node cannot see is refused."""
+        if self.root is None:
+            return path
+        if _inside(path, self.root):
+            return Path("/") / os.path.relpath(path, self.root)
+        if self.keep is not None and _inside(path, self.keep):
+            return path
+        raise EtcdError(
+            f"{path} is outside the node's tree ({self.root}): its etcd would not see it; "
+            "choose a path inside it"
+        )
+
+
+ON_THE_NODE = NodeTree()
+
+#: The node tree of the member whose manifests dir is given (:data:`ON_THE_NODE`: this
+#: process runs on the node).
+Trees = Callable[[Path], NodeTree]
+
+
+def on_the_node(_manifests: Path) -> NodeTree:
+    return ON_THE_NODE
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """How to reach one etcd member as a client (etcdctl's --endpoints/--cacert/--cert/--key)."""
@@ -69,6 +119,9 @@ class Member:
     data_flag: str  # --data-dir as written (the container path)
     data_volume: str | None  # the hostPath volume that holds the data dir (kubeadm: etcd-data)
     image: str
+    tree: NodeTree = (
+        ON_THE_NODE  # where the node's paths are for this process (paths above: mapped)
+    )
 
 
 def _flags(command: list[str]) -> dict[str, str]:
@@ -104,7 +157,9 @@ def host_path(path: str, mounts: list[tuple[str, str, str]]) -> tuple[Path, str 
     return Path(path), None
 
 
-def parse_member(manifest: Path, text: str, reach: Reach = as_written) -> Member:
+def parse_member(
+    manifest: Path, text: str, reach: Reach = as_written, tree: NodeTree = ON_THE_NODE
+) -> Member:
     import yaml
 
     where = str(manifest)
@@ -128,10 +183,11 @@ def parse_member(manifest: Path, text: str, reach: Reach = as_written) -> Member
             f"{where} does not look like kubeadm's etcd manifest: no --{', --'.join(missing)}"
         )
     mounts = _mounts(doc, container)
-    data_dir, volume = host_path(flags["data-dir"], mounts)
+    node_data, volume = host_path(flags["data-dir"], mounts)
+    data_dir = tree.local(node_data)
 
     def file(flag: str) -> Path | None:
-        return host_path(flags[flag], mounts)[0] if flag in flags else None
+        return tree.local(host_path(flags[flag], mounts)[0]) if flag in flags else None
 
     cacert, cert, key = file("trusted-ca-file"), file("cert-file"), file("key-file")
     if cert is not None:  # prefer kubeadm's client certificate next to the server's
@@ -152,6 +208,7 @@ def parse_member(manifest: Path, text: str, reach: Reach = as_written) -> Member
         data_flag=flags["data-dir"],
         data_volume=volume,
         image=str(container.get("image") or ""),
+        tree=tree,
     )
 
 
@@ -171,9 +228,11 @@ def parse_endpoints(
     ]
 
 
-def read_members(manifest_dirs: list[Path], reach: Reach = as_written) -> list[Member]:
+def read_members(
+    manifest_dirs: list[Path], reach: Reach = as_written, trees: Trees = on_the_node
+) -> list[Member]:
     """Every etcd member whose manifest is in one of ``manifest_dirs`` (etcd.yaml), its client
-    URL as ``reach`` dials it."""
+    URL as ``reach`` dials it, its files where ``trees`` says its node's tree is."""
     out = []
     for d in manifest_dirs:
         path = d / "etcd.yaml"
@@ -186,5 +245,5 @@ def read_members(manifest_dirs: list[Path], reach: Reach = as_written) -> list[M
             ) from None
         except PermissionError:
             raise EtcdError(f"{path}: permission denied (run as root on the node)") from None
-        out.append(parse_member(path, text, reach))
+        out.append(parse_member(path, text, reach, trees(d)))
     return out

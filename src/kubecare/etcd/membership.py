@@ -185,10 +185,11 @@ def check_distinct(members: list[Member], probes: Mapping[str, str]) -> None:
 async def known_members(
     members: list[Member], say: Callable[[str], None], *, cluster_given: bool = False
 ) -> list[Known]:
-    """The members etcd has: MemberList from the first member that answers; else the union of the manifests' --initial-cluster and the old data dirs' records.
-    A data dir whose records cannot be read (damage is a reason to restore) is skipped with a
-    warning when the user gave the whole cluster (``cluster_given``), else refused: the manifests
-    alone cannot say who the members are."""
+    """The members etcd has: MemberList from the first member that answers; else the union of
+    the manifests' --initial-cluster and the old data dirs' records — never the manifests
+    alone. A data dir whose records cannot be read (damage is a reason to restore), or none
+    with records at all (lost, or not where the manifest says), is refused unless the user
+    gave the whole cluster (``cluster_given``): then it is a warning."""
     from .datadir import recorded_members
     from .grpc import member_list
 
@@ -219,6 +220,16 @@ async def known_members(
         if recorded is not None:
             read.append(m.data_dir)
             from_dirs += [Known(r.name, r.peer_urls) for r in recorded]
+    if not read and not cluster_given:
+        # Only the manifests are left, and kubeadm's first control plane names itself alone:
+        # restoring by them could restore one member of three.
+        raise UsageError(
+            "etcd does not answer and no old data dir here records its members ("
+            + ", ".join(f"{m.name}: {m.data_dir}" for m in members)
+            + " holds no etcd backend); the manifests alone cannot say who the members are: "
+            "give the whole cluster with --initial-cluster NAME=PEER-URL,... and "
+            "--initial-cluster-token TOKEN"
+        )
     source = "the manifests' --initial-cluster" + (
         f" and the membership recorded in {', '.join(map(str, read))}" if read else ""
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -124,6 +125,12 @@ class RestorePlan:
         return out
 
 
+def _base(name: str) -> str:
+    """A data dir's name less an earlier restore's suffix (``etcd-restore-20261207T004220`` ->
+    ``etcd``): a second restore is not ``etcd-restore-A-restore-B``."""
+    return re.sub(r"-restore-\d{8}T\d{6}$", "", name)
+
+
 def backup_name(path: Path, stamp: str) -> Path:
     """Next to the file, hidden (the kubelet ignores dotfiles), with a timestamp."""
     return path.with_name(f".{path.name}.kubecare-{stamp}")
@@ -175,13 +182,17 @@ def plan_restore(
         mix = hashlib.sha256(f"{snapshot_digest}:{bump}".encode()).hexdigest()[:12]
         token = f"{token}-{mix}"
     token = token or f"kubecare-restore-{stamp}"
+    # Every node's run of a per-node restore names its dir after the token they share, so the
+    # dir has one path on every node: kubeadm-config holds one etcd.local.dataDir for them all.
+    suffix = re.sub(r"[^A-Za-z0-9._-]", "-", shared) if cluster and shared else stamp
     pairs = cluster or [(m.name, m.peer_url) for m in members]
     initial = ",".join(f"{name}={url}" for name, url in pairs)
     here = set(names)
     others = tuple(dict.fromkeys(name for name, _ in pairs if name not in here))
     out = []
     for m in members:
-        new = data_dir or m.data_dir.with_name(f"{m.data_dir.name}-restore-{stamp}")
+        new = data_dir or m.data_dir.with_name(f"{_base(m.data_dir.name)}-restore-{suffix}")
+        m.tree.node(new)  # a dir the member's node cannot see is refused now, not mid-restore
         argv = [
             str(etcdutl),
             "snapshot",
@@ -217,21 +228,24 @@ def plan_restore(
 
 
 def pointed_at(text: str, member: Member, new_dir: Path) -> str:
-    """etcd.yaml with its data dir moved to ``new_dir``, as the CKA way does it: kubeadm mounts
-    the data dir as volume etcd-data, so its hostPath changes and --data-dir stays. Otherwise
-    --data-dir changes (to the container path of ``new_dir``, mounting it when no volume has it)."""
+    """etcd.yaml with its data dir moved to ``new_dir`` (this process's path; the manifest gets
+    the node's), as the CKA way does it: kubeadm mounts the data dir as volume etcd-data, so its
+    hostPath changes and --data-dir stays. Otherwise --data-dir changes (to the container path
+    of ``new_dir``, mounting it when no volume has it)."""
     import yaml
 
+    tree = member.tree
+    node_new = str(tree.node(new_dir))  # what the node's kubelet will look for
     doc = yaml.safe_load(text)
     spec = doc["spec"]
     container = spec["containers"][0]
     volumes = spec.setdefault("volumes", [])
-    target = str(new_dir)  # the path --data-dir must name, as the container sees it
+    target = node_new  # the path --data-dir must name, as the container sees it
     if member.data_volume:
         volume = next(v for v in volumes if v.get("name") == member.data_volume)
-        root = Path(volume["hostPath"]["path"])
+        root = tree.local(Path(volume["hostPath"]["path"]))
         if os.path.normpath(member.data_dir) == os.path.normpath(root):
-            volume["hostPath"]["path"] = str(new_dir)
+            volume["hostPath"]["path"] = node_new
             return str(yaml.safe_dump(doc, sort_keys=False))
         mount = next(
             m["mountPath"]
@@ -242,12 +256,12 @@ def pointed_at(text: str, member: Member, new_dir: Path) -> str:
         if inside.startswith(".."):
             volumes.append(
                 {
-                    "hostPath": {"path": str(new_dir), "type": "DirectoryOrCreate"},
+                    "hostPath": {"path": node_new, "type": "DirectoryOrCreate"},
                     "name": "etcd-data-restored",
                 }
             )
             container.setdefault("volumeMounts", []).append(
-                {"mountPath": str(new_dir), "name": "etcd-data-restored"}
+                {"mountPath": node_new, "name": "etcd-data-restored"}
             )
         else:
             target = os.path.join(mount, inside)
@@ -269,6 +283,7 @@ class RestoreReport:
     steps: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds)
     revision: int = 0  # what the restored etcd served before the apiservers came back
     backups: list[Path] = field(default_factory=list)
+    kubeadm_config: str = ""  # what became of kubeadm-config's etcd.local.dataDir
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -286,6 +301,7 @@ class RestoreReport:
             "backups": [str(b) for b in self.backups],
             "steps": [{"step": s, "seconds": round(t, 2)} for s, t in self.steps],
             "seconds": round(sum(t for _, t in self.steps), 2),
+            "kubeadmConfig": self.kubeadm_config,
         }
 
 

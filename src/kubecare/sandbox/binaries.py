@@ -39,7 +39,10 @@ from kubecare.files import write_atomic
 #: served when this was pinned, and the newest patch of the minor before it.
 KUBE_VERSIONS = ("1.37.2", "1.36.3")
 DEFAULT_KUBE_VERSION = KUBE_VERSIONS[0]
-ETCD_VERSION = "3.6.16"
+#: The etcd built for each etcd minor an image tag names (kubeadm 1.36 pins 3.6.8-0, 1.37
+#: 3.7.0-0): the newest patch of that minor the Go module proxy served when this was pinned, so
+#: the 3.6 -> 3.7 step of a 1.36 -> 1.37 upgrade really runs another etcd.
+ETCD_RELEASES = {"3.6": "3.6.16", "3.7": "3.7.4"}
 KWOK_VERSION = "0.8.0"
 
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -69,6 +72,24 @@ def minor_of(version: str) -> int:
     return int(version.removeprefix("v").split(".")[1])
 
 
+def etcd_release(tag: str) -> str | None:
+    """The etcd the sandbox runs for image tag ``tag`` (``3.7.0-0`` -> ``3.7.4``), None for a
+    minor it does not build."""
+    parts = tag.removeprefix("v").split("-")[0].split(".")
+    return ETCD_RELEASES.get(".".join(parts[:2])) if len(parts) >= 2 else None
+
+
+def etcd_version_for(kube_version: str) -> str:
+    """The etcd release for the etcd tag kubeadm of ``kube_version`` installs."""
+    from kubecare.versions.kubeadm import etcd_tag
+
+    tag = etcd_tag(minor_of(kube_version))
+    release = etcd_release(tag)
+    if release is None:  # a pin moved without the other: caught by the unit tests
+        raise SandboxError(f"no etcd release pinned for etcd {tag} (Kubernetes v{kube_version})")
+    return release
+
+
 def cache_root() -> Path:
     """Where builds and binaries are cached (``$KUBECARE_CACHE_DIR``, else ~/.cache/kubecare)."""
     env = os.environ.get("KUBECARE_CACHE_DIR")
@@ -93,7 +114,7 @@ class Artifact:
 
 def artifacts(kube_version: str) -> tuple[Artifact, ...]:
     return (
-        Artifact("etcd", ETCD_VERSION, ETCD_COMPONENTS),
+        Artifact("etcd", etcd_version_for(kube_version), ETCD_COMPONENTS),
         Artifact("kubernetes", kube_version, KUBE_BINARIES),
         Artifact("kwok", KWOK_VERSION, ("kwok",)),
     )

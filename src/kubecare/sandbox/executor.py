@@ -110,19 +110,18 @@ class SandboxExecutor:
         self.v1 = cgroup_v1()
 
     async def check(self, steps: Sequence[NodeStep], target: Version) -> None:
-        from kubecare.sandbox.binaries import KUBE_VERSIONS, binary_path
+        from kubecare.sandbox.binaries import KUBE_VERSIONS, find_toolset
 
         version = f"{target.major}.{target.minor}.{target.patch}"
         if target.pre or version not in KUBE_VERSIONS:
             raise UsageError(
                 f"the sandbox runs only the versions it builds ({', '.join('v' + v for v in KUBE_VERSIONS)}), not {target}"
             )
-        if (
-            binary_path("kube-apiserver", version) is None
-            or binary_path("kubeadm", version) is None
-        ):
+        _, missing = find_toolset(version)  # kubeadm, the control plane and the etcd it pins
+        if missing:
             raise UsageError(
-                f"v{version} is not built; run: kubecare sandbox build --version {version}"
+                f"v{version} is not built ({', '.join(f'{a.kind} v{a.version}' for a in missing)}); "
+                f"run: kubecare sandbox build --version {version}"
             )
         if os.geteuid() != 0:
             raise UsageError(

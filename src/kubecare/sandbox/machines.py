@@ -6,20 +6,31 @@ joined worker's tree the first time it is reached. Mixed into :class:`~.lifecycl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kubecare.errors import SandboxError, UsageError
+from kubecare.errors import NotFound, SandboxError, UsageError
 from kubecare.files import write_atomic
-from kubecare.kube import ClientOptions, Kube
+from kubecare.kube import JSON, ClientOptions, Kube
 from kubecare.sandbox.binaries import (
-    ETCD_VERSION,
     binary_path,
+    etcd_release,
+    etcd_version_for,
     find_kubectl,
     resolve_version,
 )
 from kubecare.sandbox.kubeconfigs import write
-from kubecare.sandbox.nodes import set_kubelet_version
+from kubecare.sandbox.nodes import (
+    NodeSpec,
+    node_manifest,
+    register_node,
+    set_boot_id,
+    set_kubelet_version,
+    set_kwok_managed,
+    wait_ready,
+)
 from kubecare.sandbox.nodeshell import NodeView
 from kubecare.sandbox.state import SandboxState
 
@@ -47,7 +58,6 @@ class NodeMachines:
         def client_options(self) -> ClientOptions: ...
         def super_admin(self) -> Path: ...
         def _node(self, state: SandboxState, node: str | None) -> dict[str, Any]: ...
-        def _check_node(self, state: SandboxState, node: str) -> None: ...
 
     def node_root(self, node: str) -> Path:
         """A control-plane node's kubeadm-shaped tree (``etc/kubernetes``, ``var/lib/etcd``)."""
@@ -171,16 +181,32 @@ class NodeMachines:
         nodeshell.prepare(view)
         nodeshell.kubelet(view, self.installed(state, node, "kubelet"))
         kubeadm = self.installed(state, node, "kubeadm")
+        etcd = self.etcd_on(state, node)
         tools: dict[str, Path | None] = {
             "kubeadm": binary_path("kubeadm", kubeadm),
             "kubectl": find_kubectl(),
-            "etcdctl": binary_path("etcdctl", ETCD_VERSION),
-            "etcdutl": binary_path("etcdutl", ETCD_VERSION),
+            "etcdctl": binary_path("etcdctl", etcd),
+            "etcdutl": binary_path("etcdutl", etcd),
         }
         for name, path in tools.items():
             if path is not None:
                 nodeshell.link(view, name, path)
         return view
+
+    def etcd_on(self, state: SandboxState, node: str) -> str:
+        """The etcd release the node's etcd manifest runs (its etcdctl and etcdutl match it, as
+        an operator installs the client of the server they run); a node without one, the etcd
+        of the sandbox's version."""
+        import re
+
+        cp = next((c for c in state.control_planes if c["node"] == node), None)
+        try:  # a worker has no etcd manifest: the node dir has none
+            text = (Path(cp["manifests"]) / "etcd.yaml").read_text() if cp else ""
+        except OSError:
+            text = ""
+        found = re.search(r"image:\s*\S*/etcd:(\S+)", text)
+        release = etcd_release(found.group(1)) if found else None
+        return release or etcd_version_for(state.version)
 
     def installed(self, state: SandboxState, node: str, package: str) -> str:
         """The version of ``package`` (kubeadm, kubelet) installed on ``node``."""
@@ -227,4 +253,93 @@ class NodeMachines:
             self.save(state)
         return before, version
 
-    # -- nodes ---------------------------------------------------------------------------------
+    # -- nodes coming and going -----------------------------------------------------------------
+    def record_version(self, version: str) -> None:
+        """Remember the Kubernetes version the control plane now runs (nodes added later
+        register with it), as after ``kubeadm upgrade apply``."""
+        with self.locked(wait=30):
+            state = self.load()
+            new = resolve_version(version)
+            if new != state.version:
+                # what each node has installed stays what it was (installed() falls back to
+                # the sandbox's version for a node that never had an install of its own)
+                for node in state.nodes:
+                    mine = state.installed.setdefault(node, {})
+                    for package in ("kubeadm", "kubelet"):
+                        mine.setdefault(package, state.version)
+            state.version = new
+            self.save(state)
+
+    def _check_node(self, state: SandboxState, node: str) -> None:
+        if node not in state.nodes:
+            raise NotFound(
+                f'node "{node}" is not a node of sandbox "{self.name}"; nodes: {", ".join(state.nodes)}',
+                status=404,
+            )
+
+    async def node_down(self, node: str, *, wait: bool = False, timeout: float = 180) -> None:
+        """The node stops reporting (kwok stops managing it: no lease renewals, no status), as
+        when its kubelet dies; the node lifecycle controller reacts for real."""
+        state = self.load()
+        self._check_node(state, node)
+        async with Kube(self.client_options()) as kube:
+            await set_kwok_managed(kube, node, False)
+            if wait:
+                await wait_ready(kube, [node], ready=False, timeout=timeout)
+
+    async def node_up(
+        self, node: str, *, wait: bool = True, reboot: bool = False, timeout: float = 60
+    ) -> None:
+        """The node reports again; with ``reboot`` it comes back with a new boot ID."""
+        state = self.load()
+        self._check_node(state, node)
+        async with Kube(self.client_options()) as kube:
+            if reboot:
+                await set_boot_id(kube, node)
+            await set_kwok_managed(kube, node, True)
+            if wait:
+                await wait_ready(kube, [node], timeout=timeout)
+
+    async def add_node(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        taints: list[JSON] | None = None,
+        timeout: float = 60,
+    ) -> None:
+        """Register one more worker in a running sandbox and wait until it is Ready.
+
+        Tests use it to get a node of their own, so draining it touches nothing else.
+        """
+        with self.locked(wait=30):
+            state = self.load()
+            if name in state.nodes:
+                raise SandboxError(f'sandbox "{self.name}" already has a node "{name}"')
+            spec = NodeSpec(name, state.next_node_index, False)
+            manifest = node_manifest(
+                spec, state.version, max_pods=int(state.options.get("max_pods", 500))
+            )
+            manifest["metadata"]["labels"].update(labels or {})
+            manifest["spec"]["taints"] = list(taints or [])
+            state.nodes.append(name)
+            state.next_node_index += 1
+            self.save(state)
+        async with Kube(self.client_options()) as kube:
+            await register_node(kube, manifest)
+            await wait_ready(kube, [name], timeout=timeout)
+
+    async def remove_node(self, name: str) -> None:
+        """Delete the Node object (its pods are garbage-collected)."""
+        with self.locked(wait=30):
+            state = self.load()
+            self._check_node(state, name)
+            state.nodes.remove(name)
+            state.installed.pop(name, None)
+            self.save(state)
+        if not any(c["node"] == name for c in state.control_planes):
+            # a worker's tree (sandbox exec made it) goes with the machine
+            await asyncio.to_thread(shutil.rmtree, self.node_dir(name), True)
+        async with Kube(self.client_options()) as kube:
+            with contextlib.suppress(NotFound):
+                await kube.request_json("DELETE", f"/api/v1/nodes/{name}", what=f'node "{name}"')

@@ -45,12 +45,24 @@ OVERLAYS = ("/etc", "/var")
 NODE_DIRS = ("etc/kubernetes", "var/lib/etcd", "var/lib/kubelet")
 BIN = "usr/local/bin"
 
+#: Where the node's ``systemctl (re)start kubelet`` leaves its mark (in the node's tree): the
+#: runner, the node's kubelet for its static pods, rereads ``var/lib/kubelet/config.yaml`` then,
+#: as a kubelet reads its configuration when it starts.
+KUBELET_STARTS = ".ns/kubelet-starts"
+
 SYSTEMCTL = """#!/bin/sh
-# kubecare sandbox node: this node's kubelet is kwok's, and nothing here may reach the
-# machine's init system.
+# kubecare sandbox node: this node's kubelet is kwok's (its static pods the runner's), and
+# nothing here may reach the machine's init system.
 case " $* " in
-  *" daemon-reload "*|*" kubelet "*|*" kubelet.service "*)
+  *" kubelet "*|*" kubelet.service "*)
+    case " $* " in
+      *" start "*|*" restart "*|*" try-restart "*|*" reload-or-restart "*)
+        # the runner rereads var/lib/kubelet/config.yaml, as a starting kubelet does
+        date +%s%N > {starts}.tmp && mv -f {starts}.tmp {starts} ;;
+    esac
     echo "kubecare sandbox: systemctl $* (node $KUBECARE_SANDBOX_NODE: its kubelet is run by kwok)" >&2
+    exit 0 ;;
+  *" daemon-reload "*)
     exit 0 ;;
 esac
 echo "kubecare sandbox: systemctl $* is not available on a sandbox node" >&2
@@ -147,10 +159,11 @@ def prepare(view: NodeView) -> None:
         view.work(target).mkdir(parents=True, exist_ok=True)
     view.bin.mkdir(parents=True, exist_ok=True)
     shim = view.bin / "systemctl"
-    if not shim.exists() or shim.read_text() != SYSTEMCTL:
+    text = SYSTEMCTL.format(starts=shlex.quote(str(view.root / KUBELET_STARTS)))
+    if not shim.exists() or shim.read_text() != text:
         from kubecare.files import write_atomic
 
-        write_atomic(shim, SYSTEMCTL, mode=0o755)
+        write_atomic(shim, text, mode=0o755)
 
 
 KUBELET = """#!/bin/sh

@@ -138,6 +138,14 @@ class NodeDirs:
     ip: str = "127.0.0.1"  # the Node's address, shown on its mirror pods
     netns: str | None = None  # /proc/<holder>/ns/net: the node's network (None: the host's)
     forward: dict[int, int] | None = None  # node port -> the host's loopback port for it
+    #: where the node's kubelet finds its static pods (its config's staticPodPath, read at each
+    #: kubelet start; until one is read, ``manifests``); None: a kubelet without static pods
+    static: Path | None = None
+    started: str | None = None  # the mark of the last kubelet start read (None: none yet)
+    kubelet_error: str | None = None  # why the last kubelet start did not take
+
+    def __post_init__(self) -> None:
+        self.static = self.manifests
 
     def root(self, state_dir: Path) -> Path | None:
         """The node's own tree (``<root>/etc/kubernetes/manifests``), where its manifests'
@@ -201,11 +209,17 @@ class Config:
 
 def resolve_binary(component: str, tag: str) -> str:
     """The binary for ``registry.k8s.io/<component>:<tag>`` in the build cache."""
-    from kubecare.sandbox.binaries import ETCD_VERSION, KUBE_VERSIONS, binary_path
+    from kubecare.sandbox.binaries import ETCD_RELEASES, KUBE_VERSIONS, binary_path, etcd_release
 
     if component == "etcd":
-        # Every etcd tag kubeadm pins runs the sandbox's one etcd build (see docs/decisions.md).
-        version = ETCD_VERSION
+        # A tag runs the etcd release of its minor (3.7.0-0 -> 3.7.4; see docs/decisions.md).
+        found = etcd_release(tag)
+        if found is None:
+            raise ImageNotBuilt(
+                f"image registry.k8s.io/etcd:{tag} is not an etcd minor the sandbox can build "
+                f"(supported: {', '.join(ETCD_RELEASES)})"
+            )
+        version = found
     else:
         version = tag.removeprefix("v")
         if version not in KUBE_VERSIONS:
@@ -215,10 +229,18 @@ def resolve_binary(component: str, tag: str) -> str:
             )
     path = binary_path(component, version)
     if path is None:
+        build = _kube_version_with_etcd(version) if component == "etcd" else version
         raise ImageNotBuilt(
-            f"image registry.k8s.io/{component}:{tag} is not built; run: kubecare sandbox build --version {version}"
+            f"image registry.k8s.io/{component}:{tag} is not built; run: kubecare sandbox build --version {build}"
         )
     return str(path)
+
+
+def _kube_version_with_etcd(etcd: str) -> str:
+    """The Kubernetes version whose build brings etcd ``etcd`` (for the fix in a message)."""
+    from kubecare.sandbox.binaries import KUBE_VERSIONS, etcd_version_for
+
+    return next((k for k in KUBE_VERSIONS if etcd_version_for(k) == etcd), KUBE_VERSIONS[0])
 
 
 def probe_once(probe: Probe) -> bool:
@@ -246,14 +268,62 @@ class Runner:
 
         self.netns = {nd.node: Netns(nd.netns) for nd in config.nodes if nd.netns}
         self.dirs = {nd.node: nd for nd in config.nodes}
+        self.rewatch = asyncio.Event()  # a kubelet start moved a static pod dir
+
+    # -- kubelet starts ------------------------------------------------------------------------
+    def kubelet_starts(self) -> None:
+        """Reread a node's kubelet config where its kubelet would: when the runner starts (the
+        node boots) and after each ``systemctl (re)start kubelet`` on the node."""
+        from kubecare.sandbox import kubelet_config
+        from kubecare.sandbox.nodeshell import KUBELET_STARTS
+
+        for nd in self.config.nodes:
+            root = nd.root(self.config.dir)
+            if root is None:
+                continue  # not laid out as a node's tree: no kubelet config to read
+            try:
+                mark = (root / KUBELET_STARTS).read_text()
+            except OSError:
+                mark = ""
+            if mark == nd.started:
+                continue
+            first, nd.started = nd.started is None, mark
+            try:
+                text: str | None = (root / kubelet_config.CONFIG).read_text()
+            except OSError:
+                text = None
+            if first and text is None:
+                continue  # a node still being set up: its kubeadm writes the config later
+            start = kubelet_config.read(root, text)
+            nd.kubelet_error = start.error
+            if start.error:
+                self._log(
+                    f"node {nd.node}: the kubelet does not start ({start.error}); its static "
+                    "pods run on as they are, unmanaged, until a start that works"
+                )
+                continue
+            if start.manifests != nd.static:
+                self._log(
+                    f"node {nd.node}: the kubelet started with staticPodPath "
+                    f"{start.manifests or '(none: no static pods)'}"
+                )
+                nd.static = start.manifests
+                self.rewatch.set()
 
     # -- manifests -----------------------------------------------------------------------------
     def scan(self) -> None:
         """Reconcile the pods with the manifests on disk (processes start in :meth:`reconcile`)."""
+        self.kubelet_starts()
         seen: set[str] = set()
         for nd in self.config.nodes:
-            with contextlib.suppress(FileNotFoundError):
-                for path in sorted(nd.manifests.iterdir()):
+            if nd.kubelet_error is not None:
+                # no kubelet on the node: what runs stays as it is, nothing new is read
+                seen.update(k for k, p in self.pods.items() if p.node == nd.node)
+                continue
+            if nd.static is None:
+                continue  # its pods are retired below
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for path in sorted(nd.static.iterdir()):
                     if path.name.startswith(".") or not path.is_file():
                         continue  # the kubelet ignores hidden files (editors' swap files)
                     key = f"{nd.node}/{path.name}"
@@ -443,6 +513,8 @@ class Runner:
                     pod.started = True
                     continue
                 failures[kind] = 0 if ok else failures[kind] + 1
+                if self.dirs[pod.node].kubelet_error is not None:
+                    failures[kind] = 0  # no kubelet on the node to act on it
                 if failures[kind] >= probe.failure_threshold:
                     self._log(
                         f"{pod.key}: {kind} probe failed {failures[kind]} times ({probe.url}); restarting"
@@ -471,6 +543,8 @@ class Runner:
                 continue
             if now < pod.next_start or self.stopping or self._held_back(key, pod):
                 continue
+            if self.dirs[pod.node].kubelet_error is not None:
+                continue  # no kubelet on the node to start it
             await self._start(pod)
 
     def _held_back(self, key: str, pod: StaticPod) -> bool:
@@ -506,6 +580,13 @@ class Runner:
             "pid": os.getpid(),
             "updated": time.time(),
             "pods": [p.view() for p in everything],
+            "kubelets": {
+                nd.node: {
+                    "staticPodPath": str(nd.static) if nd.static else None,
+                    "error": nd.kubelet_error,
+                }
+                for nd in self.config.nodes
+            },
         }
         write_atomic(self.status_file, json.dumps(doc, indent=1), mode=0o600)
 
@@ -518,16 +599,33 @@ class Runner:
     async def watch(self) -> None:
         from watchfiles import awatch
 
-        dirs = [str(nd.manifests) for nd in self.config.nodes]
-        for d in dirs:
-            Path(d).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, at start)
-        async for _ in awatch(
-            *dirs, debounce=100, step=50, rust_timeout=int(RESCAN * 1000), yield_on_timeout=True
-        ):
-            try:
+        while True:
+            dirs = sorted({str(nd.static) for nd in self.config.nodes if nd.static})
+            for d in dirs:  # as the kubelet's file source waits for a dir to appear
+                Path(d).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (rare)
+            self.rewatch.clear()
+            if not dirs:  # no kubelet with static pods: only its next start can change that
+                while not self.rewatch.is_set():
+                    await asyncio.sleep(RESCAN)
+                    with contextlib.suppress(Exception):
+                        self.scan()
+                continue
+            async for _ in awatch(
+                *dirs,
+                debounce=100,
+                step=50,
+                rust_timeout=int(RESCAN * 1000),
+                yield_on_timeout=True,
+                stop_event=self.rewatch,
+            ):
+                try:
+                    self.scan()
+                except Exception as e:  # one odd file must not stop the watching
+                    self._log(f"scanning the manifests failed: {type(e).__name__}: {e}")
+                self.changed.set()
+            # a kubelet start moved a dir: watch the new set (scan again at once)
+            with contextlib.suppress(Exception):
                 self.scan()
-            except Exception as e:  # one odd file must not stop the watching
-                self._log(f"scanning the manifests failed: {type(e).__name__}: {e}")
             self.changed.set()
 
     async def run(self) -> None:

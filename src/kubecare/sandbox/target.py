@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kubecare.errors import EtcdError
 from kubecare.sandbox.state import state_root
+
+if TYPE_CHECKING:
+    from kubecare.etcd.members import NodeTree, Trees
 
 
 def host_address(url: str, node_addresses: Sequence[str], forwards: Mapping[int, int]) -> str:
@@ -51,6 +54,44 @@ def owner(path: Path) -> str | None:
         return None
     name = where.relative_to(root).parts[0]
     return name if (root / name / "state.json").exists() else None
+
+
+def node_of(path: Path) -> tuple[str, str] | None:
+    """(sandbox, node) whose node tree (``<state>/<sandbox>/nodes/<node>/``) holds ``path``:
+    its manifests dir, or any dir an admin copied manifests into on that node."""
+    root = state_root().resolve()
+    where = path.resolve()
+    if root not in where.parents:
+        return None
+    parts = where.relative_to(root).parts
+    if len(parts) < 3 or parts[1] != "nodes" or not (root / parts[0] / "state.json").exists():
+        return None
+    return parts[0], parts[2]
+
+
+def _tree(manifests: Path) -> NodeTree:
+    """A sandbox node's tree, for a dir inside it: the node's own paths inside it, the
+    sandbox's state dir as the host sees it (the paths the sandbox wrote itself), as the runner
+    resolves them."""
+    from kubecare.etcd.members import ON_THE_NODE, NodeTree
+
+    found = node_of(manifests)
+    if found is None:
+        return ON_THE_NODE
+    name, node = found
+    home = state_root().resolve() / name
+    return NodeTree(root=home / "nodes" / node, keep=home)
+
+
+def trees_for(dirs: Sequence[Path]) -> Trees:
+    """Where the files the manifests in ``dirs`` name are: inside the node's tree for a
+    sandbox node's dir, as written for any other."""
+    per = {d.resolve(): _tree(d) for d in dirs}
+
+    def tree(manifests: Path) -> NodeTree:
+        return per.get(manifests.resolve()) or _tree(manifests)
+
+    return tree
 
 
 def reach_for(dirs: Sequence[Path]) -> Callable[[Path, str], str]:
@@ -89,9 +130,9 @@ def api_addresses(name: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def etcd_target(name: str) -> tuple[list[Path], Callable[[Path, str], str]]:
-    """The manifests dir of every control-plane node of sandbox ``name``, and how the host
-    reaches the URLs their manifests name."""
+def etcd_target(name: str) -> tuple[list[Path], Callable[[Path, str], str], Trees]:
+    """The manifests dir of every control-plane node of sandbox ``name``, how the host reaches
+    the URLs their manifests name, and where the files they name are."""
     state = state_root() / name / "state.json"
     try:
         doc = json.loads(state.read_text())
@@ -104,13 +145,28 @@ def etcd_target(name: str) -> tuple[list[Path], Callable[[Path, str], str]]:
     cps = doc.get("control_planes") or []
     if not cps:
         raise EtcdError(f'sandbox "{name}" has no control-plane nodes in {state}')
-    routes: dict[Path, tuple[list[str], dict[int, int]]] = {}
+    routes: dict[str, tuple[list[str], dict[int, int]]] = {}
     for cp in cps:
         forwards = {int(k): int(v) for k, v in (cp.get("forward") or {}).items()}
-        routes[Path(cp["manifests"]).resolve()] = ([str(cp.get("ip") or "")], forwards)
+        routes[cp["node"]] = ([str(cp.get("ip") or "")], forwards)
 
     def reach(manifests: Path, url: str) -> str:
-        route = routes.get(manifests.resolve())
+        found = node_of(manifests)
+        route = routes.get(found[1]) if found and found[0] == name else None
         return host_address(url, *route) if route else url
 
-    return [Path(cp["manifests"]) for cp in cps], reach
+    dirs = [Path(cp["manifests"]) for cp in cps]
+    return dirs, reach, trees_for(dirs)
+
+
+def etcdutl_for(images: Sequence[str]) -> Path | None:
+    """The sandbox's etcdutl for members running ``images``: the release of the oldest etcd
+    minor among them (a data dir the oldest member can open; mid-upgrade, members differ), or
+    None when that etcd was never built."""
+    from kubecare.sandbox.binaries import binary_path, etcd_release
+
+    releases = [r for r in (etcd_release(i.rpartition(":")[2]) for i in images) if r]
+    if not releases:
+        return None
+    oldest = min(releases, key=lambda v: tuple(int(x) for x in v.split(".")))
+    return binary_path("etcdutl", oldest)
