@@ -308,7 +308,9 @@ async def test_restore_brings_deleted_objects_back_and_drops_later_ones(
         await kube.request_json("DELETE", f"/api/v1/namespaces/{ns}/configmaps/before0")
         await configmaps(kube, ns, 1, 10, prefix="after")
     manifest = restore_sb.manifest_path("etcd")
-    old_dir = data_hostpath(manifest)
+    root = restore_sb.node_root("control-plane")
+    assert data_hostpath(manifest) == "/var/lib/etcd"  # kubeadm's, the node's own path
+    old_dir = str(root / "var" / "lib" / "etcd")  # where that is, seen from the host
     res = run_cli(
         "etcd", "restore", str(snap), "--sandbox", restore_sb.name, "--yes", "-o", "json",
         timeout=600,
@@ -319,7 +321,6 @@ async def test_restore_brings_deleted_objects_back_and_drops_later_ones(
     (member,) = report["members"]
     assert member["oldDataDir"] == old_dir and Path(old_dir, "member").is_dir()  # untouched
     # the manifest names the node's own path, /var/lib/etcd-restore-STAMP, as on a kubeadm node
-    root = restore_sb.node_root("control-plane")
     new_dir = Path(member["newDataDir"])
     assert root in new_dir.parents and new_dir != Path(old_dir)
     assert data_hostpath(manifest) == "/" + str(new_dir.relative_to(root))

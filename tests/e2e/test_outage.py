@@ -122,7 +122,9 @@ async def test_predicted_evictions_match_the_controller_and_fates_come_true(
 
         # Wait for the controller, then compare its eviction times with the predictions.
         async def evicted() -> dict[str, datetime] | None:
-            now = {role(p): p for p in await pods(kube, namespace) if p["spec"]["nodeName"] == dead}
+            now = {  # the dead node's pods (their replacements may not be scheduled yet)
+                role(p): p for p in await pods(kube, namespace) if p["spec"].get("nodeName") == dead
+            }
             done = {}
             for r, p in now.items():
                 mark = parse_time(p["metadata"].get("deletionTimestamp"))

@@ -147,16 +147,30 @@ def test_the_tree_and_the_manifests_are_kubeadms(kubeadm_sb: Sandbox) -> None:
         assert container["image"].startswith(f"registry.k8s.io/{component}:")
         assert doc["spec"]["priorityClassName"] == "system-node-critical"
         assert container["livenessProbe"]["httpGet"]["port"] == "probe-port"
-        for volume in doc["spec"]["volumes"]:  # inside the sandbox's tree, never the machine's /etc
-            assert volume["hostPath"]["path"].startswith(str(kubeadm_sb.dir))
+        # kubeadm wrote it: its own paths (/etc/kubernetes/pki, /var/lib/etcd, /etc/ssl/certs);
+        # the runner resolves them inside the node's tree, never the machine's /etc
+        for volume in doc["spec"]["volumes"]:
+            assert volume["hostPath"]["path"].startswith(("/etc/", "/var/", "/usr/"))
+        pid = runner_pod(kubeadm_sb, component)["pid"]
+        paths = [a.split("=", 1)[1] for a in cmdline(pid) if "=/" in a]
+        assert paths and all(p.startswith(str(kubeadm_sb.dir)) for p in paths), paths
     api = yaml.safe_load((k8s / "manifests" / "kube-apiserver.yaml").read_text())
     assert (
         api["spec"]["containers"][0]["image"]
         == f"registry.k8s.io/kube-apiserver:v{DEFAULT_KUBE_VERSION}"
     )
     assert "--client-ca-file=/etc/kubernetes/pki/ca.crt" in api["spec"]["containers"][0]["command"]
+    assert api["metadata"]["annotations"] == {
+        "kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint": "192.0.2.11:6443"
+    }
     etcd = yaml.safe_load((k8s / "manifests" / "etcd.yaml").read_text())
     assert etcd["spec"]["containers"][0]["image"] == "registry.k8s.io/etcd:3.7.0-0"  # kubeadm's pin
+    assert etcd["metadata"]["annotations"] == {
+        "kubeadm.kubernetes.io/etcd.advertise-client-urls": "https://192.0.2.11:2379"
+    }
+    # kubelet.conf is the node's own identity, from kubeadm's kubeconfig phase
+    kubelet = yaml.safe_load((k8s / "kubelet.conf").read_text())
+    assert kubelet["users"][0]["name"] == "system:node:control-plane"
 
 
 async def test_kubectl_shows_the_control_plane_as_mirror_pods(kubeadm_sb: Sandbox) -> None:

@@ -14,7 +14,7 @@ from kubecare.sandbox import nodeshell
 def test_the_nodes_tree_is_the_upper_layer_of_etc_and_var(tmp_path: Path) -> None:
     """So a path written in the view (/var/lib/etcd-from-backup) is where the runner maps the
     same hostPath: nodes/<node>/var/lib/etcd-from-backup."""
-    view = nodeshell.plan("cp1", tmp_path / "cp1", etcd_client_port=23790, sandbox="lab")
+    view = nodeshell.plan("cp1", tmp_path / "cp1", sandbox="lab")
     script = view.script()
     lines = script.splitlines()
     assert (
@@ -29,23 +29,23 @@ def test_the_nodes_tree_is_the_upper_layer_of_etc_and_var(tmp_path: Path) -> Non
     env = nodeshell.environment(view, {"PATH": "/usr/bin", "HOME": "/root"})
     assert env["PATH"] == f"{tmp_path}/cp1/usr/local/bin:/usr/bin" and env["HOME"] == "/root"
     assert env["KUBECONFIG"] == "/etc/kubernetes/admin.conf"
-    assert env["ETCDCTL_ENDPOINTS"] == "https://127.0.0.1:23790"
+    assert "ETCDCTL_ENDPOINTS" not in env  # the node's etcd is on kubeadm's 127.0.0.1:2379
 
 
 @pytest.mark.parametrize("root", ["/etc/kubecare/cp1", "/var/lib/kubecare/nodes/cp1", "/var"])
 def test_a_state_dir_the_overlays_would_hide_is_refused(root: str) -> None:
     with pytest.raises(SandboxError, match="KUBECARE_STATE_DIR"):
-        nodeshell.plan("cp1", Path(root), etcd_client_port=None, sandbox="lab")
+        nodeshell.plan("cp1", Path(root), sandbox="lab")
 
 
 def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
-    view = nodeshell.plan("cp1", tmp_path, etcd_client_port=None, sandbox="lab")
+    view = nodeshell.plan("cp1", tmp_path, sandbox="lab")
     with pytest.raises(UsageError, match="give the command"):
         nodeshell.argv(view, [], unshare="unshare")
 
 
 def test_the_systemctl_shim_answers_for_the_kubelet_only(tmp_path: Path) -> None:
-    view = nodeshell.plan("cp1", tmp_path, etcd_client_port=None, sandbox="lab")
+    view = nodeshell.plan("cp1", tmp_path, sandbox="lab")
     nodeshell.prepare(view)
     shim = str(view.bin / "systemctl")
 
@@ -67,7 +67,7 @@ def test_the_systemctl_shim_answers_for_the_kubelet_only(tmp_path: Path) -> None
 
 
 def test_link_replaces_a_tool_atomically(tmp_path: Path) -> None:
-    view = nodeshell.plan("cp1", tmp_path, etcd_client_port=None, sandbox="lab")
+    view = nodeshell.plan("cp1", tmp_path, sandbox="lab")
     a, b = tmp_path / "kubeadm-a", tmp_path / "kubeadm-b"
     nodeshell.link(view, "kubeadm", a)
     nodeshell.link(view, "kubeadm", b)
@@ -76,7 +76,7 @@ def test_link_replaces_a_tool_atomically(tmp_path: Path) -> None:
 
 def test_the_command_runs_in_the_nodes_network_with_its_runtime_linked(tmp_path: Path) -> None:
     view = nodeshell.plan(
-        "cp1", tmp_path, etcd_client_port=2379, sandbox="lab", netns="/proc/42/ns/net",
+        "cp1", tmp_path, sandbox="lab", netns="/proc/42/ns/net",
         cri=tmp_path / "cri.sock",
     )  # fmt: skip
     argv = nodeshell.argv(view, ["kubeadm", "version"], unshare="/bin/unshare", nsenter="/bin/ns")
@@ -89,12 +89,12 @@ def test_the_command_runs_in_the_nodes_network_with_its_runtime_linked(tmp_path:
     assert f"ln -s {tmp_path}/cri.sock /run/containerd/containerd.sock" in script
     # etcd on kubeadm's port in the node's own network: etcdctl's defaults find it
     assert "ETCDCTL_ENDPOINTS" not in dict(view.env)
-    plain = nodeshell.plan("cp1", tmp_path, etcd_client_port=None, sandbox="lab")
+    plain = nodeshell.plan("cp1", tmp_path, sandbox="lab")
     assert nodeshell.argv(plain, ["true"], unshare="u")[0] == "u"  # no network: the machine's
 
 
 def test_the_kubelet_stand_in_reports_the_nodes_version_and_runs_nothing(tmp_path: Path) -> None:
-    view = nodeshell.plan("cp1", tmp_path, etcd_client_port=None, sandbox="lab")
+    view = nodeshell.plan("cp1", tmp_path, sandbox="lab")
     nodeshell.prepare(view)
     nodeshell.kubelet(view, "1.36.3")
     shim = str(view.bin / "kubelet")

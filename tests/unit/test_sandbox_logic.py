@@ -24,7 +24,7 @@ from kubecare.sandbox.binaries import (
 )
 from kubecare.sandbox.bootstrap import _lease_seconds
 from kubecare.sandbox.nodes import KWOK_LABEL, NodeSpec, kwok_args, node_manifest
-from kubecare.sandbox.pki import create_cluster_pki
+from kubecare.sandbox.pki import SandboxPKI, issue_clients, issue_node_client
 
 RELEASE_GOMOD = """module k8s.io/kubernetes
 
@@ -180,40 +180,58 @@ def test_one_kwok_manages_the_labelled_nodes(tmp_path: Path) -> None:
     assert args[args.index("--node-lease-duration-seconds") + 1] == "10"
 
 
-def test_pki_is_kubeadms_layout_private_and_chained(tmp_path: Path) -> None:
-    nodes = [("cp-1", tmp_path / "n1" / "pki"), ("cp-2", tmp_path / "n2" / "pki")]
-    pkis = create_cluster_pki(tmp_path / "clients", nodes)
-    first = tmp_path / "n1" / "pki"
-    for rel in (
-        "ca",
-        "apiserver",
-        "apiserver-kubelet-client",
-        "apiserver-etcd-client",
-        "front-proxy-ca",
-        "front-proxy-client",
-        "etcd/ca",
-        "etcd/server",
-        "etcd/peer",
-        "etcd/healthcheck-client",
-    ):
-        assert (first / f"{rel}.crt").exists() and (first / f"{rel}.key").exists(), rel
-    assert (first / "sa.key").exists() and (first / "sa.pub").exists()
-    assert stat.S_IMODE(first.stat().st_mode) == 0o700
-    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in first.rglob("*.key"))
-    # the cluster's CAs are shared, serving certificates are per node
-    assert (tmp_path / "n2/pki/ca.crt").read_bytes() == (first / "ca.crt").read_bytes()
-    assert (tmp_path / "n2/pki/etcd/peer.crt").read_bytes() != (
-        first / "etcd/peer.crt"
-    ).read_bytes()
-    admin = x509.load_pem_x509_certificate(pkis[0].pair("admin").cert.read_bytes())
-    ca = x509.load_pem_x509_certificate(pkis[0].ca.cert.read_bytes())
-    assert admin.issuer == ca.subject
-    assert "kubeadm:cluster-admins" in admin.subject.rfc4514_string()
-    server = x509.load_pem_x509_certificate(pkis[1].pair("apiserver").cert.read_bytes())
-    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert {"cp-2", "kubernetes.default.svc"} <= set(sans.get_values_for_type(x509.DNSName))
-    peer = x509.load_pem_x509_certificate(pkis[1].pair("etcd/peer").cert.read_bytes())
-    assert peer.subject.rfc4514_string() == "CN=cp-2"
+def _kubeadm_like_ca(pki: Path) -> x509.Certificate:
+    """A CA at pki/ca.{crt,key}, as kubeadm's certs phase leaves it (ECDSA P-256, CA:TRUE)."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pki.mkdir(parents=True)
+    (pki / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (pki / "ca.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert
+
+
+def test_the_hosts_clients_are_signed_by_kubeadms_ca_and_private(tmp_path: Path) -> None:
+    ca = _kubeadm_like_ca(tmp_path / "pki")
+    pki = SandboxPKI(tmp_path / "pki", tmp_path / "clients")
+    issue_clients(pki)
+    assert stat.S_IMODE(pki.clients.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in pki.clients.glob("*.key"))
+    subjects = {}
+    for stem in ("admin", "super-admin", "kwok"):
+        cert = x509.load_pem_x509_certificate(pki.pair(stem).cert.read_bytes())
+        assert cert.issuer == ca.subject
+        subjects[stem] = cert.subject.rfc4514_string()
+    # kubeadm's kubeconfig identities (admin.conf, super-admin.conf), and kwok's
+    assert subjects["admin"] == "CN=kubernetes-admin,O=kubeadm:cluster-admins"
+    assert subjects["super-admin"] == "CN=kubernetes-super-admin,O=system:masters"
+    assert subjects["kwok"] == "CN=kwok-controller,O=system:masters"
+    # a kwok worker's kubelet identity, as its TLS bootstrap would leave it
+    worker = x509.load_pem_x509_certificate(issue_node_client(pki, "worker-1").cert.read_bytes())
+    assert worker.subject.rfc4514_string() == "CN=system:node:worker-1,O=system:nodes"
 
 
 def test_write_atomic_sets_mode_and_replaces(tmp_path: Path) -> None:

@@ -39,10 +39,25 @@ class NodeRisk:
 
 
 def local_data(pod: JSON, node: str, pvs: dict[str, JSON], pvcs: dict[str, JSON]) -> list[str]:
-    """Data that lives on the node: emptyDir, hostPath, and PVCs bound to local/hostPath PVs there."""
+    """Data that lives on the node: emptyDir, hostPath, and PVCs bound to local/hostPath PVs there
+    — except a volume that is mounted, and only ever read-only: it holds nothing the pod wrote
+    (kubeadm's control plane mounts the host's CA dirs and its kubeconfig files so; counted, they
+    made every kubeadm control-plane node look the riskiest). A volume no container mounts is
+    counted: nothing says what uses it."""
     key = ref(pod)
     out = []
-    for vol in (pod.get("spec") or {}).get("volumes") or []:
+    spec = pod.get("spec") or {}
+    mounts = [
+        m
+        for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])
+        for m in c.get("volumeMounts") or []
+    ]
+    read_only = {m.get("name") for m in mounts if m.get("readOnly")} - {
+        m.get("name") for m in mounts if not m.get("readOnly")
+    }
+    for vol in spec.get("volumes") or []:
+        if vol.get("name") in read_only:
+            continue
         if "emptyDir" in vol:
             out.append(f"{key}: emptyDir {vol.get('name')}")
         elif "hostPath" in vol:

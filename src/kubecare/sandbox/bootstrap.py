@@ -1,19 +1,20 @@
 """The start of a sandbox, as ``kubeadm init`` and ``kubeadm join --control-plane`` do it.
 
-:meth:`Bootstrap._up_locked` lays out each control-plane node's kubeadm tree (PKI, kubeconfigs
-with per-node identities, static pod manifests: the first node's four, the joiners' three and
-their etcd once it is added), creates the network (:mod:`.network`), starts the static pod
-runner, joins the etcd members one by one (:mod:`.etcd_join`), runs kubeadm's own init phases
-against the running control plane (:mod:`.kubeadm_init`: ConfigMaps, RBAC, bootstrap token,
-CoreDNS and kube-proxy), registers the nodes, starts kwok and each control plane's
-kubelet-start phase, and waits for it all. Mixed into :class:`~.lifecycle.Sandbox`.
+:meth:`Bootstrap._up_locked` has the real kubeadm write each control-plane node's tree in that
+node's own view (:mod:`.kubeadm_init`: ``certs``, ``kubeconfig`` with the node's own identity,
+``etcd local`` and ``control-plane`` — a joiner handed the cluster's CAs first), so the PKI,
+kubeconfigs and static pod manifests are kubeadm's by construction; it issues the host's own
+client certificates from kubeadm's CA, creates the network (:mod:`.network`), starts the static
+pod runner, runs kubeadm's API-side init phases (ConfigMaps, RBAC, bootstrap token, CoreDNS and
+kube-proxy), registers the nodes, starts kwok, runs each control plane's ``kubelet-start``, has
+kubeadm add the other etcd members one by one (``join phase etcd-join``), and waits for it all.
+Mixed into :class:`~.lifecycle.Sandbox`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import sys
 import time
@@ -32,13 +33,9 @@ from kubecare.sandbox.components import (
     ClusterShape,
     ControlPlaneNode,
     cluster_configuration,
-    components,
-    control_plane,
-    etcd,
     sandbox_extra_args,
 )
-from kubecare.sandbox.kubeconfigs import sandbox_kubeconfig, write, write_node_files
-from kubecare.sandbox.manifests import render
+from kubecare.sandbox.kubeconfigs import sandbox_kubeconfig, write
 from kubecare.sandbox.nodes import (
     NodeSpec,
     kwok_args,
@@ -46,7 +43,7 @@ from kubecare.sandbox.nodes import (
     register_node,
     wait_ready,
 )
-from kubecare.sandbox.pki import create_cluster_pki
+from kubecare.sandbox.pki import SandboxPKI, issue_clients
 from kubecare.sandbox.state import ComponentState, SandboxState
 from kubecare.sandbox.staticpods import COMPONENTS as STATIC
 
@@ -137,41 +134,40 @@ class Bootstrap:
     ) -> float:
         shape, balancer = self._shape(opts, version)
         host = f"https://127.0.0.1:{balancer}"  # the cluster endpoint, as the host reaches it
-        say("creating certificates and the kubeadm tree")
-        endpoint_ip = shape.endpoint.rsplit(":", 1)[0]
-        pkis = create_cluster_pki(
-            self.dir / "clients",
-            [(n.name, n.pki) for n in shape.nodes],
-            addresses={n.name: [n.ip, endpoint_ip] for n in shape.nodes},
-        )
-        for node, pki in zip(shape.nodes, pkis, strict=True):
-            write_node_files(
-                node.kubernetes_dir,
-                pki,
-                node=node.name,
-                endpoint=f"https://{shape.endpoint}",
-                local=f"https://{node.ip}:{node.ports.apiserver}",
+        token = kubeadm_init.bootstrap_token()
+        cluster = cluster_configuration(shape)
+        configs = {
+            n.name: kubeadm_init.write_config(
+                self.dir,
+                kubeadm_init.init_configuration(n.name, n.ip, n.ports.apiserver, token),
+                cluster,
+                name="init" if i == 0 else f"init-{n.name}",
             )
-            node.etcd_data.mkdir(parents=True, exist_ok=True)
-            node.etcd_data.chmod(0o700)
+            for i, n in enumerate(shape.nodes)
+        }
+        for node in shape.nodes:
             if opts.audit_log:
+                node.kubernetes_dir.mkdir(parents=True, exist_ok=True)
                 write_atomic(node.kubernetes_dir / "audit-policy.yaml", AUDIT_POLICY, mode=0o600)
                 (self.dir / "logs" / "audit").mkdir(parents=True, exist_ok=True)
-        write(self.kubeconfig, sandbox_kubeconfig(host, pkis[0], self.name))
+        say("kubeadm init phase certs, kubeconfig, etcd, control-plane (each node's own tree)")
+        await self._node_phases(shape, tools, configs)
+        first = SandboxPKI(shape.nodes[0].pki, self.dir / "clients")
+        issue_clients(first)
+        write(self.kubeconfig, sandbox_kubeconfig(host, first, self.name))
         write(
-            self.dir / "kwok.kubeconfig",
-            sandbox_kubeconfig(host, pkis[0], self.name, client="kwok"),
+            self.dir / "kwok.kubeconfig", sandbox_kubeconfig(host, first, self.name, client="kwok")
         )
-        write(
-            self.super_admin(),
-            sandbox_kubeconfig(host, pkis[0], self.name, client="super-admin"),
-        )
-        options = asdict(opts)
+        write(self.super_admin(), sandbox_kubeconfig(host, first, self.name, client="super-admin"))
+        specs = [NodeSpec(n.name, i, True) for i, n in enumerate(shape.nodes)] + [
+            NodeSpec(f"worker-{i}", len(shape.nodes) + i - 1, False)
+            for i in range(1, opts.workers + 1)
+        ]
         state = SandboxState(
             name=self.name,
             version=version,
             created=time.time(),
-            options=options,
+            options=asdict(opts),
             apiserver=host,
             control_planes=[
                 {
@@ -185,15 +181,11 @@ class Bootstrap:
                 }
                 for n in shape.nodes
             ],
+            nodes=[s.name for s in specs],
+            next_node_index=len(specs),
             balancer_port=balancer,
             endpoint=shape.endpoint,
         )
-        # kubeadm init on the first node: its four static pods; kubeadm join --control-plane on
-        # the others: apiserver, controller-manager and scheduler now, etcd once it is added.
-        for i, node in enumerate(shape.nodes):
-            node.manifests.mkdir(parents=True, exist_ok=True)
-            for comp in components(shape, node) if i == 0 else control_plane(shape, node):
-                write_atomic(node.manifests / f"{comp.name}.yaml", render(comp), mode=0o600)
         self.save(state)
         try:
             say("creating the network: a namespace per control-plane node on 192.0.2.0/24")
@@ -212,42 +204,37 @@ class Bootstrap:
             async with Kube(
                 ClientOptions(kubeconfig=str(self.super_admin()), connect_timeout=2)
             ) as kube:
-                await self._join_etcd(shape, say)
-                await self._wait_control_plane(state, {"etcd", "kube-apiserver"}, timeout=120)
+                await self._wait_control_plane(
+                    state, {"etcd", "kube-apiserver"}, timeout=120, nodes=[shape.nodes[0].name]
+                )
                 await self._wait_apiserver(kube, state, timeout=30)
                 say(
                     "running kubeadm's init phases (upload-config, bootstrap-token, addon: "
                     "CoreDNS, kube-proxy) and registering nodes"
                 )
                 await _bootstrap(kube)
-                first = shape.nodes[0]
-                token = kubeadm_init.bootstrap_token()
-                config = kubeadm_init.write_config(
-                    self.dir,
-                    kubeadm_init.init_configuration(
-                        first.name, first.ip, first.ports.apiserver, token
-                    ),
-                    cluster_configuration(shape),
-                )
                 await kubeadm_init.run_phases(
                     tools["kubeadm"],
-                    config,
-                    first.kubernetes_dir / "super-admin.conf",
+                    configs[shape.nodes[0].name],
+                    shape.nodes[0].kubernetes_dir / "super-admin.conf",
                     self.log_path("kubeadm"),
-                    netns=self.netns(state, first.name),
+                    netns=self.netns(state, shape.nodes[0].name),
                 )
-                specs = [NodeSpec(n.name, i, True) for i, n in enumerate(shape.nodes)] + [
-                    NodeSpec(f"worker-{i}", len(shape.nodes) + i - 1, False)
-                    for i in range(1, opts.workers + 1)
-                ]
-                state.nodes = [s.name for s in specs]
-                state.next_node_index = len(specs)
                 await _register_all(
                     kube, [node_manifest(s, version, max_pods=opts.max_pods) for s in specs]
                 )
                 state.components["kwok"] = self._start_kwok(tools, opts)
                 self.save(state)
-                await self._kubelet_start(shape, token, say)
+                say("kubeadm init phase kubelet-start on each control plane (var/lib/kubelet)")
+                await asyncio.gather(
+                    *(
+                        kubeadm_init.kubelet_start(
+                            self.node_view(n.name), configs[n.name], self.log_path("kubeadm")
+                        )
+                        for n in shape.nodes
+                    )
+                )
+                await self._join_etcd(shape, configs, say)
                 say(f"waiting for {len(specs)} nodes and the control plane's mirror pods")
                 await wait_ready(kube, state.nodes, timeout=opts.ready_timeout)
                 await _wait_default_service_account(kube, opts.ready_timeout)
@@ -261,58 +248,50 @@ class Bootstrap:
         self.save(state)
         return time.monotonic() - t0
 
-    async def _kubelet_start(self, shape: ClusterShape, token: str, say: Progress) -> None:
-        """Each control plane's var/lib/kubelet, written by kubeadm's kubelet-start phase in
-        the node's own view — which takes root (a private mount namespace); without it the
-        files are left out and ``sandbox exec`` / kubeadm upgrade say they need root."""
-        if os.geteuid() != 0 or shutil.which("unshare") is None:
-            say("not root: skipping kubeadm's kubelet-start phase (var/lib/kubelet)")
-            return
-        say("running kubeadm's kubelet-start phase on each control plane (var/lib/kubelet)")
+    async def _node_phases(
+        self, shape: ClusterShape, tools: Toolset, configs: dict[str, Path]
+    ) -> None:
+        """What kubeadm init (first node) and kubeadm join --control-plane (the others) write
+        before anything runs, by the real kubeadm in each node's own view (no network needed
+        yet: these phases are files only). A joiner is first handed the cluster's CAs and
+        service-account key, as kubeadm's manual certificate distribution does."""
+        from kubecare.sandbox import nodeshell
 
-        async def one(node: ControlPlaneNode) -> None:
+        def view(node: ControlPlaneNode) -> NodeView:
+            v = nodeshell.plan(node.name, node.root, sandbox=self.name)
+            nodeshell.prepare(v)
+            nodeshell.link(v, "kubeadm", tools["kubeadm"])
+            return v
+
+        log = self.log_path("kubeadm")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        first, *joiners = shape.nodes
+        await kubeadm_init.node_phases(view(first), configs[first.name], log, first=True)
+        for node in joiners:
+            for rel in kubeadm_init.SHARED_PKI:
+                dst = node.pki / rel
+                dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                shutil.copy2(first.pki / rel, dst)
+        await asyncio.gather(
+            *(kubeadm_init.node_phases(view(n), configs[n.name], log, first=False) for n in joiners)
+        )
+
+    async def _join_etcd(
+        self, shape: ClusterShape, configs: dict[str, Path], say: Progress
+    ) -> None:
+        """Each other control plane's etcd member, added by the real kubeadm's ``join phase
+        etcd-join`` in the node's view, one after another (a learner, promoted
+        once in sync; etcd refuses a second member change until the first has settled)."""
+        for node in shape.nodes[1:]:
+            say(f"kubeadm join phase etcd-join on {node.name}")
             config = kubeadm_init.write_config(
                 self.dir,
-                kubeadm_init.init_configuration(node.name, node.ip, node.ports.apiserver, token),
-                cluster_configuration(shape),
-                name=f"kubelet-start-{node.name}",
+                kubeadm_init.join_configuration(node.name, node.ip, node.ports.apiserver),
+                None,
+                name=f"join-{node.name}",
             )
-            view = self.node_view(node.name)
-            await kubeadm_init.kubelet_start(view, config, self.log_path("kubeadm"))
-
-        try:
-            await asyncio.gather(*(one(n) for n in shape.nodes))
-        except SandboxError as e:
-            if "kubecare sandbox exec: cannot" not in str(e):
-                raise  # kubeadm itself failed: that is the sandbox's problem to report
-            # The machine cannot make the mount namespace (no overlayfs, e.g. inside a
-            # container): the cluster works without these files; say so and go on.
-            say(f"skipping kubeadm's kubelet-start phase: {e}")
-
-    async def _join_etcd(self, shape: ClusterShape, say: Progress) -> None:
-        """The first etcd up alone; each other control plane's member added as kubeadm's join
-        adds it (see :mod:`kubecare.sandbox.etcd_join`), one after another."""
-        from kubecare.sandbox import etcd_join
-
-        first = shape.nodes[0]
-        cluster = etcd_join.endpoint(first.host_port(first.ports.etcd_client), first.pki)
-        await etcd_join.wait_healthy(cluster, 60, f"etcd on {first.name}")
-        for node in shape.nodes[1:]:
-            say(f"joining etcd member {node.name} (learner, then promoted, as kubeadm does)")
-
-            def write_manifest(
-                joined: list[tuple[str, str]], node: ControlPlaneNode = node
-            ) -> None:
-                comp = etcd(shape, node, joined)
-                write_atomic(node.manifests / "etcd.yaml", render(comp), mode=0o600)
-
-            await etcd_join.join(
-                cluster,
-                node.name,
-                node.etcd_peer_url,
-                etcd_join.endpoint(node.host_port(node.ports.etcd_client), node.pki),
-                write_manifest,
-                timeout=60,
+            await kubeadm_init.join_etcd(
+                self.node_view(node.name), config, configs[node.name], self.log_path("kubeadm")
             )
 
     def _start_holder(self, state: SandboxState, node: str) -> int:
@@ -364,14 +343,19 @@ class Bootstrap:
             await asyncio.sleep(0.2)
 
     async def _wait_control_plane(
-        self, state: SandboxState, wanted: set[str], timeout: float
+        self,
+        state: SandboxState,
+        wanted: set[str],
+        timeout: float,
+        nodes: list[str] | None = None,
     ) -> None:
-        """Wait until the runner runs ``wanted`` on every control-plane node, ready (kubeadm init
-        waits for the same). A component that crashes twice meanwhile fails the start at once,
-        named, with its log."""
+        """Wait until the runner runs ``wanted`` on every control-plane node (or ``nodes``),
+        ready (kubeadm init waits for the same). A component that crashes twice meanwhile fails
+        the start at once, named, with its log."""
         deadline = time.monotonic() + timeout
         runner = state.components["runner"]
-        count = len(wanted) * len(state.control_planes)
+        on = set(nodes or [cp["node"] for cp in state.control_planes])
+        count = len(wanted) * len(on)
         while True:
             if not process.is_running(runner.pid, runner.binary):
                 raise SandboxError(
@@ -379,7 +363,9 @@ class Bootstrap:
                     f"({self.log_path('runner')}):\n" + process.tail(self.log_path("runner"), 15)
                 )
             pods = [
-                p for p in self.runner_report().get("pods") or [] if p.get("component") in wanted
+                p
+                for p in self.runner_report().get("pods") or []
+                if p.get("component") in wanted and p.get("node") in on
             ]
             for p in pods:
                 if (

@@ -1,7 +1,16 @@
-"""The API side of ``kubeadm init``, done by the real kubeadm: its own phases, run against the
-sandbox's freshly started control plane.
+"""``kubeadm init`` and ``kubeadm join --control-plane``, done by the real kubeadm: its own
+phases, each node's in that node's own view (:mod:`kubecare.sandbox.nodeshell`: the node's tree
+at kubeadm's paths), so the tree is kubeadm's by construction.
 
-``kubeadm init phase upload-config all`` (the ``kubeadm-config`` and ``kubelet-config``
+Before the control plane runs (:data:`NODE_PHASES`): ``certs all`` (the first node makes the
+CAs; a joiner is handed them first, as in kubeadm's manual certificate distribution, and makes
+its own serving and client certificates), ``kubeconfig`` (admin.conf, kubelet.conf with the
+node's own ``system:node:<name>`` identity, ...), ``etcd local`` on the first node and
+``control-plane all`` on every node. Once it runs: a joiner's etcd member is added by ``kubeadm
+join phase etcd-join`` (a learner, then promoted, the manifest written with the
+members so far and ``--initial-cluster-state=existing``), one after another.
+
+The API side: ``kubeadm init phase upload-config all`` (the ``kubeadm-config`` and ``kubelet-config``
 ConfigMaps and the RBAC that lets nodes read them), ``bootstrap-token`` (a bootstrap token, the
 ``cluster-info`` ConfigMap in kube-public and the node-bootstrap RBAC) and ``addon all`` (CoreDNS
 and kube-proxy: their Deployment, DaemonSet, ConfigMaps, Service and RBAC; kwok runs their pods).
@@ -26,6 +35,31 @@ from kubecare.files import write_atomic
 
 if TYPE_CHECKING:
     from kubecare.sandbox.nodeshell import NodeView
+
+#: What each control-plane node's kubeadm writes into its tree before anything runs: (first
+#: node's phases, a joiner's phases). ``kubeconfig all`` on the first node includes
+#: super-admin.conf, which only ``kubeadm init`` writes. A joiner's ``control-plane all`` comes
+#: after its etcd member has joined (:data:`JOINER_LATE`): kubeadm join writes those manifests
+#: first and its kubelet crash-loops the apiserver until the local member is there; written
+#: after, they start once, on a working etcd — the same files, seconds sooner.
+NODE_PHASES = (
+    (("certs", "all"), ("kubeconfig", "all"), ("etcd", "local"), ("control-plane", "all")),
+    (
+        ("certs", "all"),
+        ("kubeconfig", "admin"),
+        ("kubeconfig", "controller-manager"),
+        ("kubeconfig", "scheduler"),
+        ("kubeconfig", "kubelet"),
+    ),
+)
+JOINER_LATE = (("control-plane", "all"),)
+
+#: The cluster's own key material a joining control plane needs before ``certs all``
+#: (kubeadm's "manual certificate distribution": copied from the first node).
+SHARED_PKI = (
+    "ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key",
+    "etcd/ca.crt", "etcd/ca.key",
+)  # fmt: skip
 
 #: The phases, in kubeadm init's order (cmd/kubeadm/app/cmd/init.go: upload-config,
 #: upload-certs, mark-control-plane, bootstrap-token, kubelet-finalize, addon). mark-control-plane
@@ -67,6 +101,21 @@ def init_configuration(node: str, address: str, bind_port: int, token: str) -> d
     }
 
 
+def join_configuration(node: str, address: str, bind_port: int) -> dict[str, Any]:
+    """kubeadm's JoinConfiguration (v1beta4) for a control-plane node joining: discovery by the
+    node's own admin.conf (its certificates are already there), its advertise address."""
+    return {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "JoinConfiguration",
+        "controlPlane": {"localAPIEndpoint": {"advertiseAddress": address, "bindPort": bind_port}},
+        "discovery": {"file": {"kubeConfigPath": "/etc/kubernetes/admin.conf"}},
+        "nodeRegistration": {
+            "name": node,
+            "criSocket": "unix:///run/containerd/containerd.sock",
+        },
+    }
+
+
 def config_documents(init: dict[str, Any], cluster: dict[str, Any]) -> str:
     import yaml
 
@@ -95,21 +144,45 @@ async def run_phases(
         await _run(argv, f"kubeadm init phase {' '.join(phase)}", log, timeout)
 
 
-async def kubelet_start(view: NodeView, config: Path, log: Path, timeout: float = 60) -> None:
-    """``kubeadm init phase kubelet-start`` in the node's own view (``sandbox exec``): kubeadm
-    writes the node's ``/var/lib/kubelet/{config.yaml,instance-config.yaml,kubeadm-flags.env}``,
-    which ``kubeadm upgrade`` reads back; its systemctl calls reach the node's shim only."""
+async def in_view(
+    view: NodeView, args: list[str], config: Path, log: Path, timeout: float = 60
+) -> None:
+    """``kubeadm ARGS --config CONFIG`` in the node's own view (``sandbox exec``): what it writes
+    lands in the node's tree; its systemctl calls reach the node's shim only."""
     import os
 
     from kubecare.sandbox import nodeshell
 
     unshare, nsenter = nodeshell.tools()
     argv = nodeshell.argv(
-        view, ["kubeadm", "init", "phase", "kubelet-start", "--config", str(config)],
-        unshare=unshare, nsenter=nsenter,
-    )  # fmt: skip
+        view, ["kubeadm", *args, "--config", str(config)], unshare=unshare, nsenter=nsenter
+    )
     env = nodeshell.environment(view, dict(os.environ))
-    await _run(argv, f"kubeadm init phase kubelet-start on {view.node}", log, timeout, env)
+    await _run(argv, f"kubeadm {' '.join(args)} on {view.node}", log, timeout, env)
+
+
+async def node_phases(view: NodeView, config: Path, log: Path, *, first: bool) -> None:
+    """The node's kubeadm init phases before anything runs (:data:`NODE_PHASES`)."""
+    for phase in NODE_PHASES[0 if first else 1]:
+        await in_view(view, ["init", "phase", *phase], config, log)
+
+
+async def kubelet_start(view: NodeView, config: Path, log: Path, timeout: float = 60) -> None:
+    """``kubeadm init phase kubelet-start``: kubeadm writes the node's
+    ``/var/lib/kubelet/{config.yaml,instance-config.yaml,kubeadm-flags.env}``, which ``kubeadm
+    upgrade`` reads back, and (re)starts the node's kubelet."""
+    await in_view(view, ["init", "phase", "kubelet-start"], config, log, timeout)
+
+
+async def join_etcd(
+    view: NodeView, join: Path, init: Path, log: Path, timeout: float = 120
+) -> None:
+    """``kubeadm join phase etcd-join``: the node's member added to the running etcd cluster
+    as kubeadm adds it, its manifest written; then the node's control-plane manifests
+    (:data:`JOINER_LATE`, with its init configuration)."""
+    await in_view(view, ["join", "phase", "etcd-join"], join, log, timeout)
+    for phase in JOINER_LATE:
+        await in_view(view, ["init", "phase", *phase], init, log)
 
 
 async def _run(
@@ -150,9 +223,14 @@ def _append(path: Path, data: bytes) -> None:
 
 
 def write_config(
-    directory: Path, init: dict[str, Any], cluster: dict[str, Any], name: str = "init"
+    directory: Path, init: dict[str, Any], cluster: dict[str, Any] | None, name: str = "init"
 ) -> Path:
+    """``<state>/kubeadm/<name>.yaml`` (0600: it may hold the bootstrap token): the init (or
+    join) configuration, and the ClusterConfiguration when given."""
+    import yaml
+
     path = directory / "kubeadm" / f"{name}.yaml"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_atomic(path, config_documents(init, cluster), mode=0o600)
+    text = config_documents(init, cluster) if cluster else yaml.safe_dump(init, sort_keys=False)
+    write_atomic(path, text, mode=0o600)
     return path

@@ -1,5 +1,6 @@
-"""The kubeconfig files of a kubeadm control-plane node (admin.conf, super-admin.conf,
-controller-manager.conf, scheduler.conf, kubelet.conf), and the sandbox's own kubeconfig."""
+"""The sandbox's own kubeconfig files on the host (admin, kwok, super-admin: through the host's
+forward of the cluster endpoint), and a kwok worker's kubelet.conf. A control-plane node's own
+files are kubeadm's (its kubeconfig phase)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,7 @@ from typing import Any
 import yaml
 
 from kubecare.files import write_atomic
-from kubecare.sandbox.pki import KUBELET_CLIENT, SandboxPKI
-
-# file -> (client certificate in clients/, user name, which server: the cluster endpoint or the
-# node's own apiserver). kubeadm points controller-manager and scheduler at the local apiserver.
-NODE_FILES = {
-    "admin.conf": ("admin", "kubernetes-admin", "endpoint"),
-    "super-admin.conf": ("super-admin", "kubernetes-super-admin", "endpoint"),
-    "controller-manager.conf": ("controller-manager", "system:kube-controller-manager", "local"),
-    "scheduler.conf": ("scheduler", "system:kube-scheduler", "local"),
-    # the node's own identity, system:node:<node> (kubeadm reads the node's name from it)
-    "kubelet.conf": (KUBELET_CLIENT, "system:node:{node}", "endpoint"),
-}
+from kubecare.sandbox.pki import SandboxPKI
 
 
 def kubeconfig_doc(
@@ -59,17 +49,6 @@ def kubeconfig_doc(
 
 def write(path: Path, doc: dict[str, Any]) -> None:
     write_atomic(path, yaml.safe_dump(doc, sort_keys=False), mode=0o600)
-
-
-def write_node_files(
-    directory: Path, pki: SandboxPKI, *, node: str, endpoint: str, local: str
-) -> None:
-    """``/etc/kubernetes/*.conf`` of one control-plane node."""
-    for name, (client, user, which) in NODE_FILES.items():
-        server = endpoint if which == "endpoint" else local
-        if client == KUBELET_CLIENT:
-            client, user = client + node, user.format(node=node)
-        write(directory / name, kubeconfig_doc(server, pki, client, user, "kubernetes"))
 
 
 def sandbox_kubeconfig(

@@ -153,7 +153,7 @@ class NodeMachines:
                     f"sandbox up --name {self.name}"
                 )
             view = nodeshell.plan(
-                node, root, etcd_client_port=None, sandbox=self.name, netns=netns,
+                node, root, sandbox=self.name, netns=netns,
                 cri=self.dir / "cri.sock",
             )  # fmt: skip
             return self._equip(state, node, view)
@@ -167,7 +167,6 @@ class NodeMachines:
         view = nodeshell.plan(
             node,
             self.node_root(node),
-            etcd_client_port=cp["ports"].get("etcd_client"),
             sandbox=self.name,
             netns=netns,
             cri=self.dir / "cri.sock",
@@ -237,7 +236,7 @@ class NodeMachines:
                 else self.node_dir(node)
             )
             if root.exists():  # a worker without a tree gets kubeadm when it is made
-                view = nodeshell.plan(node, root, etcd_client_port=None, sandbox=self.name)
+                view = nodeshell.plan(node, root, sandbox=self.name)
                 nodeshell.link(view, "kubeadm", path)
         else:
             async with Kube(self.client_options()) as kube:

@@ -127,7 +127,6 @@ def plan(
     node: str,
     root: Path,
     *,
-    etcd_client_port: int | None,
     sandbox: str,
     netns: str | None = None,
     cri: Path | None = None,
@@ -145,9 +144,6 @@ def plan(
         ("KUBECARE_SANDBOX_NODE", node),
         ("PS1", f"({sandbox}) root@{node}:\\w# "),
     ]
-    if etcd_client_port is not None and etcd_client_port != 2379:
-        # A member on a port of its own: etcdctl without --endpoints still finds this node's.
-        env.append(("ETCDCTL_ENDPOINTS", f"https://127.0.0.1:{etcd_client_port}"))
     return NodeView(node, root, tuple(env), netns, cri)
 
 
