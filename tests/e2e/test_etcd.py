@@ -370,6 +370,7 @@ async def test_after_a_restore_the_real_kubeadm_upgrade_keeps_the_restored_data(
     snapshot and a second restore all work inside the node's tree."""
     manifest = restore_sb.manifest_path("etcd")
     restored = data_hostpath(manifest)  # the previous test's restore
+    assert restored != "/var/lib/etcd", "runs after the restore above (module order)"
     async with Kube(restore_sb.client_options()) as kube:
         ns = f"k{uuid.uuid4().hex[:6]}"
         await kube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})

@@ -257,6 +257,17 @@ def restart_kubelet(sb: Sandbox) -> None:
     assert res.returncode == 0, res.stderr
 
 
+RUNNING_FROM_ALT = ("etcd", "kube-apiserver", "kube-controller-manager")
+
+
+def from_dir(sb: Sandbox, where: Path) -> bool:
+    pods = [runner_pod(sb, c) for c in RUNNING_FROM_ALT]
+    return all(
+        p.get("running") and p.get("ready") and str(p.get("file", "")).startswith(str(where))
+        for p in pods
+    )
+
+
 def kubelet_report(sb: Sandbox) -> dict[str, Any]:
     return dict(sb.runner_report().get("kubelets", {}).get("control-plane") or {})
 
@@ -286,9 +297,11 @@ async def test_the_kubelet_config_is_reread_when_the_kubelet_restarts(kubeadm_sb
         # runner.json follows within its 0.25 s loop
         moved = {"staticPodPath": str(alt), "error": None}
         await wait_for(lambda: _async(kubelet_report(kubeadm_sb) == moved), timeout=5)
-        # the same manifests in the new dir: the same pods, not restarted
-        for c in ("etcd", "kube-apiserver", "kube-controller-manager"):
-            assert runner_pod(kubeadm_sb, c)["pid"] == pids[c]
+        # the same bytes in another file are other pods (the kubelet's pod UID hashes the path):
+        # each runs again, from the new dir
+        await wait_for(lambda: _async(from_dir(kubeadm_sb, alt)), timeout=90)
+        await apiserver_ready(kubeadm_sb)
+        pids = {c: runner_pod(kubeadm_sb, c)["pid"] for c in RUNNING_FROM_ALT}
         assert "kube-scheduler-control-plane" not in await mirror_pods(kubeadm_sb)
 
         config.write_text("apiVersion: v1\nkind: ConfigMap\n")  # a kubelet that cannot start
@@ -310,7 +323,8 @@ async def test_the_kubelet_config_is_reread_when_the_kubelet_restarts(kubeadm_sb
     back = {"staticPodPath": str(manifests), "error": None}
     await wait_for(lambda: _async(kubelet_report(kubeadm_sb) == back), timeout=5)
     shutil.rmtree(alt)
-    await settled(kubeadm_sb)
+    await settled(kubeadm_sb, timeout=120)  # back in the first dir: each pod once more
+    await apiserver_ready(kubeadm_sb)
 
 
 async def test_the_previous_minors_image_tag_runs_that_version_and_back(

@@ -23,6 +23,12 @@ def test_the_nodes_tree_is_the_upper_layer_of_etc_and_var(tmp_path: Path) -> Non
     )
     assert f"upperdir={tmp_path}/cp1/var,workdir={tmp_path}/cp1/.ns/var-work /var" in script
     assert any("-t tmpfs" in ln and ln.split(" || ")[0].endswith(" /run") for ln in lines)
+    # kubeadm's dirs are the node's alone, never merged with a machine's own /etc/kubernetes
+    for rel in ("etc/kubernetes", "var/lib/etcd", "var/lib/kubelet"):
+        bind = f"mount --bind {tmp_path}/cp1/{rel} /{rel} || fail"
+        assert any(ln.startswith(bind) for ln in lines), rel
+        overlay = next(i for i, ln in enumerate(lines) if f" /{rel.split('/')[0]} ||" in ln)
+        assert overlay < next(i for i, ln in enumerate(lines) if ln.startswith(bind))
     assert f"mount --bind {tmp_path}/cp1/usr/local/bin/systemctl /usr/bin/systemctl" in script
     assert lines[-1] == 'exec "$@"'
     assert all("|| fail" in ln for ln in lines if ln.startswith("mount"))
@@ -105,3 +111,20 @@ def test_the_kubelet_stand_in_reports_the_nodes_version_and_runs_nothing(tmp_pat
     assert run.returncode == 1 and "kwok" in run.stderr
     nodeshell.kubelet(view, "1.37.2")  # after `sandbox install NODE kubelet 1.37.2`
     assert "v1.37.2" in subprocess.run([shim, "--version"], capture_output=True, text=True).stdout
+
+
+def test_a_machine_that_cannot_make_a_view_is_refused_before_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "unshare"
+    fake.write_text("#!/bin/sh\necho 'mount: /m: permission denied.' >&2\nexit 32\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(nodeshell, "tools", lambda: (str(fake), "nsenter"))
+    with pytest.raises(SandboxError, match=r"cannot make a node's view.*permission denied"):
+        nodeshell.check_views(tmp_path / "state")
+    assert list((tmp_path / "state").iterdir()) == []  # the trial dir is gone
+
+
+def test_this_machine_can_make_a_view(tmp_path: Path) -> None:
+    nodeshell.check_views(tmp_path)  # root, overlayfs: what `sandbox up` needs
+    assert list(tmp_path.iterdir()) == []

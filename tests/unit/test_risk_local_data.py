@@ -38,3 +38,26 @@ def test_read_only_mounts_hold_nothing_the_pod_wrote() -> None:
         "ns/p: hostPath /srv/x",  # mounted by nothing: nothing says it holds no data
         "ns/p: hostPath /srv/y",
     ]
+
+
+def test_a_local_persistent_volume_counts_however_it_is_mounted() -> None:
+    pv = {
+        "metadata": {"name": "pv-1"},
+        "spec": {
+            "local": {"path": "/mnt/disks/1"},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n"]}
+            ]}]}},
+        },
+    }  # fmt: skip
+    claim = {"metadata": {"namespace": "ns", "name": "data"}, "spec": {"volumeName": "pv-1"}}
+    p = pod(
+        [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}},
+         {"name": "scratch", "emptyDir": {}}],
+        [{"name": "d", "mountPath": "/data", "readOnly": True},
+         {"name": "scratch", "mountPath": "/s", "readOnly": True}],
+    )  # fmt: skip
+    assert local_data(p, "n", {"pv-1": pv}, {"ns/data": claim}) == [
+        "ns/p: local PersistentVolume pv-1",
+        "ns/p: emptyDir scratch",
+    ]

@@ -252,3 +252,34 @@ def test_a_kubeadm_of_another_version_stops_the_node_before_kubeadm_runs() -> No
         with pytest.raises(OperationFailed, match=r"not v1\.37\.2; nothing was changed") as info:
             check_kubeadm(said, "1.37.2", "cp1", "lab")
         assert "kubecare sandbox install --name lab cp1 kubeadm 1.37.2" in info.value.message
+
+
+def test_a_dir_in_a_sandbox_but_in_no_node_tree_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its manifests name kubeadm's paths (/etc/kubernetes/pki, /var/lib/etcd): read as the
+    machine's own they would lead a restore to the machine's /var/lib."""
+    import json
+
+    from kubecare.errors import EtcdError
+    from kubecare.sandbox.target import trees_for
+
+    monkeypatch.setenv("KUBECARE_STATE_DIR", str(tmp_path))
+    node = tmp_path / "lab" / "nodes" / "cp1"
+    (node / "etc" / "kubernetes" / "copy").mkdir(parents=True)
+    (tmp_path / "lab" / "copies").mkdir()
+    (tmp_path / "lab" / "state.json").write_text(json.dumps({"control_planes": []}))
+    tree = trees_for([node / "etc" / "kubernetes" / "copy"])(node / "etc" / "kubernetes" / "copy")
+    assert tree.root == node.resolve()  # any dir inside a node's tree is that node's
+    with pytest.raises(EtcdError, match=r"in no node's tree.*nodes/<node>/"):
+        trees_for([tmp_path / "lab" / "copies"])
+
+
+def test_the_sandboxs_etcdutl_is_the_oldest_minor_its_members_run() -> None:
+    from kubecare.sandbox.binaries import binary_path
+    from kubecare.sandbox.target import etcdutl_for
+
+    old, new = "registry.k8s.io/etcd:3.6.8-0", "registry.k8s.io/etcd:3.7.0-0"
+    assert etcdutl_for([new, old, new]) == binary_path("etcdutl", "3.6.16")  # mid-upgrade
+    assert etcdutl_for([new]) == binary_path("etcdutl", "3.7.4")
+    assert etcdutl_for(["registry.k8s.io/etcd:3.5.0-0", "x"]) is None

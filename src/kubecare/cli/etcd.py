@@ -450,10 +450,11 @@ def _etcdutl(args: argparse.Namespace, members: list[Member]) -> Path:
     import subprocess
 
     from kubecare.errors import EtcdError
+    from kubecare.sandbox.target import owner
 
     if args.etcdutl:
         path: Path | None = Path(args.etcdutl)
-    elif args.sandbox:
+    elif args.sandbox or any(owner(m.manifest.parent) for m in members):
         from kubecare.sandbox.target import etcdutl_for
 
         path = etcdutl_for([m.image for m in members])
@@ -570,32 +571,43 @@ def _record_data_dir(args: argparse.Namespace, prepared: Prepared) -> str:
     """kubeadm-config's etcd.local.dataDir -> the restored dir (else the next kubeadm upgrade
     puts etcd back on the old data); a failure is a warning: the restore itself is done."""
     import argparse as ap
-    import os
 
     from kubecare.cli.common import with_cluster
-    from kubecare.errors import KubecareError
-    from kubecare.etcd.kubeadm_config import one_dir, record_data_dir
+    from kubecare.errors import EtcdError, KubecareError
+    from kubecare.etcd.kubeadm_config import is_restored_cluster, one_dir, record_data_dir
 
     members = prepared.plan.members
     dirs = [str(m.member.tree.node(m.new_data_dir)) for m in members]
     from kubecare.sandbox.target import owner
 
-    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
-    # A sandbox node's dir: the sandbox's own kubeconfig and forwards (its nodes' kubeconfigs
-    # name 192.0.2.x, which the host never dials).
+    # The restored cluster's own credentials first: --kubeconfig if given; a sandbox node's
+    # dir, the sandbox's kubeconfig and forwards (its nodes' kubeconfigs name 192.0.2.x, which
+    # the host never dials); a kubeadm node, its admin.conf; only then $KUBECONFIG or
+    # ~/.kube/config. Whichever it is, it must lead to the cluster just restored.
+    kubeconfig = args.kubeconfig
     sandbox = args.sandbox or owner(members[0].manifests)
     if not kubeconfig and sandbox:
         from kubecare.sandbox.state import state_root
 
         kubeconfig = str(state_root() / sandbox / "kubeconfig")
-    if not kubeconfig and not (Path.home() / ".kube" / "config").exists():
-        admin = Path("/etc/kubernetes/admin.conf")
-        kubeconfig = str(admin) if admin.exists() else None  # a kubeadm node's own
+    admin = Path("/etc/kubernetes/admin.conf")
+    if not kubeconfig and admin.exists():
+        kubeconfig = str(admin)
+    names = [m.member.name for m in members]
+
+    async def record(kube: Any) -> bool:
+        if not await is_restored_cluster(kube, names, data_dir):
+            raise EtcdError(
+                f"{kube.server} does not show the restored members' etcd on {data_dir} "
+                f"(mirror pods {', '.join('kube-system/etcd-' + n for n in names)}): not the "
+                "cluster just restored, or its kubelets lag; check --kubeconfig"
+            )
+        return await record_data_dir(kube, data_dir)
+
     try:
         data_dir = one_dir(dirs)
         changed = with_cluster(
-            ap.Namespace(**{**vars(args), "kubeconfig": kubeconfig, "sandbox": sandbox}),
-            lambda kube: record_data_dir(kube, data_dir),
+            ap.Namespace(**{**vars(args), "kubeconfig": kubeconfig, "sandbox": sandbox}), record
         )
     except KubecareError as e:
         return (

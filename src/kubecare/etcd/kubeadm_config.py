@@ -51,9 +51,42 @@ def one_dir(node_dirs: Sequence[str]) -> str:
     return dirs[0]
 
 
+async def is_restored_cluster(
+    kube: Any, members: Sequence[str], data_dir: str, timeout: float = 30
+) -> bool:
+    """Whether ``kube`` talks to the cluster just restored: each restored member's mirror pod
+    (``kube-system/etcd-<member>``, as kubeadm names it after the node) mounts ``data_dir`` as
+    etcd-data — a kubeconfig naming another cluster must not get this cluster's dir. Mirror pods
+    follow a manifest change within seconds, hence the wait."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        seen = []
+        for name in members:
+            try:
+                pod = await kube.get_json(
+                    f"/api/v1/namespaces/kube-system/pods/etcd-{name}", what=f"pod etcd-{name}"
+                )
+            except NotFound:
+                seen.append(False)
+                continue
+            volumes = (pod.get("spec") or {}).get("volumes") or []
+            paths = {v.get("name"): (v.get("hostPath") or {}).get("path") for v in volumes}
+            seen.append(paths.get("etcd-data") == data_dir)
+        if all(seen):
+            return True
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(1)
+
+
 async def record_data_dir(kube: Any, data_dir: str, attempts: int = 3) -> bool:
     """Set etcd.local.dataDir in kubeadm-config; True when it changed. Retries a write that
     raced another (409, a node's own restore run recording the same dir)."""
+    import yaml
+
     for _ in range(attempts):
         try:
             cm = await kube.get_json(KUBEADM_CONFIG, what="configmap kube-system/kubeadm-config")
@@ -62,7 +95,10 @@ async def record_data_dir(kube: Any, data_dir: str, attempts: int = 3) -> bool:
         text = (cm.get("data") or {}).get("ClusterConfiguration")
         if not text:
             return False
-        new = with_data_dir(text, data_dir)
+        try:
+            new = with_data_dir(text, data_dir)
+        except yaml.YAMLError as e:
+            raise EtcdError(f"kubeadm-config's ClusterConfiguration is not YAML: {e}") from None
         if new is None:
             return False
         cm["data"]["ClusterConfiguration"] = new

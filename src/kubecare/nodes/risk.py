@@ -40,10 +40,11 @@ class NodeRisk:
 
 def local_data(pod: JSON, node: str, pvs: dict[str, JSON], pvcs: dict[str, JSON]) -> list[str]:
     """Data that lives on the node: emptyDir, hostPath, and PVCs bound to local/hostPath PVs there
-    — except a volume that is mounted, and only ever read-only: it holds nothing the pod wrote
-    (kubeadm's control plane mounts the host's CA dirs and its kubeconfig files so; counted, they
-    made every kubeadm control-plane node look the riskiest). A volume no container mounts is
-    counted: nothing says what uses it."""
+    — except a hostPath that is mounted, and only ever read-only: the node's own files the pod
+    reads (kubeadm's control plane mounts the host's CA dirs and its kubeconfig files so;
+    counted, they made every kubeadm control-plane node look the riskiest). A local PV stays
+    counted however it is mounted (its data is the node's alone), and so does a volume no
+    container mounts (nothing says what uses it)."""
     key = ref(pod)
     out = []
     spec = pod.get("spec") or {}
@@ -56,7 +57,7 @@ def local_data(pod: JSON, node: str, pvs: dict[str, JSON], pvcs: dict[str, JSON]
         m.get("name") for m in mounts if not m.get("readOnly")
     }
     for vol in spec.get("volumes") or []:
-        if vol.get("name") in read_only:
+        if "hostPath" in vol and vol.get("name") in read_only:
             continue
         if "emptyDir" in vol:
             out.append(f"{key}: emptyDir {vol.get('name')}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -214,11 +213,9 @@ class Bootstrap:
                 )
                 await _bootstrap(kube)
                 await kubeadm_init.run_phases(
-                    tools["kubeadm"],
+                    self.node_view(shape.nodes[0].name),
                     configs[shape.nodes[0].name],
-                    shape.nodes[0].kubernetes_dir / "super-admin.conf",
                     self.log_path("kubeadm"),
-                    netns=self.netns(state, shape.nodes[0].name),
                 )
                 await _register_all(
                     kube, [node_manifest(s, version, max_pods=opts.max_pods) for s in specs]
@@ -269,9 +266,15 @@ class Bootstrap:
         await kubeadm_init.node_phases(view(first), configs[first.name], log, first=True)
         for node in joiners:
             for rel in kubeadm_init.SHARED_PKI:
+                try:
+                    data = (first.pki / rel).read_bytes()
+                except OSError as e:
+                    raise SandboxError(
+                        f"kubeadm's certs phase on {first.name} left no {rel} ({e}); see {log}"
+                    ) from None
                 dst = node.pki / rel
                 dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                shutil.copy2(first.pki / rel, dst)
+                write_atomic(dst, data, mode=0o600 if rel.endswith(".key") else 0o644)
         await asyncio.gather(
             *(kubeadm_init.node_phases(view(n), configs[n.name], log, first=False) for n in joiners)
         )

@@ -15,17 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubecare.versions.kubeadm import etcd_tag
-
 PKI = "/etc/kubernetes/pki"
-ETCD_PKI = "/etc/kubernetes/pki/etcd"
 ETCD_DATA = "/var/lib/etcd"
 AUDIT_POLICY = "/etc/kubernetes/audit-policy.yaml"
 AUDIT_LOG_DIR = "/var/log/kubernetes/audit"
 SERVICE_SUBNET = "10.96.0.0/12"
 POD_SUBNET = "10.244.0.0/16"
 CLUSTER_NAME = "kubernetes"
-STARTUP_TIMEOUT = 240  # kubeadm's ControlPlaneComponentHealthCheckTimeout (4 min)
 
 
 @dataclass(frozen=True)
@@ -54,10 +50,6 @@ class ControlPlaneNode:
     # the host's loopback port forwarded to each port of the node (network.FORWARDED)
     forward: tuple[tuple[int, int], ...] = ()
 
-    def host_port(self, port: int) -> int:
-        """The loopback port a client on the host dials for the node's ``port``."""
-        return dict(self.forward).get(port, port)
-
     @property
     def kubernetes_dir(self) -> Path:
         return self.root / "etc" / "kubernetes"
@@ -69,18 +61,6 @@ class ControlPlaneNode:
     @property
     def pki(self) -> Path:
         return self.kubernetes_dir / "pki"
-
-    @property
-    def etcd_data(self) -> Path:
-        return self.root / "var" / "lib" / "etcd"
-
-    @property
-    def etcd_peer_url(self) -> str:
-        return f"https://{self.ip}:{self.ports.etcd_peer}"
-
-    @property
-    def etcd_client_url(self) -> str:
-        return f"https://{self.ip}:{self.ports.etcd_client}"
 
 
 @dataclass(frozen=True)
@@ -98,10 +78,6 @@ class ClusterShape:
     @property
     def minor(self) -> int:
         return int(self.version.split(".")[1])
-
-    @property
-    def etcd_tag(self) -> str:
-        return etcd_tag(self.minor)  # the sandbox runs its one etcd build for any tag
 
 
 @dataclass(frozen=True)

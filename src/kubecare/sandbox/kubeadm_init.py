@@ -18,8 +18,9 @@ So the objects ``kubeadm upgrade`` later reads are the ones kubeadm itself wrote
 sandbox runs the DaemonSet every real cluster has (kube-proxy), which drains and upgrades must
 live with.
 
-The config kubeadm reads is written to ``<state>/kubeadm/init.yaml`` (0600: it holds the bootstrap
-token).
+The configs kubeadm reads are written to ``<state>/kubeadm/``: ``init.yaml`` (the first node's,
+with the bootstrap token; 0600), ``init-<node>.yaml`` (each joiner's own name and address, for
+its file phases) and ``join-<node>.yaml`` (its etcd-join).
 """
 
 from __future__ import annotations
@@ -122,26 +123,20 @@ def config_documents(init: dict[str, Any], cluster: dict[str, Any]) -> str:
     return yaml.safe_dump_all([init, cluster], sort_keys=False)
 
 
-async def run_phases(
-    kubeadm: Path,
-    config: Path,
-    kubeconfig: Path,
-    log: Path,
-    timeout: float = 60,
-    *,
-    netns: str | None = None,
-) -> None:
-    """Run each phase once, in order, on the first control-plane node's network (``netns``:
-    kubeadm writes the server it talks to into ``cluster-info``, which joining nodes use); its
-    output goes to ``log``. A failing phase raises :class:`SandboxError` with kubeadm's own
-    message."""
-    net = ["nsenter", f"--net={netns}", "--"] if netns else []
+async def run_phases(view: NodeView, config: Path, log: Path, timeout: float = 60) -> None:
+    """Run each API-side phase once, in order, in the first control-plane node's view (its
+    network: kubeadm writes the server it talks to into ``cluster-info``, which joining nodes
+    use; its files: kubeadm reads the node's pki, never the machine's), as super-admin (what
+    ``kubeadm init`` uses before admin.conf's group is bound). A failing phase raises
+    :class:`SandboxError` with kubeadm's own message."""
     for phase in PHASES:
-        argv = [
-            *net, str(kubeadm), "init", "phase", *phase,
-            "--config", str(config), "--kubeconfig", str(kubeconfig),
-        ]  # fmt: skip
-        await _run(argv, f"kubeadm init phase {' '.join(phase)}", log, timeout)
+        await in_view(
+            view,
+            ["init", "phase", *phase, "--kubeconfig", "/etc/kubernetes/super-admin.conf"],
+            config,
+            log,
+            timeout,
+        )
 
 
 async def in_view(
@@ -201,10 +196,10 @@ async def _run(
     except TimeoutError:
         proc.kill()
         await proc.wait()
+        await asyncio.to_thread(_append, log, f"$ {' '.join(argv)}\n(timed out)\n".encode())
         raise SandboxError(f"{what} did not finish within {timeout:.0f}s; see {log}") from None
-    finally:
-        await asyncio.to_thread(_append, log, f"$ {' '.join(argv)}\n".encode())
-    await asyncio.to_thread(_append, log, output)
+    # one write per run: runs on several nodes at once do not interleave in the log
+    await asyncio.to_thread(_append, log, f"$ {' '.join(argv)}\n".encode() + output)
     if proc.returncode != 0:
         lines = output.decode(errors="replace").strip().splitlines()
         why = next(

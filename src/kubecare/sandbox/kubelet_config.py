@@ -3,10 +3,12 @@
 
 As the kubelet does (pkg/kubelet/kubeletconfig/configfiles/configfiles.go ``Load``; kubelet.go
 ``makePodSourceConfig``): the file is read only at start; an unreadable, empty or foreign file
-means the kubelet does not start — the pods it ran keep running, unmanaged changes wait for a
-start that works; a relative ``staticPodPath`` is resolved against the file's directory
-(``resolveRelativePaths``); an empty one means no static pods at all. Absolute paths are the
-node's, inside its tree. Pure: text in, :class:`KubeletStart` out.
+(another kind or version) means the kubelet does not start — the pods it ran keep running,
+unmanaged, until a start that works; a relative ``staticPodPath`` is resolved against the file's
+directory (``resolveRelativePaths``); an empty one means no static pods at all. Absolute paths
+are the node's, inside its tree. Only what the runner uses is checked: a field the kubelet's
+strict decoding or validation would refuse elsewhere in the file goes unnoticed. Text in,
+:class:`KubeletStart` out (the one file-system access: symlinks out of the tree are resolved).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path, PurePosixPath
 
 #: the kubelet's --config on a kubeadm node (kubeadm's kubelet drop-in), inside the node's tree
 CONFIG = "var/lib/kubelet/config.yaml"
-GROUP_VERSIONS = ("kubelet.config.k8s.io/v1beta1", "kubelet.config.k8s.io/v1")
+#: KubeletConfiguration's only served version (v1 registers CredentialProviderConfig alone:
+#: k8s.io/kubelet config/v1/register.go)
+GROUP_VERSIONS = ("kubelet.config.k8s.io/v1beta1",)
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,9 @@ class Sandbox(Bootstrap, StaticPodAdmin, NodeMachines):
             )
         version = resolve_version(opts.version)
         network.check_privileges()
+        from kubecare.sandbox import nodeshell
+
+        nodeshell.check_views(state_root())
         with self.locked():
             if self.exists():
                 try:

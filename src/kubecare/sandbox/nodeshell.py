@@ -41,7 +41,8 @@ from kubecare.errors import SandboxError, UsageError
 
 #: the machine's dirs the node's tree is laid over (its upper layer: the same path in the tree)
 OVERLAYS = ("/etc", "/var")
-#: made in the node's tree so a fresh node has them at kubeadm's paths
+#: made in the node's tree so a fresh node has them at kubeadm's paths; bound over the overlays,
+#: so they hold the node's files only
 NODE_DIRS = ("etc/kubernetes", "var/lib/etcd", "var/lib/kubelet")
 BIN = "usr/local/bin"
 
@@ -105,6 +106,11 @@ class NodeView:
                 f"-o lowerdir={q(target)},upperdir={q(str(up))},workdir={q(str(work))} {q(target)}"
                 f" || fail {q('overlay ' + target)}"
             )
+        for rel in NODE_DIRS:
+            # The node's own, not merged with the machine's: on a machine that is a kubeadm node
+            # itself, /etc/kubernetes/pki would otherwise show its CA to the node's kubeadm.
+            own, target = q(str(self.root / rel)), q("/" + rel)
+            lines.append(f"mount --bind {own} {target} || fail {q('bind ' + '/' + rel)}")
         lines.append(
             f"mount -t tmpfs -o mode=755 kubecare-{self.node}-run /run || fail 'mount /run'"
         )
@@ -219,3 +225,36 @@ def environment(view: NodeView, base: dict[str, str]) -> dict[str, str]:
     env.update(view.env)
     env["PATH"] = f"{view.bin}:{base.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
     return env
+
+
+def check_views(scratch: Path) -> None:
+    """Refuse early when this machine cannot make a node's view: kubeadm writes every node's
+    tree in one (a private mount namespace with overlays), so ``sandbox up`` needs it before
+    it writes anything. A trial overlay in a scratch dir under ``scratch``, removed after."""
+    import subprocess
+    import tempfile
+
+    unshare, _ = tools()
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".view-check-", dir=scratch) as tmp:
+        dirs = [Path(tmp) / d for d in ("lower", "upper", "work", "merged")]
+        for d in dirs:
+            d.mkdir()
+        lower, upper, work, merged = (shlex.quote(str(d)) for d in dirs)
+        try:
+            res = subprocess.run(
+                [unshare, "--mount", "--propagation", "private", "sh", "-c",
+                 f"mount -t overlay kubecare-check -o lowerdir={lower},upperdir={upper},"
+                 f"workdir={work} {merged}"],
+                capture_output=True, text=True, timeout=20, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as e:
+            res = subprocess.CompletedProcess([], 1, "", str(e))
+    if res.returncode != 0:
+        why = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SandboxError(
+            "kubecare sandbox up cannot make a node's view here (a private mount namespace with "
+            f"overlayfs, where kubeadm writes the node's tree): {why[0]}; it needs root and the "
+            "kernel's overlay file system (modprobe overlay), outside a container that forbids "
+            "mounts"
+        )

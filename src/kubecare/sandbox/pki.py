@@ -7,7 +7,6 @@ leave). Keys are ECDSA P-256 (kubeadm's ``encryptionAlgorithm: ECDSA-P256``) and
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,15 +43,6 @@ class CertPair:
     key: Path
 
 
-# names kubecare has always used -> kubeadm's file (relative to pki/)
-_ALIASES = {
-    "etcd-ca": "etcd/ca",
-    "etcd-server": "etcd/server",
-    "etcd-peer": "etcd/peer",
-    "etcd-healthcheck-client": "etcd/healthcheck-client",
-}
-
-
 @dataclass(frozen=True)
 class SandboxPKI:
     """One control-plane node's ``pki/`` dir, and the sandbox's client certificates."""
@@ -63,8 +53,7 @@ class SandboxPKI:
     def pair(self, name: str) -> CertPair:
         if any(name == c[0] for c in CLIENTS) or name.startswith(KUBELET_CLIENT):
             return CertPair(self.clients / f"{name}.crt", self.clients / f"{name}.key")
-        rel = _ALIASES.get(name, name)
-        return CertPair(self.dir / f"{rel}.crt", self.dir / f"{rel}.key")
+        return CertPair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
 
     @property
     def ca(self) -> CertPair:
@@ -73,18 +62,6 @@ class SandboxPKI:
     @property
     def etcd_ca(self) -> CertPair:
         return self.pair("etcd/ca")
-
-    @property
-    def front_proxy_ca(self) -> CertPair:
-        return self.pair("front-proxy-ca")
-
-    @property
-    def sa_key(self) -> Path:
-        return self.dir / "sa.key"
-
-    @property
-    def sa_pub(self) -> Path:
-        return self.dir / "sa.pub"
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -117,17 +94,11 @@ def _issue(
     cn: str,
     *,
     org: str | None = None,
-    server: bool = False,
-    client: bool = False,
-    dns: tuple[str, ...] = (),
-    ips: tuple[str, ...] = (),
 ) -> None:
+    """A client certificate (CN = user, O = group) signed by ``ca``."""
     key = _key()
     now = dt.datetime.now(dt.UTC)
-    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-    )
-    builder = (
+    cert = (
         x509.CertificateBuilder()
         .subject_name(_name(cn, org))
         .issuer_name(ca[0].subject)
@@ -136,13 +107,10 @@ def _issue(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca[1], hashes.SHA256())
     )
-    if dns or ips:
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    _write_pair(pair, builder.sign(ca[1], hashes.SHA256()), key)
+    _write_pair(pair, cert, key)
 
 
 def _load(pair: CertPair) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -159,7 +127,7 @@ def issue_clients(pki: SandboxPKI) -> None:
     pki.clients.chmod(0o700)
     ca = _load(pki.ca)
     for stem, cn, org in CLIENTS:
-        _issue(pki.pair(stem), ca, cn, org=org, client=True)
+        _issue(pki.pair(stem), ca, cn, org=org)
 
 
 def issue_node_client(pki: SandboxPKI, node: str) -> CertPair:
@@ -167,5 +135,5 @@ def issue_node_client(pki: SandboxPKI, node: str) -> CertPair:
     signed by the cluster CA: what the kubelet's TLS bootstrap leaves on a joined node."""
     pair = pki.pair(KUBELET_CLIENT + node)
     if not (pair.cert.exists() and pair.key.exists()):
-        _issue(pair, _load(pki.ca), f"system:node:{node}", org="system:nodes", client=True)
+        _issue(pair, _load(pki.ca), f"system:node:{node}", org="system:nodes")
     return pair

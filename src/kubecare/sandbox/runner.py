@@ -243,6 +243,13 @@ def _kube_version_with_etcd(etcd: str) -> str:
     return next((k for k in KUBE_VERSIONS if etcd_version_for(k) == etcd), KUBE_VERSIONS[0])
 
 
+def same_file(a: Path | None, b: Path | None) -> bool:
+    """One path however it is spelled (the state dir may sit behind a symlink)."""
+    if a is None or b is None:
+        return a is b
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def probe_once(probe: Probe) -> bool:
     """One httpGet probe as the kubelet sends it: TLS not verified, 2xx/3xx is success."""
     ctx = ssl._create_unverified_context()
@@ -292,7 +299,7 @@ class Runner:
                 text: str | None = (root / kubelet_config.CONFIG).read_text()
             except OSError:
                 text = None
-            if first and text is None:
+            if first and not mark and text is None:
                 continue  # a node still being set up: its kubeadm writes the config later
             start = kubelet_config.read(root, text)
             nd.kubelet_error = start.error
@@ -302,7 +309,7 @@ class Runner:
                     "pods run on as they are, unmanaged, until a start that works"
                 )
                 continue
-            if start.manifests != nd.static:
+            if not same_file(start.manifests, nd.static):
                 self._log(
                     f"node {nd.node}: the kubelet started with staticPodPath "
                     f"{start.manifests or '(none: no static pods)'}"
@@ -323,7 +330,9 @@ class Runner:
             if nd.static is None:
                 continue  # its pods are retired below
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                for path in sorted(nd.static.iterdir()):
+                # staticPodPath may name one file (the kubelet's file source reads either)
+                files = [nd.static] if nd.static.is_file() else sorted(nd.static.iterdir())
+                for path in files:
                     if path.name.startswith(".") or not path.is_file():
                         continue  # the kubelet ignores hidden files (editors' swap files)
                     key = f"{nd.node}/{path.name}"
@@ -340,7 +349,9 @@ class Runner:
             return
         old = self.pods.get(key)
         digest = digest_of(data)
-        if old is not None and old.digest == digest:
+        # The kubelet's pod UID hashes the pod, the node and the file's path (config/common.go
+        # applyDefaults): the same bytes at another path are another pod.
+        if old is not None and old.digest == digest and same_file(old.file, path):
             return
         pod = StaticPod(nd.node, path, digest=digest)
         try:

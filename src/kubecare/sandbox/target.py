@@ -77,6 +77,12 @@ def _tree(manifests: Path) -> NodeTree:
 
     found = node_of(manifests)
     if found is None:
+        if owner(manifests) is not None:
+            raise EtcdError(
+                f"{manifests} is inside sandbox {owner(manifests)!r} but in no node's tree: its "
+                "manifests name the node's paths (/etc/kubernetes/pki, /var/lib/etcd), which "
+                "exist only there; use a dir under nodes/<node>/ (or --sandbox)"
+            )
         return ON_THE_NODE
     name, node = found
     home = state_root().resolve() / name
