@@ -146,7 +146,8 @@ async def test_predicted_evictions_match_the_controller_and_fates_come_true(
             elsewhere = [
                 role(p)
                 for p in await pods(kube, namespace)
-                if p["spec"]["nodeName"] == pool.nodes[1] and p["status"].get("phase") == "Running"
+                if p["spec"].get("nodeName") == pool.nodes[1]
+                and p["status"].get("phase") == "Running"
             ]
             return elsewhere.count("web") == 2 and "fast" in elsewhere
 
