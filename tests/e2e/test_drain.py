@@ -523,3 +523,24 @@ async def test_an_apiserver_outage_mid_drain_is_retried_then_reported_and_the_re
         assert set(states(json.loads(res.stdout)[0], "default")) == {"evicted"}
     finally:
         sb.down()
+
+
+async def test_chunk_size_pages_the_node_list_as_kubectl_does(sandbox: Sandbox, pool: Pool) -> None:
+    """kubectl drain's builder asks for nodes RequestChunksOf(--chunk-size) too (issue 19,
+    item 17): the pool's two nodes by -l take pages of one (the apiserver may end with an empty
+    page), or one page of 500 — counted by the client against the real apiserver; drain passes
+    its --chunk-size through."""
+    from kubecare.kube import ClientOptions
+    from kubecare.nodes.select import select_nodes
+
+    from .workloads import POOL_KEY
+
+    selector = f"{POOL_KEY}={pool.name}"
+    requests = {}
+    for size in (500, 1):
+        async with Kube(ClientOptions(kubeconfig=str(sandbox.kubeconfig))) as kube:
+            before = kube.requests
+            nodes = await select_nodes(kube, [], selector, chunk_size=size)
+            requests[size] = kube.requests - before
+        assert sorted(n["metadata"]["name"] for n in nodes) == sorted(pool.nodes)
+    assert requests[500] == 1 and requests[1] >= 2, requests

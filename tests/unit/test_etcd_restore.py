@@ -501,3 +501,38 @@ async def test_with_etcd_down_and_no_data_dir_the_manifests_alone_are_not_enough
     # the whole cluster given: the manifests and that list are what there is
     known = await known_members([m], said.append, cluster_given=True)
     assert [k.name for k in known] == ["node1"]
+
+
+# -- malformed manifests: one clear error, never a traceback (issue 19, item 13) -----------------
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda c: c.update(command="etcd --name=x"), "command is not a list"),
+        (lambda c: c.update(args={"a": 1}), "args is not a list"),
+        (lambda c: c.update(volumeMounts=["etcd-data"]), "volumeMounts"),
+        (lambda c: c.update(command=[["etcd"]]), "command is not a list of strings"),
+        (lambda c: c.update(env="x", volumeMounts={"a": 1}), "volumeMounts"),
+    ],
+)
+def test_a_malformed_etcd_manifest_is_one_error(change: object, why: str) -> None:
+    doc = yaml.safe_load(kubeadm_etcd_yaml())
+    change(doc["spec"]["containers"][0])  # type: ignore[operator]
+    with pytest.raises(EtcdError, match=why):
+        parse_member(MANIFEST, yaml.safe_dump(doc))
+
+
+def test_an_etcd_manifest_that_is_a_directory_is_one_error(tmp_path: Path) -> None:
+    from kubecare.etcd.members import read_members
+
+    (tmp_path / "etcd.yaml").mkdir()
+    with pytest.raises(EtcdError, match=r"etcd.yaml: cannot read it \(Is a directory\)"):
+        read_members([tmp_path])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["spec: a string", "spec: {containers: [{command: [etcd]}], volumes: 3}", "[1, 2]", "- a"],
+)
+def test_any_shape_but_a_pods_is_one_error(text: str) -> None:
+    with pytest.raises(EtcdError, match=r"etcd\.yaml"):
+        parse_member(MANIFEST, text)

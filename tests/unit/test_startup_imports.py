@@ -131,3 +131,28 @@ def test_reading_a_local_backup_imports_no_cluster_client_s3_or_age(tmp_path: Pa
         assert "kubecare.backup.archive" in mods  # the command did run
         unwanted = ("asyncio", "kubecare.kube", "obstore", "pyrage", "ssl")
         assert [m for m in unwanted if m in mods] == [], args
+
+
+def test_an_unexpected_exception_is_one_line_and_a_private_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's last resort (issue 19, item 13): never a bare traceback."""
+    import argparse
+    import stat
+
+    from kubecare.cli import app
+
+    def boom(_args: argparse.Namespace) -> int:
+        raise TypeError("can only concatenate str (not 'list') to str")
+
+    parser = argparse.ArgumentParser(prog="kubecare")
+    parser.set_defaults(handler=boom)
+    monkeypatch.setattr(app, "build_parser", lambda: parser)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert app.main([]) == 70
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: kubecare failed unexpectedly (TypeError: can only concatenate")
+    [report] = (tmp_path / "kubecare" / "crashes").iterdir()
+    assert str(report) in err and stat.S_IMODE(report.stat().st_mode) == 0o600
+    assert "Traceback" in report.read_text() and "boom" in report.read_text()

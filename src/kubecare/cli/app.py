@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from kubecare import __version__
 from kubecare.cli import backup, completion, drain, etcd, nodes, outage, sandbox, upgrade
@@ -120,7 +121,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `kubecare nodes | head`: the reader left; not an error
         return 0
+    except Exception as e:  # a defect of kubecare's: one line here, the details in a file
+        sys.stderr.write(f"error: {crash_report(e)}\n")
+        return 70  # EX_SOFTWARE
     return int(code or 0)
+
+
+def crash_report(e: BaseException) -> str:
+    """Write ``e``'s traceback to a private file; the one line that names it."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    text = "".join(traceback.format_exception(e))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    where = Path(base) / "kubecare" / "crashes"
+    try:
+        from kubecare.files import write_atomic
+
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / f"crash-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
+        write_atomic(path, text, mode=0o600)
+        detail = f"the details are in {path}"
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix="kubecare-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        detail = f"the details are in {name}"
+    return (
+        f"kubecare failed unexpectedly ({type(e).__name__}: {e}); {detail} — please report "
+        "it with that file"
+    )
 
 
 if __name__ == "__main__":

@@ -212,7 +212,8 @@ def drain_cmd(args: argparse.Namespace) -> int:
 
     async def body(kube: Kube) -> Any:
         targets = [
-            n["metadata"]["name"] for n in await select_nodes(kube, args.nodes, args.selector)
+            n["metadata"]["name"]
+            for n in await select_nodes(kube, args.nodes, args.selector, chunk_size=opts.chunk_size)
         ]
         if args.plan:
             from kubecare.nodes.drain_plan import plan_nodes

@@ -138,7 +138,7 @@ def _mounts(doc: dict[str, Any], container: dict[str, Any]) -> list[tuple[str, s
     volumes = {
         v.get("name"): (v.get("hostPath") or {}).get("path")
         for v in (doc.get("spec") or {}).get("volumes") or []
-        if isinstance(v, dict)
+        if isinstance(v, dict) and isinstance(v.get("hostPath") or {}, dict)
     }
     out = []
     for m in container.get("volumeMounts") or []:
@@ -160,6 +160,17 @@ def host_path(path: str, mounts: list[tuple[str, str, str]]) -> tuple[Path, str 
 def parse_member(
     manifest: Path, text: str, reach: Reach = as_written, tree: NodeTree = ON_THE_NODE
 ) -> Member:
+    """The member ``manifest`` (its text) describes; anything not shaped like a Pod is an
+    :class:`EtcdError` naming the file, never a traceback."""
+    try:
+        return _parse_member(manifest, text, reach, tree)
+    except (AttributeError, TypeError, KeyError) as e:  # a field of another type than a Pod's
+        raise EtcdError(
+            f"{manifest} does not look like kubeadm's etcd manifest ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _parse_member(manifest: Path, text: str, reach: Reach, tree: NodeTree) -> Member:
     import yaml
 
     where = str(manifest)
@@ -173,7 +184,17 @@ def parse_member(
     if not isinstance(containers, list) or not containers or not isinstance(containers[0], dict):
         raise EtcdError(f"{where} does not look like kubeadm's etcd manifest (no container)")
     container = containers[0]
-    command = [str(c) for c in (container.get("command") or []) + (container.get("args") or [])]
+    command: list[str] = []
+    for part in ("command", "args"):
+        value = container.get(part) or []
+        if not isinstance(value, list):
+            raise EtcdError(f"{where}: the etcd container's {part} is not a list")
+        if not all(isinstance(c, str) for c in value):
+            raise EtcdError(f"{where}: the etcd container's {part} is not a list of strings")
+        command += value
+    mounts_in = container.get("volumeMounts") or []
+    if not isinstance(mounts_in, list) or not all(isinstance(m, dict) for m in mounts_in):
+        raise EtcdError(f"{where}: the etcd container's volumeMounts are not a list of mounts")
     if not command or os.path.basename(command[0]) != "etcd":
         raise EtcdError(f"{where} does not look like kubeadm's etcd manifest (command is not etcd)")
     flags = _flags(command)
@@ -245,5 +266,8 @@ def read_members(
             ) from None
         except PermissionError:
             raise EtcdError(f"{path}: permission denied (run as root on the node)") from None
+        except (OSError, UnicodeDecodeError) as e:  # a directory, a device, not text
+            why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+            raise EtcdError(f"{path}: cannot read it ({why})") from None
         out.append(parse_member(path, text, reach, trees(d)))
     return out

@@ -24,8 +24,11 @@ def validate_selection(names: Sequence[str], selector: str | None) -> None:
         )
 
 
-async def select_nodes(kube: Kube, names: Sequence[str], selector: str | None) -> list[JSON]:
-    """The node objects named (each must exist) or matching ``selector`` (at least one)."""
+async def select_nodes(
+    kube: Kube, names: Sequence[str], selector: str | None, *, chunk_size: int = 500
+) -> list[JSON]:
+    """The node objects named (each must exist) or matching ``selector`` (at least one), the
+    list paged by ``chunk_size`` (kubectl drain's builder: RequestChunksOf its --chunk-size)."""
     validate_selection(names, selector)
     if selector:
         nodes = [
@@ -33,6 +36,7 @@ async def select_nodes(kube: Kube, names: Sequence[str], selector: str | None) -
             async for n in kube.list_items(
                 "/api/v1/nodes",
                 params={"labelSelector": selector},
+                chunk_size=chunk_size,
                 what=f"nodes matching {selector!r}",
             )
         ]
