@@ -99,6 +99,17 @@ def identities(path: Path) -> list[Any]:
     return out
 
 
+def new_identity(now: str) -> tuple[str, str]:
+    """A fresh age identity as ``age-keygen`` writes its file (``# created``, ``# public key``,
+    the ``AGE-SECRET-KEY-1...`` line), and its recipient (``age1...``)."""
+    import pyrage
+
+    identity = pyrage.x25519.Identity.generate()
+    recipient = str(identity.to_public())
+    text = f"# created: {now}\n# public key: {recipient}\n{identity}\n"
+    return text, recipient
+
+
 def decryptor(parsed: list[Any]) -> Callable[[bytes, str], bytes]:
     import pyrage
 

@@ -146,6 +146,17 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     )
     delete.set_defaults(handler=delete_cmd)
 
+    keygen = cmds.add_parser(
+        "keygen",
+        help="a new age identity for encrypted backups: the key file (0600), its recipient printed",
+    )
+    keygen.add_argument(
+        "-o", "--output-file", required=True, metavar="FILE",
+        help="where the identity goes (0600; never overwritten without --overwrite)",
+    )  # fmt: skip
+    keygen.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    keygen.set_defaults(handler=keygen_cmd)
+
     sched = cmds.add_parser(
         "schedule",
         help="print a CronJob and read-only RBAC (the types the cluster serves now) that run "
@@ -599,6 +610,35 @@ def restore_cmd(args: argparse.Namespace) -> int:
             f"{result.count(Outcome.FAILED)} failed, in {result.seconds:.1f}s"
         )
     return 1 if result.failed else 0
+
+
+def keygen_cmd(args: argparse.Namespace) -> int:
+    """``age-keygen -o FILE``, without a separate tool: the identity 0600 and atomic, the
+    recipient on stdout (for --encrypt-to or a recipients file)."""
+    import datetime as dt
+
+    from kubecare.backup.secrets import new_identity
+    from kubecare.cli.render import say
+    from kubecare.errors import UsageError
+    from kubecare.files import write_atomic
+
+    path = Path(args.output_file)
+    if path.exists() and not args.overwrite:
+        raise UsageError(
+            f"{path} exists (an identity there would be lost with it); choose another file or "
+            "add --overwrite"
+        )
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give a file name")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text, recipient = new_identity(now)
+    try:
+        write_atomic(path, text, mode=0o600)
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}") from None
+    say(f"Public key: {recipient}")
+    print(recipient)
+    return 0
 
 
 def delete_cmd(args: argparse.Namespace) -> int:
