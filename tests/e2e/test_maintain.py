@@ -285,3 +285,31 @@ async def test_a_process_left_in_the_background_does_not_hold_maintain(
     assert time.monotonic() - t0 < 8  # not waiting for the background sleep
     assert "started" in res.stderr and "still holds its output" in res.stderr
     assert not await cordoned(kube, pool.nodes[0])
+
+
+async def test_a_node_cordoned_before_maintain_stays_cordoned(
+    sandbox: Sandbox, kube: Kube, pool: Pool
+) -> None:
+    """Someone cordoned it for a reason (issue 19, item 15): maintain does its work and leaves
+    the node cordoned, saying so; its own cordon, left by a run that stopped short, it lifts."""
+    node = pool.nodes[1]  # the pool's second node starts cordoned
+    assert await cordoned(kube, node)
+    res = await asyncio.to_thread(
+        run_cli, "maintain", node, "-o", "json", "--", "true",
+        kubeconfig=sandbox.kubeconfig, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["left_cordoned"] is True and report["uncordoned"] is False
+    assert f"node/{node} stays cordoned: it was cordoned before maintain began" in res.stderr
+    assert await cordoned(kube, node)
+
+    # A run that stops short (the command fails) leaves its own cordon; the rerun lifts it.
+    other = pool.nodes[0]
+    failed = run_cli("maintain", other, "--", "sh", "-c", "exit 3", kubeconfig=sandbox.kubeconfig)
+    assert failed.returncode == 1 and await cordoned(kube, other)
+    again = run_cli("maintain", other, "-o", "json", "--", "true", kubeconfig=sandbox.kubeconfig)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["uncordoned"] is True and not await cordoned(kube, other)
+    annotations = (await kube.get_json(f"/api/v1/nodes/{other}"))["metadata"].get("annotations")
+    assert "kubecare.io/cordoned-by-maintain" not in (annotations or {})

@@ -284,7 +284,8 @@ def maintain_cmd(args: argparse.Namespace) -> int:
         args.output,
         lambda: (
             f"node/{node} maintained in {result.seconds:.1f}s: {len(result.drain.done) if result.drain else 0} pod(s) evicted, "
-            f"command exited {result.exit_code}, node Ready{', rebooted' if result.boot_id_after != result.boot_id_before else ''}, uncordoned"
+            f"command exited {result.exit_code}, node Ready{', rebooted' if result.boot_id_after != result.boot_id_before else ''}, "
+            + ("left cordoned, as it was before" if result.left_cordoned else "uncordoned")
         ),
     )
     return 0

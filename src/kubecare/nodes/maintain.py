@@ -55,6 +55,8 @@ class MaintainReport:
     boot_id_after: str = ""
     seconds: float = 0.0
     uncordoned: bool = False
+    # cordoned before maintain began (by someone, for a reason): left cordoned at the end
+    left_cordoned: bool = False
     output_tail: list[str] = field(default_factory=list)  # the command's last lines
 
 
@@ -261,6 +263,12 @@ async def _maintain_locked(
     t0 = time.monotonic()
     before = await kube.get_json(f"/api/v1/nodes/{node}", what=f'node "{node}"')
     report.boot_id_before = boot_id(before)
+    # Someone's cordon stays (kured and kubecare upgrade do the same); a cordon of an earlier
+    # maintain run that stopped short is kubecare's own, told by its annotation.
+    was_cordoned = bool((before.get("spec") or {}).get("unschedulable"))
+    ours = MAINTAIN_CORDON in ((before.get("metadata") or {}).get("annotations") or {})
+    if not was_cordoned:
+        await _mark_cordon(kube, node, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     reports: list[NodeReport] = []
     try:
         await drain_nodes(kube, [node], drain_opts, on_event=on_event, reports=reports, lock=lock)
@@ -317,8 +325,35 @@ async def _maintain_locked(
         timeout=opts.ready_timeout,
     )
     _check(lock)
-    await set_unschedulable(kube, node, False)
-    report.uncordoned = True
     report.seconds = time.monotonic() - t0
+    if was_cordoned and not ours:
+        report.left_cordoned = True
+        on_event(
+            Event(
+                "left-cordoned",
+                f"node/{node} stays cordoned: it was cordoned before maintain began "
+                f"(kubecare uncordon {node} when it should take pods again)",
+                node=node,
+            )
+        )
+        return report
+    await set_unschedulable(kube, node, False)
+    await _mark_cordon(kube, node, None)
+    report.uncordoned = True
     on_event(Event("uncordoned", f"node/{node} uncordoned", node=node))
     return report
+
+
+#: On a node maintain cordoned itself, until it uncordons it: a rerun after a crash can tell
+#: its own cordon from one that was there before it.
+MAINTAIN_CORDON = "kubecare.io/cordoned-by-maintain"
+
+
+async def _mark_cordon(kube: Kube, node: str, value: str | None) -> None:
+    await kube.request_json(
+        "PATCH",
+        f"/api/v1/nodes/{node}",
+        body={"metadata": {"annotations": {MAINTAIN_CORDON: value}}},
+        content_type="application/merge-patch+json",
+        what=f'node "{node}"',
+    )
