@@ -248,6 +248,12 @@ async def test_the_plan_lists_what_kubeadm_upgrade_plan_lists(usb: Sandbox) -> N
     } | {(c["component"], "", _v(c["current"]), _v(c["target"])) for c in plan["addons"]}
     assert ours == theirs
     assert ("coredns", "", "1.14.2", "1.14.6") in ours  # kubeadm v1.37's CoreDNS
+    # no --to: the next minor's newest release kubecare knows, and the plan says where from
+    dflt = cli(usb, "upgrade", "plan", "--ignore-daemonsets", "-o", "json")
+    assert dflt.returncode == 0, dflt.stderr
+    d = json.loads(dflt.stdout)
+    assert d["target"] == f"v{NEW}" and "release list" in d["target_reason"], d["target_reason"]
+    assert [s["changes"] for s in d["steps"]] == [s["changes"] for s in plan["steps"]]
 
     manifests = usb.node_root(first) / "etc" / "kubernetes" / "manifests"
     before = {p.name: p.read_bytes() for p in manifests.iterdir()}

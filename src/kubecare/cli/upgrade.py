@@ -41,8 +41,15 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     up = subs.add_parser("upgrade", help="plan and run a cluster upgrade, one minor at a time")
     cmds = up.add_subparsers(dest="upgrade_command", metavar="COMMAND", required=True)
 
-    def planning(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--to", required=True, metavar="VERSION", help="target, e.g. v1.37.2")
+    def planning(p: argparse.ArgumentParser, *, target_required: bool = True) -> None:
+        if target_required:
+            p.add_argument("--to", required=True, metavar="VERSION", help="target, e.g. v1.37.2")
+        else:
+            p.add_argument(
+                "--to", metavar="VERSION",
+                help="target, e.g. v1.37.2 (default: the next minor's newest release kubecare "
+                "knows)",
+            )  # fmt: skip
         p.add_argument(
             "--strategy",
             choices=("rolling", "all-at-once", "surge"),
@@ -77,7 +84,7 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     plan = cmds.add_parser(
         "plan", help="is the upgrade allowed, in which order, and is the cluster ready (go/no-go)"
     )
-    planning(plan)
+    planning(plan, target_required=False)
     plan.set_defaults(handler=plan_cmd)
 
     apply = cmds.add_parser(
@@ -258,7 +265,7 @@ def plan_cmd(args: argparse.Namespace) -> int:
     from kubecare.upgrade.preflight import make_plan
     from kubecare.versions.semver import parse_target
 
-    target = parse_target(args.to)
+    target = parse_target(args.to) if args.to else None
     drain = drain_options(args)
     parse_max_unavailable(args.max_unavailable, 1)  # a bad value fails before any request
     eps = _etcd_endpoints(args)
@@ -289,6 +296,8 @@ def plan_text(plan: UpgradePlan) -> str:
         f"strategy {plan.strategy}, {plan.max_unavailable} worker(s) at a time",
         "",
     ]
+    if plan.target_reason:
+        out[1:1] = [f"Target {plan.target}: {plan.target_reason}."]
     rows = []
     for s in plan.steps:
         for c in s.changes:

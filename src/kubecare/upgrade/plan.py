@@ -132,6 +132,8 @@ class UpgradePlan:
     skew_now: list[str]
     # kubeadm's addon phase, run by `kubeadm upgrade apply` once the first control plane is done
     addons: list[Change] = field(default_factory=list)
+    # why this target, when the user gave none (``upgrade plan`` without --to)
+    target_reason: str = ""
 
     @property
     def go(self) -> bool:
@@ -160,6 +162,18 @@ def _older(version: str, target: Version) -> bool:
     return v is None or v < target
 
 
+def _apiservers(components: Sequence[Component]) -> list[Version]:
+    apis = [v for c in components if c.name == skew.APISERVER and (v := c.parsed) is not None]
+    if not apis:
+        raise UsageError("no kube-apiserver version found; is this a Kubernetes cluster?")
+    return apis
+
+
+def oldest_apiserver(components: Sequence[Component]) -> Version:
+    """The version the cluster is at: its oldest kube-apiserver."""
+    return min(_apiservers(components))
+
+
 def build_plan(
     components: Sequence[Component],
     nodes: Sequence[NodeFacts],
@@ -183,9 +197,7 @@ def build_plan(
             pdb_blocked={k: v for k, v in preflight.pdb_blocked.items() if k not in exempt},
             pdb_waits={k: v for k, v in preflight.pdb_waits.items() if k not in exempt},
         )
-    apis = [v for c in components if c.name == skew.APISERVER and (v := c.parsed) is not None]
-    if not apis:
-        raise UsageError("no kube-apiserver version found; is this a Kubernetes cluster?")
+    apis = _apiservers(components)
     oldest, newest = min(apis), max(apis)
     kubelets = {n.name: v for n in nodes if (v := _ver(n.kubelet)) is not None}
     jump = skew.check_jump(

@@ -204,7 +204,7 @@ async def read_preflight(
 
 async def make_plan(
     kube: Kube,
-    target: Version,
+    target: Version | None,
     drain_opts: DrainOptions,
     *,
     strategy: Strategy = Strategy.ROLLING,
@@ -217,7 +217,8 @@ async def make_plan(
     allow_rc: bool = False,
     exempt: frozenset[str] = frozenset(),
 ) -> tuple[UpgradePlan, Inventory]:
-    """Read the cluster and compute the plan (changes nothing)."""
+    """Read the cluster and compute the plan (changes nothing). With no ``target``, the next
+    minor's newest release kubecare knows (:func:`kubecare.versions.releases.default_target`)."""
     from kubecare.versions.inventory import collect, etcd_statuses
 
     statuses = await etcd_statuses(etcd_endpoints) if etcd_endpoints else []
@@ -227,6 +228,9 @@ async def make_plan(
     pre = await read_preflight(
         kube, nodes, drain_opts, inventory, snapshot_dir=snapshot_dir, backup_store=backup_store
     )
+    reason = ""
+    if target is None:
+        target, reason = _default_target(inventory)
     plan = build_plan(
         inventory.components,
         node_facts(nodes),
@@ -239,4 +243,13 @@ async def make_plan(
         allow_rc=allow_rc,
         exempt=exempt,
     )
+    plan.target_reason = reason
     return plan, inventory
+
+
+def _default_target(inventory: Inventory) -> tuple[Version, str]:
+    from kubecare.upgrade.plan import oldest_apiserver
+    from kubecare.versions.releases import default_target
+
+    chosen = default_target(oldest_apiserver(inventory.components))
+    return chosen.version, chosen.reason
