@@ -633,6 +633,10 @@ async def test_schedule_manifests_and_its_read_only_role(
             counts = {t["type"]: t["objects"] for t in json.loads(as_sa.stdout)["types"]}
             admin = {t["type"]: t["objects"] for t in json.loads(as_admin.stdout)["types"]}
             assert counts == admin and counts["secrets"] >= 2
+            # whose backup: the kube-system namespace's UID (the SA's rules may read it)
+            system = await kube.get_json("/api/v1/namespaces/kube-system")
+            with ArchiveReader.open(tmp_path / "admin.tar.zst") as r:
+                assert r.manifest["cluster"]["uid"] == system["metadata"]["uid"]
             # ... and a write is refused.
             res = run_cli("backup", "restore", "admin", "--from", str(tmp_path), "--identity",
                           str(m.key), "--existing", "update", kubeconfig=config)  # fmt: skip
@@ -646,9 +650,19 @@ async def test_schedule_manifests_and_its_read_only_role(
             config = kubeconfig_with_user(sandbox, {"token": token}, tmp_path / "sa2.yaml")
             base = ("backup", "create", "--to", str(tmp_path), "--include-namespaces", m.ns[0],
                     "--include-resources", "configmaps,secrets", "--encrypt-to", m.recipient)  # fmt: skip
+            # A partial backup is kept, marked partial, and fails the command (a CronJob that
+            # runs it goes red) unless --allow-partial.
             res = run_cli(*base, "partial", kubeconfig=config)
-            assert res.returncode == 0, res.stderr
+            assert res.returncode == 1, res.stderr
             assert "warning: secrets: forbidden" in res.stderr, res.stderr
+            assert "error: backup partial is partial: secrets (forbidden)" in res.stderr
+            assert "--allow-partial" in res.stderr and "Traceback" not in res.stderr
+            with ArchiveReader.open(tmp_path / "partial.tar.zst") as r:
+                assert r.manifest["missing"] == [{"type": "secrets", "reason": "forbidden"}]
+                assert r.manifest["cluster"]["uid"] == ""  # may not read kube-system
+            res = run_cli(*base, "accepted", "--allow-partial", "-o", "json", kubeconfig=config)
+            assert res.returncode == 0, res.stderr
+            assert json.loads(res.stdout)["missing"] == {"secrets": "forbidden"}
             res = run_cli(*base, "strict", "--strict", kubeconfig=config)
             assert res.returncode == 1 and "secrets" in res.stderr, res.stderr
             assert not (tmp_path / "strict.tar.zst").exists()

@@ -266,6 +266,41 @@ async def test_the_plan_lists_what_kubeadm_upgrade_plan_lists(usb: Sandbox) -> N
     assert {p.name: p.read_bytes() for p in manifests.iterdir()} == before
 
 
+async def test_the_preflight_counts_only_this_clusters_snapshot_and_backup(
+    usb: Sandbox, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A snapshot directory and a backup store shared with another cluster (the session's
+    sandbox): the preflight names this cluster's own snapshot and backup, though the other
+    cluster's are newer, and says what it passed over."""
+    snaps, store = tmp_path / "snapshots", tmp_path / "store"
+    snaps.mkdir()
+    for age, (sb, name) in ((3600, (usb, "mine")), (60, (sandbox, "theirs"))):
+        res = run_cli("etcd", "snapshot", "save", str(snaps / f"{name}.db"), "--sandbox", sb.name)
+        assert res.returncode == 0, res.stderr
+        res = run_cli("backup", "create", name, "--to", str(store), "--include-namespaces",
+                      "default", "--allow-plaintext-secrets", kubeconfig=sb.kubeconfig)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        stamp = time.time() - age
+        for path in (snaps / f"{name}.db", store / f"{name}.tar.zst"):
+            os.utime(path, (stamp, stamp))
+    res = cli(usb, "upgrade", "plan", "--to", f"v{NEW}", "--ignore-daemonsets", "--snapshot-dir",
+              str(snaps), "--backup-store", str(store), "-o", "json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    checks = {c["name"]: c["detail"] for c in json.loads(res.stdout)["checks"]}
+    assert f"({snaps / 'mine.db'})" in checks["etcd-snapshot"], checks["etcd-snapshot"]
+    assert "last etcd snapshot: 1.0 h old" in checks["etcd-snapshot"], checks["etcd-snapshot"]
+    assert (
+        f"{store / 'mine.tar.zst'}; newer ones passed over: 1 of other clusters"
+        in (checks["backup"])
+    ), checks["backup"]
+    # the other cluster sees its own
+    res = cli(sandbox, "upgrade", "plan", "--to", "v1.37.2", "--ignore-daemonsets",
+              "--snapshot-dir", str(snaps), "--backup-store", str(store), "-o", "json")  # fmt: skip
+    checks = {c["name"]: c["detail"] for c in json.loads(res.stdout)["checks"]}
+    assert f"({snaps / 'theirs.db'})" in checks["etcd-snapshot"], checks["etcd-snapshot"]
+    assert f"({store / 'theirs.tar.zst'})" in checks["backup"], checks["backup"]
+
+
 # -- 3. deprecated APIs ----------------------------------------------------------------------------
 def gadget_crd() -> dict[str, Any]:
     schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}

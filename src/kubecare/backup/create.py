@@ -112,6 +112,14 @@ class BackupResult:
     archive_bytes: int
     seconds: float
     encrypted_secrets: bool
+    # types that could not be read (type -> why): the backup is partial
+    missing: dict[str, str] = field(default_factory=dict)
+    cluster_uid: str = ""
+    server: str = ""
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
 
 
 def aliases(r: ApiResource) -> tuple[str, ...]:
@@ -285,7 +293,9 @@ async def create_backup(
     encrypted = bool(options.recipients)
     if encrypted:
         parse_recipients(options.recipients)  # a bad recipient is a usage error, before listing
-    version = await kube.version()
+    from kubecare.kube.identity import cluster_uid
+
+    version, uid = await asyncio.gather(kube.version(), cluster_uid(kube))
     resources = await discover(kube, all_versions=True)
     types = plan_types(resources, filters)
     if not types:
@@ -313,6 +323,7 @@ async def create_backup(
     ]
     frames: dict[str, JSON] = {}
     warnings: list[str] = []
+    missing: dict[str, str] = {}
     try:
         pool = _pool(options.workers)
     except OSError as e:  # no fork here (process limit, no /dev/shm): do the work in-process
@@ -345,6 +356,7 @@ async def create_backup(
                         type(e), "cannot be listed"
                     )
                     warnings.append(f"{result.name}: {why}, not backed up ({e})")
+                    missing[result.name] = why
                     result.count = -1
                     return
                 sums = checksums_path(r.group, r.resource)
@@ -391,13 +403,19 @@ async def create_backup(
             "kubecareVersion": __version__,
             "name": name,
             "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "cluster": {"server": kube.server, "version": version.get("gitVersion", "")},
+            "cluster": {
+                "server": kube.server,
+                "version": version.get("gitVersion", ""),
+                "uid": uid,  # the kube-system namespace's (kubecare.kube.identity)
+            },
             "filters": filters.to_json(),
             "encryption": {
                 "secrets": "age" if encrypted else "none",
                 "recipients": list(options.recipients),
             },
             "warnings": warnings,
+            # partial: these types are not in it (restore, retention and upgrades know)
+            "missing": [{"type": t, "reason": missing[t]} for t in sorted(missing)],
             "types": [
                 {
                     "group": t.group,
@@ -448,6 +466,9 @@ async def create_backup(
         archive_bytes=dest.stat().st_size,  # noqa: ASYNC240 (one stat, at the end)
         seconds=time.monotonic() - started,
         encrypted_secrets=encrypted,
+        missing=dict(sorted(missing.items())),
+        cluster_uid=uid,
+        server=kube.server,
     )
 
 

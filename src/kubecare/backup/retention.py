@@ -1,10 +1,12 @@
 """Retention: which backups ``--keep-last N`` / ``--keep-within DURATION`` let go (restic's
-rules: a backup is kept if either rule keeps it)."""
+rules: a backup is kept if either rule keeps it), applied per cluster as restic applies them per
+host and paths (``--group-by``): two clusters sharing a store never rotate each other's backups
+out. A pinned backup (an unfinished upgrade's rollback backup) is never let go."""
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from .stores import Info
 
@@ -15,10 +17,28 @@ def to_delete(
     keep_last: int | None,
     keep_within: float | None,
     now: datetime.datetime,
+    groups: Mapping[str, str] | None = None,
+    pinned: Collection[str] = (),
 ) -> list[Info]:
-    """Pure: the backups neither rule keeps, oldest first. With no rule, nothing is deleted."""
+    """Pure: the backups neither rule keeps within their group (``groups``: name -> cluster;
+    absent: one group), oldest first. With no rule, nothing is deleted."""
     if keep_last is None and keep_within is None:
         return []
+    by_group: dict[str, list[Info]] = {}
+    for i in infos:
+        by_group.setdefault((groups or {}).get(i.name, ""), []).append(i)
+    gone = [
+        i
+        for members in by_group.values()
+        for i in _one_group(members, keep_last, keep_within, now)
+        if i.name not in pinned
+    ]
+    return sorted(gone, key=lambda i: (i.modified, i.name))
+
+
+def _one_group(
+    infos: Sequence[Info], keep_last: int | None, keep_within: float | None, now: datetime.datetime
+) -> list[Info]:
     newest_first = sorted(infos, key=lambda i: (i.modified, i.name), reverse=True)
     keep: set[str] = set()
     if keep_last is not None:

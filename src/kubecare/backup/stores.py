@@ -26,6 +26,9 @@ from .archive import SUFFIX, ArchiveError, ArchiveReader
 DEFAULT_DIR = Path("~/.local/share/kubecare/backups")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
 _CREATE_LIMIT = 64 << 20  # up to here an S3 upload is one conditional PUT (held in memory)
+#: ``<name>.pin.json`` beside a backup: retention and ``backup delete`` leave it alone (an
+#: unfinished upgrade's rollback backup); its JSON says who pinned it and why.
+PIN = ".pin.json"
 
 
 class StoreError(KubecareError):
@@ -58,6 +61,26 @@ class Store(Protocol):
     def manifest(self, name: str) -> dict[str, Any]: ...
     def staging(self, name: str) -> contextlib.AbstractContextManager[Path]: ...
     def delete(self, name: str) -> None: ...
+    def pins(self) -> dict[str, str]: ...
+    def pin(self, name: str, why: str) -> None: ...
+    def unpin(self, name: str) -> None: ...
+
+
+def _pin_body(why: str) -> bytes:
+    import json
+
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps({"why": why, "pinned": stamp}).encode()
+
+
+def _pin_why(raw: bytes) -> str:
+    import json
+
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return "pinned (unreadable pin file)"
+    return str(data.get("why") or "pinned") if isinstance(data, dict) else "pinned"
 
 
 def open_store(url: str | None) -> Store:
@@ -139,6 +162,34 @@ class LocalStore:
             raise _missing(name, self.url) from None
         except OSError as e:
             raise StoreError(f"cannot delete {path}: {e.strerror}") from None
+
+    def _pin_path(self, name: str) -> Path:
+        return self.root / f"{check_name(name)}{PIN}"
+
+    def pins(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if not self.root.is_dir():
+            return out
+        for p in self.root.glob(f"*{PIN}"):
+            try:
+                out[p.name.removesuffix(PIN)] = _pin_why(p.read_bytes())
+            except OSError:
+                out[p.name.removesuffix(PIN)] = "pinned (unreadable pin file)"
+        return out
+
+    def pin(self, name: str, why: str) -> None:
+        from kubecare.files import write_atomic
+
+        try:
+            write_atomic(self._pin_path(name), _pin_body(why), mode=0o600)
+        except OSError as e:
+            raise StoreError(f"cannot pin {name} in {self.url}: {e.strerror}") from None
+
+    def unpin(self, name: str) -> None:
+        try:
+            self._pin_path(name).unlink(missing_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot unpin {name} in {self.url}: {e.strerror}") from None
 
 
 class S3Store:
@@ -297,6 +348,31 @@ class S3Store:
         if not self.exists(name):
             raise _missing(name, self.url)
         self._call("cannot delete from", obstore.delete, self.store, self.key(name))
+
+    def pins(self) -> dict[str, str]:
+        import obstore
+
+        metas = self._call("cannot list", lambda: obstore.list(self.store).collect())
+        out = {}
+        for m in metas:
+            path = str(m["path"])
+            if path.endswith(PIN) and "/" not in path:
+                raw = self._call("cannot read", obstore.get, self.store, path).bytes()
+                out[path.removesuffix(PIN)] = _pin_why(bytes(raw))
+        return out
+
+    def pin(self, name: str, why: str) -> None:
+        import obstore
+
+        key = f"{check_name(name)}{PIN}"
+        self._call("cannot pin in", obstore.put, self.store, key, _pin_body(why))
+
+    def unpin(self, name: str) -> None:
+        import obstore
+
+        key = f"{check_name(name)}{PIN}"
+        with contextlib.suppress(FileNotFoundError):
+            self._call("cannot unpin in", obstore.delete, self.store, key)
 
 
 class _RangeFile:

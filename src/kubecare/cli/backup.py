@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +56,13 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         help="store Secrets unencrypted when no recipient is given",
     )
     create.add_argument(
-        "--strict", action="store_true", help="fail if a resource type cannot be listed (forbidden)"
-    )
+        "--strict", action="store_true",
+        help="stop at the first type that cannot be listed, writing nothing",
+    )  # fmt: skip
+    create.add_argument(
+        "--allow-partial", action="store_true",
+        help="exit 0 although some types could not be listed (the backup is marked partial)",
+    )  # fmt: skip
     create.add_argument(
         "--no-default-excludes",
         dest="default_excludes",
@@ -144,6 +150,10 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     delete.add_argument(
         "--dry-run", action="store_true", help="say what would be deleted, delete nothing"
     )
+    delete.add_argument(
+        "--unpin", action="store_true",
+        help="delete named backups even if pinned (an unfinished upgrade's rollback backup)",
+    )  # fmt: skip
     delete.set_defaults(handler=delete_cmd)
 
     keygen = cmds.add_parser(
@@ -253,28 +263,53 @@ def _retention(args: argparse.Namespace) -> tuple[int | None, float | None]:
     return args.keep_last, within
 
 
+@dataclass
+class Pruned:
+    deleted: list[str] = field(default_factory=list)
+    pinned: dict[str, str] = field(default_factory=dict)  # kept although the rules let it go
+
+
 def _prune(
-    store: Store, keep_last: int | None, keep_within: float | None, dry_run: bool
-) -> list[str]:
-    """Delete what retention lets go — only kubecare backups: a file that merely ends in
-    .tar.zst (a kernel tarball in the same directory) is never a candidate."""
+    store: Store,
+    keep_last: int | None,
+    keep_within: float | None,
+    dry_run: bool,
+    *,
+    cluster: str | None = None,
+) -> Pruned:
+    """Delete what retention lets go — only kubecare backups (a file that merely ends in
+    .tar.zst, a kernel tarball in the same directory, is never a candidate), rules applied per
+    cluster (``cluster``: only that cluster's backups), never a pinned one."""
     import datetime
 
     from kubecare.backup.retention import to_delete
-    from kubecare.backup.stores import is_backup
+    from kubecare.backup.scope import cluster_of
+    from kubecare.backup.stores import check_name
+    from kubecare.errors import KubecareError
 
+    out = Pruned()
     if keep_last is None and keep_within is None:
-        return []
-    gone = to_delete(
-        [i for i in store.infos() if is_backup(store, i.name)],
-        keep_last=keep_last,
-        keep_within=keep_within,
-        now=datetime.datetime.now(datetime.UTC),
-    )
+        return out
+    groups: dict[str, str] = {}
+    infos = []
+    for info in store.infos():
+        try:
+            check_name(info.name)
+            groups[info.name] = cluster_of(store.manifest(info.name))
+        except KubecareError:
+            continue  # not a kubecare backup
+        if cluster is None or groups[info.name] == cluster:
+            infos.append(info)
+    pins = store.pins()
+    now = datetime.datetime.now(datetime.UTC)
+    let_go = to_delete(infos, keep_last=keep_last, keep_within=keep_within, now=now, groups=groups)
+    gone = [i for i in let_go if i.name not in pins]
+    out.pinned = {i.name: pins[i.name] for i in let_go if i.name in pins}
     for info in gone:
         if not dry_run:
             store.delete(info.name)
-    return [i.name for i in gone]
+    out.deleted = [i.name for i in gone]
+    return out
 
 
 def create_cmd(args: argparse.Namespace) -> int:
@@ -331,18 +366,30 @@ def create_cmd(args: argparse.Namespace) -> int:
             args, lambda kube: create_backup(kube, dest, name, options, on_event=progress)
         )
     result.location = f"{store.url.rstrip('/')}/{name}.tar.zst"
-    pruned: list[str] = []
-    if result.warnings and (keep_last is not None or keep_within is not None):
+    pruned = Pruned()
+    if result.partial and (keep_last is not None or keep_within is not None):
         # An incomplete backup must not rotate complete ones out (RBAC broken for two weeks
         # would otherwise leave nothing but partial backups).
         say("not deleting older backups: this one is incomplete (see the warnings)")
     else:
-        pruned = _prune(store, keep_last, keep_within, False)
+        from kubecare.backup.scope import cluster_of
+
+        this = cluster_of({"cluster": {"uid": result.cluster_uid, "server": result.server}})
+        pruned = _prune(store, keep_last, keep_within, False, cluster=this)
     _render_created(result, pruned, args.output)
+    if result.partial and not args.allow_partial:
+        from kubecare.backup.scope import describe_missing
+        from kubecare.errors import OperationFailed
+
+        raise OperationFailed(
+            f"backup {name} is partial: {describe_missing(result.missing)} not backed up; it is "
+            f"kept at {result.location}, marked partial (never taken as a complete backup); "
+            "grant the credentials list on those types, or pass --allow-partial to accept it"
+        )
     return 0
 
 
-def _render_created(result: BackupResult, pruned: list[str], output: str) -> None:
+def _render_created(result: BackupResult, pruned: Pruned, output: str) -> None:
     from kubecare.cli.render import emit, say, simple_table
 
     data = {
@@ -354,7 +401,10 @@ def _render_created(result: BackupResult, pruned: list[str], output: str) -> Non
         "seconds": round(result.seconds, 2),
         "secrets": "encrypted (age)" if result.encrypted_secrets else "plaintext or none",
         "warnings": result.warnings,
-        "pruned": pruned,
+        "partial": result.partial,
+        "missing": result.missing,
+        "pruned": pruned.deleted,
+        "pinned": pruned.pinned,
         "types": [
             {
                 "type": t.name,
@@ -384,8 +434,10 @@ def _render_created(result: BackupResult, pruned: list[str], output: str) -> Non
             f"{_bytes(result.archive_bytes)} -> {result.location} in {result.seconds:.1f}s "
             f"({result.objects / max(result.seconds, 1e-6):.0f} objects/s)"
         )
-        for name in pruned:
+        for name in pruned.deleted:
             say(f"deleted {name} (retention)")
+        for name, why in pruned.pinned.items():
+            say(f"kept {name} although retention lets it go: {why}")
 
 
 def list_cmd(args: argparse.Namespace) -> int:
@@ -653,16 +705,28 @@ def delete_cmd(args: argparse.Namespace) -> int:
         raise UsageError("give backup names or a retention rule, not both")
     store = open_store(args.store)
     gone = list(args.names)
+    pins = store.pins() if gone else {}
+    for n in gone:  # all checked before the first is deleted
+        if n in pins and not args.unpin:
+            raise UsageError(
+                f"backup {n} is pinned ({pins[n]}); it is kept until that is over, or pass "
+                "--unpin to delete it anyway"
+            )
+        if not store.exists(n):
+            store.manifest(n)  # raises the not-found error
     for n in gone:
-        if args.dry_run:
-            if not store.exists(n):
-                store.manifest(n)  # raises the not-found error
-        else:
+        if not args.dry_run:
             store.delete(n)
+            if n in pins:
+                store.unpin(n)
+    kept: dict[str, str] = {}
     if not gone:
-        gone = _prune(store, keep_last, keep_within, args.dry_run)
+        pruned = _prune(store, keep_last, keep_within, args.dry_run)
+        gone, kept = pruned.deleted, pruned.pinned
     for n in gone:
         say(f"{'would delete' if args.dry_run else 'deleted'} {n}")
+    for n, why in kept.items():
+        say(f"kept {n} although retention lets it go: {why}")
     if not gone:
         say("nothing to delete")
     return 0

@@ -135,6 +135,10 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     run.add_argument("--encrypt-to", action="append", default=[], metavar="RECIPIENT")
     run.add_argument("--recipients-file", metavar="FILE")
     run.add_argument("--backup-allow-plaintext-secrets", action="store_true")
+    run.add_argument(
+        "--backup-allow-partial", action="store_true",
+        help="go on when the resource backup misses types the credentials cannot list",
+    )  # fmt: skip
     _journal_flags(run)
     run.add_argument("--window", help="maintenance window, e.g. 'Sat 02:00-06:00' (local time)")
     run.add_argument(
@@ -446,6 +450,7 @@ def apply_cmd(args: argparse.Namespace) -> int:
             backup_store=args.backup_store,
             backup_recipients=tuple(recipients),
             backup_allow_plaintext=args.backup_allow_plaintext_secrets,
+            backup_allow_partial=args.backup_allow_partial,
             ready_timeout=float(parse_duration(args.ready_timeout, "--ready-timeout") or 600),
             gate_timeout=float(parse_duration(args.gate_timeout, "--gate-timeout") or 300),
             window=window,
@@ -524,14 +529,30 @@ def status_text(j: Journal) -> str:
 
 
 def reset_cmd(args: argparse.Namespace) -> int:
+    import contextlib
+
     from kubecare.cli.common import run, with_cluster
     from kubecare.cli.render import say
+    from kubecare.errors import KubecareError
+
+    backup = ""
 
     async def body(kube: Any) -> str:
+        nonlocal backup
         store = _store(args, kube)
+        with contextlib.suppress(KubecareError):  # an unreadable journal is deleted all the same
+            old = await store.load()
+            backup = old.backup if old is not None and old.state != "done" else ""
         await store.delete()
         return str(store.where)
 
     where = run(body(None)) if args.journal else with_cluster(args, body)
     say(f"upgrade journal {where} deleted; nodes were not touched")
+    if backup:  # no unfinished upgrade names it any more
+        from kubecare.upgrade.apply import unpin
+
+        try:
+            unpin(backup)
+        except KubecareError as e:
+            say(f"warning: its backup {backup} is still pinned ({e.message})")
     return 0

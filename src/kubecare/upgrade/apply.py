@@ -60,6 +60,7 @@ class ApplyOptions:
     backup_store: str | None = None
     backup_recipients: tuple[str, ...] = ()
     backup_allow_plaintext: bool = False
+    backup_allow_partial: bool = False  # go on with a backup that misses types (RBAC)
     ready_timeout: float = 600.0
     gate_timeout: float = 300.0
     window: Window | None = None
@@ -300,6 +301,8 @@ class Upgrade:
             await self._stop_heartbeat(stop, heartbeat)
             self.store.release()
         self._event("done", f"upgrade to {journal.target} complete: {len(journal.nodes)} node(s)")
+        if journal.backup:
+            self._unpin(journal.backup)
         skipped = [s.node for s in plan.steps if s.up_to_date]
         return ApplyResult(journal, resumed, skipped, time.monotonic() - t0)
 
@@ -616,11 +619,39 @@ class Upgrade:
         with store.staging(name) as dest:
             result = await create_backup(self.kube, dest, name, options)
         where = f"{store.url.rstrip('/')}/{name}.tar.zst"
+        if result.partial and not self.opts.backup_allow_partial:
+            from kubecare.backup.scope import describe_missing
+
+            raise OperationFailed(
+                f"the resource backup taken before the upgrade is partial "
+                f"({describe_missing(result.missing)} not backed up; kept at {where}); no node "
+                "was touched: grant the credentials list on those types, or pass "
+                "--backup-allow-partial (or --no-backup)"
+            )
+        # Retention must not rotate out the backup a rollback of this run would need.
+        store.pin(name, f"rollback backup of the unfinished upgrade to {self.opts.target}")
         self._event(
             "backup",
-            f"resource backup {where} ({result.objects} objects, {time.monotonic() - t0:.1f}s)",
+            f"resource backup {where} ({result.objects} objects, {time.monotonic() - t0:.1f}s)"
+            + (f"; partial: {', '.join(result.missing)} missing" if result.partial else ""),
         )
         return where
+
+    def _unpin(self, where: str) -> None:
+        """The run is over: its backup is an ordinary one again."""
+        try:
+            unpin(where)
+        except KubecareError as e:
+            self._event("backup", f"backup {where} left pinned ({e.message})")
+
+
+def unpin(where: str) -> None:
+    """Unpin the backup at ``where`` (``<store>/<name>.tar.zst``, as a journal records it)."""
+    from kubecare.backup.archive import SUFFIX
+    from kubecare.backup.stores import open_store
+
+    store_url, _, file = where.rpartition("/")
+    open_store(store_url or None).unpin(file.removesuffix(SUFFIX))
 
 
 TRANSIENT = (ServerError, TooManyRequests, Unreachable)

@@ -119,33 +119,73 @@ def _never_allowed(plan: DrainPlan) -> tuple[str, ...]:
     )
 
 
-def newest_snapshot(directory: Path) -> tuple[float | None, str]:
-    """Seconds since the newest etcd snapshot file in ``directory`` was written, and its path."""
+def newest_snapshot(directory: Path, uid: str = "") -> tuple[float | None, str]:
+    """Seconds since the newest etcd snapshot *of this cluster* (kube-system UID ``uid``) in
+    ``directory`` was written, and where. A directory may hold other clusters' snapshots (two
+    sandboxes, a shared backup host): each file's own kube-system namespace says whose it is."""
+    from kubecare.errors import SnapshotError
+    from kubecare.kube.identity import snapshot_cluster_uid
+
     try:
         files = [p for p in directory.expanduser().iterdir() if p.name.endswith(SNAPSHOT_SUFFIXES)]
+        stamped = sorted(((p.stat().st_mtime, p) for p in files), reverse=True)
     except OSError:
         return None, str(directory)
-    if not files:
-        return None, str(directory)
-    newest = max(files, key=lambda p: p.stat().st_mtime)
-    return time.time() - newest.stat().st_mtime, str(newest)
+    others, unverified = 0, None
+    for mtime, path in stamped:
+        try:
+            theirs = "" if path.name.endswith(".zst") else snapshot_cluster_uid(path)
+        except (SnapshotError, OSError):
+            theirs = ""
+        if uid and theirs == uid:
+            return time.time() - mtime, str(path)
+        if uid and theirs:
+            others += 1
+        elif unverified is None:
+            unverified = (mtime, path)
+    if unverified is not None:
+        mtime, path = unverified
+        why = "its cluster cannot be told" if uid else "cannot read namespace kube-system"
+        return time.time() - mtime, f"{path}; not verified to be this cluster's: {why}"
+    if others:
+        return None, f"{directory}: only other clusters' snapshots ({others})"
+    return None, str(directory)
 
 
-def newest_backup(store_url: str | None) -> tuple[float | None, str]:
-    from kubecare.backup.stores import open_store
+def newest_backup(
+    store_url: str | None, uid: str = "", server: str = ""
+) -> tuple[float | None, str]:
+    """Seconds since the newest *complete* backup *of this cluster* in the store, and where.
+    Partial backups and other clusters' (their manifests say) are passed over, and counted."""
+    from kubecare.backup.scope import missing_types, same_cluster
+    from kubecare.backup.stores import is_backup, open_store
+
+    others = partial = 0
+
+    def passed_over() -> str:
+        words = [f"{partial} partial"] if partial else []
+        return ", ".join(words + ([f"{others} of other clusters"] if others else []))
 
     try:
         store = open_store(store_url)
-        infos = store.infos()
+        for info in sorted(store.infos(), key=lambda i: i.modified, reverse=True):
+            if not is_backup(store, info.name):
+                continue
+            manifest = store.manifest(info.name)
+            if not same_cluster(manifest, uid, server):
+                others += 1
+            elif missing_types(manifest):
+                partial += 1
+            else:
+                where = f"{store.url.rstrip('/')}/{info.name}.tar.zst"
+                if partial or others:
+                    where += f"; newer ones passed over: {passed_over()}"
+                return time.time() - info.modified.timestamp(), where
     except KubecareError as e:
         return None, f"store unreadable: {e}"
-    if not infos:
-        return None, store.url
-    newest = max(infos, key=lambda i: i.modified)
-    return (
-        time.time() - newest.modified.timestamp(),
-        f"{store.url.rstrip('/')}/{newest.name}.tar.zst",
-    )
+    if partial or others:
+        return None, f"{store.url}: no complete backup of this cluster ({passed_over()})"
+    return None, store.url
 
 
 def _daemonset_pods(plan: DrainPlan) -> tuple[str, ...]:
@@ -183,8 +223,13 @@ async def read_preflight(
         asyncio.gather(*(one(n) for n in names)), deprecated_in_use(kube)
     )
     plans = [p for ps in per_node for p in ps]
-    snap_age, snap_where = newest_snapshot(snapshot_dir)
-    backup_age, backup_where = await asyncio.to_thread(newest_backup, backup_store)
+    from kubecare.kube.identity import cluster_uid
+
+    uid = await cluster_uid(kube)
+    snap_age, snap_where = await asyncio.to_thread(newest_snapshot, snapshot_dir, uid)
+    backup_age, backup_where = await asyncio.to_thread(
+        newest_backup, backup_store, uid, kube.server
+    )
     return Preflight(
         drain_errors={p.node: p.errors for p in plans if p.errors},
         pdb_blocked={p.node: b for p in plans if (b := _never_allowed(p))},
