@@ -212,6 +212,21 @@ async def test_backup_delete_everything_restore_equal(sandbox: Sandbox, mix: Mix
         for ns in m.ns:
             await wait_for(lambda ns=ns: _gone(kube, f"/api/v1/namespaces/{ns}"), timeout=90)
         await wait_for(lambda: _gone(kube, crd), timeout=60)
+    # The disaster diff exists for: the CRD gone with its objects is a type "only in the
+    # backup", not an error.
+    res = cli(sandbox, "backup", "diff", "full", "--from", str(m.store), "--identity",
+              str(m.key), "-o", "json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lost = {(d["type"], d["namespace"], d["name"]): d for d in json.loads(res.stdout)}
+    widget = lost[(f"widgets.{m.group}", m.ns[0], "w1")]
+    assert widget["change"] == "only-in-archive", widget
+    assert (
+        widget["reason"] == f"widgets.{m.group} {m.group}/v1 is not served by the cluster any more"
+    )
+    assert lost[("configmaps", m.ns[0], "app")]["change"] == "only-in-archive"
+    table = cli(sandbox, "backup", "diff", "full", "--from", str(m.store), "--identity",
+                str(m.key)).stdout  # fmt: skip
+    assert f"- widgets.{m.group} {m.ns[0]}/w1  (only in the backup: widgets." in table, table
     res = cli(sandbox, "backup", "restore", "full", "--from", str(m.store), "--identity",
               str(m.key), "-o", "json")  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr

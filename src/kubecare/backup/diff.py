@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import Forbidden, NotFound
 from ..kube.client import JSON, Kube
 from . import labels
 from .archive import ArchiveError, ArchiveReader, parse_member_path
@@ -35,7 +36,7 @@ class ObjectDiff:
     name: str
     change: str  # only-in-archive, only-in-cluster, changed, not-compared
     fields: list[FieldChange] = field(default_factory=list)
-    reason: str = ""  # why not compared
+    reason: str = ""  # why not compared; for only-in-archive, why the type itself is absent
 
 
 _MISSING = object()
@@ -112,17 +113,30 @@ async def diff_backup(
         live: dict[tuple[str, str], JSON] = {}
         params = {"labelSelector": scope.selector} if scope.selector else None
         ns_path = scope.include_namespaces[0] if len(scope.include_namespaces) == 1 else ""
-        async for obj in kube.list_items(api_path(entry, ns_path), params=params):
-            if not scope.object_ok(gr, obj) or (scope.default_excludes and skip_reason(gr, obj)):
-                continue
-            meta = obj.get("metadata") or {}
-            key = (str(meta.get("namespace") or ""), str(meta.get("name")))
-            obj = {"apiVersion": _api_version(entry), "kind": entry.get("kind"), **clean(obj)}
-            live[key] = obj
+        gone = ""  # why the whole type is absent from the cluster
+        try:
+            async for obj in kube.list_items(api_path(entry, ns_path), params=params):
+                if not scope.object_ok(gr, obj) or (
+                    scope.default_excludes and skip_reason(gr, obj)
+                ):
+                    continue
+                meta = obj.get("metadata") or {}
+                key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+                obj = {"apiVersion": _api_version(entry), "kind": entry.get("kind"), **clean(obj)}
+                live[key] = obj
+        except NotFound:
+            # The disaster diff exists for: the CRD (or the API version) is gone, and with it
+            # every object of the type.
+            gone = f"{gr} {_api_version(entry)} is not served by the cluster any more"
+        except Forbidden as e:
+            for ns, name in sorted(archived):
+                why = f"cannot list {gr} in the cluster: forbidden ({e.message})"
+                out.append(ObjectDiff(gr, ns, name, "not-compared", reason=why))
+            continue
         for key in sorted(set(archived) | set(live)):
             ns, name = key
             if key not in live:
-                out.append(ObjectDiff(gr, ns, name, "only-in-archive"))
+                out.append(ObjectDiff(gr, ns, name, "only-in-archive", reason=gone))
             elif key not in archived:
                 out.append(ObjectDiff(gr, ns, name, "only-in-cluster"))
             elif archived[key] is None:

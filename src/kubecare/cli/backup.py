@@ -588,7 +588,7 @@ def diff_cmd(args: argparse.Namespace) -> int:
         for d in diffs:
             where = f"{d.namespace}/" if d.namespace else ""
             note = {
-                "only-in-archive": "  (only in the backup: deleted since)",
+                "only-in-archive": f"  (only in the backup: {d.reason or 'deleted since'})",
                 "only-in-cluster": "  (only in the cluster: created since)",
                 "not-compared": f"  ({d.reason})",
             }.get(d.change, "")
