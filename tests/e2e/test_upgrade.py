@@ -301,6 +301,34 @@ async def test_the_preflight_counts_only_this_clusters_snapshot_and_backup(
     assert f"({store / 'theirs.tar.zst'})" in checks["backup"], checks["backup"]
 
 
+async def test_a_control_plane_without_its_label_is_planned_as_one(
+    usb: Sandbox, ukube: Kube
+) -> None:
+    """Someone removed control-plane-2's role label: its kube-apiserver and etcd mirror pods
+    still say what it is, so it is upgraded as a control plane, alone, before any worker."""
+    label = "node-role.kubernetes.io/control-plane"
+    patch = {"metadata": {"labels": {label: None}}}
+    path = "/api/v1/nodes/control-plane-2"
+    await ukube.request_json("PATCH", path, body=patch, content_type="application/merge-patch+json")
+    try:
+        res = cli(usb, "upgrade", "plan", "--to", f"v{NEW}", "--ignore-daemonsets", "-o", "json")
+        assert res.returncode == 0, res.stderr
+        plan = json.loads(res.stdout)
+        step = next(s for s in plan["steps"] if s["node"] == "control-plane-2")
+        assert step["role"] == "control-plane", step
+        cps = [s for s in plan["steps"] if s["role"] != "worker"]
+        assert len(cps) == 3 and len({s["batch"] for s in cps}) == 3  # one at a time
+        assert max(s["batch"] for s in cps) < min(
+            s["batch"] for s in plan["steps"] if s["role"] == "worker"
+        )
+        assert any("control-plane-2: no node-role" in c["detail"] for c in plan["checks"])
+    finally:
+        patch = {"metadata": {"labels": {label: ""}}}
+        await ukube.request_json(
+            "PATCH", path, body=patch, content_type="application/merge-patch+json"
+        )
+
+
 # -- 3. deprecated APIs ----------------------------------------------------------------------------
 def gadget_crd() -> dict[str, Any]:
     schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}

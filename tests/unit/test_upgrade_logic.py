@@ -794,3 +794,31 @@ def test_preflight_lists_the_daemonset_pods_a_drain_leaves() -> None:
         (),
     )
     assert _daemonset_pods(plan) == ("kube-system/DaemonSet/kube-proxy",)
+
+
+# -- control-plane nodes without the label (issue 19, item 6) ------------------------------------
+def test_a_node_running_control_plane_mirror_pods_is_a_control_plane_without_its_label() -> None:
+    from kubecare.upgrade.preflight import node_facts, static_pod_nodes
+    from kubecare.versions.inventory import Inventory
+
+    def node(name: str, labels: dict[str, str]) -> dict[str, object]:
+        return {"metadata": {"name": name, "labels": labels},
+                "status": {"nodeInfo": {"kubeletVersion": "v1.36.3"}}}  # fmt: skip
+
+    nodes = [
+        node("cp-1", {"node-role.kubernetes.io/control-plane": ""}),
+        node("cp-2", {}),  # label removed by someone; its static pods still run
+        node("w-1", {}),
+    ]
+    comps = [
+        Component(skew.APISERVER, "cp-1", "v1.36.3", ""),
+        Component(skew.ETCD, "cp-2", "3.6.8-0", ""),
+        Component(skew.ETCD, "https://127.0.0.1:2379", "v3.6.16", "Status RPC"),
+        Component(skew.KUBELET, "w-1", "v1.36.3", ""),
+    ]
+    static = static_pod_nodes(Inventory(comps, [], []))
+    assert {"cp-1", "cp-2"} <= static and "w-1" not in static
+    facts = {f.name: f.control_plane for f in node_facts(nodes, static)}
+    assert facts == {"cp-1": True, "cp-2": True, "w-1": False}
+    # without the mirror pods, the label alone decided (the bug: cp-2 planned as a worker)
+    assert {f.name: f.control_plane for f in node_facts(nodes)}["cp-2"] is False

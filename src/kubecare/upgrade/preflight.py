@@ -15,8 +15,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,11 @@ SNAPSHOT_SUFFIXES = (".db", ".db.zst", ".snapshot")
 PLAN_CONCURRENCY = 8  # nodes whose drain plans are read at once
 
 
-def node_facts(nodes: Sequence[JSON]) -> list[NodeFacts]:
+def node_facts(nodes: Sequence[JSON], static: Collection[str] = ()) -> list[NodeFacts]:
+    """``static``: nodes that run control-plane mirror pods — control-plane nodes whether or not
+    they carry the label (kubeadm sets it at init/join, but a label can be removed, and other
+    installers never set it); planning one as a worker would batch it with others and leave its
+    static pods unaccounted."""
     out = []
     for n in nodes:
         meta = n["metadata"]
@@ -44,7 +49,7 @@ def node_facts(nodes: Sequence[JSON]) -> list[NodeFacts]:
         out.append(
             NodeFacts(
                 meta["name"],
-                CONTROL_PLANE_LABEL in (meta.get("labels") or {}),
+                CONTROL_PLANE_LABEL in (meta.get("labels") or {}) or meta["name"] in static,
                 ready_status(n) == "True",
                 str(info.get("kubeletVersion") or "?"),
                 bool((n.get("spec") or {}).get("unschedulable")),
@@ -276,9 +281,22 @@ async def make_plan(
     reason = ""
     if target is None:
         target, reason = _default_target(inventory)
+    static = static_pod_nodes(inventory)
+    unlabelled = sorted(
+        n["metadata"]["name"]
+        for n in nodes
+        if n["metadata"]["name"] in static
+        and CONTROL_PLANE_LABEL not in (n["metadata"].get("labels") or {})
+    )
+    if unlabelled:
+        note = (
+            f"{', '.join(unlabelled)}: no {CONTROL_PLANE_LABEL} label, but control-plane mirror "
+            "pods run there; planned as control-plane node(s)"
+        )
+        pre = dataclasses.replace(pre, notes=(*pre.notes, note))
     plan = build_plan(
         inventory.components,
-        node_facts(nodes),
+        node_facts(nodes, static),
         target,
         pre,
         strategy=strategy,
@@ -290,6 +308,14 @@ async def make_plan(
     )
     plan.target_reason = reason
     return plan, inventory
+
+
+def static_pod_nodes(inventory: Inventory) -> set[str]:
+    """Nodes running a control-plane component or etcd as a mirror pod (kubeadm's static pods)."""
+    from kubecare.versions import skew
+
+    names = (*skew.CONTROL_PLANE, skew.ETCD)
+    return {c.node for c in inventory.components if c.name in names and c.node}
 
 
 def _default_target(inventory: Inventory) -> tuple[Version, str]:
