@@ -41,8 +41,10 @@ class Rule:
 
     Exactly one of: ``status`` (answer it, never forwarded), ``cut`` (close the connection without
     answering), ``cut_after`` (forward, stream that many body bytes back, then close), ``hang``
-    (forward, send the headers, then stay silent with the connection open), ``transform``
-    (forward, rewrite the whole body), or only ``delay`` (forward after sleeping).
+    (forward, send the headers, then stay silent with the connection open), ``drop_answer``
+    (forward, let the server finish — a write is committed — then close without sending a byte
+    of its answer: what a client sees when the apiserver dies between commit and reply),
+    ``transform`` (forward, rewrite the whole body), or only ``delay`` (forward after sleeping).
     """
 
     method: str | None
@@ -55,6 +57,7 @@ class Rule:
     cut: bool = False
     cut_after: int | None = None
     hang: bool = False
+    drop_answer: bool = False
     transform: Transform | None = None
     times: int | None = None  # how many matching requests to act on; None: all
     when: Callable[[str, str], bool] | None = None  # extra condition on (method, target)
@@ -226,6 +229,10 @@ class FaultProxy:
             method, target, headers=forward, content=body, read_timeout=None
         ) as response:
             self.log.append(Logged(method, target, response.status_code, time.monotonic(), agent))
+            if rule is not None and rule.drop_answer:
+                await response.aread()  # the server's work is done
+                writer.transport.abort()
+                return False
             return await self._relay(conn, writer, rule, response)
 
     async def _relay(

@@ -462,6 +462,63 @@ async def test_a_lock_taken_over_stops_the_holder(kube: Kube, namespace: str) ->
     assert (await kube.get_json(path))["spec"]["holderIdentity"].startswith("someone-else")
 
 
+async def test_a_control_plane_step_rides_out_an_apiserver_outage_without_losing_the_lock(
+    kube: Kube, namespace: str, proxy: FaultProxy
+) -> None:
+    """kubeadm upgrading the control plane restarts the apiserver: for longer than the renew
+    deadline the lock cannot be renewed. Outside a control-plane step that loses the lock (as
+    it must: another run may take the slot); inside one the Lease first gets a TTL that covers
+    the outage, an overdue renewal is "unknown", and the lock is confirmed ours afterwards."""
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/kubecare-maintenance-0"
+
+    def outage(seconds: float) -> Rule:
+        end = time.monotonic() + seconds
+        return proxy.add(Rule(None, r"/leases", cut=True, when=lambda m, t: time.monotonic() < end))
+
+    async with via(proxy) as k:
+        # Not riding out: the same outage loses the lock at the renew deadline (2/3 of 6 s).
+        lock = MaintenanceLock(k, "control-plane-1", namespace=namespace, ttl=6)
+        await lock.acquire()
+        outage(8)
+        await asyncio.wait_for(lock.lost.wait(), timeout=10)
+        assert "could not be renewed within 4s" in lock.lost_reason
+        await lock.release()
+        proxy.clear()
+        await kube.request_json("DELETE", path)
+
+        lock = MaintenanceLock(k, "control-plane-1", namespace=namespace, ttl=6)
+        await lock.acquire()
+        seen_unknown = False
+        async with lock.ride_out(ttl=9):
+            lease = await kube.get_json(path)
+            assert lease["spec"]["leaseDurationSeconds"] == 9  # what others judge by
+            rule = outage(10)  # past the riding-out deadline too (2/3 of 9 s)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 11:
+                seen_unknown |= lock.unknown
+                assert not lock.lost.is_set(), lock.lost_reason
+                await asyncio.sleep(0.2)
+        assert rule.hits > 0 and seen_unknown
+        assert not lock.lost.is_set() and not lock.unknown
+        lease = await kube.get_json(path)
+        assert lease["spec"]["holderIdentity"] == lock.identity
+        # back to the usual TTL at the next renewal
+        await wait_for(lambda: _lease_ttl(kube, path, 6), timeout=10)
+
+        # A changed holder during the step stays fatal.
+        async with lock.ride_out(ttl=9):
+            doc = await kube.get_json(path)
+            doc["spec"]["holderIdentity"] = "someone-else/control-plane-1/abcd-1-ff"
+            await kube.request_json("PUT", path, body=doc)
+            await asyncio.wait_for(lock.lost.wait(), timeout=10)
+        assert "taken over by someone-else" in lock.lost_reason
+        await lock.release()
+
+
+async def _lease_ttl(kube: Kube, path: str, ttl: int) -> bool:
+    return bool((await kube.get_json(path))["spec"]["leaseDurationSeconds"] == ttl)
+
+
 # -- outage settings that cannot be read ---------------------------------------------------------
 async def test_forbidden_settings_are_a_warning_not_a_silent_default(
     sandbox: Sandbox, proxy: FaultProxy

@@ -915,6 +915,12 @@ async def test_apiserver_errors_while_journaling_and_waiting_are_retried(
             journal_put = proxy.add(
                 Rule("PUT", r"/configmaps/kubecare-upgrade$", status=500, times=3)
             )
+            # ... and one write is committed but its answer lost (the apiserver died between
+            # commit and reply): the retry meets 409, which is this run's own write, not
+            # another run's.
+            lost = proxy.add(
+                Rule("PUT", r"/configmaps/kubecare-upgrade$", drop_answer=True, times=1)
+            )
             node_get = proxy.add(Rule("GET", r"/api/v1/nodes/worker-p1$", status=503, times=2))
             res = await asyncio.to_thread(
                 run_cli, "upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox",
@@ -923,8 +929,62 @@ async def test_apiserver_errors_while_journaling_and_waiting_are_retried(
             )  # fmt: skip
             assert res.returncode == 0, res.stderr
             assert journal_put.hits == 3 and node_get.hits == 2  # every fault was met
+            assert lost.hits == 1 and "journal taken" not in res.stderr.lower()
         assert (await journal(ukube))["state"] == "done"
         assert await kubelet(ukube, "worker-p1") == f"v{NEW}"
         assert not await cordoned(ukube, "worker-p1")
     finally:
         await usb.remove_node("worker-p1")
+
+
+async def test_the_job_executor_waits_out_an_apiserver_outage_and_adopts_a_running_job(
+    usb: Sandbox, ukube: Kube
+) -> None:
+    """An earlier run left the node's Job running (the run was killed; kubeadm in the Job goes
+    on): the rerun waits for that Job instead of deleting it (which would kill kubeadm mid
+    static-pod swap), and its polls ride out an apiserver that does not answer."""
+    from kubecare.upgrade.executors import JobExecutor
+    from kubecare.upgrade.plan import NodeStep
+    from kubecare.versions.semver import Version
+
+    from ..faultproxy import FaultProxy, Rule
+
+    node = "worker-j2"
+    await old_nodes(usb, ukube, node)
+    executor = JobExecutor(ukube)
+    manifest = executor.manifest(NodeStep(node, "worker", 0, ()), Version.parse(f"v{NEW}"))
+    manifest["spec"]["suspend"] = True  # running as far as anyone can tell, not finishing yet
+    jobs = "/apis/batch/v1/namespaces/kube-system/jobs"
+    name = manifest["metadata"]["name"]
+    earlier = await ukube.request_json("POST", jobs, body=manifest)
+    try:
+        async with FaultProxy(usb) as proxy:
+            outage = proxy.add(Rule("GET", rf"/jobs/{name}$", status=503, times=4))
+            run = asyncio.create_task(asyncio.to_thread(
+                run_cli, "upgrade", "apply", "--to", f"v{NEW}", "--executor", "job", "--yes",
+                "--no-snapshot", "--no-backup", "--ignore-daemonsets",
+                kubeconfig=proxy.kubeconfig, timeout=300,
+            ))  # fmt: skip
+
+            async def waiting() -> bool:  # the rerun polls the Job (through the outage)
+                return proxy.count("GET", rf"/jobs/{name}$") > outage.hits >= 4
+
+            await wait_for(waiting, timeout=120)
+            # The Job's kubeadm finishes: kwok completes the pod, the kubelet reports the target.
+            await ukube.request_json(
+                "PATCH", f"{jobs}/{name}", body={"spec": {"suspend": False}},
+                content_type="application/merge-patch+json",
+            )  # fmt: skip
+            await set_kubelet_version(ukube, node, NEW)
+            res = await run
+            assert res.returncode == 0, res.stderr
+            assert proxy.count("DELETE", rf"/jobs/{name}") == 0, "the running Job was deleted"
+            assert proxy.count("POST", r"/jobs$") == 0  # (the check's POST is a ?dryRun=All)
+        job = await ukube.get_json(f"{jobs}/{name}")
+        assert job["metadata"]["uid"] == earlier["metadata"]["uid"]
+        assert "still running from an earlier run" in res.stderr, res.stderr
+        assert "apiserver not answering" in res.stderr and "apiserver back after" in res.stderr
+        assert not await cordoned(ukube, node)
+    finally:
+        await ukube.http.delete(f"{jobs}/{name}?propagationPolicy=Background")
+        await usb.remove_node(node)

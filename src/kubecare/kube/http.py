@@ -329,8 +329,11 @@ class HttpClient:
             except (ProtocolError, OSError) as e:
                 conn.close()
                 # A kept-alive connection the server had already closed: one fresh retry (the
-                # request never reached it). A new connection failing is a real error.
-                if conn.reused and attempt == 1 and _never_answered(e):
+                # request never reached it). A new connection failing is a real error. Only a
+                # read is retried so (as Go's transport replays only idempotent requests): a
+                # write the server processed before the connection died would be sent twice,
+                # and its second answer (409, AlreadyExists) would hide that the first landed.
+                if conn.reused and attempt == 1 and _never_answered(e) and method in _REPLAYABLE:
                     continue
                 if isinstance(e, ProtocolError):
                     raise
@@ -511,6 +514,9 @@ async def _body(
 
 def _keep_alive(headers: Mapping[str, str]) -> bool:
     return headers.get("connection", "").lower() != "close"
+
+
+_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _never_answered(e: BaseException) -> bool:

@@ -39,6 +39,9 @@ from kubecare.kube.objects import parse_time
 LEASE_PREFIX = "kubecare-maintenance-"
 LIMIT_ANNOTATION = "kubecare.io/max-concurrent-drains"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kubecare"}
+#: The TTL while a control-plane step runs (kubeadm's own wait for the static pods is 5 minutes).
+CONTROL_PLANE_TTL = 300
+RIDE_OUT_ATTEMPT = 5.0  # seconds one renewal may take while the outcome is unknown
 
 
 class LockLost(OperationFailed):
@@ -158,6 +161,8 @@ class MaintenanceLock:
         self.lease: str | None = None
         self.lost = asyncio.Event()
         self.lost_reason = ""
+        self.riding_out = False  # see ride_out()
+        self.unknown = False  # renewal overdue while riding out: ours or not is not known yet
         self._clock = clock
         self._observed: dict[str, tuple[tuple[object, ...], float]] = {}
         self._renewed_at = 0.0
@@ -352,42 +357,79 @@ class MaintenanceLock:
     async def _renew_forever(self) -> None:
         assert self.lease is not None
         name = self.lease
-        interval = self.ttl / 3
         what = f"lease {self.namespace}/{name}"
         try:
             while True:
-                await asyncio.sleep(max(0.0, self._renewed_at + interval - self._clock()))
+                await asyncio.sleep(max(0.0, self._renewed_at + self.ttl / 3 - self._clock()))
                 while True:  # retry until renewed or past the renew deadline
                     left = self._renewed_at + self.renew_deadline - self._clock()
                     if left <= 0:
-                        self._lose(
-                            f"it could not be renewed within {self.renew_deadline:.0f}s (TTL {self.ttl}s)"
-                        )
-                        return
-                    sent = self._clock()
-                    try:
-                        async with asyncio.timeout(left):
-                            lease = await self.kube.get_json(self._path(name), what=what)
-                            holder = (lease.get("spec") or {}).get("holderIdentity")
-                            if holder != self.identity:
-                                self._lose(f"it was taken over by {holder or 'nobody (released)'}")
-                                return
-                            await self.kube.request_json(
-                                "PUT", self._path(name), body=self._body(name, lease), what=what
+                        if not self.riding_out:
+                            self._lose(
+                                f"it could not be renewed within {self.renew_deadline:.0f}s "
+                                f"(TTL {self.ttl}s)"
                             )
-                        self._renewed_at = sent  # what others observe is at least this recent
+                            return
+                        # The step under way takes the apiserver away on purpose: whether the
+                        # lock is still ours is unknown until it answers again.
+                        self.unknown = True
+                        left = RIDE_OUT_ATTEMPT
+                    if await self._attempt(name, what, left):
                         break
-                    except NotFound:
-                        self._lose("its Lease was deleted")
+                    if self.lost.is_set():
                         return
-                    except TimeoutError:
-                        continue  # the deadline check above declares it lost
-                    except KubecareError:
-                        await asyncio.sleep(min(1.0, max(0.0, left)))
+                    await asyncio.sleep(min(1.0, max(0.0, left - 0.1)))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # an answer that is not the API's: never drop the lock silently
             self._lose(f"renewing it failed unexpectedly ({type(e).__name__}: {e})")
+
+    async def _attempt(self, name: str, what: str, timeout: float) -> bool:
+        """One renewal: True when renewed. A changed holder or a deleted Lease loses the lock
+        (then False, with :attr:`lost` set); any other failure is False, to be tried again."""
+        sent = self._clock()
+        try:
+            async with asyncio.timeout(timeout):
+                lease = await self.kube.get_json(self._path(name), what=what)
+                holder = (lease.get("spec") or {}).get("holderIdentity")
+                if holder != self.identity:
+                    self._lose(f"it was taken over by {holder or 'nobody (released)'}")
+                    return False
+                await self.kube.request_json(
+                    "PUT", self._path(name), body=self._body(name, lease), what=what
+                )
+        except NotFound:
+            self._lose("its Lease was deleted")
+            return False
+        except (TimeoutError, KubecareError):
+            return False
+        self._renewed_at = sent  # what others observe is at least this recent
+        self.unknown = False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def ride_out(self, ttl: int = CONTROL_PLANE_TTL) -> AsyncIterator[None]:
+        """For a step that restarts the apiserver on purpose (kubeadm upgrading the control
+        plane on this lock's node): the Lease is renewed with a TTL of at least ``ttl`` first
+        (others judge it free only after that long unchanged: a cold apiserver start fits), and
+        while the step runs a renewal that fails for long is "unknown", not "lost" — a changed
+        holder or a deleted Lease stays fatal. When the step ends the lock must be confirmed
+        ours (renewed) before anything else is done; then the usual TTL is back."""
+        assert self.lease is not None
+        usual = self.ttl
+        self.ttl = max(usual, ttl)
+        self.riding_out = True
+        try:
+            await self._attempt(self.lease, f"lease {self.namespace}/{self.lease}", 10.0)
+            yield
+            deadline = self._clock() + self.ttl
+            while self.unknown and not self.lost.is_set() and self._clock() < deadline:  # noqa: ASYNC110 (set by the renewer, polled: two conditions and a clock)
+                await asyncio.sleep(0.2)
+            if self.unknown and not self.lost.is_set():
+                self._lose(f"it could not be renewed within {self.ttl}s of the step's end")
+        finally:
+            self.riding_out = False
+            self.ttl = usual
 
     async def release(self) -> None:
         """Give the slot back (delete the Lease if we still hold it)."""

@@ -489,7 +489,11 @@ class Upgrade:
         self._event(
             "node", f"node {rec.name}: upgrading with the {self.executor.name} executor", rec.name
         )
-        await self.executor.upgrade(step, target, self._line(rec.name))
+        # A control-plane step restarts the apiserver (on one control plane, or behind a
+        # load balancer, the one this run talks to): the lock rides that out.
+        riding = lock is not None and rec.role != WORKER
+        async with lock.ride_out() if riding else contextlib.nullcontext():
+            await self.executor.upgrade(step, target, self._line(rec.name))
         rec.seconds["executor"] = round(time.monotonic() - t0, 3)
         _check(lock)
         rec.state = jr.WAITING

@@ -27,7 +27,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from kubecare.errors import KubecareError, NotFound, OperationFailed, UsageError
+from kubecare.errors import (
+    Conflict,
+    KubecareError,
+    NotFound,
+    OperationFailed,
+    ServerError,
+    TooManyRequests,
+    Unreachable,
+    UsageError,
+)
 from kubecare.kube import JSON, Kube
 from kubecare.upgrade.plan import CONTROL_PLANE, FIRST_CONTROL_PLANE, WORKER, NodeStep
 from kubecare.versions.semver import Version
@@ -405,42 +414,67 @@ class JobExecutor(_NoSurge):
         }  # fmt: skip
 
     async def upgrade(self, step: NodeStep, target: Version, on_line: Line) -> None:
+        """Run the node's Job to its end. Every read is retried through transient errors until
+        the deadline: on one control plane (or behind a load balancer) `kubeadm upgrade apply`
+        restarts the apiserver this poll talks to, and giving up then would record a failure
+        while kubeadm goes on. A Job an earlier run left running is waited for, never deleted
+        (that would kill kubeadm mid static-pod swap); only a Failed one is started again."""
         name = self.job_name(step.node, target)
         path = f"/apis/batch/v1/namespaces/{self.namespace}/jobs"
-        try:
-            job = await self.kube.get_json(f"{path}/{name}", what=f"job {name}")
-            if _job_state(job) == "Complete":
-                on_line(f"job {self.namespace}/{name} already completed (an earlier run)")
-                return
-            # Failed or unfinished from an earlier run: start it again.
-            await self.kube.request_json(
-                "DELETE",
-                f"{path}/{name}",
-                params={"propagationPolicy": "Foreground"},
-                what=f"job {name}",
-            )
-            await self._gone(f"{path}/{name}")
-        except NotFound:
-            pass
-        await self.kube.request_json(
-            "POST", path, body=self.manifest(step, target), what=f"job {name}"
-        )
-        on_line(f"job {self.namespace}/{name} created on {step.node}")
         deadline = time.monotonic() + self.timeout + 60
+        outage = _Outage(on_line, f"job {self.namespace}/{name}")
+        job = await outage.call(
+            lambda: self._get(f"{path}/{name}", name), deadline, "reading the Job"
+        )
+        state = _job_state(job) if job is not None else ""
+        if state == "Complete":
+            on_line(f"job {self.namespace}/{name} already completed (an earlier run)")
+            return
+        if state == "Failed":
+            await self.kube.request_json(
+                "DELETE", f"{path}/{name}", params={"propagationPolicy": "Foreground"},
+                what=f"job {name}",
+            )  # fmt: skip
+            await self._gone(f"{path}/{name}")
+            job = None
+        if job is None:
+            # A Conflict: an earlier attempt's POST was committed and its answer lost; that
+            # Job is this one.
+            with contextlib.suppress(Conflict):
+                await outage.call(
+                    lambda: self.kube.request_json(
+                        "POST", path, body=self.manifest(step, target), what=f"job {name}"
+                    ),
+                    deadline,
+                    "creating the Job",
+                )
+            on_line(f"job {self.namespace}/{name} created on {step.node}")
+        else:
+            on_line(
+                f"job {self.namespace}/{name} still running from an earlier run; waiting for it"
+            )
         while True:
-            job = await self.kube.get_json(f"{path}/{name}", what=f"job {name}")
-            state = _job_state(job)
+            job = await outage.call(
+                lambda: self._get(f"{path}/{name}", name), deadline, "waiting for the Job"
+            )
+            state = _job_state(job) if job is not None else "gone"
             if state == "Complete":
                 on_line(f"job {self.namespace}/{name} completed")
                 return
-            if state == "Failed" or time.monotonic() > deadline:
-                tail = await self._log_tail(name)
+            if state in ("Failed", "gone") or time.monotonic() > deadline:
+                tail = await self._log_tail(name) if state != "gone" else "deleted by someone"
                 raise OperationFailed(
                     f"job {self.namespace}/{name} on {step.node} failed"
                     + (f": {tail}" if tail else "")
                     + f"; see kubectl -n {self.namespace} logs job/{name}"
                 )
             await asyncio.sleep(1.0)
+
+    async def _get(self, path: str, name: str) -> JSON | None:
+        try:
+            return await self.kube.get_json(path, what=f"job {name}")
+        except NotFound:
+            return None
 
     async def _gone(self, path: str) -> None:
         for _ in range(120):
@@ -465,6 +499,37 @@ class JobExecutor(_NoSurge):
                 if lines:
                     return lines[-1]
         return ""
+
+
+TRANSIENT = (ServerError, TooManyRequests, Unreachable)
+
+
+class _Outage:
+    """Calls retried through transient apiserver errors until a deadline, saying once per
+    outage that the apiserver is away and once that it is back."""
+
+    def __init__(self, on_line: Line, what: str) -> None:
+        self.on_line, self.what, self.since = on_line, what, 0.0
+
+    async def call(self, fn: Callable[[], Any], deadline: float, doing: str) -> Any:
+        while True:
+            try:
+                out = await fn()
+            except TRANSIENT as e:
+                if time.monotonic() > deadline:
+                    raise OperationFailed(
+                        f"{self.what}: the apiserver did not answer while {doing} until the "
+                        f"step's deadline ({e.message})"
+                    ) from None
+                if not self.since:
+                    self.since = time.monotonic()
+                    self.on_line(f"apiserver not answering ({e.message}); {doing} again")
+                await asyncio.sleep(1.0)
+                continue
+            if self.since:
+                self.on_line(f"apiserver back after {time.monotonic() - self.since:.0f}s")
+                self.since = 0.0
+            return out
 
 
 def _job_state(job: JSON) -> str:

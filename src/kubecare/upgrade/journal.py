@@ -24,9 +24,17 @@ from typing import Any, Protocol
 
 import orjson
 
-from kubecare.errors import Conflict, NotFound, OperationFailed, UsageError
+from kubecare.errors import (
+    Conflict,
+    NotFound,
+    OperationFailed,
+    ServerError,
+    TooManyRequests,
+    Unreachable,
+    UsageError,
+)
 from kubecare.files import write_atomic
-from kubecare.kube import Kube
+from kubecare.kube import JSON, Kube
 
 DEFAULT_NAME = "kubecare-upgrade"
 DEFAULT_NAMESPACE = "kube-system"
@@ -181,6 +189,8 @@ class ConfigMapStore:
         self.name = name
         self.version: str | None = None
         self.where = f"configmap {namespace}/{name}"
+        # the journal text of a write that failed without an answer (it may have landed)
+        self._unanswered: str | None = None
 
     @property
     def _path(self) -> str:
@@ -199,7 +209,13 @@ class ConfigMapStore:
         return Journal.from_json(data, self.where)
 
     async def save(self, journal: Journal) -> None:
+        """Write the journal over the version last read or written. A write whose answer was
+        lost (the apiserver restarting: a 5xx, a reset, a timeout) may still have been
+        committed; the next write then meets 409 on the old resourceVersion. That is not
+        another run: if the ConfigMap holds exactly what the lost write sent, its version is
+        adopted and the write goes on; anything else is someone else's, and fatal."""
         journal.updated = now()
+        data = journal.to_json().decode()
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -208,23 +224,46 @@ class ConfigMapStore:
                 "namespace": self.namespace,
                 "labels": {"app.kubernetes.io/managed-by": "kubecare"},
             },
-            "data": {KEY: journal.to_json().decode()},
+            "data": {KEY: data},
         }
         try:
-            if self.version is None:
-                cm = await self.kube.request_json(
-                    "POST", f"/api/v1/namespaces/{self.namespace}/configmaps", body=body,
-                    what=self.where,
-                )  # fmt: skip
-            else:
-                body["metadata"]["resourceVersion"] = self.version
-                cm = await self.kube.request_json("PUT", self._path, body=body, what=self.where)
+            try:
+                cm = await self._write(body)
+            except Conflict:
+                if self._unanswered is None or not await self._landed(self._unanswered):
+                    raise
+                cm = await self._write(body)  # over the version our lost write made
         except Conflict:
+            self._unanswered = None
             raise JournalTaken(
                 f"{self.where} was changed by someone else (another upgrade run?); check "
                 "kubecare upgrade status, then run the command again"
             ) from None
+        except (ServerError, TooManyRequests, Unreachable):
+            self._unanswered = data  # committed or not: the next write finds out
+            raise
+        self._unanswered = None
         self.version = cm["metadata"]["resourceVersion"]
+
+    async def _write(self, body: dict[str, Any]) -> JSON:
+        if self.version is None:
+            return await self.kube.request_json(
+                "POST", f"/api/v1/namespaces/{self.namespace}/configmaps", body=body,
+                what=self.where,
+            )  # fmt: skip
+        body["metadata"]["resourceVersion"] = self.version
+        return await self.kube.request_json("PUT", self._path, body=body, what=self.where)
+
+    async def _landed(self, sent: str) -> bool:
+        """Whether the ConfigMap holds ``sent`` (our unanswered write); if so, take its version."""
+        try:
+            cm = await self.kube.get_json(self._path, what=self.where)
+        except NotFound:
+            return False
+        if (cm.get("data") or {}).get(KEY) != sent:
+            return False
+        self.version = cm["metadata"]["resourceVersion"]
+        return True
 
     async def delete(self) -> None:
         with contextlib.suppress(NotFound):
