@@ -674,7 +674,7 @@ async def test_schedule_manifests_and_its_read_only_role(
             assert "--allow-partial" in res.stderr and "Traceback" not in res.stderr
             with ArchiveReader.open(tmp_path / "partial.tar.zst") as r:
                 assert r.manifest["missing"] == [{"type": "secrets", "reason": "forbidden"}]
-                assert r.manifest["cluster"]["uid"] == ""  # may not read kube-system
+                assert r.manifest["cluster"]["uid"] == system["metadata"]["uid"]
             res = run_cli(*base, "accepted", "--allow-partial", "-o", "json", kubeconfig=config)
             assert res.returncode == 0, res.stderr
             assert json.loads(res.stdout)["missing"] == {"secrets": "forbidden"}

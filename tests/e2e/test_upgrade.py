@@ -967,9 +967,10 @@ async def test_the_job_executor_waits_out_an_apiserver_outage_and_adopts_a_runni
             ))  # fmt: skip
 
             async def waiting() -> bool:  # the rerun polls the Job (through the outage)
-                return proxy.count("GET", rf"/jobs/{name}$") > outage.hits >= 4
+                return run.done() or proxy.count("GET", rf"/jobs/{name}$") > outage.hits >= 4
 
             await wait_for(waiting, timeout=120)
+            assert not run.done(), run.result().stderr
             # The Job's kubeadm finishes: kwok completes the pod, the kubelet reports the target.
             await ukube.request_json(
                 "PATCH", f"{jobs}/{name}", body={"spec": {"suspend": False}},

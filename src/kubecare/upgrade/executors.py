@@ -361,13 +361,16 @@ class JobExecutor(_NoSurge):
         # The Job is created with the server's validation first: a bad image name or a
         # forbidden privileged pod is found before the first drain.
         if steps:
-            await self.kube.request_json(
-                "POST",
-                f"/apis/batch/v1/namespaces/{self.namespace}/jobs",
-                body=self.manifest(steps[0], target),
-                params={"dryRun": "All"},
-                what="the upgrade Job (server-side dry run)",
-            )
+            # A 409: a Job of that name is left from an earlier run (upgrade() waits for it or
+            # replaces it). The name is checked last, after validation and admission passed.
+            with contextlib.suppress(Conflict):
+                await self.kube.request_json(
+                    "POST",
+                    f"/apis/batch/v1/namespaces/{self.namespace}/jobs",
+                    body=self.manifest(steps[0], target),
+                    params={"dryRun": "All"},
+                    what="the upgrade Job (server-side dry run)",
+                )
 
     def job_name(self, node: str, target: Version) -> str:
         digest = hashlib.sha256(f"{node}/{target}".encode()).hexdigest()[:8]
