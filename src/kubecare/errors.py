@@ -143,3 +143,8 @@ def _rebuild(cls: type[KubecareError], message: str, state: dict[str, object]) -
     Exception.__init__(error, message)
     error.__dict__.update(state)
     return error
+
+
+#: Errors of an apiserver that may answer again soon (restarting, throttling, unreachable): the
+#: ones a long-running operation rides out until its own deadline.
+TRANSIENT = (ServerError, TooManyRequests, Unreachable)

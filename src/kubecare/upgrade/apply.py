@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from kubecare.errors import (
+    TRANSIENT,
     KubecareError,
     NotFound,
     OperationFailed,
-    ServerError,
-    TooManyRequests,
-    Unreachable,
     UsageError,
 )
 from kubecare.events import Event, EventSink, ignore
@@ -658,7 +656,6 @@ def unpin(where: str) -> None:
     open_store(store_url or None).unpin(file.removesuffix(SUFFIX))
 
 
-TRANSIENT = (ServerError, TooManyRequests, Unreachable)
 SAVE_RETRY = 60.0  # seconds a journal write is retried while the apiserver is unreachable
 
 

@@ -28,13 +28,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kubecare.errors import (
+    TRANSIENT,
     Conflict,
     KubecareError,
     NotFound,
     OperationFailed,
-    ServerError,
-    TooManyRequests,
-    Unreachable,
     UsageError,
 )
 from kubecare.kube import JSON, Kube
@@ -502,9 +500,6 @@ class JobExecutor(_NoSurge):
                 if lines:
                     return lines[-1]
         return ""
-
-
-TRANSIENT = (ServerError, TooManyRequests, Unreachable)
 
 
 class _Outage:

@@ -24,15 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from kubecare.errors import (
-    Conflict,
-    NotFound,
-    OperationFailed,
-    ServerError,
-    TooManyRequests,
-    Unreachable,
-    UsageError,
-)
+from kubecare.errors import TRANSIENT, Conflict, NotFound, OperationFailed, UsageError
 from kubecare.files import write_atomic
 from kubecare.kube import JSON, Kube
 
@@ -239,7 +231,7 @@ class ConfigMapStore:
                 f"{self.where} was changed by someone else (another upgrade run?); check "
                 "kubecare upgrade status, then run the command again"
             ) from None
-        except (ServerError, TooManyRequests, Unreachable):
+        except TRANSIENT:
             self._unanswered = data  # committed or not: the next write finds out
             raise
         self._unanswered = None
