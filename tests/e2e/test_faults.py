@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -560,3 +560,43 @@ async def test_an_unreachable_apiserver_is_an_error_for_outage_not_a_default(
     res = await asyncio.to_thread(run_cli, "outage", kubeconfig=proxy.kubeconfig, timeout=120)
     assert res.returncode == 1
     assert "control-plane pods in kube-system" in res.stderr and "Traceback" not in res.stderr
+
+
+async def test_an_informer_is_not_trusted_while_its_watch_is_broken(
+    kube: Kube, namespace: str, proxy: FaultProxy
+) -> None:
+    """The health gate's view (kube/informer.py): one list, then changes from a watch; while
+    the watch cannot be re-opened the view is not fresh (a gate never passes on it), and when
+    it can, what changed meanwhile is there without a full relist."""
+    from kubecare.kube.informer import Informer
+
+    async def until(check: Callable[[], bool], timeout: float) -> None:
+        async def met() -> bool:
+            return check()
+
+        await wait_for(met, timeout=timeout)
+
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    watches = rf"/namespaces/{namespace}/configmaps\?.*watch=1"
+    async with via(proxy) as k:
+        inf = Informer(k, path)
+        inf.start()
+        try:
+            await until(lambda: inf.fresh(0.0), 20)
+            await kube.request_json("POST", path, body={"metadata": {"name": "seen"}})
+            await until(lambda: f"{namespace}/seen" in inf.objects, 20)
+            assert inf.lists == 1
+            # The watch is cut and every attempt to open it again fails.
+            proxy.add(Rule("GET", watches, status=503))
+            proxy.add(Rule("GET", watches, cut=True, times=1))
+            await kube.request_json("POST", path, body={"metadata": {"name": "while-down"}})
+            await until(lambda: not inf.fresh(0.0), 20)
+            await asyncio.sleep(2.0)
+            assert not inf.fresh(0.0) and f"{namespace}/while-down" not in inf.objects
+            proxy.clear()
+            await until(lambda: inf.fresh(0.0), 60)
+            await until(lambda: f"{namespace}/while-down" in inf.objects, 20)
+            await kube.request_json("DELETE", f"{path}/seen")
+            await until(lambda: f"{namespace}/seen" not in inf.objects, 20)
+        finally:
+            await inf.stop()

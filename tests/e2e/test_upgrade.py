@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -901,6 +902,50 @@ async def test_a_failed_health_gate_is_checked_again_when_the_run_resumes(
     finally:
         await ukube.http.delete(f"/api/v1/namespaces/{ns}")
         await usb.remove_node("worker-h1")
+
+
+async def test_the_health_gate_lists_once_and_then_watches(usb: Sandbox, ukube: Kube) -> None:
+    """The gate waits for a pod that takes 6 s to become Ready after its node's upgrade: read
+    from one list per type and watches, not a list of every pod, ReplicaSet and workload each
+    second; a watch cut half way is re-opened and the gate still passes on the real state."""
+    from ..faultproxy import FaultProxy, Rule
+
+    await old_nodes(usb, ukube, "worker-w1")
+    ns = await new_namespace(ukube, "upgrade-watch")
+    spec = {
+        "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+        "terminationGracePeriodSeconds": 0,
+        "nodeSelector": {"kubernetes.io/hostname": "worker-w1"},
+    }
+    await apply(
+        ukube, ns, deployment("slow", 1, spec, {"pod-ready.stage.kwok.x-k8s.io/delay": "6s"})
+    )
+    await wait_running(ukube, ns, 1, timeout=60)
+    whole = re.compile(r"^/api/v1/pods(\?|$)")
+    try:
+        async with FaultProxy(usb) as proxy:
+            cut = proxy.add(Rule("GET", r"^/api/v1/pods\?.*watch=1", cut_after=200, times=1,
+                                 when=lambda _m, t: "Selector" not in t))  # fmt: skip
+            res = await asyncio.to_thread(
+                run_cli, "upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox",
+                "--sandbox", usb.name, "--yes", "--no-snapshot", "--no-backup",
+                "--ignore-daemonsets", "-o", "json", kubeconfig=proxy.kubeconfig, timeout=300,
+            )  # fmt: skip
+            assert res.returncode == 0, res.stderr
+            every = [r for r in proxy.log if whole.match(r.target) and "Selector" not in r.target]
+            lists = [r for r in every if "watch=1" not in r.target]
+            watches = [r for r in every if "watch=1" in r.target]
+        j = await journal(ukube)
+        node = next(n for n in j["nodes"] if n["name"] == "worker-w1")
+        assert node["seconds"]["gate"] >= 3, node  # it really waited for the pod
+        # Lists of every pod: the plan's snapshot, the baseline (once per run) and the gate's
+        # informer, whatever the gate's length; the gate listing each second adds one a second.
+        assert len(lists) <= 3, [r.target for r in lists]
+        assert cut.hits == 1 and len(watches) >= 2, [r.target for r in watches]
+        await wait_running(ukube, ns, 1, timeout=5)  # the gate passed on a Ready pod
+    finally:
+        await ukube.http.delete(f"/api/v1/namespaces/{ns}")
+        await usb.remove_node("worker-w1")
 
 
 async def test_apiserver_errors_while_journaling_and_waiting_are_retried(

@@ -124,3 +124,47 @@ def test_a_connection_opened_before_a_certificate_rotation_is_not_pooled_again()
     current = _Conn(None, _Writer(), context=new)  # type: ignore[arg-type]
     client._release(current, True)
     assert client._idle == [current]
+
+
+async def test_a_write_never_goes_down_a_connection_the_server_closed_while_the_loop_was_busy() -> (
+    None
+):
+    """The server closes an idle kept-alive connection while the caller's event loop is blocked
+    (so asyncio has not seen the FIN): a DELETE then must open a new connection, not be written
+    to the dead one and fail unanswered (a write is never replayed)."""
+    import socket
+    import threading
+    import time
+
+    from kubecare.kube.http import HttpClient
+
+    served: list[str] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:  # a server in its own thread: it runs while the caller's loop is stuck
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                served.append(head.split(b" ", 1)[0].decode())
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                time.sleep(0.05)  # an idle timeout: closed after one answer
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = HttpClient(f"http://127.0.0.1:{port}")
+    try:
+        assert (await client.get("/a")).status_code == 200
+        time.sleep(0.3)  # a blocking caller: the server's FIN arrives while the loop is stuck
+        assert (await client.delete("/b")).status_code == 200
+        assert served == ["GET", "DELETE"]
+    finally:
+        await client.aclose()
+        listener.close()
+        thread.join(timeout=5)

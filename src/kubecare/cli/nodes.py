@@ -41,15 +41,19 @@ def nodes_cmd(args: argparse.Namespace) -> None:
     from kubecare.cli.render import age, emit, simple_table
     from kubecare.nodes.inventory import list_nodes
 
+    notes: list[str] = []
+
     async def body(kube: Kube) -> tuple[list[NodeRow], OutageReport | None]:
-        rows = await list_nodes(kube, selector=args.selector)
+        rows = await list_nodes(kube, selector=args.selector, notes=notes)
         if not args.wide:
             return rows, None
         from kubecare.nodes.outage import outage_report
         from kubecare.nodes.snapshot import take_snapshot
 
         snap = await take_snapshot(kube)
-        return rows, outage_report(snap.nodes, snap.pods, snap.settings, workloads=snap.workloads)
+        report = outage_report(snap.nodes, snap.pods, snap.settings, workloads=snap.workloads)
+        notes.extend(n for n in snap.unseen if n not in notes)
+        return rows, report
 
     rows, report = with_cluster(args, body)
     headers = ["name", "status", "roles", "version", "pods", "taints", "age"]
@@ -60,7 +64,7 @@ def nodes_cmd(args: argparse.Namespace) -> None:
             r.status,
             ",".join(r.roles) or "<none>",
             r.kubelet_version,
-            r.pods,
+            "" if r.pods is None else r.pods,
             ",".join(r.taints) or "<none>",
             age(r.age_seconds),
         )
@@ -77,6 +81,10 @@ def nodes_cmd(args: argparse.Namespace) -> None:
             text += "\n\n" + report_text(report)
         return text
 
+    from kubecare.cli.render import say
+
+    for n in notes:
+        say(f"note: {n}")
     emit({"nodes": rows, "outage": report} if args.wide else rows, args.output, table)
 
 

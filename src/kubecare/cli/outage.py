@@ -147,6 +147,8 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 
 def outage_cmd(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from kubecare.cli.common import with_cluster
     from kubecare.cli.render import emit
     from kubecare.nodes.outage import outage_report
@@ -154,7 +156,8 @@ def outage_cmd(args: argparse.Namespace) -> None:
 
     async def body(kube: Kube) -> OutageReport:
         snap = await take_snapshot(kube)
-        return outage_report(snap.nodes, snap.pods, snap.settings, workloads=snap.workloads)
+        report = outage_report(snap.nodes, snap.pods, snap.settings, workloads=snap.workloads)
+        return replace(report, notes=report.notes + snap.unseen)
 
     report = with_cluster(args, body)
     emit(report, args.output, lambda: report_text(report))
@@ -162,7 +165,7 @@ def outage_cmd(args: argparse.Namespace) -> None:
 
 def risk_cmd(args: argparse.Namespace) -> None:
     from kubecare.cli.common import with_cluster
-    from kubecare.cli.render import emit
+    from kubecare.cli.render import emit, say
     from kubecare.errors import NotFound, UsageError
     from kubecare.nodes.risk import assess, rank
     from kubecare.nodes.snapshot import take_snapshot
@@ -181,7 +184,10 @@ def risk_cmd(args: argparse.Namespace) -> None:
         return [assess(str(args.node), snap)], snap
 
     risks, snap = with_cluster(args, body)
-    data = {"settings": snap.settings, "nodes": [_risk_data(r) for r in risks]}
+    data = {"settings": snap.settings, "nodes": [_risk_data(r) for r in risks],
+            "unseen": snap.unseen}  # fmt: skip
+    for n in snap.unseen:
+        say(f"note: {n}")
     emit(data, args.output, lambda: risk_text(risks, snap.settings, args.all_nodes))
 
 

@@ -218,6 +218,7 @@ def versions_cmd(args: argparse.Namespace) -> int:
         "components": inv.components,
         "violations": [{**_plain(v), "text": v.text} for v in inv.violations],
         "notes": inv.notes,
+        "unseen": inv.unseen,
     }
     emit(data, args.output, lambda: versions_table(inv))
     return 1 if args.strict and inv.violations else 0
@@ -234,7 +235,7 @@ def versions_table(inv: Inventory) -> str:
 
     rows = [(c.name, c.node or "-", c.version, c.source) for c in inv.components]
     out = [simple_table(("COMPONENT", "NODE", "VERSION", "SOURCE"), rows)]
-    for n in inv.notes:
+    for n in [*inv.unseen, *inv.notes]:
         out.append(f"note: {n}")
     if inv.violations:
         out.append("")

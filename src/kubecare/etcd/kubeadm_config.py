@@ -27,7 +27,13 @@ def with_data_dir(text: str, data_dir: str) -> str | None:
     says so."""
     import yaml
 
-    doc = yaml.safe_load(text)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise EtcdError(
+            f"kubeadm-config's ClusterConfiguration is not YAML ({str(e).splitlines()[0]}); "
+            "fix it with: kubectl -n kube-system edit configmap kubeadm-config"
+        ) from None
     if not isinstance(doc, dict) or doc.get("kind") != "ClusterConfiguration":
         raise EtcdError("kubeadm-config's ClusterConfiguration is not a ClusterConfiguration")
     etcd = doc.get("etcd") or {}

@@ -164,7 +164,12 @@ def parse_member(
     :class:`EtcdError` naming the file, never a traceback."""
     try:
         return _parse_member(manifest, text, reach, tree)
-    except (AttributeError, TypeError, KeyError) as e:  # a field of another type than a Pod's
+    except (
+        AttributeError,
+        TypeError,
+        KeyError,
+        ValueError,
+    ) as e:  # a field of another type, a bad URL
         raise EtcdError(
             f"{manifest} does not look like kubeadm's etcd manifest ({type(e).__name__}: {e})"
         ) from None

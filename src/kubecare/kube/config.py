@@ -168,7 +168,46 @@ def _read(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict):
         raise ConfigError(f"kubeconfig {path} is not a kubeconfig (expected a mapping)")
+    _check_shape(doc, path)
     return doc
+
+
+def _check_shape(doc: dict[str, Any], path: Path) -> None:
+    """The types client-go's decoder insists on (kubectl refuses a file with a list where a
+    string belongs: "cannot unmarshal"), checked before anything reads the file."""
+
+    def bad(where: str, kind: str) -> ConfigError:
+        return ConfigError(
+            f"kubeconfig {path}: {where} is not {kind}; fix the file (kubectl refuses it too)"
+        )
+
+    if not isinstance(doc.get("current-context") or "", str):
+        raise bad("current-context", "a string")
+    for plural, section in (("clusters", "cluster"), ("contexts", "context"), ("users", "user")):
+        entries = doc.get(plural) or []
+        if not isinstance(entries, list):
+            raise bad(plural, "a list")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise bad(f"{plural}[{i}]", "a mapping")
+            if not isinstance(entry.get("name") or "", str):
+                raise bad(f"{plural}[{i}].name", "a string")
+            body = entry.get(section) or {}
+            if not isinstance(body, dict):
+                raise bad(f"{plural}[{i}].{section}", "a mapping")
+            for key, value in body.items():
+                if key in _STRUCTURED.get(section, ()):
+                    continue
+                if not isinstance(value, str | bool | int | float) and value is not None:
+                    raise bad(f"{plural}[{i}].{section}.{key}", "a single value")
+
+
+#: keys whose value is a mapping or a list, not a single value
+_STRUCTURED = {
+    "cluster": ("extensions",),
+    "context": ("extensions",),
+    "user": ("exec", "auth-provider", "impersonate-groups", "impersonate-user-extra", "extensions"),
+}
 
 
 def load_connection(options: ClientOptions) -> Connection:

@@ -250,7 +250,7 @@ class HttpClient:
     async def _connection(self, *, fresh: bool = False) -> _Conn:
         while self._idle and not fresh:
             conn = self._idle.pop()
-            if not conn.reader.at_eof() and not conn.writer.is_closing():
+            if not conn.reader.at_eof() and not conn.writer.is_closing() and not _readable(conn):
                 conn.reused = True
                 return conn
             conn.close()
@@ -517,6 +517,24 @@ def _keep_alive(headers: Mapping[str, str]) -> bool:
 
 
 _REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _readable(conn: _Conn) -> bool:
+    """Whether an idle connection has something to read: the server's FIN or TLS close_notify
+    (nothing else arrives on an idle HTTP/1.1 connection). The event loop notices that on its
+    own, but only once it runs: a caller that kept it busy (a blocking call in a coroutine) would
+    otherwise send a write down a connection the server closed long ago, and a write is not
+    replayed. Go's transport checks the same before reusing a connection."""
+    import select
+
+    sock = conn.writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        ready, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)
 
 
 def _never_answered(e: BaseException) -> bool:

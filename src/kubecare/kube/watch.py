@@ -40,8 +40,13 @@ async def watch(
     params: dict[str, Any] | None = None,
     relist: Relist | None = None,
     what: str | None = None,
+    on_connection: Callable[[bool], None] | None = None,
 ) -> AsyncIterator[WatchEvent]:
-    """Yield events for ``path`` after ``resource_version`` until the caller stops iterating."""
+    """Yield events for ``path`` after ``resource_version`` until the caller stops iterating.
+
+    ``on_connection(True)`` is called when a watch stream is open, ``on_connection(False)`` when
+    it broke (before a retry or a relist): between the two the caller's view is current."""
+    connected = on_connection or (lambda _: None)
     version = resource_version
     failures = 0
     while True:
@@ -63,6 +68,7 @@ async def watch(
                         await resp.aread()  # so the error mapping can read the Status body
                     resp.raise_for_status()
                     failures = 0
+                    connected(True)
                     async for line in resp.aiter_lines():
                         if not line:
                             continue
@@ -80,6 +86,7 @@ async def watch(
                             continue
                         yield WatchEvent(kind, obj)
         except KubecareError as e:  # includes Unreachable: a dropped connection is retried
+            connected(False)
             if getattr(e, "status", None) == 410:
                 gone = True
             else:
@@ -88,6 +95,7 @@ async def watch(
                     raise
                 await asyncio.sleep(min(0.2 * 2**failures, 5))
         if gone:
+            connected(False)
             if relist is None:
                 version = ""
                 continue

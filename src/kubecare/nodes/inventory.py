@@ -23,7 +23,7 @@ class NodeRow:
     schedulable: bool
     roles: tuple[str, ...]
     kubelet_version: str
-    pods: int
+    pods: int | None  # None: this user may not list pods
     taints: tuple[str, ...]
     age_seconds: int
     os_image: str = ""
@@ -53,13 +53,14 @@ def format_taint(taint: JSON) -> str:
 
 
 def summarize_nodes(
-    nodes: list[JSON], pods: list[JSON], now: datetime | None = None
+    nodes: list[JSON], pods: list[JSON] | None, now: datetime | None = None
 ) -> list[NodeRow]:
-    """Pure: one row per node, pods counted per node (terminated pods excluded)."""
+    """Pure: one row per node, pods counted per node (terminated pods excluded); ``pods``
+    None: not known (every row's count is None)."""
     now = now or datetime.now(UTC)
     per_node = Counter(
         (p.get("spec") or {}).get("nodeName")
-        for p in pods
+        for p in pods or []
         if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
     )
     rows = []
@@ -81,7 +82,7 @@ def summarize_nodes(
                 kubelet_version=((node.get("status") or {}).get("nodeInfo") or {}).get(
                     "kubeletVersion", ""
                 ),
-                pods=per_node.get(meta["name"], 0),
+                pods=per_node.get(meta["name"], 0) if pods is not None else None,
                 taints=tuple(format_taint(t) for t in spec.get("taints") or []),
                 age_seconds=int((now - created).total_seconds()) if created else 0,
                 os_image=((node.get("status") or {}).get("nodeInfo") or {}).get("osImage", ""),
@@ -94,20 +95,27 @@ def summarize_nodes(
 
 
 async def list_nodes(
-    kube: Kube, *, selector: str | None = None, chunk_size: int = 500
+    kube: Kube,
+    *,
+    selector: str | None = None,
+    chunk_size: int = 500,
+    notes: list[str] | None = None,
 ) -> list[NodeRow]:
-    """Every node (or those matching ``selector``) with its pod count."""
+    """Every node (or those matching ``selector``) with its pod count; a user who may not list
+    pods gets the nodes without counts and a line in ``notes``."""
+    from kubecare.kube.unseen import or_unseen
+
     params = {"labelSelector": selector} if selector else None
 
     async def collect(path: str, p: dict[str, str] | None, what: str) -> list[JSON]:
         return [i async for i in kube.list_items(path, params=p, chunk_size=chunk_size, what=what)]
 
+    unseen: list[str] = [] if notes is None else notes
+    pods_read = collect(
+        "/api/v1/pods", {"fieldSelector": "status.phase!=Succeeded,status.phase!=Failed"}, "pods"
+    )
     nodes, pods = await asyncio.gather(
         collect("/api/v1/nodes", params, "nodes"),
-        collect(
-            "/api/v1/pods",
-            {"fieldSelector": "status.phase!=Succeeded,status.phase!=Failed"},
-            "pods",
-        ),
+        or_unseen(pods_read, None, unseen, "pod counts", "list pods in all namespaces"),
     )
     return summarize_nodes(nodes, pods)

@@ -87,7 +87,8 @@ def kubeadm_extra_args(cluster_configuration: str) -> dict[str, dict[str, str]]:
     for component in ("apiServer", "controllerManager"):
         if not isinstance(doc, dict) or component not in doc:
             continue
-        raw = (doc.get(component) or {}).get("extraArgs") or {}
+        section = doc.get(component)
+        raw = (section.get("extraArgs") or {}) if isinstance(section, dict) else {}
         if isinstance(raw, list):
             out[component] = {
                 str(a.get("name")): str(a.get("value")) for a in raw if isinstance(a, dict)

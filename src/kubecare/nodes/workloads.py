@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from kubecare.errors import NotFound
+from kubecare.errors import Forbidden, NotFound
 from kubecare.kube import JSON, Kube
 
 # kind -> (API path prefix, resource) of the controllers that own pods, and how they count ready.
@@ -104,12 +104,28 @@ class WorkloadIndex:
         return ready_count(workload.kind, obj) if obj is not None else None
 
 
-async def list_workloads(kube: Kube, *, chunk_size: int = 500) -> WorkloadIndex:
-    """Every controller object in the cluster (one paged list per kind)."""
+async def list_workloads(
+    kube: Kube, *, chunk_size: int = 500, unseen: list[str] | None = None
+) -> WorkloadIndex:
+    """Every controller object in the cluster (one paged list per kind). With ``unseen``, a
+    kind this user may not list is left out and named there instead of failing the read."""
 
     async def one(kind: str) -> list[tuple[str, JSON]]:
         prefix, resource = CONTROLLERS[kind]
-        items, _ = await kube.list_all(f"{prefix}/{resource}", chunk_size=chunk_size, what=resource)
+        try:
+            items, _ = await kube.list_all(
+                f"{prefix}/{resource}", chunk_size=chunk_size, what=resource
+            )
+        except Forbidden:
+            if unseen is None:
+                raise
+            from kubecare.kube.unseen import note
+
+            unseen.append(
+                note(f"{kind}s", f"list {resource} in all namespaces",
+                     "pods they own are judged without them")
+            )  # fmt: skip
+            return []
         return [(kind, i) for i in items]
 
     lists = await asyncio.gather(*(one(k) for k in CONTROLLERS))

@@ -183,6 +183,12 @@ def parse_manifest(
     except ManifestError as e:
         e.pod = doc  # a Pod all the same: its mirror pod shows the error
         raise
+    except (TypeError, AttributeError, KeyError, ValueError) as e:
+        # A field of the wrong type deep in the spec: the kubelet's decoder refuses such a
+        # file ("cannot unmarshal") and runs nothing from it; so does the runner.
+        raise ManifestError(
+            f"{where} is not a valid Pod ({type(e).__name__}: {e}); the kubelet would refuse it too"
+        ) from None
 
 
 def _plan(

@@ -34,6 +34,7 @@ from kubecare.errors import (
 )
 from kubecare.events import Event, EventSink, ignore
 from kubecare.kube import JSON, Kube
+from kubecare.kube.informer import Informers
 from kubecare.kube.objects import is_pod_ready
 from kubecare.nodes.drain_options import DrainOptions
 from kubecare.nodes.inventory import ready_status
@@ -162,6 +163,17 @@ def unavailable(
     return out
 
 
+#: What the health gate reads, in the order :func:`unavailable` takes the workload types.
+GATE_TYPES = {
+    "nodes": "/api/v1/nodes",
+    "deployments": "/apis/apps/v1/deployments",
+    "statefulsets": "/apis/apps/v1/statefulsets",
+    "daemonsets": "/apis/apps/v1/daemonsets",
+    "replicasets": "/apis/apps/v1/replicasets",
+    "pods": "/api/v1/pods",
+}
+
+
 async def unavailable_workloads(kube: Kube) -> set[str]:
     deps, sts, dss, rss, pods = await asyncio.gather(
         kube.list_objects("/apis/apps/v1/deployments"),
@@ -194,6 +206,7 @@ class Upgrade:
         self.journal: Journal | None = None
         self.baseline: set[str] = set()
         self.lost = ""  # why this run may no longer write the journal (another run took it)
+        self._cache: Informers | None = None  # the gate's view, started at the first gate
 
     def _event(self, kind: str, message: str, node: str = "", **data: Any) -> None:
         self.on_event(Event(kind, message, node=node, data=data))
@@ -297,6 +310,8 @@ class Upgrade:
             ) from e
         finally:
             await self._stop_heartbeat(stop, heartbeat)
+            if self._cache is not None:
+                await self._cache.stop()
             self.store.release()
         self._event("done", f"upgrade to {journal.target} complete: {len(journal.nodes)} node(s)")
         if journal.backup:
@@ -544,23 +559,36 @@ class Upgrade:
             await asyncio.sleep(0.5)
 
     async def _gate(self, nodes: list[str]) -> None:
-        """Every node Ready; nothing that was available at the start unavailable now."""
+        """Every node Ready; nothing that was available at the start unavailable now.
+
+        Read from informers (one list per type for the whole run, then watches), evaluated
+        once a second; it passes only on a view whose watches are connected (a gate must not
+        pass on what the cluster looked like before an apiserver restart)."""
         deadline = time.monotonic() + self.opts.gate_timeout
+        cache = self._informers()
         not_ready: list[str] = []
         down: list[str] = []
         while True:
-            try:
-                all_nodes = await self.kube.list_objects("/api/v1/nodes")
+            if cache.fresh():
                 not_ready = sorted(
-                    n["metadata"]["name"] for n in all_nodes if ready_status(n) != "True"
+                    n["metadata"]["name"]
+                    for n in cache["nodes"].items()
+                    if ready_status(n) != "True"
                 )
-                down = sorted(await unavailable_workloads(self.kube) - self.baseline)
+                down = sorted(
+                    unavailable(*(cache[name].items() for name in list(GATE_TYPES)[1:]))
+                    - self.baseline
+                )
                 if not not_ready and not down:
                     return
-            except TRANSIENT:
-                pass  # a blip of the apiserver is not a failed gate: ask again
             if time.monotonic() > deadline:
                 what = []
+                if not cache.fresh():
+                    err = cache.error()
+                    what.append(
+                        "the cluster's state could not be read"
+                        + (f" ({err.message})" if err else " (its watches keep breaking)")
+                    )
                 if not_ready:
                     what.append(f"nodes not Ready: {', '.join(not_ready)}")
                 if down:
@@ -571,6 +599,12 @@ class Upgrade:
                     + "; those nodes are upgraded and uncordoned, the rest untouched"
                 )
             await asyncio.sleep(1.0)
+
+    def _informers(self) -> Informers:
+        if self._cache is None:
+            self._cache = Informers(self.kube, GATE_TYPES)
+            self._cache.start()
+        return self._cache
 
     # -- before the first node ---------------------------------------------------------------
     def _backup_preflight(self) -> None:

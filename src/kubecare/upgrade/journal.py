@@ -107,12 +107,50 @@ class Journal:
                     f"the upgrade journal {where} was written by a newer kubecare "
                     f"(format {raw['format']}); use that version"
                 )
+            if not isinstance(raw.get("nodes"), list):
+                raise TypeError("nodes")
+            for n in raw["nodes"]:
+                _check_types(NodeRecord, n)
+            _check_types(cls, {k: v for k, v in raw.items() if k != "nodes"})
             raw["nodes"] = [NodeRecord(**n) for n in raw["nodes"]]
             return cls(**raw)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise OperationFailed(
                 f"the upgrade journal {where} is not readable; inspect it, then delete it to start over"
             ) from None
+
+
+def _is(value: object, annotation: str) -> bool:
+    """``value`` fits a field annotated ``annotation`` (the few shapes the journal uses)."""
+    if annotation.endswith(" | None"):
+        return value is None or _is(value, annotation.removesuffix(" | None"))
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "str":
+        return isinstance(value, str)
+    if annotation == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if annotation == "dict[str, float]":
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+            for k, v in value.items()
+        )
+    return True  # nodes: checked one by one
+
+
+def _check_types(cls: type, raw: object) -> None:
+    """A TypeError unless every field in ``raw`` has its dataclass field's type: a journal
+    someone edited (or another program wrote) is refused as a whole, not half-used."""
+    import dataclasses
+
+    if not isinstance(raw, dict):
+        raise TypeError(cls.__name__)
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        if key not in types or not _is(value, types[key]):
+            raise TypeError(f"{cls.__name__}.{key}")
 
 
 class JournalTaken(OperationFailed):

@@ -117,6 +117,9 @@ class Preflight:
     backup_age: float | None = None
     backup_where: str = ""
     notes: tuple[str, ...] = ()
+    #: what RBAC kept the preflight from reading: each a blocking check (a plan that could not
+    #: look is not a go), the rest of the plan still shown
+    unseen: tuple[str, ...] = ()
 
 
 @dataclass
@@ -431,4 +434,6 @@ def _checks(
         )
     for note in pre.notes:
         out.append(Check("note", True, False, note))
+    for gap in pre.unseen:
+        out.append(Check("unseen", False, True, f"not checked: {gap}"))
     return out

@@ -21,7 +21,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from kubecare.errors import KubecareError
+from kubecare.errors import Forbidden, KubecareError
 from kubecare.kube import JSON, Kube
 from kubecare.nodes.drain_options import DrainOptions
 from kubecare.nodes.drain_plan import DrainPlan
@@ -68,13 +68,20 @@ async def apiserver_endpoints(kube: Kube) -> list[str]:
     return sorted(e for e in out if e)
 
 
-async def deprecated_in_use(kube: Kube) -> tuple[list[DeprecatedUse], list[str]]:
+async def deprecated_in_use(
+    kube: Kube, unseen: list[str] | None = None
+) -> tuple[list[DeprecatedUse], list[str]]:
     """Deprecated APIs requested since each apiserver started, and deprecated CRD versions
     objects may be stored at. Returns the uses and notes (an apiserver whose metrics could not
-    be read is named: the check is then incomplete)."""
+    be read is named: the check is then incomplete); with ``unseen``, a list RBAC forbids is
+    named there instead of failing."""
+    from kubecare.kube.unseen import or_unseen
+
     notes: list[str] = []
     uses: list[DeprecatedUse] = []
-    endpoints = await apiserver_endpoints(kube)
+    gaps: list[str] = []
+    endpoints = await or_unseen(apiserver_endpoints(kube), [], gaps, "the apiservers' endpoints",
+                                "list pods in kube-system", "only this apiserver's metrics are read")  # fmt: skip
     targets: list[tuple[str, Kube]] = [(e, kube.at(e)) for e in endpoints] or [(kube.server, kube)]
     try:
         for name, client in targets:
@@ -91,7 +98,16 @@ async def deprecated_in_use(kube: Kube) -> tuple[list[DeprecatedUse], list[str]]
     # Deprecated CRD versions: their warning text is computed as the apiserver does, never
     # requested (a request would itself count as a client in the gauge); objects may be stored
     # at such a version when it is in status.storedVersions.
-    crds = await kube.list_objects("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+    crds = await or_unseen(
+        kube.list_objects("/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
+        [],
+        gaps,
+        "deprecated CRD versions",
+        "list customresourcedefinitions",
+    )
+    if gaps and unseen is None:
+        raise Forbidden(gaps[0], status=403)
+    (unseen if unseen is not None else []).extend(gaps)
     warnings: dict[tuple[str, str, str], str] = {}
     for crd in crds:
         spec = crd.get("spec") or {}
@@ -220,13 +236,25 @@ async def read_preflight(
     names = [n["metadata"]["name"] for n in nodes]
     sem = asyncio.Semaphore(PLAN_CONCURRENCY)
 
+    from kubecare.kube.unseen import note
+
+    unseen: list[str] = []
+
     async def one(node: str) -> list[DrainPlan]:
         async with sem:
             return await plan_nodes(kube, [node], drain_opts)
 
-    per_node, (deprecated, notes) = await asyncio.gather(
-        asyncio.gather(*(one(n) for n in names)), deprecated_in_use(kube)
-    )
+    async def drains() -> list[list[DrainPlan]]:
+        try:
+            return await asyncio.gather(*(one(n) for n in names))
+        except Forbidden as e:
+            unseen.append(
+                note("what each drain would do", f"read what a drain reads ({e.message})",
+                     "no node's drain could be checked")
+            )  # fmt: skip
+            return []
+
+    per_node, (deprecated, notes) = await asyncio.gather(drains(), deprecated_in_use(kube, unseen))
     plans = [p for ps in per_node for p in ps]
     from kubecare.kube.identity import cluster_uid
 
@@ -249,6 +277,7 @@ async def read_preflight(
         backup_age=backup_age,
         backup_where=backup_where,
         notes=tuple(notes + inventory.notes),
+        unseen=tuple(unseen + inventory.unseen),
     )
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubecare.errors import KubecareError, NotFound
+from kubecare.errors import Forbidden, KubecareError, NotFound
 from kubecare.kube import JSON, Kube
 from kubecare.versions import skew
 from kubecare.versions.skew import Component, Violation
@@ -39,6 +39,8 @@ class Inventory:
     components: list[Component]
     violations: list[Violation] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: what RBAC kept from being read ("<what> not shown: this user may not ..."), one each
+    unseen: list[str] = field(default_factory=list)
 
 
 def _image(obj: JSON) -> str:
@@ -96,13 +98,20 @@ async def collect(
     include_kubectl: bool = True,
 ) -> Inventory:
     """Every component's version, and the skew policy checked over them."""
+    from kubecare.kube.unseen import note, or_unseen
+
+    notes: list[str] = []
+    unseen: list[str] = []
     server, pods, nodes = await asyncio.gather(
         kube.version(),
-        control_plane_pods(kube),
-        kube.list_objects("/api/v1/nodes"),
-    )
+        or_unseen(control_plane_pods(kube), None, unseen, "the control plane's components",
+                  "list pods in kube-system", "only the apiserver's /version is known"),
+        or_unseen(kube.list_objects("/api/v1/nodes"), [], unseen, "kubelets and runtimes",
+                  "list nodes"),
+    )  # fmt: skip
+    cp_unseen = pods is None
+    pods = pods or []
     comps: list[Component] = []
-    notes: list[str] = []
     apiservers = [
         p for p in pods if (p["metadata"].get("labels") or {}).get("component") == skew.APISERVER
     ]
@@ -127,10 +136,11 @@ async def collect(
                 f"/version at {kube.server}",
             )
         )
-        notes.append(
-            "no kubeadm control-plane pods in kube-system: the controller-manager, scheduler and "
-            "etcd are not visible from the API (a managed control plane?)"
-        )
+        if not cp_unseen:
+            notes.append(
+                "no kubeadm control-plane pods in kube-system: the controller-manager, scheduler "
+                "and etcd are not visible from the API (a managed control plane?)"
+            )
     for name in (skew.CONTROLLER_MANAGER, skew.SCHEDULER, skew.ETCD):
         for pod in pods:
             if (pod["metadata"].get("labels") or {}).get("component") == name:
@@ -154,6 +164,9 @@ async def collect(
     ):
         try:
             obj = await kube.get_json(path, what=f"{what} in kube-system")
+        except Forbidden:
+            unseen.append(note(what, f"get {path.rsplit('/', 2)[-2]} in kube-system"))
+            continue
         except NotFound:
             notes.append(
                 f"{what}: not installed (no {path.rsplit('/', 2)[-2][:-1]} kube-system/{path.rsplit('/', 1)[-1]})"
@@ -167,7 +180,7 @@ async def collect(
             comps.append(client)
         else:
             notes.append("kubectl: not found on $PATH")
-    return Inventory(comps, skew.check_skew(comps), notes)
+    return Inventory(comps, skew.check_skew(comps), notes, unseen)
 
 
 async def etcd_statuses(endpoints: Sequence[Any]) -> list[Any]:
