@@ -16,7 +16,7 @@ from kubecare.nodes.cordon import set_unschedulable
 from kubecare.sandbox import Sandbox, SandboxOptions
 
 from .conftest import cli_argv, run_cli
-from .scenarios import in_namespace, mixed_node, roles_on
+from .scenarios import in_namespace, mixed_node, roles_on, uids
 from .workloads import Pool, apply, cordoned, deployment, pdb, pod, pods, wait_for, wait_running
 
 pytestmark = pytest.mark.e2e
@@ -277,6 +277,93 @@ def _ready(p: dict[str, object]) -> bool:
     from kubecare.kube.objects import is_pod_ready
 
     return is_pod_ready(p)
+
+
+async def test_surge_drains_a_one_replica_deployment_under_min_available_one_without_downtime(
+    sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
+) -> None:
+    """Issue 19 (16): a PDB with minAvailable 1 over a one-replica Deployment never allows an
+    eviction; without --surge the drain waits (and says --surge exists), with it the Deployment
+    is rolled out first and its one pod is never down. The same for two replicas, both on the
+    node, under minAvailable 2: never fewer than two (the surged pods are retired by the
+    rollout, never also evicted when the budget shows headroom)."""
+    slow = {"pod-ready.stage.kwok.x-k8s.io/delay": "2s"}
+    await apply(
+        kube,
+        namespace,
+        deployment("solo", 1, pool.pod_spec(), annotations=slow),
+        pdb("solo", {"app": "solo"}, min_available=1),
+        deployment("duo", 2, pool.pod_spec(), annotations=slow),
+        pdb("duo", {"app": "duo"}, min_available=2),
+    )
+    await wait_running(kube, namespace, 3)
+    await wait_for(lambda: _pdb_observed(kube, namespace, "solo"))
+    await wait_for(lambda: _pdb_observed(kube, namespace, "duo"))
+    await set_unschedulable(kube, pool.nodes[1], False)
+    node = pool.nodes[0]
+    before = await pods(kube, namespace)
+
+    res = await asyncio.to_thread(drain, sandbox, node, DS, "--timeout", "3s")
+    assert res.returncode == 1, res.stderr
+    assert f"pod {before[0]['metadata']['namespace']}/" in res.stderr
+    assert "allows no disruption with all 1 pod(s) healthy: the drain would wait for ever; " \
+        "--surge replaces it first" in res.stderr, res.stderr  # fmt: skip
+    assert uids(await pods(kube, namespace)) == uids(before)  # nothing was evicted
+
+    plan = await asyncio.to_thread(drain, sandbox, node, DS, "--plan", "--surge")
+    assert plan.returncode == 0, plan.stderr
+    assert f"surge: Deployment {namespace}/solo is rolled out first" in plan.stdout, plan.stdout
+
+    lowest, stop = {"solo": 1, "duo": 2}, asyncio.Event()
+
+    async def watch_ready() -> None:
+        while not stop.is_set():
+            for app in lowest:
+                ready = [p for p in await pods(kube, namespace, f"app={app}")
+                         if not p["metadata"].get("deletionTimestamp") and _ready(p)]  # fmt: skip
+                lowest[app] = min(lowest[app], len(ready))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch_ready())
+    res = await asyncio.to_thread(drain, sandbox, node, DS, "--surge", "-o", "json")
+    stop.set()
+    await watcher
+    assert res.returncode == 0, res.stderr
+    assert lowest == {"solo": 1, "duo": 2}, f"ready replicas dropped during the surge: {lowest}"
+    assert f"rolling out Deployment {namespace}/solo" in res.stderr, res.stderr
+    assert f"rolling out Deployment {namespace}/duo" in res.stderr, res.stderr
+    report = json.loads(res.stdout)[0]
+    mine = [p for k, p in report["pods"].items() if k.startswith(f"{namespace}/")]
+    assert len(mine) == 3 and {p["state"] for p in mine} == {"replaced"}, mine
+    assert await roles_on(kube, namespace, node) == []
+    for app, n in (("solo", 1), ("duo", 2)):
+        after = [p for p in await pods(kube, namespace, f"app={app}") if _ready(p)]
+        assert len(after) == n and {p["spec"]["nodeName"] for p in after} == {pool.nodes[1]}
+
+
+async def test_surge_never_touches_a_statefulset_or_a_bare_pod(
+    sandbox: Sandbox, kube: Kube, namespace: str, pool: Pool
+) -> None:
+    from .workloads import statefulset
+
+    await apply(
+        kube,
+        namespace,
+        statefulset("db", 1, pool.pod_spec()),
+        pdb("db", {"app": "db"}, min_available=1),
+    )
+    await wait_running(kube, namespace, 1)
+    await wait_for(lambda: _pdb_observed(kube, namespace, "db"))
+    plan = await asyncio.to_thread(drain, sandbox, pool.nodes[0], DS, "--plan", "--surge")
+    assert "surge:" not in plan.stdout, plan.stdout
+    assert "--surge cannot help: owned by StatefulSet/db, not a Deployment" in plan.stdout, (
+        plan.stdout
+    )
+    sts = await kube.get_json(f"/apis/apps/v1/namespaces/{namespace}/statefulsets/db")
+    res = await asyncio.to_thread(drain, sandbox, pool.nodes[0], DS, "--surge", "--timeout", "2s")
+    assert res.returncode == 1, res.stderr
+    again = await kube.get_json(f"/apis/apps/v1/namespaces/{namespace}/statefulsets/db")
+    assert again["metadata"]["generation"] == sts["metadata"]["generation"]  # not rolled out
 
 
 async def test_several_nodes_one_after_another(

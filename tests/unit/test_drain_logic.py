@@ -280,3 +280,72 @@ def test_pods_under_overlapping_pdbs_block_the_drain_unless_eviction_is_disabled
         "n1", pods, FilterOptions(eviction=False), daemonsets=set(), pdbs=both, now=NOW
     )
     assert not deleting.blocked and len(deleting.to_evict) == 2
+
+
+def test_a_pod_no_pdb_will_ever_let_go_is_marked_for_surge_when_its_deployment_allows() -> None:
+    """Issue 19 (16): stuck PDB (0 allowed, every expected pod healthy) -> the plan says whether
+    ``--surge`` can replace the pod first; a StatefulSet's cannot."""
+    solo = pod("solo-0", labels={"app": "solo"})
+    db = pod("db-0", owner="StatefulSet", labels={"app": "db"})
+    rs = {"metadata": {"name": "solo-0-owner", "namespace": "ns",
+                       "ownerReferences": [{"kind": "Deployment", "name": "solo", "controller": True}]}}  # fmt: skip
+    dep = {"metadata": {"name": "solo", "namespace": "ns"},
+           "spec": {"replicas": 1, "strategy": {"type": "RollingUpdate",
+                                                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}}}  # fmt: skip
+    workloads = WorkloadIndex.from_objects(
+        [
+            ("ReplicaSet", rs),
+            ("Deployment", dep),
+            ("StatefulSet", {"metadata": {"name": "db-0-owner", "namespace": "ns"}}),
+        ]
+    )
+
+    def stuck(name: str, app: str) -> dict[str, Any]:
+        doc = pdb(name, app, 0)
+        doc["status"].update(currentHealthy=1, desiredHealthy=1, expectedPods=1)
+        return doc
+
+    args = dict(
+        daemonsets=set(),
+        pdbs=[stuck("solo", "solo"), stuck("db", "db")],
+        workloads=workloads,
+        now=NOW,
+    )
+    plan = plan_drain("n1", [solo, db], FilterOptions(), **args)  # type: ignore[arg-type]
+    by = {p.name: p for p in plan.pods}
+    assert by["solo-0"].surge_ok and by["solo-0"].deployment == "ns/solo"
+    assert not by["db-0"].surge_ok and "owned by StatefulSet/db-0-owner" in by["db-0"].surge
+    assert plan.to_surge == ("ns/solo",)
+    assert (
+        "pod ns/solo-0: PDB ns/solo allows no disruption with all 1 pod(s) healthy: the drain "
+        "would wait for ever; --surge replaces it first (a rollout of Deployment ns/solo brings "
+        "up 1 new pod(s) before each old one goes)"
+    ) in plan.warnings
+    surging = plan_drain("n1", [solo, db], FilterOptions(), surge=True, **args)  # type: ignore[arg-type]
+    assert not any("--surge replaces" in w for w in surging.warnings)
+    assert any("--surge cannot help" in w for w in surging.warnings)
+    # A budget that allows 0 now but is waiting for a pod to heal is not stuck: no surge.
+    healing = pdb("solo", "solo", 0)
+    healing["status"].update(currentHealthy=0, desiredHealthy=1, expectedPods=1)
+    waiting = plan_drain("n1", [solo], FilterOptions(), surge=True, daemonsets=set(), pdbs=[healing],
+                         workloads=workloads, now=NOW)  # fmt: skip
+    assert waiting.to_surge == () and waiting.pods[0].surge == ""
+    # A budget whose status is of an older spec (the controller-manager has not looked yet) is
+    # not judged stuck either.
+    stale = stuck("solo", "solo")
+    stale["metadata"]["generation"], stale["status"]["observedGeneration"] = 2, 1
+    unknown = plan_drain("n1", [solo], FilterOptions(), surge=True, daemonsets=set(), pdbs=[stale],
+                         workloads=workloads, now=NOW)  # fmt: skip
+    assert unknown.stuck_pdbs == () and unknown.to_surge == ()
+    # One stuck budget over a Deployment's pod and a StatefulSet's: the rollout's headroom
+    # would let the StatefulSet's pod be evicted, so neither is surged.
+    both = stuck("both", "solo")
+    both["spec"]["selector"] = {
+        "matchExpressions": [{"key": "app", "operator": "In", "values": ["solo", "db"]}]
+    }
+    mixed = plan_drain("n1", [solo, db], FilterOptions(), surge=True, daemonsets=set(), pdbs=[both],
+                       workloads=workloads, now=NOW)  # fmt: skip
+    assert mixed.to_surge == ()
+    assert (
+        "PDB ns/both also holds ns/db-0, which its rollout would not replace" in mixed.pods[0].surge
+    )

@@ -212,6 +212,7 @@ KUBECONFIG = {
     ],
     "users": [
         {"name": "u", "user": {"token": "t"}},
+        {"name": "i", "user": {"token": "t", "as": "bob", "as-groups": ["ops"]}},
         {
             "name": "x",
             "user": {
@@ -227,6 +228,7 @@ KUBECONFIG = {
     "contexts": [
         {"name": "a", "context": {"cluster": "c", "user": "u", "namespace": "n"}},
         {"name": "b", "context": {"cluster": "c", "user": "x"}},
+        {"name": "i", "context": {"cluster": "c", "user": "i"}},
     ],
 }
 
@@ -234,7 +236,7 @@ KUBECONFIG = {
 @FUZZ
 @given(
     doc=values | mutations(KUBECONFIG) | damaged(yaml.safe_dump(KUBECONFIG)),
-    context=st.sampled_from([None, "a", "b", "zz"]),
+    context=st.sampled_from([None, "a", "b", "i", "zz"]),
 )
 def test_a_kubeconfig_gives_a_connection_or_a_config_error(
     doc: Any, context: str | None, tmp_path: Path

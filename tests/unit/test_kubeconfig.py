@@ -226,3 +226,22 @@ def test_exec_credentials_carry_their_expiry() -> None:
         ExecConfig(command="plugin"),
     )
     assert cred.token == "t" and cred.expires == 1893456000.0
+
+
+def test_an_impersonating_user_is_refused_not_silently_ignored(tmp_path: Path) -> None:
+    """kubectl impersonates (``as:``); kubecare cannot, and acting as the real user instead
+    would do what that user may. The shape check lets the list-valued as-groups through."""
+    doc = {
+        "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "users": [{"name": "u", "user": {"token": "t", "as": "bob", "as-groups": ["ops"]}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    }
+    path = tmp_path / "config"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="impersonates another user"):
+        load_connection(ClientOptions(kubeconfig=str(path)))
+    doc["users"][0]["user"]["as-groups"] = "ops"  # client-go: a list
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=r"users\[0\]\.user\.as-groups is not a list"):
+        load_connection(ClientOptions(kubeconfig=str(path)))

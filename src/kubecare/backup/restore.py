@@ -281,7 +281,9 @@ class _Restore:
             await self.kube.request_json(
                 "POST", api_path(entry, ns), body=obj, params=params, what=what
             )
-        except Conflict:
+        except Conflict as e:
+            if e.reason and e.reason != "AlreadyExists":
+                raise  # not "it exists": the object's failure, with the server's words
             if self.options.existing == "skip":
                 return Outcome.SKIPPED
             await self._apply(entry, ns, name, obj, {**params, "force": "true"}, what)

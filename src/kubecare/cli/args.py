@@ -180,6 +180,14 @@ def add_drain_flags(
         g.add_argument("--dry-run", choices=DRY_RUNS, default="none", help="none, client or server")
     k = parser.add_argument_group("kubecare's drain options")
     k.add_argument(
+        "--surge",
+        action="store_true",
+        help="a pod whose PodDisruptionBudget will never allow its eviction (one replica, or "
+        "replicas == minAvailable), owned by a Deployment: roll the Deployment out first, so a "
+        "new pod is Ready elsewhere before the old one goes (only when its rolling update keeps "
+        "every replica up: maxUnavailable 0). Not upgrade's --strategy surge (new nodes)",
+    )
+    k.add_argument(
         "--concurrency", type=int, default=50, help="evictions in flight at once, per node"
     )
     k.add_argument(
@@ -238,5 +246,6 @@ def drain_options(args: argparse.Namespace) -> DrainOptions:
         lock=args.lock,
         lock_namespace=args.lock_namespace,
         max_concurrent_drains=args.max_concurrent_drains,
+        surge=args.surge,
         lock_timeout=float(parse_duration(args.lock_timeout, "--lock-timeout") or 0),
     )

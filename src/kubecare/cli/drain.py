@@ -76,7 +76,7 @@ class ProgressPrinter:
     def __call__(self, e: Event) -> None:
         from kubecare.cli.render import say
 
-        if e.kind in ("evicted", "deleted"):
+        if e.kind in ("evicted", "deleted", "replaced"):
             self.done += 1
             self.blocked.pop(e.pod, None)
         if e.kind == "blocked":
@@ -94,7 +94,13 @@ class ProgressPrinter:
                 self.last_lock = time.monotonic()
                 say(e.message)
             return
-        if self.quiet and e.kind in ("evicting", "evicted", "deleted", "command-output"):
+        if self.quiet and e.kind in (
+            "evicting",
+            "evicted",
+            "deleted",
+            "replaced",
+            "command-output",
+        ):
             return  # -q: no per-pod lines; waits, warnings, errors and the summary remain
         say(e.message)
 
@@ -112,7 +118,7 @@ class ProgressPrinter:
         say(f"[{now - self.started:.0f}s] {self.done} evicted, waiting: " + "; ".join(parts))
 
 
-def plan_text(plans: list[DrainPlan]) -> str:
+def plan_text(plans: list[DrainPlan], surge: bool = False) -> str:
     from kubecare.cli.render import simple_table
 
     out = []
@@ -153,6 +159,12 @@ def plan_text(plans: list[DrainPlan]) -> str:
                 f"LOSES ALL READY REPLICAS: {r.workload} ({r.ready_on_node} of {r.ready_total} ready replicas are on this node)"
             )
         out.extend(f"hold: {h}" for h in p.holds)
+        out.extend(
+            f"surge: Deployment {d} is rolled out first (--surge): a new pod Ready elsewhere "
+            "before its pod here goes"
+            for d in p.to_surge
+            if surge
+        )
         out.extend(f"error: {e}" for e in p.errors)
         out.extend(f"warning: {w}" for w in p.warnings)
         out.append("")
@@ -240,7 +252,7 @@ def drain_cmd(args: argparse.Namespace) -> int:
             emit(reports, args.output, lambda: summary_text(reports))
         raise
     if args.plan:
-        emit(result, args.output, lambda: plan_text(result))
+        emit(result, args.output, lambda: plan_text(result, opts.surge))
         return 1 if any(p.blocked for p in result) else 0
     emit(result, args.output, lambda: summary_text(result))
     return 0

@@ -221,7 +221,8 @@ def versions_cmd(args: argparse.Namespace) -> int:
         "unseen": inv.unseen,
     }
     emit(data, args.output, lambda: versions_table(inv))
-    return 1 if args.strict and inv.violations else 0
+    # --strict: a skew check that could not see every component is not a pass
+    return 1 if args.strict and (inv.violations or inv.unseen) else 0
 
 
 def _plain(v: Any) -> dict[str, Any]:

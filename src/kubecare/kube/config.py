@@ -196,18 +196,35 @@ def _check_shape(doc: dict[str, Any], path: Path) -> None:
             if not isinstance(body, dict):
                 raise bad(f"{plural}[{i}].{section}", "a mapping")
             for key, value in body.items():
-                if key in _STRUCTURED.get(section, ()):
-                    continue
-                if not isinstance(value, str | bool | int | float) and value is not None:
-                    raise bad(f"{plural}[{i}].{section}.{key}", "a single value")
+                kind = _FIELDS[section].get(key)
+                if value is None or kind is None:
+                    continue  # client-go's decoder ignores fields it does not know
+                if not isinstance(value, kind):
+                    what = "a single value" if kind is _SCALAR else f"a {kind.__name__}"
+                    raise bad(f"{plural}[{i}].{section}.{key}", what)
 
 
-#: keys whose value is a mapping or a list, not a single value
-_STRUCTURED = {
-    "cluster": ("extensions",),
-    "context": ("extensions",),
-    "user": ("exec", "auth-provider", "impersonate-groups", "impersonate-user-extra", "extensions"),
-}
+_SCALAR = (str, bool, int, float)
+#: the fields of client-go's api/v1 Cluster, Context and AuthInfo, and their JSON types
+_FIELDS: dict[str, dict[str, Any]] = {
+    "cluster": {
+        **dict.fromkeys(
+            ("server", "tls-server-name", "insecure-skip-tls-verify", "certificate-authority",
+             "certificate-authority-data", "proxy-url", "disable-compression"), _SCALAR),
+        "extensions": list,
+    },
+    "context": {**dict.fromkeys(("cluster", "user", "namespace"), _SCALAR), "extensions": list},
+    "user": {
+        **dict.fromkeys(
+            ("client-certificate", "client-certificate-data", "client-key", "client-key-data",
+             "token", "tokenFile", "as", "as-uid", "username", "password"), _SCALAR),
+        "exec": dict,
+        "auth-provider": dict,
+        "as-groups": list,
+        "as-user-extra": dict,
+        "extensions": list,
+    },
+}  # fmt: skip
 
 
 def load_connection(options: ClientOptions) -> Connection:
@@ -266,6 +283,13 @@ def from_kubeconfig(merged: dict[str, Any], context: str | None, *, source: str)
         raise ConfigError(
             f"cluster {cluster_name!r} in {source} sets both insecure-skip-tls-verify and a "
             "certificate-authority; remove one of them"
+        )
+    if any(user.get(k) for k in ("as", "as-uid", "as-groups", "as-user-extra")):
+        # kubectl would act as the impersonated user; acting as the real one instead would do
+        # what that user may, not what the kubeconfig asks for.
+        raise ConfigError(
+            f"{where} impersonates another user (as/as-groups), which kubecare does not "
+            "support; use a kubeconfig with that user's own credentials"
         )
     if "auth-provider" in user:
         provider = str((user.get("auth-provider") or {}).get("name", "?"))

@@ -58,14 +58,17 @@ def translate(exc: BaseException, *, what: str, server: str = "") -> errors.Kube
         return exc
     if isinstance(exc, http.StatusError):
         resp = exc.response
-        message = ""
+        message, reason = "", ""
         try:
             body = resp.json()
             if isinstance(body, dict):
                 message = str(body.get("message", ""))
+                reason = str(body.get("reason") or "")  # metav1.StatusReason: AlreadyExists, ...
         except ValueError:
             message = resp.text[:200]
-        return api_error(resp.status_code, message, what=what, retry_after=_retry_after(resp))
+        return api_error(
+            resp.status_code, message, what=what, reason=reason, retry_after=_retry_after(resp)
+        )
     where = f" at {server}" if server else ""
     if isinstance(exc, http.TimeoutError_):
         return errors.Unreachable(

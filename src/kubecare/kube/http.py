@@ -531,10 +531,11 @@ def _readable(conn: _Conn) -> bool:
     if sock is None:
         return False
     try:
-        ready, _, _ = select.select([sock.fileno()], [], [], 0)
+        poller = select.poll()  # not select(): it cannot take descriptors past 1023
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(ready)
 
 
 def _never_answered(e: BaseException) -> bool:

@@ -48,8 +48,13 @@ class Informer:
             self._task = None
 
     def fresh(self, settle: float = 1.0) -> bool:
-        """Listed, and its watch connected for at least ``settle`` seconds."""
-        return self._live_since is not None and time.monotonic() - self._live_since >= settle
+        """Running, listed, and its watch connected for at least ``settle`` seconds."""
+        return (
+            self._task is not None
+            and not self._task.done()
+            and self._live_since is not None
+            and time.monotonic() - self._live_since >= settle
+        )
 
     def items(self) -> list[JSON]:
         return list(self.objects.values())
@@ -89,13 +94,18 @@ class Informer:
                         self.objects.pop(_key(ev.object), None)
                     else:
                         self.objects[_key(ev.object)] = ev.object
-            except KubecareError as e:
-                # The watch gave up (the apiserver down for longer than its retries), or the
-                # list failed (down, or forbidden: the gate's timeout then names this error):
-                # not trusted until a new list succeeds.
-                self._live_since, self.error = None, e
+            except Exception as e:  # never CancelledError: stop() ends it that way
+                # The watch gave up (the apiserver down for longer than its retries), the list
+                # failed (down, or forbidden: the gate's timeout then names this error), or an
+                # answer was not what the API sends: not trusted until a new list succeeds.
+                self._live_since = None
+                self.error = (
+                    e if isinstance(e, KubecareError) else KubecareError(f"{self.what}: {e!r}")
+                )
                 failures += 1
                 await asyncio.sleep(min(0.5 * 2 ** min(failures, 4), 5.0))
+            finally:
+                self._live_since = None
 
 
 class Informers:

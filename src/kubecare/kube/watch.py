@@ -72,8 +72,17 @@ async def watch(
                     async for line in resp.aiter_lines():
                         if not line:
                             continue
-                        event = orjson.loads(line)
-                        kind, obj = event.get("type"), event.get("object") or {}
+                        try:
+                            event = orjson.loads(line)
+                            kind, obj = event.get("type"), event.get("object") or {}
+                            if not isinstance(obj, dict):
+                                raise TypeError(type(obj).__name__)
+                        except (orjson.JSONDecodeError, AttributeError, TypeError):
+                            # Not a watch event (a proxy's page, a cut line): the stream is
+                            # not to be trusted from here; open it again from the last version.
+                            raise KubecareError(
+                                f"{what or path}: the watch sent something that is not an event"
+                            ) from None
                         if kind == "ERROR":
                             gone = obj.get("code") == 410
                             if not gone:

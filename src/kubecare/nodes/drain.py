@@ -56,6 +56,7 @@ from kubecare.kube.pdbs import Claim, PdbWatcher
 from kubecare.nodes.cordon import DryRun, set_unschedulable
 from kubecare.nodes.drain_options import DrainOptions
 from kubecare.nodes.drain_plan import DrainPlan, PodPlan, collect, plan_drain
+from kubecare.nodes.workloads import WorkloadIndex, fetch_workloads
 
 MAX_PDB_BACKOFF = 8.0
 # A waiter whose budgets the watch shows retries on its own only this often (kubectl's fixed
@@ -79,14 +80,21 @@ class PodState(StrEnum):
     EVICTED = "evicted"
     DELETED = "deleted"  # --disable-eviction
     GONE = "gone"  # it went away by itself before (or while) we asked
+    WAITING_ROLLOUT = "waiting for rollout"  # --surge: its Deployment's rollout retires it
+    REPLACED = "replaced"  # --surge: retired by the rollout once its replacement was available
 
     @property
     def in_flight(self) -> bool:
-        return self in (PodState.EVICTING, PodState.WAITING_PDB, PodState.TERMINATING)
+        return self in (
+            PodState.EVICTING,
+            PodState.WAITING_PDB,
+            PodState.TERMINATING,
+            PodState.WAITING_ROLLOUT,
+        )
 
     @property
     def removed(self) -> bool:
-        return self in (PodState.EVICTED, PodState.DELETED, PodState.GONE)
+        return self in (PodState.EVICTED, PodState.DELETED, PodState.GONE, PodState.REPLACED)
 
 
 class NodeStatus(StrEnum):
@@ -226,11 +234,34 @@ class NodeDrain:
         self.report.cordoned = opts.dry_run is DryRun.NONE
         self._event("cordoned", f"node/{node} cordoned")
         facts = await collect(
-            self.kube, node, pod_selector=opts.pod_selector, chunk_size=opts.chunk_size
+            self.kube,
+            node,
+            pod_selector=opts.pod_selector,
+            chunk_size=opts.chunk_size,
+            detailed=opts.surge,  # a surge needs each pod's Deployment and its strategy
         )
         plan = plan_drain(
-            node, facts.pods, opts.filters(), daemonsets=facts.daemonsets, pdbs=facts.pdbs
+            node,
+            facts.pods,
+            opts.filters(),
+            daemonsets=facts.daemonsets,
+            pdbs=facts.pdbs,
+            workloads=facts.workloads,
+            surge=opts.surge,
         )
+        if plan.stuck_pdbs and facts.workloads is None:
+            # A budget that will never let its pods go: read their owners after all, to say
+            # whether --surge would move them (one GET per controller, only in this case).
+            workloads = await fetch_workloads(self.kube, facts.pods)
+            plan = plan_drain(
+                node,
+                facts.pods,
+                opts.filters(),
+                daemonsets=facts.daemonsets,
+                pdbs=facts.pdbs,
+                workloads=workloads,
+                surge=opts.surge,
+            )
         self.report.plan = plan
         for p in plan.pods:
             state = PodState.PENDING if p.action.value == "evict" else PodState.SKIPPED
@@ -239,6 +270,8 @@ class NodeDrain:
             self._event("warning", f"Warning: {w}")
         if plan.blocked:
             raise DrainBlocked(node, plan.errors)
+        if opts.surge and plan.to_surge:
+            await self._surge(plan, facts.workloads or WorkloadIndex())
         if opts.dry_run is DryRun.CLIENT:
             for p in plan.to_evict:
                 self.report.pods[p.key].state = PodState.WOULD_EVICT
@@ -275,6 +308,49 @@ class NodeDrain:
             f"node/{node} drained" + (" (server dry run)" if opts.dry_run is DryRun.SERVER else ""),
         )
 
+    async def _surge(self, plan: DrainPlan, workloads: WorkloadIndex) -> None:
+        """Roll out each Deployment whose pod here no PDB will ever let go (``--surge``): with the
+        node cordoned its new pods start elsewhere, each available before an old one goes, and
+        the Deployment controller retires the old ones (:meth:`_await_rollout`). A rerun after a
+        crash finds either the budget with headroom (a plain eviction) or it stuck again (one
+        more rollout: more churn, never less availability)."""
+        from kubecare.nodes.surge import restart_patch
+
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for key in plan.to_surge:
+            ns, name = key.split("/", 1)
+            pods = [p.key for p in plan.pods if p.deployment == key]
+            for p in pods:
+                self.report.pods[p].message = f"replaced first by a rollout of Deployment {key}"
+            if self.opts.dry_run is DryRun.CLIENT:
+                self._event(
+                    "surge", f"would roll out Deployment {key} for {', '.join(pods)} (dry run)"
+                )
+                continue
+            judged = workloads.objects.get(f"{ns}/Deployment/{name}") or {}
+            version = str((judged.get("metadata") or {}).get("resourceVersion") or "")
+            try:
+                await self.kube.request_json(
+                    "PATCH",
+                    f"/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+                    body=restart_patch(stamp, version),
+                    params={"dryRun": "All"} if self.opts.dry_run is DryRun.SERVER else None,
+                    content_type="application/strategic-merge-patch+json",
+                    what=f"Deployment {key}",
+                )
+            except Conflict:
+                raise OperationFailed(
+                    f"Deployment {key} changed since kubecare judged its rollout safe; nothing "
+                    f'was rolled out; run the same drain again (node "{self.node}" stays cordoned)'
+                ) from None
+            self._event(
+                "surge",
+                f"rolling out Deployment {key}: a new pod starts elsewhere before "
+                f"{', '.join(pods)} goes",
+                deployment=key,
+                pods=pods,
+            )
+
     async def _remove_all(self, pods: Sequence[PodPlan]) -> None:
         """Remove every pod; the first failure (or a lost lock) cancels all the others."""
         try:
@@ -302,6 +378,9 @@ class NodeDrain:
         the drain."""
         outcome = self.report.pods[pod.key]
         t0 = time.monotonic()
+        if self.opts.surge and pod.surge_ok:
+            await self._await_rollout(pod, outcome, t0)
+            return
         suffix = " (server dry run)" if self.opts.dry_run is DryRun.SERVER else ""
         verb = "evicting" if self.use_eviction else "deleting"
         retry = _Retry()
@@ -361,6 +440,33 @@ class NodeDrain:
             f"pod/{pod.name} {done.value}",
             pod=pod.key,
             seconds=round(outcome.seconds, 2),
+        )
+
+    async def _await_rollout(self, pod: PodPlan, outcome: PodOutcome, t0: float) -> None:
+        """A surged pod is never evicted: its Deployment's controller retires it once a new pod
+        is available (maxUnavailable 0 decides, the budget is never asked). Evicting it as well
+        would take a second pod away the moment the budget showed one disruption allowed — for
+        two replicas on this node, both at once."""
+        if self.tracker is None:  # server dry run: the rollout was only validated
+            self._finish(
+                outcome,
+                PodState.WOULD_EVICT,
+                t0,
+                f"would be replaced by the rollout of Deployment {pod.deployment}",
+            )
+            return
+        outcome.state = PodState.WAITING_ROLLOUT
+        self._event(
+            "waiting",
+            f"pod {pod.key} waits for the rollout of Deployment {pod.deployment} to replace it",
+            pod=pod.key,
+        )
+        await self._wait_gone(pod)
+        self._finish(
+            outcome, PodState.REPLACED, t0, f"retired by the rollout of Deployment {pod.deployment}"
+        )
+        self._event(
+            "replaced", f"pod/{pod.name} replaced", pod=pod.key, seconds=round(outcome.seconds, 2)
         )
 
     def _finish(self, outcome: PodOutcome, state: PodState, t0: float, message: str = "") -> None:

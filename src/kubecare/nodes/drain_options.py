@@ -34,6 +34,9 @@ class DrainOptions:
     max_concurrent_drains: int = 1
     lock_ttl: int = 60
     lock_timeout: float = 0  # seconds to wait for a free slot; 0 = forever
+    # a pod no PDB will ever let go, owned by a Deployment whose rollout keeps every replica
+    # up: roll the Deployment out (node cordoned) instead of waiting (kubecare.nodes.surge)
+    surge: bool = False
 
     def filters(self) -> FilterOptions:
         return FilterOptions(

@@ -46,10 +46,23 @@ class PdbStatus:
     current_healthy: int
     desired_healthy: int
     expected_pods: int
+    observed: bool = True  # its status is of its current spec (observedGeneration == generation)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def stuck(self) -> bool:
+        """Allows no disruption although every pod it expects is healthy: nothing will change
+        that. A budget whose status is not computed yet (new, or the controller-manager down)
+        is not judged stuck: its zeros mean "not known"."""
+        return (
+            self.observed
+            and self.expected_pods > 0
+            and self.disruptions_allowed == 0
+            and self.current_healthy >= self.expected_pods
+        )
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,11 @@ class PodPlan:
     pdbs: tuple[str, ...]  # "ns/name" of every PDB whose selector covers the pod
     data_loss: tuple[str, ...]  # "emptyDir", "unmanaged pod"
     ready: bool
+    # Its PDB will never allow the eviction (kubecare.nodes.surge): "" when not so; else
+    # whether a rollout of its Deployment could replace it first, and why (not).
+    surge: str = ""
+    surge_ok: bool = False
+    deployment: str = ""  # "ns/name" of the Deployment a surge would roll out
 
     @property
     def key(self) -> str:
@@ -94,6 +112,17 @@ class DrainPlan:
     holds: tuple[str, ...] = field(default=())
 
     @property
+    def stuck_pdbs(self) -> tuple[PdbStatus, ...]:
+        """PDBs covering pods to evict that allow no disruption although every pod they expect
+        is healthy: nothing will change that, so the drain would wait for ever."""
+        return tuple(p for p in self.pdbs if p.stuck)
+
+    @property
+    def to_surge(self) -> tuple[str, ...]:
+        """``ns/name`` of the Deployments a ``--surge`` drain rolls out, once each."""
+        return tuple(dict.fromkeys(p.deployment for p in self.pods if p.surge_ok))
+
+    @property
     def to_evict(self) -> tuple[PodPlan, ...]:
         return tuple(p for p in self.pods if p.action is Action.EVICT)
 
@@ -117,6 +146,8 @@ def pdb_status(pdb: JSON) -> PdbStatus:
         current_healthy=int(st.get("currentHealthy") or 0),
         desired_healthy=int(st.get("desiredHealthy") or 0),
         expected_pods=int(st.get("expectedPods") or 0),
+        observed=st.get("observedGeneration")
+        == meta.get("generation", st.get("observedGeneration")),
     )
 
 
@@ -146,13 +177,15 @@ def plan_drain(
     pdbs: Sequence[JSON] = (),
     workloads: WorkloadIndex | None = None,
     now: datetime | None = None,
+    surge: bool = False,
 ) -> DrainPlan:
     """Plan draining ``node``.
 
     ``workloads`` (optional) resolves each pod's owner chain to its workload and gives its ready
     replicas cluster-wide; without it the plan names direct controllers and skips workload risk.
     With eviction (not ``--disable-eviction``), a pod covered by more than one budget blocks the
-    drain: the eviction API would refuse it with a 500.
+    drain: the eviction API would refuse it with a 500. A pod a PDB will never let go is marked
+    with whether a rollout of its Deployment could replace it (``surge``: the drain will do it).
     """
     index = workloads or WorkloadIndex()
     facts = [pod_facts(p) for p in pods]
@@ -221,7 +254,7 @@ def plan_drain(
             holds.append(
                 f"PDB {key} allows {st.disruptions_allowed} disruption(s) for {wanted} pod(s): the rest will wait for replacements"
             )
-    return DrainPlan(
+    plan = DrainPlan(
         node=node,
         pods=tuple(plans),
         errors=tuple(blocking_errors(judged)),
@@ -230,6 +263,72 @@ def plan_drain(
         at_risk=risks,
         holds=tuple(holds),
     )
+    by_uid = {f.uid: p for f, p in zip(facts, pods, strict=True)}
+    return _with_surges(plan, index, by_uid, surge)
+
+
+def _with_surges(
+    plan: DrainPlan, index: WorkloadIndex, pods: dict[str, JSON], surge: bool
+) -> DrainPlan:
+    """Mark the pods a stuck PDB holds for ever, and whether ``--surge`` could move them: only
+    when every pod to evict that such a budget holds belongs to one Deployment whose rollout
+    keeps every replica up (a budget also holding another pod would get its headroom from the
+    rollout and let that one go too)."""
+    from dataclasses import replace
+
+    from kubecare.nodes.surge import judge_deployment
+
+    stuck = {p.key: p for p in plan.stuck_pdbs}
+    if not stuck:
+        return plan
+    held = [p for p in plan.pods if p.action is Action.EVICT and any(k in stuck for k in p.pdbs)]
+    verdicts: dict[str, tuple[bool, str, str]] = {}  # pod uid -> (ok, why, deployment)
+    for p in held:
+        owner = index.workload_of(pods[p.uid])
+        obj = index.objects.get(owner.key) if owner is not None else None
+        if not index.objects:
+            verdicts[p.uid] = (False, "", "")  # owners not read: say only that --surge exists
+        elif owner is None or owner.kind != "Deployment":
+            why = f"owned by {owner.short if owner else 'no controller'}, not a Deployment"
+            verdicts[p.uid] = (False, why, "")
+        elif obj is None:
+            why = f"its Deployment {owner.namespace}/{owner.name} was not read"
+            verdicts[p.uid] = (False, why, "")
+        else:
+            v = judge_deployment(obj, plan.node)
+            verdicts[p.uid] = (v.ok, v.reason, f"{owner.namespace}/{owner.name}")
+    for key in stuck:  # one budget, one Deployment, every pod it holds movable
+        mine = [p for p in held if key in p.pdbs]
+        targets = {verdicts[p.uid][2] for p in mine}
+        if len(targets) > 1 or not all(verdicts[p.uid][0] for p in mine):
+            for p in mine:
+                if verdicts[p.uid][0]:
+                    others = ", ".join(q.key for q in mine if q is not p)
+                    why = f"PDB {key} also holds {others}, which its rollout would not replace"
+                    verdicts[p.uid] = (False, why, "")
+    out: list[PodPlan] = []
+    warnings = list(plan.warnings)
+    for p in plan.pods:
+        if p.uid not in verdicts:
+            out.append(p)
+            continue
+        ok, why, name = verdicts[p.uid]
+        out.append(replace(p, surge=why or "owners not read", surge_ok=ok, deployment=name))
+        budget = stuck[next(k for k in p.pdbs if k in stuck)]
+        forever = (
+            f"pod {p.key}: PDB {budget.key} allows no disruption with all "
+            f"{budget.expected_pods} pod(s) healthy: the drain would wait for ever"
+        )
+        if ok and not surge:
+            warnings.append(f"{forever}; --surge replaces it first ({why})")
+        elif not ok and why:
+            warnings.append(f"{forever}; --surge cannot help: {why}")
+        elif not ok:
+            warnings.append(
+                f"{forever}; if its owner is a Deployment, --surge can replace it first "
+                "(kubecare drain --plan --surge shows whether)"
+            )
+    return replace(plan, pods=tuple(out), warnings=tuple(warnings))
 
 
 @dataclass(frozen=True)
@@ -290,6 +389,7 @@ async def plan_nodes(kube: Kube, nodes: Sequence[str], opts: DrainOptions) -> li
                 daemonsets=facts.daemonsets,
                 pdbs=facts.pdbs,
                 workloads=facts.workloads,
+                surge=opts.surge,
             )
         )
     return plans

@@ -561,26 +561,31 @@ class Upgrade:
     async def _gate(self, nodes: list[str]) -> None:
         """Every node Ready; nothing that was available at the start unavailable now.
 
-        Read from informers (one list per type for the whole run, then watches), evaluated
-        once a second; it passes only on a view whose watches are connected (a gate must not
-        pass on what the cluster looked like before an apiserver restart)."""
+        Watched, then confirmed: informers (one list per type for the whole run, then watches)
+        are looked at once a second, and only when their connected view passes is the state
+        read once more with consistent lists — a watch lags, and one can be silently dead for a
+        while, so the pass is never decided on it alone. One confirming list per type per gate
+        (more only if the view was wrong), not one a second."""
         deadline = time.monotonic() + self.opts.gate_timeout
         cache = self._informers()
         not_ready: list[str] = []
         down: list[str] = []
         while True:
             if cache.fresh():
-                not_ready = sorted(
-                    n["metadata"]["name"]
-                    for n in cache["nodes"].items()
-                    if ready_status(n) != "True"
-                )
-                down = sorted(
-                    unavailable(*(cache[name].items() for name in list(GATE_TYPES)[1:]))
-                    - self.baseline
-                )
+                watched = cache["nodes"].items()
+                lists = [cache[name].items() for name in list(GATE_TYPES)[1:]]
+                not_ready, down = self._judge(watched, unavailable(*lists))
                 if not not_ready and not down:
-                    return
+                    try:
+                        listed, workloads = await asyncio.gather(
+                            self.kube.list_objects("/api/v1/nodes"),
+                            unavailable_workloads(self.kube),
+                        )
+                        not_ready, down = self._judge(listed, workloads)
+                        if not not_ready and not down:
+                            return
+                    except TRANSIENT:
+                        pass  # a blip of the apiserver is not a failed gate: look again
             if time.monotonic() > deadline:
                 what = []
                 if not cache.fresh():
@@ -599,6 +604,10 @@ class Upgrade:
                     + "; those nodes are upgraded and uncordoned, the rest untouched"
                 )
             await asyncio.sleep(1.0)
+
+    def _judge(self, nodes: Sequence[JSON], down: set[str]) -> tuple[list[str], list[str]]:
+        not_ready = sorted(n["metadata"]["name"] for n in nodes if ready_status(n) != "True")
+        return not_ready, sorted(down - self.baseline)
 
     def _informers(self) -> Informers:
         if self._cache is None:

@@ -111,6 +111,8 @@ class Preflight:
     single_node_workloads: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # node -> "ns/DaemonSet/name" of each DaemonSet pod its drain leaves running
     daemonset_pods: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # node -> "ns/name" of each Deployment its drain rolls out first (--surge)
+    surges: dict[str, tuple[str, ...]] = field(default_factory=dict)
     deprecated: tuple[DeprecatedUse, ...] = ()
     snapshot_age: float | None = None  # seconds since the newest etcd snapshot; None: none
     snapshot_where: str = ""
@@ -386,6 +388,16 @@ def _checks(
     for node, blocked in sorted(pre.pdb_blocked.items()):
         out.append(
             Check("pdb", False, True, f"node {node} can never be drained: {'; '.join(blocked)}")
+        )
+    for node, deployments in sorted(pre.surges.items()):
+        out.append(
+            Check(
+                "surge",
+                True,
+                False,
+                f"node {node}: its drain first rolls out Deployment {', '.join(deployments)} "
+                "(--surge: a new pod Ready elsewhere before the old one goes)",
+            )
         )
     for node, waits in sorted(pre.pdb_waits.items()):
         out.append(Check("pdb-wait", False, False, f"node {node}: {'; '.join(waits)}"))

@@ -130,14 +130,23 @@ async def deprecated_in_use(
     return uses, notes
 
 
-def _never_allowed(plan: DrainPlan) -> tuple[str, ...]:
+def _never_allowed(plan: DrainPlan, surge: bool = False) -> tuple[str, ...]:
     """PDBs covering the node's pods that allow no disruption although every pod they expect
-    is healthy: nothing will change that, so the drain would wait for ever."""
-    return tuple(
-        f"PDB {p.key} allows no disruption with all {p.expected_pods} pod(s) healthy"
-        for p in plan.pdbs
-        if p.disruptions_allowed == 0 and p.current_healthy >= p.expected_pods
-    )
+    is healthy: nothing will change that, so the drain would wait for ever — unless ``surge``
+    and every pod they hold can be replaced first by a rollout of its Deployment."""
+    out = []
+    for budget in plan.stuck_pdbs:
+        held = [p for p in plan.to_evict if budget.key in p.pdbs]
+        movable = bool(held) and all(p.surge_ok for p in held)
+        if surge and movable:
+            continue
+        hint = (
+            "; --surge replaces its pods first by a rollout of their Deployment" if movable else ""
+        )
+        out.append(
+            f"PDB {budget.key} allows no disruption with all {budget.expected_pods} pod(s) healthy{hint}"
+        )
+    return tuple(out)
 
 
 def newest_snapshot(directory: Path, uid: str = "") -> tuple[float | None, str]:
@@ -245,14 +254,18 @@ async def read_preflight(
             return await plan_nodes(kube, [node], drain_opts)
 
     async def drains() -> list[list[DrainPlan]]:
-        try:
-            return await asyncio.gather(*(one(n) for n in names))
-        except Forbidden as e:
+        # Every node's read finishes (none left running unawaited) before a 403 is judged.
+        got = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
+        failed = [e for e in got if isinstance(e, BaseException)]
+        if forbidden := next((e for e in failed if isinstance(e, Forbidden)), None):
             unseen.append(
-                note("what each drain would do", f"read what a drain reads ({e.message})",
+                note("what each drain would do", f"read what a drain reads ({forbidden.message})",
                      "no node's drain could be checked")
             )  # fmt: skip
             return []
+        if failed:
+            raise failed[0]
+        return [g for g in got if not isinstance(g, BaseException)]
 
     per_node, (deprecated, notes) = await asyncio.gather(drains(), deprecated_in_use(kube, unseen))
     plans = [p for ps in per_node for p in ps]
@@ -265,8 +278,11 @@ async def read_preflight(
     )
     return Preflight(
         drain_errors={p.node: p.errors for p in plans if p.errors},
-        pdb_blocked={p.node: b for p in plans if (b := _never_allowed(p))},
-        pdb_waits={p.node: p.holds for p in plans if p.holds and not _never_allowed(p)},
+        pdb_blocked={p.node: b for p in plans if (b := _never_allowed(p, drain_opts.surge))},
+        pdb_waits={
+            p.node: p.holds for p in plans if p.holds and not _never_allowed(p, drain_opts.surge)
+        },
+        surges={p.node: p.to_surge for p in plans if drain_opts.surge and p.to_surge},
         daemonset_pods={p.node: owners for p in plans if (owners := _daemonset_pods(p))},
         single_node_workloads={
             p.node: tuple(r.workload for r in p.at_risk) for p in plans if p.at_risk
