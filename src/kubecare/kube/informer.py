@@ -34,6 +34,7 @@ class Informer:
         self.lists = 0  # how many full lists it took (the first and every relist)
         self.error: KubecareError | None = None  # the last failure, while not connected
         self._live_since: float | None = None
+        self._listed = False  # a list answered since the watch was last connected
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -48,7 +49,8 @@ class Informer:
             self._task = None
 
     def fresh(self, settle: float = 1.0) -> bool:
-        """Running, listed, and its watch connected for at least ``settle`` seconds."""
+        """Running, listed, and its watch connected since that list, or for at least ``settle``
+        seconds since it resumed after a cut."""
         return (
             self._task is not None
             and not self._task.done()
@@ -61,13 +63,19 @@ class Informer:
 
     async def _list(self) -> tuple[list[JSON], str]:
         self.lists += 1
-        return await self.kube.list_all(self.path, what=self.what)
+        answer = await self.kube.list_all(self.path, what=self.what)
+        self._listed = True
+        return answer
 
     def _connected(self, up: bool) -> None:
         if not up:
             self._live_since = None
         elif self._live_since is None:
-            self._live_since = time.monotonic()
+            # A watch started from a list's resourceVersion is current at once: the list is a
+            # consistent read. One resumed from its last event may first replay what it missed
+            # while cut, so it is trusted only after ``settle`` seconds.
+            self._live_since = time.monotonic() - (3600.0 if self._listed else 0.0)
+        self._listed = False
 
     def _replace(self, items: Iterable[JSON]) -> None:
         self.objects = {_key(o): o for o in items}

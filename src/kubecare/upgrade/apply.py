@@ -571,25 +571,33 @@ class Upgrade:
         not_ready: list[str] = []
         down: list[str] = []
         while True:
+            late = time.monotonic() > deadline
+            read = False
+            failed: KubecareError | None = None
             if cache.fresh():
                 watched = cache["nodes"].items()
                 lists = [cache[name].items() for name in list(GATE_TYPES)[1:]]
                 not_ready, down = self._judge(watched, unavailable(*lists))
-                if not not_ready and not down:
-                    try:
-                        listed, workloads = await asyncio.gather(
-                            self.kube.list_objects("/api/v1/nodes"),
-                            unavailable_workloads(self.kube),
-                        )
-                        not_ready, down = self._judge(listed, workloads)
-                        if not not_ready and not down:
-                            return
-                    except TRANSIENT:
-                        pass  # a blip of the apiserver is not a failed gate: look again
-            if time.monotonic() > deadline:
+            if late or (cache.fresh() and not not_ready and not down):
+                # Confirmed by lists; and at the deadline the lists decide (and name what is
+                # down) even if the watches never settled — a short --gate-timeout or a
+                # flapping watch must not turn a healthy or a precisely broken cluster into
+                # "could not be read".
+                try:
+                    listed, workloads = await asyncio.gather(
+                        self.kube.list_objects("/api/v1/nodes"),
+                        unavailable_workloads(self.kube),
+                    )
+                    not_ready, down = self._judge(listed, workloads)
+                    read = True
+                    if not not_ready and not down:
+                        return
+                except TRANSIENT as e:  # a blip of the apiserver is not a failed gate
+                    failed = e
+            if late:
                 what = []
-                if not cache.fresh():
-                    err = cache.error()
+                if not read:
+                    err = failed or cache.error()
                     what.append(
                         "the cluster's state could not be read"
                         + (f" ({err.message})" if err else " (its watches keep breaking)")
