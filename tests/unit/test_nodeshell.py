@@ -62,11 +62,14 @@ def test_the_systemctl_shim_answers_for_the_kubelet_only(tmp_path: Path) -> None
     for ok in (("daemon-reload",), ("is-active", "kubelet.service"), ("stop", "kubelet")):
         assert run(*ok).returncode == 0
     assert not starts.exists()  # only a start makes the runner reread the kubelet config
+    wanted = tmp_path / nodeshell.KUBELET_WANTED
+    assert wanted.read_text() == "stopped\n"  # a real node's init stops its kubelet
     marks = []
     for start in (("restart", "kubelet"), ("start", "kubelet.service"), ("try-restart", "kubelet")):
         assert run(*start).returncode == 0
         marks.append(starts.read_text())
     assert len(set(marks)) == 3 and not list(starts.parent.glob("*.tmp"))
+    assert wanted.read_text() == "running\n"
     for refused in (("stop", "containerd"), ("restart", "kubelet-other"), ("poweroff",)):
         res = run(*refused)
         assert res.returncode == 1 and "not available on a sandbox node" in res.stderr

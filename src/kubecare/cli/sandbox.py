@@ -31,10 +31,23 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     b.add_argument(
         "--all", dest="all_versions", action="store_true", help="every supported version"
     )
+    b.add_argument(
+        "--real-nodes",
+        action="store_true",
+        help="also what real nodes run: the kubelet, containerd, CNI plugins, the images' program",
+    )
     b.set_defaults(handler=build_cmd)
 
     u = named("up", "start a sandbox; returns when /readyz is OK and every node is Ready")
     u.add_argument("--nodes", type=int, default=3, help="worker nodes (default 3, up to 200)")
+    u.add_argument(
+        "--real-nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also N real workers (real-1, ...): a real kubelet and containerd each, joined by "
+        "kubeadm, running real containers (up to 8; needs `make real-node-deps`)",
+    )
     u.add_argument(
         "--control-planes",
         type=int,
@@ -86,8 +99,8 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
     x = named(
         "exec",
-        "run a command on a control-plane node: its /etc/kubernetes, /var/lib/etcd and "
-        "kubeadm/kubectl/etcdctl, in a private mount namespace (root)",
+        "run a command on a node: its /etc/kubernetes, /var/lib/etcd and "
+        "kubeadm/kubectl/etcdctl, in a private mount namespace (root); on a real node, inside it",
     )
     x.add_argument("node", metavar="NODE")
     x.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
@@ -111,6 +124,16 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     nu.add_argument("--reboot", action="store_true", help="come back with a new boot ID")
     nu.set_defaults(handler=node_up_cmd)
 
+    rb = named(
+        "reboot",
+        "reboot a node: a new boot ID; a real node loses power (every container killed) and boots",
+    )
+    rb.add_argument("node", metavar="NODE")
+    rb.set_defaults(handler=reboot_cmd, completes_nodes=True)
+
+    im = named("images", "the images real nodes have (built here: there is no registry)")
+    im.set_defaults(handler=images_cmd)
+
 
 def _sandbox(name: str) -> Sandbox:
     from kubecare.sandbox.lifecycle import Sandbox
@@ -131,7 +154,7 @@ def build_cmd(args: argparse.Namespace) -> None:
     versions = list(KUBE_VERSIONS) if args.all_versions else [resolve_version(args.version)]
     for v in versions:
         t0 = time.monotonic()
-        tools = ensure_binaries(v, _progress)
+        tools = ensure_binaries(v, _progress, real_nodes=args.real_nodes)
         say(f"binaries for v{v} ready in {time.monotonic() - t0:.0f}s")
         for name, path in sorted(tools.paths.items()):
             print(f"{name}\t{path}")
@@ -146,6 +169,8 @@ def up_cmd(args: argparse.Namespace) -> None:
 
     if not 0 <= args.nodes <= 200:
         raise UsageError(f"--nodes must be between 0 and 200 (got {args.nodes})")
+    if not 0 <= args.real_nodes <= 8:
+        raise UsageError(f"--real-nodes must be between 0 and 8 (got {args.real_nodes})")
     opts = SandboxOptions(
         workers=args.nodes,
         control_planes=args.control_planes,
@@ -155,6 +180,7 @@ def up_cmd(args: argparse.Namespace) -> None:
             args.node_monitor_grace_period, "--node-monitor-grace-period"
         ),
         audit_log=args.audit_log,
+        real_nodes=args.real_nodes,
     )
     sb = _sandbox(args.name)
     seconds = run(sb.up(opts, _progress))
@@ -272,6 +298,21 @@ def node_up_cmd(args: argparse.Namespace) -> None:
 
     run(_sandbox(args.name).node_up(args.node, reboot=args.reboot))
     say(f"node/{args.node} is reporting again and Ready")
+
+
+def reboot_cmd(args: argparse.Namespace) -> None:
+    from kubecare.cli.common import run
+    from kubecare.cli.render import say
+
+    run(_sandbox(args.name).node_up(args.node, reboot=True))
+    say(f"node/{args.node} rebooted and is Ready")
+
+
+def images_cmd(args: argparse.Namespace) -> None:
+    from kubecare.sandbox import images
+
+    for ref, what in images.DESCRIPTIONS.items():
+        print(f"{ref}\t{what}")
 
 
 def exec_cmd(args: argparse.Namespace) -> None:

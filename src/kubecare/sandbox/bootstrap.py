@@ -74,6 +74,7 @@ class SandboxOptions:
     ready_timeout: float = 180.0
     audit_log: bool = False  # the apiserver writes logs/audit/audit.log
     crash_backoff: float = 10.0  # the runner's first restart delay (the kubelet's is 10 s)
+    real_nodes: int = 0  # workers with a real kubelet and containerd (real-1, real-2, ...)
 
 
 def control_plane_names(count: int) -> list[str]:
@@ -97,6 +98,9 @@ class Bootstrap:
         def netns(self, state: SandboxState, node: str) -> str | None: ...
         def node_view(self, node: str) -> NodeView: ...
         def _stop_all(self, state: SandboxState) -> list[str]: ...
+        async def add_real_node(
+            self, node: str, *, timeout: float = 120, state: SandboxState | None = None
+        ) -> float: ...
 
     def _shape(self, opts: SandboxOptions, version: str) -> tuple[ClusterShape, int]:
         """Each node at its 192.0.2.x address on kubeadm's ports; the host's loopback ports
@@ -238,6 +242,12 @@ class Bootstrap:
                 await self._wait_control_plane(state, set(STATIC), timeout=opts.ready_timeout)
                 await self._wait_mirrors(kube, 4 * len(shape.nodes), opts.ready_timeout)
                 await _wait_addons(kube, len(specs), opts.ready_timeout)
+            if opts.real_nodes:
+                say(f"making {opts.real_nodes} real nodes (kubelet, containerd) and kubeadm join")
+                for i in range(1, opts.real_nodes + 1):
+                    # one at a time: kubeadm join's TLS bootstrap and the images' import are
+                    # quick, and two cold containerd starts on two cores only slow each other
+                    await self.add_real_node(f"real-{i}", timeout=opts.ready_timeout, state=state)
         except BaseException:
             self._stop_all(state)
             self.save(state)

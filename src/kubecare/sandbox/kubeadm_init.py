@@ -118,9 +118,14 @@ def join_configuration(node: str, address: str, bind_port: int) -> dict[str, Any
 
 
 def config_documents(init: dict[str, Any], cluster: dict[str, Any]) -> str:
+    """The init configuration, the ClusterConfiguration, and the KubeletConfiguration every
+    kubelet of this machine needs (kubeadm uploads it as ``kubelet-config``; real nodes read
+    it when they join and at each ``kubeadm upgrade node``)."""
     import yaml
 
-    return yaml.safe_dump_all([init, cluster], sort_keys=False)
+    from kubecare.sandbox.realnode import KUBELET_CONFIGURATION
+
+    return yaml.safe_dump_all([init, cluster, KUBELET_CONFIGURATION], sort_keys=False)
 
 
 async def run_phases(view: NodeView, config: Path, log: Path, timeout: float = 60) -> None:
@@ -183,6 +188,14 @@ async def join_etcd(
 async def _run(
     argv: list[str], what: str, log: Path, timeout: float, env: dict[str, str] | None = None
 ) -> None:
+    await output(argv, what, log, timeout, env)
+
+
+async def output(
+    argv: list[str], what: str, log: Path, timeout: float, env: dict[str, str] | None = None
+) -> str:
+    """Run ``argv`` (kubeadm), its output appended to ``log``; returns the output, or raises
+    :class:`SandboxError` with kubeadm's own error line."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdout=asyncio.subprocess.PIPE,
@@ -192,16 +205,16 @@ async def _run(
     )
     try:
         async with asyncio.timeout(timeout):
-            output, _ = await proc.communicate()
+            out, _ = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
         await asyncio.to_thread(_append, log, f"$ {' '.join(argv)}\n(timed out)\n".encode())
         raise SandboxError(f"{what} did not finish within {timeout:.0f}s; see {log}") from None
     # one write per run: runs on several nodes at once do not interleave in the log
-    await asyncio.to_thread(_append, log, f"$ {' '.join(argv)}\n".encode() + output)
+    await asyncio.to_thread(_append, log, f"$ {' '.join(argv)}\n".encode() + out)
     if proc.returncode != 0:
-        lines = output.decode(errors="replace").strip().splitlines()
+        lines = out.decode(errors="replace").strip().splitlines()
         why = next(
             (x for x in lines if x.startswith(("error", "kubecare sandbox exec"))),
             lines[-1] if lines else "",
@@ -210,6 +223,7 @@ async def _run(
             f"{what} failed (exit {proc.returncode}): {why or 'no output'}; the whole output "
             f"is in {log}"
         )
+    return out.decode(errors="replace")
 
 
 def _append(path: Path, data: bytes) -> None:

@@ -53,6 +53,7 @@ from kubecare.sandbox.bootstrap import Bootstrap, Progress, SandboxOptions
 from kubecare.sandbox.machines import NodeMachines
 from kubecare.sandbox.nodes import KWOK_LABEL
 from kubecare.sandbox.pki import SandboxPKI
+from kubecare.sandbox.realnodes import RealNodes
 from kubecare.sandbox.state import ComponentState, SandboxState, state_root
 from kubecare.sandbox.static_admin import StaticPodAdmin
 from kubecare.sandbox.staticpods import COMPONENTS as STATIC
@@ -77,7 +78,7 @@ class ComponentStatus:
     log_tail: str
 
 
-class Sandbox(Bootstrap, StaticPodAdmin, NodeMachines):
+class Sandbox(Bootstrap, StaticPodAdmin, NodeMachines, RealNodes):
     """One named sandbox; methods are safe to call from several processes (a file lock guards them)."""
 
     def __init__(self, name: str = "kubecare") -> None:
@@ -247,12 +248,21 @@ class Sandbox(Bootstrap, StaticPodAdmin, NodeMachines):
                     f"{self.dir} exists and is not a sandbox state dir kubecare can reuse; "
                     f"remove it with: kubecare sandbox down --name {self.name}"
                 )
-            tools = await asyncio.to_thread(ensure_binaries, version, say)
+            if opts.real_nodes:
+                from kubecare.sandbox import realnodes
+
+                realnodes.check_deps()
+            tools = await asyncio.to_thread(
+                ensure_binaries, version, say, real_nodes=bool(opts.real_nodes)
+            )
             return await self._up_locked(opts, version, tools, say, time.monotonic())
 
     def _stop_all(self, state: SandboxState) -> list[str]:
         """Stop the runner (it stops its static pods, etcd last), kwok, and anything left over."""
         stopped = []
+        for node in state.real_nodes:  # first: their kubelets talk to the control plane
+            if self.power_off(state, node, hard=False):
+                stopped.append(f"real node {node}")
         runner = state.components.get("runner")
         if runner and process.stop(runner.pid, runner.binary, timeout=40):
             stopped.append("runner")
@@ -277,6 +287,9 @@ class Sandbox(Bootstrap, StaticPodAdmin, NodeMachines):
         for pid in network.holders_in(self.dir):
             if process.stop(pid, "sleep"):
                 stopped.append(f"netns holder {pid}")
+        from kubecare.sandbox import realnodes
+
+        stopped += realnodes.stop_leftovers(self.name, self.dir)
         return stopped
 
     def down(self, *, keep: bool = False) -> list[str]:

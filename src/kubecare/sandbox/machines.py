@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +59,11 @@ class NodeMachines:
         def client_options(self) -> ClientOptions: ...
         def super_admin(self) -> Path: ...
         def _node(self, state: SandboxState, node: str | None) -> dict[str, Any]: ...
+        def enter_argv(self, state: SandboxState, node: str) -> list[str]: ...
+        def set_kubelet(self, node: str, running: bool) -> None: ...
+        def real_init(self, state: SandboxState, node: str) -> int | None: ...
+        async def reboot(self, node: str, *, timeout: float = 120, wait: bool = True) -> None: ...
+        def power_off(self, state: SandboxState, node: str, *, hard: bool) -> bool: ...
 
     def node_root(self, node: str) -> Path:
         """A control-plane node's kubeadm-shaped tree (``etc/kubernetes``, ``var/lib/etcd``)."""
@@ -72,7 +78,7 @@ class NodeMachines:
         worker's network is the sandbox's switch."""
         state = self.load()
         self._check_node(state, node)
-        if any(c["node"] == node for c in state.control_planes):
+        if any(c["node"] == node for c in state.control_planes) or node in state.real_nodes:
             return self.node_view(node)
         root = self.node_dir(node)
         kube_dir = root / "etc" / "kubernetes"
@@ -137,6 +143,10 @@ class NodeMachines:
 
         state = self.load()
         self._check_node(state, node)
+        if node in state.real_nodes:
+            view = nodeshell.plan(node, self.node_dir(node), sandbox=self.name)
+            view = dataclasses.replace(view, enter=tuple(self.enter_argv(state, node)))
+            return self._equip(state, node, view)
         cp = next((c for c in state.control_planes if c["node"] == node), None)
         if cp is None:
             root = self.node_dir(node)
@@ -178,7 +188,12 @@ class NodeMachines:
         from kubecare.sandbox import nodeshell
 
         nodeshell.prepare(view)
-        nodeshell.kubelet(view, self.installed(state, node, "kubelet"))
+        kubelet = self.installed(state, node, "kubelet")
+        real_kubelet = binary_path("kubelet", kubelet) if node in state.real_nodes else None
+        if real_kubelet is not None:  # the binary the node's init runs
+            nodeshell.link(view, "kubelet", real_kubelet)
+        else:
+            nodeshell.kubelet(view, kubelet)
         kubeadm = self.installed(state, node, "kubeadm")
         etcd = self.etcd_on(state, node)
         tools: dict[str, Path | None] = {
@@ -238,6 +253,17 @@ class NodeMachines:
             if root.exists():  # a worker without a tree gets kubeadm when it is made
                 view = nodeshell.plan(node, root, sandbox=self.name)
                 nodeshell.link(view, "kubeadm", path)
+        elif node in state.real_nodes:
+            # a real kubelet: the package manager swaps the binary; the node runs it after
+            # `systemctl restart kubelet` (the operator's next step), and reports it itself
+            path = binary_path("kubelet", version)
+            if path is None:
+                raise SandboxError(
+                    f"kubelet v{version} is not built; build it with: kubecare sandbox build "
+                    f"--real-nodes --version {version}"
+                )
+            nodeshell.link(nodeshell.plan(node, self.node_dir(node), sandbox=self.name),
+                           "kubelet", path)  # fmt: skip
         else:
             async with Kube(self.client_options()) as kube:
                 # what the node runs is what it reports (a test may have set it by hand)
@@ -282,7 +308,10 @@ class NodeMachines:
         state = self.load()
         self._check_node(state, node)
         async with Kube(self.client_options()) as kube:
-            await set_kwok_managed(kube, node, False)
+            if node in state.real_nodes:  # `systemctl stop kubelet`: its containers keep running
+                self.set_kubelet(node, False)
+            else:
+                await set_kwok_managed(kube, node, False)
             if wait:
                 await wait_ready(kube, [node], ready=False, timeout=timeout)
 
@@ -292,6 +321,18 @@ class NodeMachines:
         """The node reports again; with ``reboot`` it comes back with a new boot ID."""
         state = self.load()
         self._check_node(state, node)
+        if node in state.real_nodes:
+            if reboot:  # a power cut and a boot: every container of the node killed
+                await self.reboot(node, timeout=timeout, wait=wait)
+                return
+            self.set_kubelet(node, True)
+            if self.real_init(state, node) is None:  # powered off: boot it
+                await self.reboot(node, timeout=timeout, wait=wait)
+                return
+            if wait:
+                async with Kube(self.client_options()) as kube:
+                    await wait_ready(kube, [node], timeout=timeout)
+            return
         async with Kube(self.client_options()) as kube:
             if reboot:
                 await set_boot_id(kube, node)
@@ -333,6 +374,10 @@ class NodeMachines:
         with self.locked(wait=30):
             state = self.load()
             self._check_node(state, name)
+            if name in state.real_nodes:
+                await asyncio.to_thread(self.power_off, state, name, hard=False)
+                state.real_nodes.pop(name)
+                state.components.pop(f"realnode-{name}", None)
             state.nodes.remove(name)
             state.installed.pop(name, None)
             self.save(state)

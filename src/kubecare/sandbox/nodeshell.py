@@ -51,17 +51,26 @@ BIN = "usr/local/bin"
 #: as a kubelet reads its configuration when it starts.
 KUBELET_STARTS = ".ns/kubelet-starts"
 
+#: The kubelet unit's wanted state, "running" or "stopped" (``systemctl start|stop kubelet``):
+#: a real node's init follows it (:mod:`kubecare.sandbox.nodeinit`).
+KUBELET_WANTED = ".ns/kubelet-wanted"
+
 SYSTEMCTL = """#!/bin/sh
-# kubecare sandbox node: this node's kubelet is kwok's (its static pods the runner's), and
-# nothing here may reach the machine's init system.
+# kubecare sandbox node: its kubelet is the sandbox's (kwok's, or a real one its init runs; a
+# control plane's static pods the runner's), and nothing here may reach the machine's init
+# system.
 case " $* " in
   *" kubelet "*|*" kubelet.service "*)
     case " $* " in
       *" start "*|*" restart "*|*" try-restart "*|*" reload-or-restart "*)
-        # the runner rereads var/lib/kubelet/config.yaml, as a starting kubelet does
+        # the runner rereads var/lib/kubelet/config.yaml, as a starting kubelet does; a real
+        # node's init restarts its kubelet
+        echo running > {wanted}.tmp && mv -f {wanted}.tmp {wanted}
         date +%s%N > {starts}.tmp && mv -f {starts}.tmp {starts} ;;
+      *" stop "*)
+        echo stopped > {wanted}.tmp && mv -f {wanted}.tmp {wanted} ;;
     esac
-    echo "kubecare sandbox: systemctl $* (node $KUBECARE_SANDBOX_NODE: its kubelet is run by kwok)" >&2
+    echo "kubecare sandbox: systemctl $* (node $KUBECARE_SANDBOX_NODE)" >&2
     exit 0 ;;
   *" daemon-reload "*)
     exit 0 ;;
@@ -78,6 +87,9 @@ class NodeView:
     env: tuple[tuple[str, str], ...]
     netns: str | None = None  # /proc/<holder>/ns/net of the node (None: the machine's network)
     cri: Path | None = None  # the sandbox's CRI socket, linked at containerd's path
+    # a real node's running namespaces (``nsenter -t INIT ...``): entered as they are, not
+    # made for the command (its mounts, its containerd, its processes)
+    enter: tuple[str, ...] | None = None
 
     @property
     def bin(self) -> Path:
@@ -161,7 +173,10 @@ def prepare(view: NodeView) -> None:
         view.work(target).mkdir(parents=True, exist_ok=True)
     view.bin.mkdir(parents=True, exist_ok=True)
     shim = view.bin / "systemctl"
-    text = SYSTEMCTL.format(starts=shlex.quote(str(view.root / KUBELET_STARTS)))
+    text = SYSTEMCTL.format(
+        starts=shlex.quote(str(view.root / KUBELET_STARTS)),
+        wanted=shlex.quote(str(view.root / KUBELET_WANTED)),
+    )
     if not shim.exists() or shim.read_text() != text:
         from kubecare.files import write_atomic
 
@@ -215,6 +230,8 @@ def argv(
     """What to exec: ``[nsenter --net=NODE --] unshare --mount ... sh -c SCRIPT sh CMD...``."""
     if not command:
         raise UsageError("give the command to run on the node: kubecare sandbox exec NODE -- CMD")
+    if view.enter is not None:
+        return [*view.enter, *command]
     net = [nsenter, f"--net={view.netns}", "--"] if view.netns else []
     return [*net, unshare, "--mount", "--propagation", "private", "sh", "-c", view.script(), "sh",
             *command]  # fmt: skip

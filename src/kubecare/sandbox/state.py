@@ -53,6 +53,9 @@ class SandboxState:
     installed: dict[str, dict[str, str]] = field(default_factory=dict)
     # kubeadm's controlPlaneEndpoint (host:port inside the sandbox's network, 192.0.2.x:6443)
     endpoint: str = ""
+    # real nodes (a real kubelet and containerd: :mod:`kubecare.sandbox.realnode`): name ->
+    # {"index": its address and pod range}; they are in ``nodes`` too
+    real_nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def list_sandboxes() -> list[str]:
