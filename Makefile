@@ -5,7 +5,7 @@ UV_VERSION ?= 0.13.8
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup venv binaries binaries-all test-deps sandbox-deps demo test unit e2e lint bench clean
+.PHONY: setup venv binaries binaries-all test-deps sandbox-deps real-node-deps demo test unit e2e lint bench clean
 
 ## setup: venv with the locked Python deps, and the sandbox binaries built from source
 setup: venv binaries
@@ -27,11 +27,11 @@ binaries: venv
 	$(BIN)/kubecare sandbox build
 
 binaries-all: venv
-	$(BIN)/kubecare sandbox build --all
+	$(BIN)/kubecare sandbox build --all --real-nodes
 
 ## demo: set everything up, start the "demo" sandbox, show kubecare's commands on it
 # (both Kubernetes minors: the demo ends with a real 1.36 -> 1.37 upgrade)
-demo: venv binaries-all sandbox-deps
+demo: venv binaries-all sandbox-deps real-node-deps
 	$(BIN)/python scripts/demo.py
 
 # The sandbox's network namespaces: ip(8) from iproute2 (unshare and nsenter are util-linux's,
@@ -40,6 +40,14 @@ sandbox-deps:
 	@command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y -qq --no-install-recommends iproute2 >/dev/null; }
 
+# Real nodes (sandbox up --real-nodes): Debian's runc (containerd's runtime; crun refuses this
+# machine's hybrid cgroups) and a static busybox (the tools image). containerd, the CNI plugins and
+# the kubelet are built from source by `sandbox build --real-nodes`.
+real-node-deps:
+	@test -x /usr/sbin/runc -a -x /bin/busybox || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends runc \
+	  busybox-static >/dev/null; }
+
 # The upgrade tests run the ssh executor against Debian's OpenSSH server (started by the test
 # itself on loopback, with its own config; the package's own service is never started).
 test-deps:
@@ -47,13 +55,13 @@ test-deps:
 	  apt-get install -y -qq --no-install-recommends openssh-server openssh-client >/dev/null; }
 
 ## test: lint, types, unit tests and the end-to-end tests against a real sandbox
-test: venv binaries-all test-deps sandbox-deps lint
+test: venv binaries-all test-deps sandbox-deps real-node-deps lint
 	$(BIN)/pytest tests
 
 unit: venv
 	$(BIN)/pytest tests/unit
 
-e2e: venv binaries-all test-deps sandbox-deps
+e2e: venv binaries-all test-deps sandbox-deps real-node-deps
 	$(BIN)/pytest tests/e2e
 
 lint: venv

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from kubecare.errors import Conflict, OperationFailed
+from kubecare.errors import NotFound, Conflict, OperationFailed
 from kubecare.kube import JSON, Kube
 from kubecare.nodes.inventory import ready_status
 
@@ -176,14 +176,26 @@ async def set_boot_id(kube: Kube, node: str) -> str:
 
 
 async def wait_ready(
-    kube: Kube, names: list[str], *, ready: bool = True, timeout: float = 120.0
+    kube: Kube,
+    names: list[str],
+    *,
+    ready: bool = True,
+    timeout: float = 120.0,
+    registering: bool = False,
 ) -> float:
-    """Wait until every node in ``names`` is Ready (or, with ``ready=False``, not Ready)."""
+    """Wait until every node in ``names`` is Ready (or, with ``ready=False``, not Ready).
+    ``registering``: a node not there yet is one whose kubelet has still to register."""
     started = time.monotonic()
     while True:
         pending = []
         for name in names:
-            node = await kube.get_json(f"/api/v1/nodes/{name}", what=f'node "{name}"')
+            try:
+                node = await kube.get_json(f"/api/v1/nodes/{name}", what=f'node "{name}"')
+            except NotFound:
+                if not registering:
+                    raise
+                pending.append(name)
+                continue
             if (ready_status(node) == "True") != ready:
                 pending.append(name)
         if not pending:

@@ -214,8 +214,9 @@ class RealNodes:
         else:
             pid_t0 = await self._make_real_node(state, node)
         await self._join(state, node)
-        async with Kube(self.client_options()) as kube:
-            await wait_ready(kube, [node], timeout=timeout)
+        async with Kube(self.client_options()) as kube:  # kubeadm join ends at the kubelet's
+            # TLS bootstrap; the kubelet registers the Node just after
+            await wait_ready(kube, [node], timeout=timeout, registering=True)
         return time.monotonic() - pid_t0
 
     async def _make_real_node(self, state: SandboxState, node: str) -> float:

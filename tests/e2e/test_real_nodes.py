@@ -1,0 +1,301 @@
+"""Real nodes: a real kubelet and containerd, joined by the real kubeadm, running real containers.
+
+One sandbox for the module (one control plane, one kwok worker for CoreDNS, two real nodes);
+the test of `sandbox down`'s cleanup makes its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kubecare.kube import ClientOptions, Kube
+from kubecare.nodes.cordon import set_unschedulable
+from kubecare.sandbox import Sandbox, SandboxOptions
+from kubecare.sandbox.binaries import DEFAULT_KUBE_VERSION
+from kubecare.sandbox.images import HTTP, TOOLS
+
+from .conftest import own_sandbox, run_cli
+from .workloads import apply, is_ready, pdb, pods, wait_for
+
+pytestmark = pytest.mark.e2e
+
+REAL = ("real-1", "real-2")
+
+
+@pytest.fixture(scope="module")
+async def rsb(sandbox_state_dir: Path) -> AsyncIterator[Sandbox]:
+    opts = SandboxOptions(workers=1, real_nodes=2, node_monitor_grace_period=10)
+    async with own_sandbox("real", opts) as sb:
+        yield sb
+
+
+@pytest.fixture
+async def rkube(rsb: Sandbox) -> AsyncIterator[Kube]:
+    async with Kube(ClientOptions(kubeconfig=str(rsb.kubeconfig))) as k:
+        yield k
+
+
+@pytest.fixture
+async def ns(rkube: Kube) -> AsyncIterator[str]:
+    name = f"real-{uuid.uuid4().hex[:6]}"
+    await rkube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
+
+    async def account() -> bool:
+        path = f"/api/v1/namespaces/{name}/serviceaccounts/default"
+        return (await rkube.http.get(path)).status_code == 200
+
+    await wait_for(account, timeout=60)
+    yield name
+    await rkube.http.delete(f"/api/v1/namespaces/{name}")
+
+
+def web(name: str, replicas: int, node: str | None, *, term_delay: float = 0) -> dict:
+    """The http image behind a real readiness probe; SIGTERM takes ``term_delay`` seconds."""
+    spec: dict = {
+        "terminationGracePeriodSeconds": 20,
+        "containers": [
+            {
+                "name": "web",
+                "image": HTTP,
+                "imagePullPolicy": "IfNotPresent",
+                "env": [{"name": "TERM_DELAY", "value": str(term_delay)}],
+                "readinessProbe": {
+                    "httpGet": {"path": "/ready", "port": 8080},
+                    "periodSeconds": 1,
+                },
+            }
+        ],
+    }
+    if node:
+        spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+    else:  # only the real nodes can run this image
+        spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": list(REAL)}]}]}}}  # fmt: skip
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
+        },
+    }
+
+
+async def ready_on(kube: Kube, ns: str, node: str | None = None) -> list[dict]:
+    return [
+        p
+        for p in await pods(kube, ns)
+        if is_ready(p)
+        and not p["metadata"].get("deletionTimestamp")
+        and (node is None or p["spec"].get("nodeName") == node)
+    ]
+
+
+async def node(kube: Kube, name: str) -> dict:
+    return await kube.get_json(f"/api/v1/nodes/{name}")
+
+
+async def test_real_nodes_are_kubeadm_workers_with_their_own_kubelet(
+    rsb: Sandbox, rkube: Kube
+) -> None:
+    boots = set()
+    for i, name in enumerate(REAL):
+        obj = await node(rkube, name)
+        info = obj["status"]["nodeInfo"]
+        # the real kubelet and containerd report themselves (kwok's workers say what they're told)
+        assert info["kubeletVersion"] == f"v{DEFAULT_KUBE_VERSION}"
+        assert info["containerRuntimeVersion"] == "containerd://2.4.2"
+        addrs = {a["type"]: a["address"] for a in obj["status"]["addresses"]}
+        assert addrs == {"InternalIP": f"192.0.2.{101 + i}", "Hostname": name}
+        assert "kwok.x-k8s.io/node" not in obj["metadata"].get("annotations", {})
+        boots.add(info["bootID"])
+        # kubeadm's files; kubelet.conf points at the certificate the TLS bootstrap got
+        root = rsb.node_dir(name)
+        assert (root / "var/lib/kubelet/config.yaml").exists()
+        assert "--node-ip" not in (root / "var/lib/kubelet/kubeadm-flags.env").read_text()
+        assert "kubelet-client-current.pem" in (root / "etc/kubernetes/kubelet.conf").read_text()
+    assert len(boots) == 2  # each its own boot
+    csrs = (await rkube.get_json("/apis/certificates.k8s.io/v1/certificatesigningrequests"))[
+        "items"
+    ]
+    bootstrap = [c for c in csrs if c["spec"]["username"].startswith("system:bootstrap:")]
+    assert len(bootstrap) >= 2
+    assert all(
+        any(cond["type"] == "Approved" for cond in c["status"].get("conditions", []))
+        for c in bootstrap
+    )  # kubeadm's RBAC auto-approves a bootstrap token's CSR
+    # a machine of its own: host name, PID 1, address, the cluster's CA at kubeadm's path
+    res = run_cli("sandbox", "exec", "--name", rsb.name, "real-1", "--",
+                  "sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+                  "ip -4 -br addr show eth0; ls /etc/kubernetes/pki")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "real-1"
+    assert "kubecare.sandbox.nodeinit" in lines[1]
+    assert "192.0.2.101/24" in lines[2]
+    assert lines[3] == "ca.crt"
+
+
+async def test_drain_waits_for_real_grace_periods_and_readiness_under_a_pdb(
+    rsb: Sandbox, rkube: Kube, ns: str
+) -> None:
+    """Pods take 3 s to stop (their SIGTERM handler), replacements become Ready through real
+    probes on the other node, and the PDB keeps one Ready replica throughout."""
+    await set_unschedulable(rkube, "real-2", True)
+    try:
+        budget = pdb("web", {"app": "web"}, min_available=1)
+        await apply(rkube, ns, web("web", 2, None, term_delay=3), budget)
+
+        async def both_on_real_1() -> bool:
+            return len(await ready_on(rkube, ns, "real-1")) == 2
+
+        await wait_for(both_on_real_1, timeout=60)
+        await set_unschedulable(rkube, "real-2", False)
+        lowest = 2
+        done = False
+        terminating: dict[str, list[float]] = {}  # pod -> [first, last] seen terminating
+
+        async def sample() -> None:
+            nonlocal lowest
+            while not done:
+                now = await pods(rkube, ns)
+                lowest = min(lowest, len([p for p in now if is_ready(p)
+                                          and not p["metadata"].get("deletionTimestamp")]))  # fmt: skip
+                for p in now:
+                    if p["metadata"].get("deletionTimestamp"):
+                        seen = terminating.setdefault(p["metadata"]["name"], [time.monotonic()] * 2)
+                        seen[1] = time.monotonic()
+                await asyncio.sleep(0.1)
+
+        sampler = asyncio.create_task(sample())
+        t0 = time.monotonic()
+        res = await asyncio.to_thread(
+            run_cli, "drain", "real-1", "--ignore-daemonsets", "--timeout", "120s",
+            kubeconfig=rsb.kubeconfig, timeout=150,
+        )  # fmt: skip
+        took = time.monotonic() - t0
+        done = True
+        await sampler
+        assert res.returncode == 0, res.stderr
+        assert lowest >= 1  # the budget held through real readiness
+        assert took >= 3  # the containers' own shutdown, not an instant delete
+        assert len(await ready_on(rkube, ns, "real-2")) == 2
+        # each evicted pod stayed Terminating while its SIGTERM handler ran (kwok: gone at once)
+        assert len(terminating) == 2
+        assert all(last - first >= 2.0 for first, last in terminating.values()), terminating
+    finally:
+        await set_unschedulable(rkube, "real-1", False)
+        await set_unschedulable(rkube, "real-2", False)
+
+
+async def test_a_reboot_kills_every_container_and_changes_the_boot_id(
+    rsb: Sandbox, rkube: Kube, ns: str
+) -> None:
+    await apply(rkube, ns, web("boot", 1, "real-2"))
+    pod = (await wait_for(lambda: ready_on(rkube, ns, "real-2"), timeout=60))[0]
+    before = (await node(rkube, "real-2"))["status"]["nodeInfo"]["bootID"]
+    res = await asyncio.to_thread(run_cli, "sandbox", "reboot", "--name", rsb.name, "real-2")
+    assert res.returncode == 0, res.stderr
+    after = (await node(rkube, "real-2"))["status"]["nodeInfo"]["bootID"]
+    assert after != before
+
+    async def restarted() -> dict | None:
+        p = await rkube.get_json(f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}")
+        statuses = p["status"].get("containerStatuses") or [{}]
+        return p if statuses[0].get("restartCount", 0) >= 1 and is_ready(p) else None
+
+    # the same pod, its container killed by the power cut and started again by the kubelet
+    await wait_for(restarted, timeout=60)
+    events = (await rkube.get_json("/api/v1/namespaces/default/events"))["items"]
+    assert any(e["reason"] == "Rebooted" and e["involvedObject"]["name"] == "real-2"
+               for e in events)  # fmt: skip
+
+
+async def test_a_stopped_kubelet_leaves_its_containers_running(
+    rsb: Sandbox, rkube: Kube, ns: str
+) -> None:
+    await apply(rkube, ns, web("steady", 1, "real-1"))
+    await wait_for(lambda: ready_on(rkube, ns, "real-1"), timeout=60)
+    res = await asyncio.to_thread(
+        run_cli, "sandbox", "node-down", "--name", rsb.name, "real-1", "--wait", timeout=120
+    )
+    try:
+        assert res.returncode == 0, res.stderr
+        ready = next(c for c in (await node(rkube, "real-1"))["status"]["conditions"]
+                     if c["type"] == "Ready")  # fmt: skip
+        assert ready["status"] == "Unknown"  # the node lifecycle controller's verdict
+        ps = run_cli("sandbox", "exec", "--name", rsb.name, "real-1", "--", "ps", "-o", "args")
+        assert "kubecare-image http" in ps.stdout and "kubelet --" not in ps.stdout
+    finally:
+        up = await asyncio.to_thread(run_cli, "sandbox", "node-up", "--name", rsb.name, "real-1")
+        assert up.returncode == 0, up.stderr
+    # the node lifecycle controller marked the pod not Ready meanwhile; the kubelet, back,
+    # reports the container it never stopped
+    p = (await wait_for(lambda: ready_on(rkube, ns, "real-1"), timeout=30))[0]
+    assert p["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
+async def test_an_image_that_was_not_built_is_never_pulled(rkube: Kube, ns: str) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "nope"},
+        "spec": {
+            "nodeName": "real-1",
+            "containers": [
+                {"name": "a", "image": "kubecare.local/nope:v1", "imagePullPolicy": "Never"},
+                {"name": "b", "image": TOOLS, "command": ["sleep", "3600"]},
+            ],
+        },
+    }
+    await rkube.request_json("POST", f"/api/v1/namespaces/{ns}/pods", body=body)
+
+    async def waiting() -> dict | None:
+        p = await rkube.get_json(f"/api/v1/namespaces/{ns}/pods/nope")
+        st = {c["name"]: c["state"] for c in p["status"].get("containerStatuses") or []}
+        reason = (st.get("a") or {}).get("waiting", {}).get("reason")
+        return st if reason == "ErrImageNeverPull" and "running" in st.get("b", {}) else None
+
+    st = await wait_for(waiting, timeout=60)
+    assert "running" in st["b"]  # the tools image the sandbox built runs
+
+
+async def test_sandbox_down_leaves_no_process_mount_cgroup_or_interface(
+    sandbox_state_dir: Path,
+) -> None:
+    sb = Sandbox(f"realdown-{uuid.uuid4().hex[:6]}")
+    try:
+        await sb.up(SandboxOptions(workers=1, real_nodes=1))
+        state = sb.load()
+        init = sb.real_init(state, "real-1")
+        assert init is not None
+        tree = str(sb.node_dir("real-1"))
+    finally:
+        stopped = sb.down()
+    assert "real node real-1" in stopped
+    assert not Path(f"/proc/{init}").exists()
+    leftovers = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if tree.encode() in (proc / "cmdline").read_bytes():
+                    leftovers.append(proc.name)
+            except OSError:
+                pass
+    assert leftovers == []
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/kubecare-{sb.name}-*"))
+    assert tree not in Path("/proc/self/mountinfo").read_text()
+    # the machine's own network was never touched (the cables were in the switch's namespace)
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout)
+    assert not [x for x in links if x["ifname"].startswith(("vreal", "cni0"))]
