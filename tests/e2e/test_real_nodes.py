@@ -21,6 +21,7 @@ from kubecare.nodes.cordon import set_unschedulable
 from kubecare.sandbox import Sandbox, SandboxOptions
 from kubecare.sandbox.binaries import DEFAULT_KUBE_VERSION
 from kubecare.sandbox.images import HTTP, TOOLS
+from kubecare.sandbox.realnode import TAINT, TOLERATION
 
 from .conftest import own_sandbox, run_cli
 from .workloads import apply, is_ready, pdb, pods, wait_for
@@ -60,6 +61,7 @@ async def ns(rkube: Kube) -> AsyncIterator[str]:
 def web(name: str, replicas: int, node: str | None, *, term_delay: float = 0) -> dict:
     """The http image behind a real readiness probe; SIGTERM takes ``term_delay`` seconds."""
     spec: dict = {
+        "tolerations": [TOLERATION],
         "terminationGracePeriodSeconds": 20,
         "containers": [
             {
@@ -119,6 +121,7 @@ async def test_real_nodes_are_kubeadm_workers_with_their_own_kubelet(
         addrs = {a["type"]: a["address"] for a in obj["status"]["addresses"]}
         assert addrs == {"InternalIP": f"192.0.2.{101 + i}", "Hostname": name}
         assert "kwok.x-k8s.io/node" not in obj["metadata"].get("annotations", {})
+        assert obj["spec"]["taints"] == [TAINT]  # kubeadm join's nodeRegistration
         boots.add(info["bootID"])
         # kubeadm's files; kubelet.conf points at the certificate the TLS bootstrap got
         root = rsb.node_dir(name)
@@ -235,7 +238,10 @@ async def test_a_stopped_kubelet_leaves_its_containers_running(
         ready = next(c for c in (await node(rkube, "real-1"))["status"]["conditions"]
                      if c["type"] == "Ready")  # fmt: skip
         assert ready["status"] == "Unknown"  # the node lifecycle controller's verdict
-        ps = run_cli("sandbox", "exec", "--name", rsb.name, "real-1", "--", "ps", "-o", "args")
+        ps = run_cli(
+            "sandbox", "exec", "--name", rsb.name, "real-1", "--", "ps", "-ww", "-o", "args"
+        )
+        assert ps.returncode == 0, ps.stderr
         assert "kubecare-image http" in ps.stdout and "kubelet --" not in ps.stdout
     finally:
         up = await asyncio.to_thread(run_cli, "sandbox", "node-up", "--name", rsb.name, "real-1")
@@ -253,6 +259,7 @@ async def test_an_image_that_was_not_built_is_never_pulled(rkube: Kube, ns: str)
         "metadata": {"name": "nope"},
         "spec": {
             "nodeName": "real-1",
+            "tolerations": [TOLERATION],
             "containers": [
                 {"name": "a", "image": "kubecare.local/nope:v1", "imagePullPolicy": "Never"},
                 {"name": "b", "image": TOOLS, "command": ["sleep", "3600"]},
@@ -299,3 +306,49 @@ async def test_sandbox_down_leaves_no_process_mount_cgroup_or_interface(
     # the machine's own network was never touched (the cables were in the switch's namespace)
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout)
     assert not [x for x in links if x["ifname"].startswith(("vreal", "cni0"))]
+
+
+async def test_an_upgrade_runs_the_new_kubelet_binary_on_a_real_node(
+    sandbox_state_dir: Path,
+) -> None:
+    """`kubecare upgrade apply` 1.36 -> 1.37 through the sandbox executor: on the real worker
+    the real `kubeadm upgrade node`, the kubelet package swapped, `systemctl restart kubelet` —
+    and the node then reports what its new binary says, not what anyone told it."""
+    from kubecare.sandbox.binaries import KUBE_VERSIONS
+
+    new, old = KUBE_VERSIONS[0], KUBE_VERSIONS[1]
+    opts = SandboxOptions(version=old, workers=1, real_nodes=1)
+    async with (
+        own_sandbox("realup", opts) as sb,
+        Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as kube,
+    ):
+        obj = await node(kube, "real-1")
+        assert obj["status"]["nodeInfo"]["kubeletVersion"] == f"v{old}"
+        ns = f"up-{uuid.uuid4().hex[:6]}"
+        await kube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
+        await wait_for(lambda: _has_account(kube, ns), timeout=60)
+        await apply(kube, ns, web("web", 1, "real-1"))
+        await wait_for(lambda: ready_on(kube, ns, "real-1"), timeout=60)
+        res = await asyncio.to_thread(
+                run_cli, "upgrade", "apply", "--to", f"v{new}", "--executor", "sandbox",
+                "--sandbox", sb.name, "--yes", "--no-snapshot", "--no-backup",
+                "--ignore-daemonsets", kubeconfig=sb.kubeconfig, timeout=600,
+            )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        obj = await node(kube, "real-1")
+        assert obj["status"]["nodeInfo"]["kubeletVersion"] == f"v{new}"
+        assert not obj["spec"].get("unschedulable")
+        ps = run_cli(
+            "sandbox", "exec", "--name", sb.name, "real-1", "--", "ps", "-ww", "-o", "args"
+        )
+        running = [x for x in ps.stdout.splitlines() if "kubelet --" in x]
+        assert len(running) == 1
+        binary = Path(running[0].split()[0]).resolve()
+        assert binary.parent.name == f"kubelet-v{new}"  # the new package's binary runs
+        # its workload was drained away and can come back: the node schedules real pods again
+        await wait_for(lambda: ready_on(kube, ns), timeout=60)
+
+
+async def _has_account(kube: Kube, ns: str) -> bool:
+    path = f"/api/v1/namespaces/{ns}/serviceaccounts/default"
+    return (await kube.http.get(path)).status_code == 200

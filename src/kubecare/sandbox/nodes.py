@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from kubecare.errors import NotFound, Conflict, OperationFailed
+from kubecare.errors import Conflict, NotFound, OperationFailed
 from kubecare.kube import JSON, Kube
 from kubecare.nodes.inventory import ready_status
 

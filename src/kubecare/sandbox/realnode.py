@@ -233,12 +233,37 @@ def cgroup_dirs(hierarchies: list[Path], spec: RealNodeSpec) -> list[Path]:
     return [h / spec.cgroup.lstrip("/") for h in hierarchies]
 
 
-def join_argv(kubeadm: str, endpoint: str, token: str, ca_hash: str, node: str) -> list[str]:
-    """``kubeadm join`` as a worker joins: discovery by token and the CA's public key hash.
-    Preflight checks that look at the machine (swap, kernel modules, the machine's
-    sysctls, its systemd) are reported but cannot stop a node made of namespaces."""
-    return [
-        kubeadm, "join", endpoint, "--token", token,
-        "--discovery-token-ca-cert-hash", ca_hash, "--node-name", node,
-        "--cri-socket", CRI_SOCKET, "--ignore-preflight-errors=all", "-v=1",
-    ]  # fmt: skip
+#: Every real node's taint: it runs only the images the sandbox built (``kubecare sandbox
+#: images``), so a pod must say it can run there. kubeadm's CoreDNS does not (its image is not
+#: built): without the taint a drain of a kwok worker could move it onto a real node, where it
+#: never starts. DaemonSets that tolerate everything (kube-proxy) still come.
+TAINT = {"key": "kubecare.local/real-node", "value": "true", "effect": "NoSchedule"}
+TOLERATION = {"key": TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}
+
+
+def join_configuration(endpoint: str, token: str, ca_hash: str, node: str) -> dict[str, Any]:
+    """kubeadm's JoinConfiguration (v1beta4) for a worker: discovery by token and the CA's
+    public key hash, the node's name and taint. Preflight checks that look at the machine
+    (swap, kernel modules, its sysctls, its systemd) are reported but cannot stop a node made
+    of namespaces."""
+    return {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "JoinConfiguration",
+        "discovery": {
+            "bootstrapToken": {
+                "apiServerEndpoint": endpoint,
+                "token": token,
+                "caCertHashes": [ca_hash],
+            }
+        },
+        "nodeRegistration": {
+            "name": node,
+            "criSocket": CRI_SOCKET,
+            "taints": [TAINT],
+            "ignorePreflightErrors": ["all"],
+        },
+    }
+
+
+def join_argv(kubeadm: str, config: str) -> list[str]:
+    return [kubeadm, "join", "--config", config, "-v=1"]

@@ -274,8 +274,13 @@ class RealNodes:
         node_bin = self.node_dir(node) / "usr" / "local" / "bin"
         env = dict(os.environ)
         env["PATH"] = f"{node_bin}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
-        join = [*self.enter_argv(state, node),
-                *realnode.join_argv("kubeadm", endpoint, token, ca_hash, node)]  # fmt: skip
+        config = kubeadm_init.write_config(
+            self.dir,
+            realnode.join_configuration(endpoint, token, ca_hash, node),
+            None,
+            name=f"join-{node}",
+        )
+        join = [*self.enter_argv(state, node), *realnode.join_argv("kubeadm", str(config))]
         await kubeadm_init.output(join, f"kubeadm join on {node}", log, 120, env)
 
     # -- power -------------------------------------------------------------------------------
