@@ -164,15 +164,19 @@ async def scenario(
     total: int,
     runs: int,
     pdb: str | None,
+    nodes: tuple[str, str] = NODES,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """Drain the node holding ``total`` pods to the other, ``runs`` times per tool, the tools
+    alternating first; ``extra``: flags both tools get."""
     kubectl = str(find_kubectl())
     await kube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
     while (
         await kube.http.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default")
     ).status_code != 200:
         await asyncio.sleep(0.1)
-    await set_schedulable(kube, NODES[1], False)
-    await set_schedulable(kube, NODES[0], True)
+    await set_schedulable(kube, nodes[1], False)
+    await set_schedulable(kube, nodes[0], True)
     for obj in objects:
         path = (
             f"/apis/apps/v1/namespaces/{ns}/deployments"
@@ -180,7 +184,7 @@ async def scenario(
             else f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets"
         )
         await kube.request_json("POST", path, body=obj)
-    await wait_ready_on(kube, ns, NODES[0], total)
+    await wait_ready_on(kube, ns, nodes[0], total)
     source = 0
     times: dict[str, list[float]] = {"kubectl": [], "kubecare": []}
     rss: dict[str, list[int]] = {"kubectl": [], "kubecare": []}
@@ -189,11 +193,12 @@ async def scenario(
     for i in range(runs):
         order = ("kubectl", "kubecare") if i % 2 == 0 else ("kubecare", "kubectl")
         for tool in order:
-            src, dst = NODES[source], NODES[1 - source]
+            src, dst = nodes[source], nodes[1 - source]
             await set_schedulable(kube, dst, True)
             if pdb:
                 await wait_pdb_allows(kube, ns, pdb)
-            common = ["--kubeconfig", str(sb.kubeconfig), "drain", src, "--timeout", "900s"]
+            common = ["--kubeconfig", str(sb.kubeconfig), "drain", src, "--timeout", "900s",
+                      *extra]  # fmt: skip
             argv = (
                 [kubectl, *common] if tool == "kubectl" else [str(BIN / "kubecare"), *common, "-q"]
             )

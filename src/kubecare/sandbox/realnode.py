@@ -194,6 +194,17 @@ def cni_config(spec: RealNodeSpec) -> str:
     return json.dumps(conf, indent=2) + "\n"
 
 
+def hosts(spec: RealNodeSpec) -> str:
+    """``/etc/hosts``: the node knows its own name (kubeadm join's preflight looks it up; asked
+    of a resolver nothing can reach, it waits 10 s)."""
+    return f"127.0.0.1\tlocalhost\n{spec.ip}\t{spec.name}\n"
+
+
+#: ``/etc/resolv.conf``: no resolver is reachable from the sandbox's network, so a lookup
+#: (an image that was not built) is refused at once rather than timing out
+RESOLV_CONF = "# kubecare real node: nothing is routed out of the sandbox\nnameserver 127.0.0.1\n"
+
+
 def kubelet_defaults(spec: RealNodeSpec) -> str:
     """``/etc/default/kubelet`` (KUBELET_EXTRA_ARGS): what is this machine's, not the
     cluster's — kubeadm never rewrites this file, so an upgrade keeps it."""

@@ -158,6 +158,8 @@ class RealNodes:
             "etc/containerd/config.toml": realnode.containerd_config(spec),
             "etc/cni/net.d/10-kubecare.conflist": realnode.cni_config(spec),
             "etc/default/kubelet": realnode.kubelet_defaults(spec),
+            "etc/hosts": realnode.hosts(spec),
+            "etc/resolv.conf": realnode.RESOLV_CONF,
             realnode.SPEC: spec.to_json(),
         }
         for rel, text in files.items():
