@@ -41,12 +41,13 @@ sandbox-deps:
 	  apt-get install -y -qq --no-install-recommends iproute2 >/dev/null; }
 
 # Real nodes (sandbox up --real-nodes): Debian's runc (containerd's runtime; crun refuses this
-# machine's hybrid cgroups) and a static busybox (the tools image). containerd, the CNI plugins and
+# machine's hybrid cgroups), a static busybox (the tools image) and iptables (packed into the
+# kube-proxy image; nothing runs it on the machine itself). containerd, the CNI plugins and
 # the kubelet are built from source by `sandbox build --real-nodes`.
 real-node-deps:
-	@test -x /usr/sbin/runc -a -x /bin/busybox || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends runc \
-	  busybox-static >/dev/null; }
+	@test -x /usr/sbin/runc -a -x /bin/busybox -a -x /usr/sbin/xtables-nft-multi || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends runc busybox-static iptables >/dev/null; }
 
 # The upgrade tests run the ssh executor against Debian's OpenSSH server (started by the test
 # itself on loopback, with its own config; the package's own service is never started).

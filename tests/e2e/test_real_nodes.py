@@ -150,6 +150,32 @@ async def test_real_nodes_are_kubeadm_workers_with_their_own_kubelet(
     assert lines[3] == "ca.crt"
 
 
+async def test_kubeadms_kube_proxy_runs_for_real_inside_the_node_only(
+    rsb: Sandbox, rkube: Kube
+) -> None:
+    """The DaemonSet's pod on a real node runs the kube-proxy image the sandbox built: its
+    iptables rules are in the node's network namespace, never in the machine's."""
+
+    async def proxy_ready() -> dict | None:
+        items = (await rkube.get_json("/api/v1/namespaces/kube-system/pods",
+                                      params={"labelSelector": "k8s-app=kube-proxy"}))["items"]  # fmt: skip
+        mine = [p for p in items if p["spec"].get("nodeName") == "real-1"]
+        return mine[0] if mine and is_ready(mine[0]) else None
+
+    await wait_for(proxy_ready, timeout=90)
+
+    async def rules() -> str | None:
+        res = await asyncio.to_thread(
+            run_cli, "sandbox", "exec", "--name", rsb.name, "real-1", "--", "iptables-save"
+        )
+        return res.stdout if "KUBE-SERVICES" in res.stdout else None
+
+    text = await wait_for(rules, timeout=60)
+    assert "default/kubernetes:https" in text  # the Service kube-proxy programmed
+    host = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+    assert "KUBE-" not in host.stdout  # the machine's own tables untouched
+
+
 async def test_drain_waits_for_real_grace_periods_and_readiness_under_a_pdb(
     rsb: Sandbox, rkube: Kube, ns: str
 ) -> None:

@@ -147,3 +147,38 @@ def test_an_image_is_a_valid_oci_layout_whose_digests_match(tmp_path: Path) -> N
     assert names["bin/busybox"].mode == 0o755
     assert names["bin/sh"].issym() and names["bin/sh"].linkname == "busybox"
     assert names["tmp"].isdir() and names["tmp"].mode == 0o1777
+
+
+LDD = """\tlinux-vdso.so.1 (0x00007ffd8f3f5000)
+\tlibxtables.so.12 => /lib/x86_64-linux-gnu/libxtables.so.12 (0x00007f7a92160000)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f7a91f43000)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f7a92228000)
+\tlibgone.so.1 => not found
+"""
+
+
+def test_the_libraries_ldd_names_are_the_ones_an_image_needs() -> None:
+    assert images.ldd_paths(LDD) == [
+        "/lib/x86_64-linux-gnu/libxtables.so.12",
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/ld-linux-x86-64.so.2",
+    ]
+    files = images.closure([Path("/usr/sbin/xtables-nft-multi")], lambda _p: LDD)
+    # at the paths the loader looks, whatever symlinks lead there on this machine
+    assert set(files) == {
+        "usr/sbin/xtables-nft-multi",
+        "lib/x86_64-linux-gnu/libxtables.so.12",
+        "lib/x86_64-linux-gnu/libc.so.6",
+        "lib64/ld-linux-x86-64.so.2",
+    }
+
+
+def test_kube_proxy_runs_from_kubeadms_path_with_iptables_beside_it(tmp_path: Path) -> None:
+    proxy = tmp_path / "kube-proxy"
+    proxy.write_bytes(b"\x7fELF")
+    image = images.kube_proxy("1.37.2", proxy, lambda _p: "")
+    assert image.ref == "registry.k8s.io/kube-proxy:v1.37.2"
+    assert image.entrypoint == ("/usr/local/bin/kube-proxy",)
+    assert image.files["usr/local/bin/kube-proxy"] == proxy
+    assert image.links["usr/sbin/iptables-restore"] == "xtables-nft-multi"
+    assert realnode.KUBE_PROXY_CONFIGURATION["conntrack"] == {"maxPerCore": 0, "min": 0}

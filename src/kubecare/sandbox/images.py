@@ -11,6 +11,9 @@ A pod naming any other image gets the kubelet's real ``ErrImagePull``/``ImagePul
   (``$READY_DELAY``), a SIGTERM handler that takes ``$TERM_DELAY`` seconds (a real grace period).
 - ``kubecare.local/tools:v1`` — busybox-static with its applets: a shell, tar, sha256sum, dd, ...
   for workloads and helper pods.
+- ``registry.k8s.io/kube-proxy:v<version>`` for each built version — the kube-proxy binary and
+  Debian's iptables (nft backend) with the shared libraries it loads, so kubeadm's kube-proxy
+  DaemonSet runs for real on real nodes (its rules live in the node's network namespace).
 
 Pure: :func:`layout` turns (name, files, config) into the tar's bytes; :func:`catalogue` says
 what each image is made of. Building the program and importing are the caller's.
@@ -22,6 +25,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,12 +41,22 @@ APPLETS = (
     "tee", "test", "[", "touch", "tr", "true", "uname", "wc", "wget", "xargs", "yes",
 )  # fmt: skip
 
+KUBE_PROXY = "registry.k8s.io/kube-proxy"
+#: Debian's iptables, nft backend: kube-proxy's iptables mode runs these
+XTABLES = "/usr/sbin/xtables-nft-multi"
+XTABLES_NAMES = (
+    "iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
+    "ip6tables-restore",
+)  # fmt: skip
+XTABLES_EXTENSIONS = "/usr/lib/x86_64-linux-gnu/xtables"
+
 #: what ``kubecare sandbox images`` lists
 DESCRIPTIONS = {
     PAUSE: "the pod sandbox (PID 1 of each pod: reaps, exits on SIGTERM)",
     HTTP: "a web server: /ready for readiness probes ($READY_DELAY s), SIGTERM takes "
     "$TERM_DELAY s, $PORT (8080)",
     TOOLS: "busybox: sh, tar, sha256sum, dd, wget, nc, ... for workloads and helper pods",
+    f"{KUBE_PROXY}:v<version>": "kube-proxy of each built version, with Debian's iptables (nft)",
 }
 
 LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -75,6 +89,42 @@ def catalogue(program: Path, busybox: Path) -> tuple[Image, ...]:
     )
 
 
+def ldd_paths(output: str) -> list[str]:
+    """The libraries ``ldd`` names (``libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)``
+    and the loader's own ``/lib64/ld-linux-x86-64.so.2 (0x...)``); the vDSO has no file."""
+    paths = []
+    for line in output.splitlines():
+        words = line.split()
+        if "=>" in words:
+            after = words[words.index("=>") + 1 :]
+            if after and after[0].startswith("/"):
+                paths.append(after[0])
+        elif words and words[0].startswith("/"):
+            paths.append(words[0])
+    return paths
+
+
+def closure(binaries: list[Path], ldd: Callable[[Path], str]) -> dict[str, Path]:
+    """Each binary and every library it loads, at the path the loader looks (inside ->
+    here); ``ldd(path)`` gives ldd's output."""
+    files: dict[str, Path] = {}
+    for binary in binaries:
+        for path in [str(binary), *ldd_paths(ldd(binary))]:
+            files[path.lstrip("/")] = Path(path).resolve()
+    return files
+
+
+def kube_proxy(version: str, binary: Path, ldd: Callable[[Path], str]) -> Image:
+    """kubeadm's kube-proxy image for ``version``: its binary at kubeadm's command path and
+    iptables with its extensions and libraries."""
+    extensions = sorted(Path(XTABLES_EXTENSIONS).glob("*.so"))
+    files = closure([Path(XTABLES), *extensions], ldd)
+    files["usr/local/bin/kube-proxy"] = binary
+    links = {f"usr/sbin/{n}": "xtables-nft-multi" for n in XTABLES_NAMES}
+    return Image(f"{KUBE_PROXY}:v{version}", files, ("/usr/local/bin/kube-proxy",), links,
+                 env=("PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",))  # fmt: skip
+
+
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -84,7 +134,11 @@ def _layer(image: Image) -> bytes:
     give the same digest (an import of an unchanged image is then a no-op)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        dirs = sorted({str(Path(p).parent) for p in [*image.files, *image.links]} - {"."} | {"tmp"})
+        # every directory on the way (an applier need not make missing parents)
+        dirs = sorted(
+            {str(a) for p in [*image.files, *image.links] for a in Path(p).parents} - {"."}
+            | {"tmp"}
+        )
         for d in dirs:
             info = tarfile.TarInfo(d)
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755

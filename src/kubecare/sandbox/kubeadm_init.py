@@ -118,14 +118,16 @@ def join_configuration(node: str, address: str, bind_port: int) -> dict[str, Any
 
 
 def config_documents(init: dict[str, Any], cluster: dict[str, Any]) -> str:
-    """The init configuration, the ClusterConfiguration, and the KubeletConfiguration every
-    kubelet of this machine needs (kubeadm uploads it as ``kubelet-config``; real nodes read
-    it when they join and at each ``kubeadm upgrade node``)."""
+    """The init configuration, the ClusterConfiguration, and the KubeletConfiguration and
+    KubeProxyConfiguration every kubelet and kube-proxy of this machine needs (kubeadm uploads
+    them as ``kubelet-config`` and ``kube-proxy``; real nodes read them when they join and at
+    each ``kubeadm upgrade node``)."""
     import yaml
 
-    from kubecare.sandbox.realnode import KUBELET_CONFIGURATION
+    from kubecare.sandbox.realnode import KUBE_PROXY_CONFIGURATION, KUBELET_CONFIGURATION
 
-    return yaml.safe_dump_all([init, cluster, KUBELET_CONFIGURATION], sort_keys=False)
+    docs = [init, cluster, KUBELET_CONFIGURATION, KUBE_PROXY_CONFIGURATION]
+    return yaml.safe_dump_all(docs, sort_keys=False)
 
 
 async def run_phases(view: NodeView, config: Path, log: Path, timeout: float = 60) -> None:

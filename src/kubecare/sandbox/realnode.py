@@ -79,6 +79,16 @@ KUBELET_CONFIGURATION: dict[str, Any] = {
 }  # fmt: skip
 
 
+#: KubeProxyConfiguration for the sandbox (the kube-proxy ConfigMap, through kubeadm's config):
+#: the conntrack table's size and hash are the machine's kernel's, shared by every namespace —
+#: a kube-proxy on a real node must not set them (0: leave as is, pkg/proxy/conntrack).
+KUBE_PROXY_CONFIGURATION: dict[str, Any] = {
+    "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+    "kind": "KubeProxyConfiguration",
+    "conntrack": {"maxPerCore": 0, "min": 0},
+}
+
+
 @dataclass(frozen=True)
 class RealNodeSpec:
     """One real node, as its init reads it (``.ns/node.json`` in its tree)."""

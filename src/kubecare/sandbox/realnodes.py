@@ -37,13 +37,15 @@ if TYPE_CHECKING:
 
 RUNC = "/usr/sbin/runc"
 BUSYBOX = "/bin/busybox"
-DEPS_FIX = "install them with `make real-node-deps` (Debian's runc and busybox-static)"
+DEPS_FIX = "install them with `make real-node-deps` (Debian's runc, busybox-static, iptables)"
 
 
 def check_deps() -> None:
     """What a real node needs from the machine beyond the sandbox's own: said before anything
     is made."""
-    missing = [p for p in (RUNC, BUSYBOX) if not Path(p).is_file()]
+    from kubecare.sandbox.images import XTABLES
+
+    missing = [p for p in (RUNC, BUSYBOX, XTABLES) if not Path(p).is_file()]
     if missing:
         raise SandboxError(f"real nodes need {', '.join(missing)}: {DEPS_FIX}")
     if not Path("/sys/fs/cgroup/cpuset").is_dir():
@@ -139,11 +141,25 @@ class RealNodes:
         )
 
     def _image_tars(self, program: Path) -> list[Path]:
-        """The sandbox's images as OCI layout tars (made once per sandbox)."""
-        from kubecare.sandbox import images
+        """The sandbox's images as OCI layout tars (made once per sandbox): the catalogue, and
+        kube-proxy at every version whose binary is built (an upgrade switches the DaemonSet's
+        image; the node must have the next one already)."""
+        import subprocess
 
+        from kubecare.sandbox import images
+        from kubecare.sandbox.binaries import KUBE_VERSIONS, binary_path
+
+        def ldd(path: Path) -> str:
+            done = subprocess.run(["ldd", str(path)], capture_output=True, text=True, check=False)
+            return done.stdout
+
+        wanted = list(images.catalogue(program, Path(BUSYBOX)))
+        for version in KUBE_VERSIONS:
+            proxy = binary_path("kube-proxy", version)
+            if proxy is not None:
+                wanted.append(images.kube_proxy(version, proxy, ldd))
         out = []
-        for image in images.catalogue(program, Path(BUSYBOX)):
+        for image in wanted:
             tar = self.dir / "images" / (image.ref.replace("/", "_").replace(":", "_") + ".tar")
             if not tar.exists():
                 write_atomic(tar, images.layout(image), mode=0o644)
