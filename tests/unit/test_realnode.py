@@ -182,3 +182,15 @@ def test_kube_proxy_runs_from_kubeadms_path_with_iptables_beside_it(tmp_path: Pa
     assert image.files["usr/local/bin/kube-proxy"] == proxy
     assert image.links["usr/sbin/iptables-restore"] == "xtables-nft-multi"
     assert realnode.KUBE_PROXY_CONFIGURATION["conntrack"] == {"maxPerCore": 0, "min": 0}
+
+
+def test_missing_machine_dependencies_are_named_with_their_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kubecare.sandbox import realnodes
+
+    monkeypatch.setattr(realnodes, "RUNC", str(tmp_path / "no-runc"))
+    with pytest.raises(SandboxError) as e:
+        realnodes.check_deps()
+    msg = str(e.value)
+    assert "no-runc" in msg and "make real-node-deps" in msg and "\n" not in msg
