@@ -6,8 +6,8 @@
   median of ``--runs`` starts, binaries already built;
 - one more real node added to a running sandbox: seconds from power-on (its init started) to
   Ready, through the real ``kubeadm join`` and the kubelet's TLS bootstrap;
-- resident memory of an idle real node: every process in its PID namespace (init,
-  containerd, kubelet, the kube-proxy pod's sandbox);
+- resident memory of an idle real node: every process in its PID namespace and its cgroup
+  subtree (init, containerd, kubelet, the kube-proxy pod);
 - a drain of ``--pods`` pods of the http image, each taking ``--term-delay`` seconds to stop
   after SIGTERM, from one real node to the other — ``kubecare drain`` against ``kubectl drain``
   through bench/drain_bench.py's scenario (same sandbox, order alternating, requests counted
@@ -43,17 +43,22 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def node_rss_mib(sb: Sandbox, node: str) -> float:
-    """Every process of the node: those in its init's PID namespace."""
+    """Every process of the node: those in its init's PID namespace, and its containers' (in
+    namespaces of their own, but in the node's cgroup subtree)."""
+    from kubecare.sandbox.realnode import cgroup_root
+
     init = sb.real_init(sb.load(), node)
     if init is None:
         raise SystemExit(f"{node} is not running")
     ns = os.readlink(f"/proc/{init}/ns/pid")
+    subtree = cgroup_root(sb.name, node) + "/"
     total = 0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if os.readlink(proc / "ns" / "pid") != ns:
+            mine = os.readlink(proc / "ns" / "pid") == ns
+            if not mine and subtree not in (proc / "cgroup").read_text():
                 continue
             for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

@@ -278,6 +278,40 @@ async def test_a_stopped_kubelet_leaves_its_containers_running(
     assert p["status"]["containerStatuses"][0]["restartCount"] == 0
 
 
+async def test_a_pods_host_path_is_the_nodes_not_the_machines(
+    rsb: Sandbox, rkube: Kube, ns: str
+) -> None:
+    where = f"/opt/kubecare-e2e-{ns}"
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "writer"},
+        "spec": {
+            "nodeName": "real-1",
+            "tolerations": [TOLERATION],
+            "restartPolicy": "Never",
+            "volumes": [{"name": "h", "hostPath": {"path": where, "type": "DirectoryOrCreate"}}],
+            "containers": [
+                {
+                    "name": "w",
+                    "image": TOOLS,
+                    "volumeMounts": [{"name": "h", "mountPath": "/h"}],
+                    "command": ["sh", "-c", "echo hello > /h/file"],
+                }
+            ],  # fmt: skip
+        },
+    }
+    await rkube.request_json("POST", f"/api/v1/namespaces/{ns}/pods", body=body)
+
+    async def done() -> bool:
+        p = await rkube.get_json(f"/api/v1/namespaces/{ns}/pods/writer")
+        return p["status"].get("phase") == "Succeeded"
+
+    await wait_for(done, timeout=60)
+    assert (rsb.node_dir("real-1") / where.lstrip("/") / "file").read_text() == "hello\n"
+    assert not Path(where).exists()  # the machine's /opt untouched
+
+
 async def test_an_image_that_was_not_built_is_never_pulled(rkube: Kube, ns: str) -> None:
     body = {
         "apiVersion": "v1",
@@ -308,6 +342,7 @@ async def test_sandbox_down_leaves_no_process_mount_cgroup_or_interface(
     sandbox_state_dir: Path,
 ) -> None:
     sb = Sandbox(f"realdown-{uuid.uuid4().hex[:6]}")
+    opt_before = sorted(p.name for p in Path("/opt").iterdir())
     try:
         await sb.up(SandboxOptions(workers=1, real_nodes=1))
         state = sb.load()
@@ -327,7 +362,9 @@ async def test_sandbox_down_leaves_no_process_mount_cgroup_or_interface(
             except OSError:
                 pass
     assert leftovers == []
-    assert not list(Path("/sys/fs/cgroup").glob(f"*/kubecare-{sb.name}-*"))
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/kubecare/{sb.name}"))
+    # containerd's opt dir and the rest of the node's system dirs were its own
+    assert sorted(p.name for p in Path("/opt").iterdir()) == opt_before
     assert tree not in Path("/proc/self/mountinfo").read_text()
     # the machine's own network was never touched (the cables were in the switch's namespace)
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout)

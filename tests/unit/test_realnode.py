@@ -36,7 +36,7 @@ def test_addresses_and_pod_ranges_never_overlap_and_stay_in_the_documentation_ra
 def test_the_spec_round_trips_through_its_file() -> None:
     s = spec()
     assert RealNodeSpec.from_json(s.to_json()) == s
-    assert s.cgroup == "/kubecare-sb-real-2" and s.ip == "192.0.2.102"
+    assert s.cgroup == "/kubecare/sb/real-2" and s.ip == "192.0.2.102"
 
 
 def test_containerd_config_is_toml_with_what_this_machine_needs() -> None:
@@ -72,7 +72,7 @@ def test_the_kubelet_runs_as_kubeadms_drop_in_starts_it() -> None:
         "--container-runtime-endpoint=unix:///run/containerd/containerd.sock",
         "--pod-infra-container-image=registry.k8s.io/pause:3.10.2",
         "--node-ip=192.0.2.102",
-        "--cgroup-root=/kubecare-sb-real-2",
+        "--cgroup-root=/kubecare/sb/real-2",
     ]
     # an empty or missing environment file adds nothing (systemd's "-" prefix)
     assert realnode.kubelet_argv("/k", "", "") == realnode.kubelet_argv("/k", "# x\n", "")
@@ -194,3 +194,9 @@ def test_missing_machine_dependencies_are_named_with_their_fix(
         realnodes.check_deps()
     msg = str(e.value)
     assert "no-runc" in msg and "make real-node-deps" in msg and "\n" not in msg
+
+
+def test_cgroup_roots_of_two_sandboxes_never_collide() -> None:
+    # "a" + node "b-x" and "a-b" + node "x" were one path when names were joined by dashes
+    assert realnode.cgroup_root("a", "b-x") != realnode.cgroup_root("a-b", "x")
+    assert realnode.cgroup_root("lab", "real-1") == "/kubecare/lab/real-1"

@@ -169,8 +169,12 @@ def up_cmd(args: argparse.Namespace) -> None:
 
     if not 0 <= args.nodes <= 200:
         raise UsageError(f"--nodes must be between 0 and 200 (got {args.nodes})")
-    if not 0 <= args.real_nodes <= 8:
-        raise UsageError(f"--real-nodes must be between 0 and 8 (got {args.real_nodes})")
+    from kubecare.sandbox.realnode import MAX_REAL_NODES
+
+    if not 0 <= args.real_nodes <= MAX_REAL_NODES:
+        raise UsageError(
+            f"--real-nodes must be between 0 and {MAX_REAL_NODES} (got {args.real_nodes})"
+        )
     opts = SandboxOptions(
         workers=args.nodes,
         control_planes=args.control_planes,

@@ -260,9 +260,13 @@ class Sandbox(Bootstrap, StaticPodAdmin, NodeMachines, RealNodes):
     def _stop_all(self, state: SandboxState) -> list[str]:
         """Stop the runner (it stops its static pods, etcd last), kwok, and anything left over."""
         stopped = []
+        failed: list[str] = []
         for node in state.real_nodes:  # first: their kubelets talk to the control plane
-            if self.power_off(state, node, hard=False):
-                stopped.append(f"real node {node}")
+            try:
+                if self.power_off(state, node, hard=False):
+                    stopped.append(f"real node {node}")
+            except SandboxError as e:  # the rest is stopped all the same; said at the end
+                failed.append(e.message)
         runner = state.components.get("runner")
         if runner and process.stop(runner.pid, runner.binary, timeout=40):
             stopped.append("runner")
@@ -271,6 +275,10 @@ class Sandbox(Bootstrap, StaticPodAdmin, NodeMachines, RealNodes):
                 stopped.append(comp.name)
             comp.pid = None
         stopped += self._stop_leftovers()
+        if failed:
+            raise SandboxError(
+                "; ".join(failed) + f"; run kubecare sandbox down --name {self.name} again"
+            )
         return stopped
 
     def _stop_leftovers(self) -> list[str]:

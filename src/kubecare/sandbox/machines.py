@@ -189,8 +189,13 @@ class NodeMachines:
 
         nodeshell.prepare(view)
         kubelet = self.installed(state, node, "kubelet")
-        real_kubelet = binary_path("kubelet", kubelet) if node in state.real_nodes else None
-        if real_kubelet is not None:  # the binary the node's init runs
+        if node in state.real_nodes:  # the binary the node's init runs, never a stand-in
+            real_kubelet = binary_path("kubelet", kubelet)
+            if real_kubelet is None:
+                raise SandboxError(
+                    f"kubelet v{kubelet} (installed on real node {node}) is not built: "
+                    f"kubecare sandbox build --real-nodes --version {kubelet}"
+                )
             nodeshell.link(view, "kubelet", real_kubelet)
         else:
             nodeshell.kubelet(view, kubelet)

@@ -19,6 +19,7 @@ node's ``var/log``.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -51,11 +52,21 @@ class Service:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def reaped(self, pid: int, status: int) -> None:
+        """The init's reaper took this service's exit status: say it (Popen cannot now)."""
+        if self.proc is not None and self.proc.pid == pid:
+            log(f"{self.name} exited ({os.waitstatus_to_exitcode(status)}); restarting in 2 s")
+
     def start(self, argv: list[str]) -> None:
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         self.last_start = time.monotonic()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(self.log_file, "ab") as out:
+                self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        except OSError as e:  # a dangling kubelet link: a unit that fails, not a dead node
+            log(f"{self.name} cannot start: {e}")
+            self.proc = None
+            return
         log(f"{self.name} started (pid {self.proc.pid})")
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -77,7 +88,18 @@ def boot(spec: RealNodeSpec) -> None:
     view = plan(spec.name, root, sandbox=spec.sandbox)
     prepare(view)
     (root / realnode.CONTAINERD_ROOT).mkdir(parents=True, exist_ok=True)
-    sh(view.script().replace('exec "$@"', "true"), "mounting the node's view")
+    q = shlex.quote
+    overlays = []
+    for target in realnode.EXTRA_OVERLAYS:
+        if not Path(target).is_dir():
+            continue
+        up, work = root / target.strip("/"), root / ".ns" / f"{target.strip('/')}-work"
+        up.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        overlays.append(
+            f"mount -t overlay kubecare-{spec.name} -o lowerdir={q(target)},upperdir={q(str(up))},"
+            f"workdir={q(str(work))} {q(target)}\n"
+        )
     boot_id = root / realnode.BOOT_ID
     tunables = root / realnode.SYSCTLS
     binds = []
@@ -85,19 +107,22 @@ def boot(spec: RealNodeSpec) -> None:
         f = tunables / name.replace("/", ".")
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(value + "\n")
-        binds.append(f"mount --bind -o ro {f} /proc/sys/{name}\n")
+        binds.append(f"mount --bind -o ro {q(str(f))} /proc/sys/{name}\n")
+    # the system dirs first: the view's binds (the systemctl shim over /usr/bin) go on top
+    sh("mount --make-rprivate /\n" + "".join(overlays), "overlaying the node's system dirs")
+    sh(view.script().replace('exec "$@"', "true"), "mounting the node's view")
     sh(
         "mount -t proc proc /proc\n"
-        f"mount --bind {boot_id} /proc/sys/kernel/random/boot_id\n"
+        + f"mount --bind {q(str(boot_id))} /proc/sys/kernel/random/boot_id\n"
         + "".join(binds)
-        + f"mount --bind {root / realnode.CONTAINERD_ROOT} /var/lib/containerd\n"
+        + f"mount --bind {q(str(root / realnode.CONTAINERD_ROOT))} /var/lib/containerd\n"
         # projected volumes (service-account tokens) reach containers only through a shared
         # mount of the kubelet's root dir
-        "mount --make-rshared /var/lib/kubelet\n"
-        "mkdir -p /run/containerd /var/log/pods /var/log/containers /etc/cni/net.d\n",
+        + "mount --make-rshared /var/lib/kubelet\n"
+        + "mkdir -p /run/containerd /var/log/pods /var/log/containers /etc/cni/net.d\n",
         "mounting /proc, the boot ID and containerd's root",
     )
-    sh(f"hostname {spec.name}", "naming the node")
+    sh(f"hostname {shlex.quote(spec.name)}", "naming the node")
     deadline = time.monotonic() + 30
     while subprocess.run(["ip", "link", "show", "eth0"], capture_output=True).returncode != 0:
         if time.monotonic() > deadline:
@@ -113,12 +138,18 @@ def boot(spec: RealNodeSpec) -> None:
 
 
 def make_cgroups(spec: RealNodeSpec) -> None:
+    """The node's subtree in every hierarchy, each level made (a new cpuset has no CPUs until
+    given its parent's)."""
     top = Path("/sys/fs/cgroup")
-    for d in realnode.cgroup_dirs(sorted(p for p in top.iterdir() if p.is_dir()), spec):
-        d.mkdir(exist_ok=True)
-        if d.parent.name == "cpuset":  # a new cpuset has no CPUs until given its parent's
-            for f in ("cpuset.cpus", "cpuset.mems"):
-                (d / f).write_text((d.parent / f).read_text())
+    for hierarchy in sorted(p for p in top.iterdir() if p.is_dir()):
+        d = hierarchy
+        for part in spec.cgroup.strip("/").split("/"):
+            d = d / part
+            d.mkdir(exist_ok=True)
+            if hierarchy.name == "cpuset":
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    if not (d / f).read_text().strip():
+                        (d / f).write_text((d.parent / f).read_text())
 
 
 def import_images(spec: RealNodeSpec) -> None:
@@ -155,9 +186,14 @@ def kubelet_argv(spec: RealNodeSpec) -> list[str] | None:
 def main(root: Path) -> None:
     spec = RealNodeSpec.from_json((root / realnode.SPEC).read_text())
     stopping = False
+    booted = False
 
     def on_term(_sig: int, _frame: object) -> None:
+        # PID 1 of a namespace gets only signals it handles. While booting there is nothing
+        # to shut down in order: leave at once (the kernel ends the rest).
         nonlocal stopping
+        if not booted:
+            raise SystemExit(0)
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
@@ -171,17 +207,20 @@ def main(root: Path) -> None:
     os.environ["PATH"] = env_path  # containerd finds its shim on PATH
     containerd.start(ctd)
     import_images(spec)
+    booted = True
     marks = root / KUBELET_STARTS
     wanted = root / KUBELET_WANTED
     seen_mark = marks.stat().st_mtime_ns if marks.exists() else 0
     while not stopping:
         while True:  # reap: orphaned shims and their children are ours
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
+            containerd.reaped(pid, status)
+            kubelet.reaped(pid, status)
         now = time.monotonic()
         if not containerd.running() and now - containerd.last_start > 2:
             containerd.start(ctd)

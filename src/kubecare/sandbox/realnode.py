@@ -71,6 +71,8 @@ KUBELET_CONFIGURATION: dict[str, Any] = {
     "oomScoreAdj": 0,
     # images cannot be pulled back (no registry): never garbage-collect them, and a busy disk
     # of the machine is not the nodes' pressure
+    # flexvolume drivers: the node's own dir (the default is the machine's /usr/libexec)
+    "volumePluginDir": "/var/lib/kubelet/volume-plugins",
     "imageGCHighThresholdPercent": 100,
     "imageGCLowThresholdPercent": 99,
     "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%",
@@ -103,7 +105,7 @@ class RealNodeSpec:
     containerd: str  # dir with containerd, containerd-shim-runc-v2, ctr
     cni_bin: str
     runc: str
-    images: list[str]  # OCI layout tars to import at boot (once: they stay in its root)
+    images: list[str]  # OCI layout tars imported at each boot (unchanged ones are no-ops)
 
     @property
     def ip(self) -> str:
@@ -111,8 +113,9 @@ class RealNodeSpec:
 
     @property
     def cgroup(self) -> str:
-        """The kubelet's --cgroup-root: one subtree per node in every hierarchy."""
-        return f"/kubecare-{self.sandbox}-{self.name}"
+        """The kubelet's --cgroup-root: one subtree per node in every hierarchy, under its
+        sandbox's (names cannot collide: a sandbox name has no '/')."""
+        return cgroup_root(self.sandbox, self.name)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -120,6 +123,17 @@ class RealNodeSpec:
     @classmethod
     def from_json(cls, text: str) -> RealNodeSpec:
         return cls(**json.loads(text))
+
+
+def cgroup_root(sandbox: str, node: str) -> str:
+    return f"/kubecare/{sandbox}/{node}"
+
+
+#: The machine's other writable dirs a pod's hostPath (or a privileged container) commonly
+#: names, overlaid per real node like /etc and /var (upper layer in the node's tree): what a
+#: pod writes there stays the node's. Paths elsewhere (/tmp, /root, a new top-level dir) are the
+#: machine's: a real node is namespaces, not a VM (documented).
+EXTRA_OVERLAYS = ("/usr", "/opt", "/srv", "/mnt", "/home")
 
 
 def node_ip(index: int) -> str:
@@ -169,6 +183,9 @@ def containerd_config(spec: RealNodeSpec) -> str:
             ' "io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.btrfs",'
             ' "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]',
             "",
+            # its "opt" dir (default /opt/containerd) in the node's containerd root
+            "[plugins.'io.containerd.internal.v1.opt']",
+            '  path = "/var/lib/containerd/opt"',
             "[plugins.'io.containerd.cri.v1.runtime']",
             # without CAP_SYS_RESOURCE a negative oom_score_adj is refused, and runc fails with
             # "can't get final child's PID from pipe: EOF"

@@ -93,14 +93,24 @@ class RealNodes:
     def is_real(self, state: SandboxState, node: str) -> bool:
         return node in state.real_nodes
 
-    def real_init(self, state: SandboxState, node: str) -> int | None:
-        """The pid of a running real node's init (None: the node is powered off)."""
+    def _holder(self, state: SandboxState, node: str) -> int | None:
+        """The node's running ``unshare`` (its command line names the node's tree: a reused pid,
+        or another unshare such as a ``sandbox exec``'s, never counts)."""
         holder = state.components.get(f"realnode-{node}")
         if holder is None or not process.is_running(holder.pid, holder.binary):
             return None
         assert holder.pid is not None
+        if not process.mentions(holder.pid, str(self.node_dir(node))):
+            return None
+        return holder.pid
+
+    def real_init(self, state: SandboxState, node: str) -> int | None:
+        """The pid of a running real node's init (None: the node is powered off)."""
+        holder = self._holder(state, node)
+        if holder is None:
+            return None
         try:
-            return init_pid(holder.pid, timeout=1.0)
+            return init_pid(holder, timeout=1.0)
         except SandboxError:
             return None
 
@@ -108,9 +118,10 @@ class RealNodes:
         """``nsenter`` into a running real node: its mounts, host name, network and PIDs."""
         pid = self.real_init(state, node)
         if pid is None:
+            last = process.tail(self.log_path(f"node-{node}"), 1).strip()
             raise SandboxError(
-                f'real node "{node}" is powered off; start it: kubecare sandbox node-up '
-                f"--name {self.name} {node}"
+                f'real node "{node}" is powered off ({last or "no log"}); start it: kubecare '
+                f"sandbox node-up --name {self.name} {node}"
             )
         return [shutil.which("nsenter") or "nsenter", "-t", str(pid), "-m", "-u", "-n", "-p", "--"]
 
@@ -122,9 +133,10 @@ class RealNodes:
         kubelet = binary_path("kubelet", version)
         toolset, missing = find_toolset(state.version, real_nodes=True)
         if kubelet is None or missing:
+            which = f"the kubelet v{version}" if kubelet is None else "containerd"
             raise SandboxError(
-                f"real nodes need the kubelet v{version} and containerd built: kubecare "
-                f"sandbox build --real-nodes --version {version}"
+                f"real node {node} needs {which} built: kubecare sandbox build --real-nodes "
+                f"--version {version if kubelet is None else state.version}"
             )
         return RealNodeSpec(
             name=node,
@@ -198,7 +210,9 @@ class RealNodes:
         assert switch.pid is not None
         argv = [
             shutil.which("unshare") or "unshare",
-            "--pid", "--fork", "--mount", "--uts", "--net", "--propagation", "private", "--",
+            # --kill-child: if unshare dies, so does the node (never an orphaned init)
+            "--pid", "--fork", "--kill-child", "--mount", "--uts", "--net",
+            "--propagation", "private", "--",
             sys.executable, "-m", "kubecare.sandbox.nodeinit", str(self.node_dir(node)),
         ]  # fmt: skip
         holder = process.spawn(argv, self.log_path(f"node-{node}"), cwd=self.dir)
@@ -242,6 +256,12 @@ class RealNodes:
 
         if node in state.nodes:
             raise SandboxError(f'sandbox "{self.name}" already has a node "{node}"')
+        for target in realnode.EXTRA_OVERLAYS:  # the node's overlay would hide its own tree
+            if Path(target) in self.dir.resolve().parents:
+                raise SandboxError(
+                    f"the sandbox's state dir {self.dir} lies under {target}, which a real node "
+                    "overlays; move it with KUBECARE_STATE_DIR (e.g. under your home)"
+                )
         used = {int(r["index"]) for r in state.real_nodes.values()}
         free = [i for i in range(realnode.MAX_REAL_NODES) if i not in used]
         if not free:
@@ -249,10 +269,6 @@ class RealNodes:
                 f"a sandbox has at most {realnode.MAX_REAL_NODES} real nodes (its pod range "
                 f"{realnode.POD_RANGE}.0/24 is cut in /27s)"
             )
-        state.real_nodes[node] = {"index": free[0]}
-        state.nodes.append(node)
-        self.save(state)
-        spec = self._spec(state, node)
         kubelet = binary_path("kubelet", self.installed(state, node, "kubelet"))
         kubeadm = binary_path("kubeadm", self.installed(state, node, "kubeadm"))
         if kubelet is None or kubeadm is None:
@@ -260,6 +276,14 @@ class RealNodes:
                 f"real node {node} needs kubeadm and the kubelet at the versions it "
                 f"installs: kubecare sandbox build --real-nodes --version {state.version}"
             )
+        state.real_nodes[node] = {"index": free[0]}
+        try:
+            spec = self._spec(state, node)
+        except SandboxError:
+            state.real_nodes.pop(node)
+            raise
+        state.nodes.append(node)
+        self.save(state)  # before anything runs: `down` must know the node
         await asyncio.to_thread(self._write_tree, spec, kubelet, kubeadm)
         t0 = time.monotonic()
         await asyncio.to_thread(self._power_on, state, node)
@@ -313,16 +337,24 @@ class RealNodes:
     def power_off(self, state: SandboxState, node: str, *, hard: bool) -> bool:
         """Stop the node: its init shuts the kubelet and containerd down (``hard``: a power cut,
         every process killed at once); the kernel ends the rest. Its cgroups are removed."""
-        holder = state.components.get(f"realnode-{node}")
+        holder = self._holder(state, node)
         stopped = False
-        if holder is not None and process.is_running(holder.pid, holder.binary):
-            assert holder.pid is not None
+        if holder is not None:
             pid = self.real_init(state, node)
             if pid is not None:
-                os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
-            stopped = process.stop(holder.pid, holder.binary, timeout=30)
-        if holder is not None:
-            holder.pid = None
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+                deadline = time.monotonic() + 25  # the kubelet's and containerd's 10 s each
+                while process.is_running(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # late: a power cut after all
+            # its unshare exits with its child (and --kill-child covers the other way round)
+            process.stop(holder, timeout=5)
+            stopped = True
+        comp = state.components.get(f"realnode-{node}")
+        if comp is not None:
+            comp.pid = None
         remove_cgroups(self.name, node)
         return stopped
 
@@ -357,11 +389,14 @@ class RealNodes:
 
 def remove_cgroups(sandbox: str, node: str) -> None:
     """rmdir the node's subtree in every hierarchy, deepest first (the kernel refuses a cgroup
-    with processes or children; the processes are gone once the node's init has exited)."""
+    with processes or children; the processes are gone once the node's init has exited), then
+    the sandbox's and kubecare's parents when empty. Every hierarchy is tried; what could not
+    be removed is named at the end."""
     top = Path("/sys/fs/cgroup")
-    name = f"kubecare-{sandbox}-{node}"
+    rel = realnode.cgroup_root(sandbox, node).strip("/")
+    left: list[str] = []
     for hierarchy in sorted(p for p in top.iterdir() if p.is_dir()):
-        base = hierarchy / name
+        base = hierarchy / rel
         if not base.is_dir():
             continue
         dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
@@ -375,17 +410,23 @@ def remove_cgroups(sandbox: str, node: str) -> None:
                     break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise SandboxError(
-                            f"cgroup {d} of real node {node} cannot be removed (processes left "
-                            "in it?)"
-                        ) from None
+                        left.append(str(d))
+                        break
                     time.sleep(0.1)
+        for parent in (base.parent, base.parent.parent):  # kubecare/<sandbox>, kubecare
+            with contextlib.suppress(OSError):
+                parent.rmdir()  # only if empty: another sandbox's nodes stay
+    if left:
+        raise SandboxError(
+            f"cgroups of real node {node} could not be removed (processes left in them?): "
+            f"{', '.join(left[:3])}"
+        )
 
 
 def stop_leftovers(sandbox: str, directory: Path) -> list[str]:
     """Real nodes' inits state.json does not name (unreadable state): ``nodeinit`` of a tree
-    in ``directory``, killed (the kernel ends their nodes), then every cgroup subtree of the
-    sandbox's nodes removed."""
+    in ``directory``, killed (the kernel ends their nodes), then the cgroups of this sandbox's
+    nodes (those with a tree in ``directory``) removed."""
     stopped = []
     nodes = directory / "nodes"
     for proc in Path("/proc").iterdir():
@@ -396,15 +437,11 @@ def stop_leftovers(sandbox: str, directory: Path) -> list[str]:
         except OSError:
             continue
         if b"kubecare.sandbox.nodeinit" in argv and any(
-            a.decode(errors="replace").startswith(str(nodes)) for a in argv
+            a.decode(errors="replace").startswith(str(nodes) + "/") for a in argv
         ):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(proc.name), signal.SIGKILL)
                 stopped.append(f"real node init {proc.name}")
-    top = Path("/sys/fs/cgroup")
-    prefix = f"kubecare-{sandbox}-"
-    names = {p.name[len(prefix):] for h in top.glob("*") if h.is_dir()
-             for p in h.glob(prefix + "*")}  # fmt: skip
-    for node in sorted(names):
-        remove_cgroups(sandbox, node)
+    for spec in sorted(nodes.glob(f"*/{realnode.SPEC}")):
+        remove_cgroups(sandbox, spec.parent.parent.name)
     return stopped
