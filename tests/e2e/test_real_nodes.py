@@ -298,7 +298,7 @@ async def test_a_pods_host_path_is_the_nodes_not_the_machines(
                     "volumeMounts": [{"name": "h", "mountPath": "/h"}],
                     "command": ["sh", "-c", "echo hello > /h/file"],
                 }
-            ],  # fmt: skip
+            ],
         },
     }
     await rkube.request_json("POST", f"/api/v1/namespaces/{ns}/pods", body=body)
