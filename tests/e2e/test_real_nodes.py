@@ -415,3 +415,30 @@ async def test_an_upgrade_runs_the_new_kubelet_binary_on_a_real_node(
 async def _has_account(kube: Kube, ns: str) -> bool:
     path = f"/api/v1/namespaces/{ns}/serviceaccounts/default"
     return (await kube.http.get(path)).status_code == 200
+
+
+async def test_maintain_drains_a_real_node_through_a_real_reboot(
+    rsb: Sandbox, rkube: Kube, ns: str
+) -> None:
+    """drain → a power cut and boot (every container on the node killed) → Ready with a new
+    boot ID → uncordon; the workload meanwhile Ready on the other real node."""
+    import sys
+
+    await apply(rkube, ns, web("m", 2, None, term_delay=1))
+
+    async def two_ready() -> bool:
+        return len(await ready_on(rkube, ns)) == 2
+
+    await wait_for(two_ready, timeout=60)
+    reboot = [sys.executable, "-m", "kubecare.cli.app", "sandbox", "reboot", "--name", rsb.name,
+              "real-2"]  # fmt: skip
+    res = await asyncio.to_thread(
+        run_cli, "maintain", "real-2", "--expect-reboot", "--ready-timeout", "90s", "-o", "json",
+        "--", *reboot, kubeconfig=rsb.kubeconfig, timeout=180,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["exit_code"] == 0 and report["uncordoned"] is True
+    assert report["boot_id_after"] != report["boot_id_before"]
+    assert not (await node(rkube, "real-2"))["spec"].get("unschedulable")
+    await wait_for(two_ready, timeout=60)
