@@ -29,6 +29,7 @@ from .workloads import apply, is_ready, pdb, pods, wait_for
 pytestmark = pytest.mark.e2e
 
 REAL = ("real-1", "real-2")
+OPT_BEFORE = sorted(p.name for p in Path("/opt").iterdir())  # before any real node of the module
 
 
 @pytest.fixture(scope="module")
@@ -338,39 +339,6 @@ async def test_an_image_that_was_not_built_is_never_pulled(rkube: Kube, ns: str)
     assert "running" in st["b"]  # the tools image the sandbox built runs
 
 
-async def test_sandbox_down_leaves_no_process_mount_cgroup_or_interface(
-    sandbox_state_dir: Path,
-) -> None:
-    sb = Sandbox(f"realdown-{uuid.uuid4().hex[:6]}")
-    opt_before = sorted(p.name for p in Path("/opt").iterdir())
-    try:
-        await sb.up(SandboxOptions(workers=1, real_nodes=1))
-        state = sb.load()
-        init = sb.real_init(state, "real-1")
-        assert init is not None
-        tree = str(sb.node_dir("real-1"))
-    finally:
-        stopped = sb.down()
-    assert "real node real-1" in stopped
-    assert not Path(f"/proc/{init}").exists()
-    leftovers = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if tree.encode() in (proc / "cmdline").read_bytes():
-                    leftovers.append(proc.name)
-            except OSError:
-                pass
-    assert leftovers == []
-    assert not list(Path("/sys/fs/cgroup").glob(f"*/kubecare/{sb.name}"))
-    # containerd's opt dir and the rest of the node's system dirs were its own
-    assert sorted(p.name for p in Path("/opt").iterdir()) == opt_before
-    assert tree not in Path("/proc/self/mountinfo").read_text()
-    # the machine's own network was never touched (the cables were in the switch's namespace)
-    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout)
-    assert not [x for x in links if x["ifname"].startswith(("vreal", "cni0"))]
-
-
 async def test_an_upgrade_runs_the_new_kubelet_binary_on_a_real_node(
     sandbox_state_dir: Path,
 ) -> None:
@@ -442,3 +410,30 @@ async def test_maintain_drains_a_real_node_through_a_real_reboot(
     assert report["boot_id_after"] != report["boot_id_before"]
     assert not (await node(rkube, "real-2"))["spec"].get("unschedulable")
     await wait_for(two_ready, timeout=60)
+
+
+async def test_sandbox_down_leaves_no_process_mount_cgroup_or_interface(rsb: Sandbox) -> None:
+    """The module's sandbox, taken down by this last test (the fixture then finds it gone)."""
+    state = rsb.load()
+    inits = [rsb.real_init(state, n) for n in REAL]
+    assert all(inits)
+    tree = str(rsb.dir / "nodes")
+    stopped = rsb.down()
+    assert {f"real node {n}" for n in REAL} <= set(stopped)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in inits)
+    leftovers = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if tree.encode() in (proc / "cmdline").read_bytes():
+                    leftovers.append(proc.name)
+            except OSError:
+                pass
+    assert leftovers == []
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/kubecare/{rsb.name}"))
+    assert tree not in Path("/proc/self/mountinfo").read_text()
+    # containerd's opt dir and the rest of the nodes' system dirs were their own
+    assert sorted(p.name for p in Path("/opt").iterdir()) == OPT_BEFORE
+    # the machine's own network was never touched (the cables were in the switch's namespace)
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout)
+    assert not [x for x in links if x["ifname"].startswith(("vreal", "cni0"))]

@@ -12,7 +12,7 @@ leaves its mark, stopped while the unit is stopped (``.ns/kubelet-wanted``).
 
 SIGTERM stops the kubelet and containerd (containers keep running until the init exits; then
 the kernel kills every process of the namespace). SIGKILL is a power cut. Logs go to stdout (the
-sandbox's ``logs/node-<name>.log``); the kubelet's and containerd's to their own files in the
+sandbox's ``logs/realnode-<name>.log``); the kubelet's and containerd's to their own files in the
 node's ``var/log``.
 """
 

@@ -68,7 +68,7 @@ def init_pid(holder: int, timeout: float = 5.0) -> int:
         time.sleep(0.01)
     raise SandboxError(
         f"the real node's namespaces could not be made (unshare, pid {holder}, has no init); "
-        "see the sandbox's logs/node-*.log"
+        "see the sandbox's logs/realnode-*.log"
     )
 
 
@@ -118,7 +118,7 @@ class RealNodes:
         """``nsenter`` into a running real node: its mounts, host name, network and PIDs."""
         pid = self.real_init(state, node)
         if pid is None:
-            last = process.tail(self.log_path(f"node-{node}"), 1).strip()
+            last = process.tail(self.log_path(f"realnode-{node}"), 1).strip()
             raise SandboxError(
                 f'real node "{node}" is powered off ({last or "no log"}); start it: kubecare '
                 f"sandbox node-up --name {self.name} {node}"
@@ -215,7 +215,7 @@ class RealNodes:
             "--propagation", "private", "--",
             sys.executable, "-m", "kubecare.sandbox.nodeinit", str(self.node_dir(node)),
         ]  # fmt: skip
-        holder = process.spawn(argv, self.log_path(f"node-{node}"), cwd=self.dir)
+        holder = process.spawn(argv, self.log_path(f"realnode-{node}"), cwd=self.dir)
         state.components[f"realnode-{node}"] = ComponentState(
             f"realnode-{node}", argv[0], argv, 0, "", "", holder
         )
@@ -381,7 +381,7 @@ class RealNodes:
                 if time.monotonic() > deadline:
                     raise SandboxError(
                         f"real node {node} did not report its new boot within {timeout:.0f}s; "
-                        f"see kubecare sandbox logs --name {self.name} node-{node}"
+                        f"see kubecare sandbox logs --name {self.name} realnode-{node}"
                     )
                 await asyncio.sleep(0.2)
             await wait_ready(kube, [node], timeout=max(1.0, deadline - time.monotonic()))
