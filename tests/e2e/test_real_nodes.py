@@ -24,7 +24,7 @@ from kubecare.sandbox.images import HTTP, TOOLS
 from kubecare.sandbox.realnode import TAINT, TOLERATION
 
 from .conftest import own_sandbox, run_cli
-from .workloads import apply, is_ready, pdb, pods, wait_for
+from .workloads import apply, deployment, is_ready, pdb, pods, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -45,16 +45,22 @@ async def rkube(rsb: Sandbox) -> AsyncIterator[Kube]:
         yield k
 
 
-@pytest.fixture
-async def ns(rkube: Kube) -> AsyncIterator[str]:
+async def new_namespace(kube: Kube) -> str:
+    """A fresh namespace, once its default ServiceAccount exists (pods need it)."""
     name = f"real-{uuid.uuid4().hex[:6]}"
-    await rkube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
+    await kube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
 
     async def account() -> bool:
         path = f"/api/v1/namespaces/{name}/serviceaccounts/default"
-        return (await rkube.http.get(path)).status_code == 200
+        return (await kube.http.get(path)).status_code == 200
 
     await wait_for(account, timeout=60)
+    return name
+
+
+@pytest.fixture
+async def ns(rkube: Kube) -> AsyncIterator[str]:
+    name = await new_namespace(rkube)
     yield name
     await rkube.http.delete(f"/api/v1/namespaces/{name}")
 
@@ -83,16 +89,7 @@ def web(name: str, replicas: int, node: str | None, *, term_delay: float = 0) ->
         spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [
                 {"key": "kubernetes.io/hostname", "operator": "In", "values": list(REAL)}]}]}}}  # fmt: skip
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
-        },
-    }
+    return deployment(name, replicas, spec)
 
 
 async def ready_on(kube: Kube, ns: str, node: str | None = None) -> list[dict]:
@@ -355,9 +352,7 @@ async def test_an_upgrade_runs_the_new_kubelet_binary_on_a_real_node(
     ):
         obj = await node(kube, "real-1")
         assert obj["status"]["nodeInfo"]["kubeletVersion"] == f"v{old}"
-        ns = f"up-{uuid.uuid4().hex[:6]}"
-        await kube.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
-        await wait_for(lambda: _has_account(kube, ns), timeout=60)
+        ns = await new_namespace(kube)
         await apply(kube, ns, web("web", 1, "real-1"))
         await wait_for(lambda: ready_on(kube, ns, "real-1"), timeout=60)
         res = await asyncio.to_thread(
@@ -378,11 +373,6 @@ async def test_an_upgrade_runs_the_new_kubelet_binary_on_a_real_node(
         assert binary.parent.name == f"kubelet-v{new}"  # the new package's binary runs
         # its workload was drained away and can come back: the node schedules real pods again
         await wait_for(lambda: ready_on(kube, ns), timeout=60)
-
-
-async def _has_account(kube: Kube, ns: str) -> bool:
-    path = f"/api/v1/namespaces/{ns}/serviceaccounts/default"
-    return (await kube.http.get(path)).status_code == 200
 
 
 async def test_maintain_drains_a_real_node_through_a_real_reboot(
