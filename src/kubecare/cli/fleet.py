@@ -1,0 +1,249 @@
+"""`kubecare fleet status|run`: the maintenance commands over many clusters.
+
+The fleet: the kubeconfig's contexts chosen by kubectl-foreach's patterns (``NAME``, ``/RE/``,
+globs, ``^`` to exclude), or a fleet file (``--fleet FILE``: clusters with labels, groups,
+waves) narrowed by the same patterns and ``-l SELECTOR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubecare.cli.args import add_output
+
+if TYPE_CHECKING:
+    from kubecare.fleet.fleetfile import Fleet
+    from kubecare.fleet.runner import RunResult
+    from kubecare.fleet.status import ClusterStatus
+
+from kubecare.cli.upgrade import SNAPSHOT_DIR  # the same place upgrade plan looks
+
+
+def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    group = subs.add_parser("fleet", help="every maintenance command over many clusters at once")
+    group.set_defaults(handler=lambda _a: group.print_help())
+    cmds = group.add_subparsers(dest="fleet_command", metavar="COMMAND")
+    st = cmds.add_parser(
+        "status",
+        help="one row per cluster: version, skew, nodes, pods, upgrade go/no-go, snapshot and "
+        "backup ages, soonest certificate expiry, locks and unfinished upgrades",
+    )
+    _add_selection(st)
+    st.add_argument(
+        "--snapshot-dir",
+        default=SNAPSHOT_DIR,
+        help=f"where etcd snapshots are kept (default {SNAPSHOT_DIR})",
+    )
+    st.add_argument("--backup-store", metavar="STORE", help="resource backups' store")
+    st.add_argument(
+        "--cluster-timeout",
+        type=float,
+        default=45.0,
+        metavar="SECONDS",
+        help="a cluster that has not answered by then is a row saying so (default 45)",
+    )
+    add_output(st)
+    st.set_defaults(handler=status_cmd)
+    run = cmds.add_parser(
+        "run",
+        help="run a kubecare command on every cluster: fleet run [PATTERN...] -- COMMAND...",
+        description="Run `kubecare COMMAND...` once per cluster, with that cluster's "
+        "--kubeconfig and --context; {context} in COMMAND becomes the cluster's name.",
+    )
+    _add_selection(run)
+    run.add_argument(
+        "--parallel", type=int, default=5, metavar="N", help="clusters at once (default 5)"
+    )
+    run.add_argument("--fail-fast", action="store_true", help="start no cluster after a failure")
+    run.add_argument(
+        "--yes", action="store_true", help="run a command that changes clusters without asking"
+    )
+    add_output(run)
+    run.set_defaults(handler=run_cmd)
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "patterns",
+        nargs="*",
+        metavar="PATTERN",
+        help="contexts: NAME, /REGEX/, a glob, ^ before any to exclude (default: all)",
+    )
+    p.add_argument("--fleet", metavar="FILE", help="a fleet file (clusters, labels, waves)")
+    p.add_argument("-l", "--selector", help="the fleet file's clusters with these labels")
+
+
+def resolve(args: argparse.Namespace) -> Fleet:
+    """The clusters the flags choose; a choice of nothing is an error before anything runs."""
+    from kubecare.errors import UsageError
+    from kubecare.fleet.fleetfile import from_contexts, load_fleet
+    from kubecare.fleet.select import matches, parse_selector, select
+
+    if args.fleet:
+        fleet = load_fleet(Path(args.fleet))
+        names = [c.name for c in fleet.clusters]
+        if args.patterns:
+            names = select(names, args.patterns)
+        if args.selector:
+            reqs = parse_selector(args.selector)
+            labels = {c.name: c.labels for c in fleet.clusters}
+            names = [n for n in names if matches(reqs, labels[n])]
+            if not names:
+                raise UsageError(f"no cluster of {args.fleet} has the labels {args.selector}")
+        return fleet.named(names)
+    if args.selector:
+        raise UsageError("-l/--selector reads a fleet file's labels: add --fleet FILE")
+    from kubecare.cli.render import say
+    from kubecare.kube.config import context_names, shadowed
+
+    names = select(context_names(args.kubeconfig), args.patterns)
+    for note in shadowed(args.kubeconfig, names):
+        say(f"note: {note}")
+    return from_contexts(names, args.kubeconfig)
+
+
+def _age(seconds: float | None) -> str:
+    from kubecare.durations import human_duration
+
+    return "-" if seconds is None else human_duration(int(seconds * 1e9))
+
+
+def status_table(rows: list[ClusterStatus]) -> str:
+    from kubecare.cli.render import simple_table
+
+    def upgrade(r: ClusterStatus) -> str:
+        if r.upgrade_go is None:
+            return "-"
+        if not r.upgrade_pending and r.upgrade_to == r.version:
+            return "up to date"
+        return f"{r.upgrade_to} {'go' if r.upgrade_go else 'NO-GO'}"
+
+    table = simple_table(
+        ("CONTEXT", "VERSION", "SKEW", "NODES", "CORDONED", "PODS-DOWN", "UPGRADE", "SNAPSHOT",
+         "BACKUP", "CERT-EXPIRES", "LOCK", "ERROR"),
+        [
+            (r.context, r.version or "-",
+             "-" if r.error else "ok" if not r.skew else f"{len(r.skew)} issue(s)",
+             f"{r.nodes_ready}/{r.nodes_total}" if not r.error else "-",
+             len(r.cordoned) if not r.error else "-",
+             r.pods_not_running if not r.error else "-", upgrade(r),
+             _age(r.snapshot_age), _age(r.backup_age), r.cert_expiry or "-",
+             ", ".join([*r.lock, *([f"upgrade {r.journal}"] if r.journal else [])]) or "-",
+             r.error or "-")
+            for r in rows
+        ],
+    )  # fmt: skip
+    out = [table]
+    for r in rows:
+        out += [f"{r.context}: NO-GO: {why}" for why in r.upgrade_reasons]
+        out += [f"{r.context}: skew: {s}" for s in r.skew]
+        out += [f"{r.context}: note: {n}" for n in r.notes]
+    return "\n".join(out)
+
+
+def status_cmd(args: argparse.Namespace) -> int:
+    from kubecare.cli.render import emit
+    from kubecare.errors import UsageError
+    from kubecare.fleet.status import fleet_status_parallel
+
+    if args.cluster_timeout <= 0:
+        raise UsageError("--cluster-timeout must be positive")
+    fleet = resolve(args)
+    rows = fleet_status_parallel(
+        list(fleet.clusters),
+        snapshot_dir=Path(args.snapshot_dir).expanduser(),
+        backup_store=args.backup_store,
+        timeout=args.cluster_timeout,
+    )
+    emit([r.as_dict() for r in rows], args.output, lambda: status_table(rows))
+    # every row is printed; the exit code says whether every cluster could be read
+    return 1 if any(r.error for r in rows) else 0
+
+
+def _summary(results: list[RunResult]) -> str:
+    from kubecare.cli.render import simple_table
+
+    return simple_table(
+        ("CONTEXT", "EXIT", "SECONDS", "ERROR"),
+        [
+            (r.context, "-" if r.code is None else r.code, f"{r.seconds:.1f}", r.error or "-")
+            for r in results
+        ],
+    )
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    from kubecare.cli.common import confirm
+    from kubecare.cli.common import run as run_async
+    from kubecare.cli.render import emit, say
+    from kubecare.errors import UsageError
+    from kubecare.fleet.runner import check_command, is_read_only, run_fleet
+
+    command = list(args.command_line)
+    if not command:
+        raise UsageError("fleet run needs a command after --: fleet run [PATTERN...] -- nodes")
+    if command[0] in ("kubecare", "kubectl-care"):
+        command = command[1:]
+    if command[:1] == ["fleet"]:
+        raise UsageError("fleet run runs one cluster's command; it does not nest fleets")
+    check_command(command)
+    if args.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
+    fleet = resolve(args)
+    names = [c.name for c in fleet.clusters]
+    if len(names) > 1 and not is_read_only(command):
+        say(f"kubecare {' '.join(command)} on {len(names)} clusters: {', '.join(names)}")
+        what = " ".join(a for a in command if not a.startswith("-"))[:60]
+        confirm(
+            args.yes,
+            f"kubecare {what} changes clusters; on {len(names)} clusters add --yes",
+        )
+    structured = args.output != "table"
+    width = max(len(n) for n in names)
+
+    def on_line(name: str, which: str, line: str) -> None:
+        stream = sys.stdout if which == "out" else sys.stderr
+        stream.write(f"{name.ljust(width)} | {line}\n")
+        stream.flush()
+
+    results = run_async(
+        run_fleet(
+            list(fleet.clusters),
+            command,
+            on_line,
+            parallel=args.parallel,
+            fail_fast=args.fail_fast,
+            keep_stdout=structured,
+        )
+    )
+    if structured:
+        emit([_record(r) for r in results], args.output, lambda: "")
+    else:
+        say("")
+        say(_summary(results))
+    failed = [r for r in results if not r.ok]
+    if failed:
+        say(
+            f"{len(failed)} of {len(results)} clusters failed: {', '.join(r.context for r in failed)}"
+        )
+    return 1 if failed else 0
+
+
+def _record(r: RunResult) -> dict[str, Any]:
+    """One cluster's result with its output: parsed when it is JSON (-o json passed on)."""
+    import contextlib
+    import json
+
+    output: Any = r.stdout
+    with contextlib.suppress(ValueError):
+        output = json.loads(r.stdout) if r.stdout.strip() else None
+    return {
+        "context": r.context,
+        "exitCode": r.code,
+        "seconds": round(r.seconds, 2),
+        "error": r.error or None,
+        "output": output,
+    }
