@@ -71,7 +71,7 @@ lint: venv
 	$(BIN)/mypy
 
 ## bench: every benchmark (kubecare vs kubectl on the same sandbox); results in docs/benchmarks.md
-bench: venv binaries-all sandbox-deps
+bench: venv binaries-all sandbox-deps real-node-deps
 	@# The drain benchmark takes both tools' peak RSS with GNU time (Debian package "time").
 	@test -x /usr/bin/time || { apt-get update -qq && apt-get install -y -qq time; }
 	$(BIN)/python bench/sandbox_bench.py --runs 5
@@ -79,8 +79,13 @@ bench: venv binaries-all sandbox-deps
 	$(BIN)/python bench/outage_bench.py --runs 7
 	$(BIN)/python bench/startup_bench.py --runs 15
 	$(BIN)/python bench/etcd_bench.py --runs 5
+	$(BIN)/python bench/etcd_care_bench.py --runs 3 --size-mb 1100
+	$(BIN)/python bench/fleet_bench.py --runs 5 --clusters 20
 	$(BIN)/python bench/backup_bench.py --runs 3
 	$(BIN)/python bench/upgrade_bench.py --runs 3
+	$(BIN)/python bench/realnode_bench.py --runs 3
+	$(BIN)/python bench/volume_bench.py --runs 5 --mib 256
+	$(BIN)/python bench/volume_bench.py --runs 3 --mib 1024
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -34,10 +34,31 @@ MESSAGES = (
     "MemberAddResponse",
     "MemberPromoteRequest",
     "MemberPromoteResponse",
+    "MemberRemoveRequest",
+    "MemberRemoveResponse",
+    "AlarmRequest",
+    "AlarmMember",
+    "AlarmResponse",
+    "DefragmentRequest",
+    "DefragmentResponse",
+    "HashKVRequest",
+    "HashKVResponse",
+    "MoveLeaderRequest",
+    "MoveLeaderResponse",
+    "CompactionRequest",
+    "CompactionResponse",
+    "RangeRequest",
+    "RangeResponse",
+    "PutRequest",
+    "PutResponse",
+    "DeleteRangeRequest",
+    "DeleteRangeResponse",
 )
+ENUMS = ("AlarmType",)
 SERVICES = {
-    "Maintenance": ("Status", "Snapshot"),
-    "Cluster": ("MemberAdd", "MemberList", "MemberPromote"),
+    "KV": ("Range", "Put", "DeleteRange", "Compact"),
+    "Maintenance": ("Alarm", "Status", "Defragment", "HashKV", "Snapshot", "MoveLeader"),
+    "Cluster": ("MemberAdd", "MemberRemove", "MemberList", "MemberPromote"),
 }
 OUT = Path(__file__).resolve().parent.parent / "src" / "kubecare" / "etcd" / "_proto"
 
@@ -94,7 +115,13 @@ def main() -> int:
         "",
         *(service(text, name, methods) for name, methods in SERVICES.items()),
     ]
+    parts += [strip_options(block(text, f"enum {name}")) for name in ENUMS]
     parts += [strip_options(block(text, f"message {name}")) for name in MESSAGES]
+    # mvccpb's KeyValue (etcd/api/mvccpb/kv.proto), copied into this package: the KV replies
+    # carry it, and a message's wire format does not depend on its package name
+    kv = modcache() / f"go.etcd.io/etcd/api/v3@v{args.etcd_version}/mvccpb/kv.proto"
+    parts.append(strip_options(block(kv.read_text(), "message KeyValue")))
+    parts = [p.replace("mvccpb.KeyValue", "KeyValue") for p in parts]
     OUT.mkdir(parents=True, exist_ok=True)
     proto = OUT / "maintenance.proto"
     proto.write_text("\n\n".join(parts) + "\n")

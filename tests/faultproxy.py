@@ -165,6 +165,9 @@ class FaultProxy:
                 request, body = await self._read_request(conn, reader)
                 if request is None:
                     return
+                if any(k.lower() == b"upgrade" for k, _ in request.headers):
+                    await self._switch(conn, reader, writer, request)
+                    return
                 keep = await self._handle(conn, writer, request, body)
                 if not keep or conn.our_state is not h11.DONE:
                     return
@@ -234,6 +237,72 @@ class FaultProxy:
                 writer.transport.abort()
                 return False
             return await self._relay(conn, writer, rule, response)
+
+    async def _switch(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: h11.Request,
+    ) -> None:
+        """A protocol switch (exec's WebSocket): upgraded upstream too, then bytes piped both
+        ways; a ``cut_after`` rule closes both sides after that many bytes from the server."""
+        method, target = request.method.decode(), request.target.decode()
+        headers = {k.decode(): v.decode() for k, v in request.headers}
+        agent = headers.get("user-agent", headers.get("User-Agent", ""))
+        rule = next((r for r in self.rules if r.matches(method, target)), None)
+        if rule is not None:
+            rule.hits += 1
+            rule.seen.append(time.monotonic())
+            if rule.cut:
+                self.log.append(Logged(method, target, 0, time.monotonic(), agent))
+                writer.transport.abort()
+                return
+        forward = {k: v for k, v in headers.items() if k.lower() not in ("host", "authorization")}
+        assert self._client is not None
+        response, up_reader, up_writer = await self._client.upgrade(target, headers=forward)
+        self.log.append(Logged(method, target, response.status_code, time.monotonic(), agent))
+        if up_reader is None or up_writer is None:
+            head = [(k, v) for k, v in response.headers.items()
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection")]  # fmt: skip
+            head.append(("Content-Length", str(len(response.content))))
+            await self._send(writer, conn, h11.Response(status_code=response.status_code,
+                                                        headers=head))  # fmt: skip
+            await self._send(writer, conn, h11.Data(data=response.content))
+            await self._send(writer, conn, h11.EndOfMessage())
+            return
+        lines = ["HTTP/1.1 101 Switching Protocols"]
+        lines += [f"{k}: {v}" for k, v in response.headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await writer.drain()
+        early = conn.trailing_data[0]
+
+        async def up() -> None:
+            if early:
+                up_writer.write(early)
+            while data := await reader.read(65536):
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def down() -> None:
+            sent = 0
+            while data := await up_reader.read(65536):
+                cut = rule.cut_after if rule is not None else None
+                if cut is not None and sent + len(data) > cut:
+                    writer.write(data[: max(0, cut - sent)])
+                    return
+                sent += len(data)
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            up_writer.transport.abort()
+            writer.transport.abort()
 
     async def _relay(
         self, conn: h11.Connection, writer: asyncio.StreamWriter, rule: Rule | None, response: Any

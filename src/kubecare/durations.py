@@ -32,3 +32,58 @@ def parse_duration(value: str | int | None, what: str) -> int | None:
     if seconds is None:
         raise UsageError(f"{what} {value!r} is not a duration; use e.g. 90s, 15m or 1m30s")
     return int(seconds)
+
+
+def _div(a: int, b: int) -> int:
+    """Go's integer division (truncates toward zero)."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+SECOND_NS = 1_000_000_000
+
+
+def human_duration(ns: int) -> str:
+    """k8s.io/apimachinery's duration.HumanDuration (what ``kubeadm certs check-expiration``
+    prints as RESIDUAL TIME), ported with its table tests. ``ns``: a Go time.Duration."""
+    minute, hour = 60 * SECOND_NS, 3600 * SECOND_NS
+    seconds = _div(ns, SECOND_NS)
+    if seconds < -1:
+        return "<invalid>"
+    if seconds < 0:
+        return "0s"
+    if seconds < 60 * 2:
+        return f"{seconds}s"
+    minutes = _div(ns, minute)
+    if minutes < 10:
+        s = seconds % 60
+        return f"{minutes}m" if s == 0 else f"{minutes}m{s}s"
+    if minutes < 60 * 3:
+        return f"{minutes}m"
+    hours = _div(ns, hour)
+    if hours < 8:
+        m = minutes % 60
+        return f"{hours}h" if m == 0 else f"{hours}h{m}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        h = hours % 24
+        return f"{hours // 24}d" if h == 0 else f"{hours // 24}d{h}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        dy = (hours // 24) % 365
+        return f"{hours // 24 // 365}y" if dy == 0 else f"{hours // 24 // 365}y{dy}d"
+    return f"{hours // 24 // 365}y"
+
+
+def parse_age(value: str, what: str) -> int:
+    """A duration that may be in days too (``30d``, ``12h``, ``90m``) -> seconds."""
+    text = value.strip()
+    m = re.fullmatch(r"(\d+)d", text)
+    if m:
+        return int(m.group(1)) * 86400
+    seconds = parse_duration(text, what)
+    if seconds is None:
+        raise UsageError(f"{what} needs a duration, e.g. 30d or 12h")
+    return seconds

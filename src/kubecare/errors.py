@@ -116,6 +116,10 @@ class EtcdError(KubecareError):
     etcd settings of a control-plane node (its static pod manifest) cannot be worked out."""
 
 
+class CertError(KubecareError):
+    """Raised when a control plane's certificate or CA cannot be read or renewed."""
+
+
 class SnapshotError(KubecareError):
     """Raised when an etcd snapshot (or bbolt data file) cannot be read: not a bbolt file,
     truncated, a bad SHA-256 trailer, pages that fail bbolt's consistency check."""

@@ -302,6 +302,76 @@ async def test_the_preflight_counts_only_this_clusters_snapshot_and_backup(
     assert f"({store / 'theirs.tar.zst'})" in checks["backup"], checks["backup"]
 
 
+# -- fleets: this module's previous-minor cluster beside the session's (no sandbox of their own)
+
+
+def fleet_kubeconfig(tmp_path: Path, *sandboxes: Sandbox) -> str:
+    """The sandboxes' own kubeconfigs and a context whose apiserver is not there, merged as
+    $KUBECONFIG merges them."""
+    dead = tmp_path / "dead.yaml"
+    dead.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: gone\n"
+        "clusters: [{name: gone, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+        "users: [{name: gone, user: {token: x}}]\n"
+        "contexts: [{name: gone, context: {cluster: gone, user: gone}}]\n"
+    )
+    return os.pathsep.join([*(str(sb.kubeconfig) for sb in sandboxes), str(dead)])
+
+
+async def test_a_fleet_is_reported_and_run_per_cluster_with_the_unreachable_one_a_row(
+    usb: Sandbox, ukube: Kube, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    kubeconfig = fleet_kubeconfig(tmp_path, usb, sandbox)
+    nodes = await ukube.list_objects("/api/v1/nodes")
+    mine, theirs = f"kubecare-{usb.name}", f"kubecare-{sandbox.name}"
+    snaps, store = tmp_path / "snapshots", tmp_path / "store"
+    snaps.mkdir()
+    res = run_cli("etcd", "snapshot", "save", str(snaps / "u.db"), "--sandbox", usb.name)
+    assert res.returncode == 0, res.stderr
+    # a command that changes clusters, on more than one, without a terminal: nothing runs
+    worker = next(
+        n["metadata"]["name"]
+        for n in nodes
+        if "node-role.kubernetes.io/control-plane" not in n["metadata"].get("labels", {})
+    )
+    res = run_cli("fleet", "run", "--kubeconfig", kubeconfig, "/^kubecare-/", "--", "cordon",
+                  worker)  # fmt: skip
+    assert res.returncode == 2 and "add --yes" in res.stderr, res.stderr
+    assert not await cordoned(ukube, worker)
+    # one backup per cluster, {context} in its name; the dead cluster fails alone
+    res = run_cli("fleet", "run", "--kubeconfig", kubeconfig, "--", "backup", "create",
+                  "fleet-{context}", "--to", str(store), "--include-namespaces", "default",
+                  "--allow-plaintext-secrets", timeout=300)  # fmt: skip
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert sorted(p.name for p in store.glob("*.tar.zst")) == sorted(
+        [f"fleet-{mine}.tar.zst", f"fleet-{theirs}.tar.zst"]
+    )
+    summary = {ln.split()[0]: ln.split()[1] for ln in res.stderr.splitlines() if ln[:1].strip()
+               and len(ln.split()) > 1 and ln.split()[1].isdigit()}  # fmt: skip
+    assert summary == {mine: "0", theirs: "0", "gone": "1"}, res.stderr
+    assert all(ln.startswith((f"{mine} ", f"{theirs} ", "gone ")) for ln in
+               res.stdout.splitlines()), res.stdout  # fmt: skip
+
+    t0 = time.monotonic()
+    res = run_cli("fleet", "status", "--kubeconfig", kubeconfig, "--snapshot-dir", str(snaps),
+                  "--backup-store", str(store), "-o", "json", timeout=120)  # fmt: skip
+    took = time.monotonic() - t0
+    assert res.returncode == 1, res.stderr  # one cluster could not be read; all are reported
+    rows = {r["context"]: r for r in json.loads(res.stdout)}
+    assert list(rows) == [mine, theirs, "gone"]
+    assert "unreachable" in rows["gone"]["error"] and rows["gone"]["version"] is None
+    old, new = rows[mine], rows[theirs]
+    assert old["error"] is None and new["error"] is None, (old, new)
+    assert old["version"] == f"v{OLD}" and new["version"].startswith("v1.37."), (old, new)
+    assert old["nodes"] == {"ready": len(nodes), "total": len(nodes)}
+    assert old["upgrade"]["to"].startswith("v1.37.") and isinstance(old["upgrade"]["go"], bool)
+    assert old["upgrade"]["pendingNodes"] == len(nodes)
+    assert old["snapshotAgeSeconds"] is not None and new["snapshotAgeSeconds"] is None
+    assert old["backupAgeSeconds"] is not None and new["backupAgeSeconds"] is not None
+    assert old["certificate"]["notAfter"] and old["lock"] == [] and old["journal"] is None
+    print(f"fleet status of 3 clusters: {took:.1f}s")
+
+
 async def test_a_control_plane_without_its_label_is_planned_as_one(
     usb: Sandbox, ukube: Kube
 ) -> None:

@@ -402,3 +402,31 @@ def test_rewriting_the_manifest_keeps_a_good_archive_good(archive: bytes, tmp_pa
     path = tmp_path / "same.tar.zst"
     rewrite_manifest(archive, _manifest_of(archive, tmp_path), path)
     _read_everything(path)
+
+
+def test_a_tar_header_claiming_gigabytes_is_truncated_not_a_memory_error() -> None:
+    """What the fuzz test found once: a damaged size field (octal 77777777777, 8 GiB) in a
+    short stream; reading it whole at once raised MemoryError."""
+    import io
+
+    from kubecare.backup.archive import iter_tar
+    from kubecare.errors import KubecareError
+
+    head = bytearray(512)
+    head[0:4] = b"file"
+    head[124:136] = b"77777777777\0"
+    head[156:157] = b"0"
+
+    class Zstdlike(io.BytesIO):
+        """zstd's stream reader allocates what it is asked for; this one records the ask."""
+
+        asked = 0
+
+        def read(self, n: int | None = -1) -> bytes:
+            self.asked = max(self.asked, n or 0)
+            return super().read(n)
+
+    stream = Zstdlike(bytes(head) + b"x" * 4096)
+    with pytest.raises(KubecareError, match="is truncated"):
+        list(iter_tar(stream, "archive b.tar.zst"))
+    assert stream.asked <= 1 << 20

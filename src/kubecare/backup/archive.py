@@ -260,6 +260,21 @@ class ArchiveWriter:
             self.offset += len(chunk)
         return start, self.offset - start, digest.hexdigest()
 
+    def write_raw(self, data: bytes) -> None:
+        """Append bytes as they are (a volume's frames, written as its stream arrives)."""
+        self._file.write(data)
+        self.offset += len(data)
+
+    def patch(self, offset: int, data: bytes) -> None:
+        """Overwrite bytes written before (a volume's header, known once its stream ended)."""
+        if offset + len(data) > self.offset:
+            raise ValueError("patch past the end of the archive")
+        self._file.flush()
+        self._file.seek(offset)
+        self._file.write(data)
+        self._file.flush()
+        self._file.seek(self.offset)
+
     def commit(self, manifest: dict[str, Any], mtime: int) -> None:
         import zstandard
 
@@ -325,8 +340,13 @@ class _Window(io.RawIOBase):
         n = min(len(buffer), self._end - self._pos)
         if n <= 0:
             return 0
-        self._f.seek(self._pos)
-        data = self._f.read(n)
+        try:
+            # pread: no shared file position, so windows read from several threads (a volume
+            # sent in a worker thread, types read in the loop) cannot disturb each other
+            data = os.pread(self._f.fileno(), n, self._pos)
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._f.seek(self._pos)
+            data = self._f.read(n)
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
@@ -339,9 +359,11 @@ class Member:
 
 
 def _read_exact(stream: Any, n: int, what: str) -> bytes:
+    # in bounded reads: a damaged size field (gigabytes) must end as "truncated" when the
+    # stream does, not as one allocation of that size (the fuzz test's MemoryError)
     chunks, left = [], n
     while left:
-        chunk = stream.read(left)
+        chunk = stream.read(min(left, 1 << 20))
         if not chunk:
             raise ArchiveError(f"{what} is truncated")
         chunks.append(chunk)
@@ -533,3 +555,7 @@ def check_manifest(m: dict[str, Any], name: str) -> None:
             and isinstance(sums.get("sha256"), str) and _SHA.match(sums["sha256"])
         ):  # fmt: skip
             raise bad(f"the frame of {resource}")
+    if "volumes" in m:
+        from .volumes import check_volume_entries
+
+        check_volume_entries(m, name)

@@ -80,6 +80,9 @@ class CreateOptions:
     # Processes that turn pages into archive bytes (0: this process). Forked, so only for a
     # process without other threads at that point: the CLI sets 2, the library default is 0.
     workers: int = 0
+    volumes: str = ""  # "fs": persistent volume data too (kubecare.backup.volumes)
+    exclude_volumes: tuple[str, ...] = ()  # namespace/claim
+    helper_image: str = ""  # the volume helper pods' image ("": $KUBECARE_HELPER_IMAGE or busybox)
 
 
 @dataclass
@@ -114,6 +117,8 @@ class BackupResult:
     encrypted_secrets: bool
     # types that could not be read (type -> why): the backup is partial
     missing: dict[str, str] = field(default_factory=dict)
+    volumes: list[JSON] = field(default_factory=list)  # the manifest's volume records
+    volumes_skipped: list[JSON] = field(default_factory=list)  # {claim, reason}
     cluster_uid: str = ""
     server: str = ""
 
@@ -307,6 +312,20 @@ async def create_backup(
             "public key) or --recipients-file, or pass --allow-plaintext-secrets, or "
             "--exclude-resources secrets"
         )
+    if options.volumes not in ("", "fs"):
+        raise UsageError(
+            f"--volumes takes fs (a file-system copy through a helper pod), not "
+            f"{options.volumes!r}; CSI snapshots (--volumes=snapshot) are not supported yet"
+        )
+    if options.exclude_volumes and not options.volumes:
+        raise UsageError("--exclude-volume goes with --volumes (no volume is copied without it)")
+    if options.volumes and not filters.type_ok(
+        "persistentvolumeclaims", True, aliases=("persistentvolumeclaims", "pvc")
+    ):
+        raise UsageError(
+            "--volumes needs the PersistentVolumeClaims in the backup (a restore makes the new "
+            "claims from them); do not exclude persistentvolumeclaims"
+        )
     custom = await _custom_types(kube)
     now = datetime.datetime.now(datetime.UTC)
     mtime = int(now.timestamp())
@@ -332,11 +351,20 @@ async def create_backup(
     writer = ArchiveWriter(dest)
     lock = asyncio.Lock()
     sem = asyncio.Semaphore(max(1, options.concurrency))
+    # types listed and waiting for the archive (a volume copy holds it) keep a spool file open
+    # each: a bound, so hundreds of CRD types cannot exhaust file descriptors meanwhile
+    waiting = asyncio.Semaphore(4 * max(1, options.concurrency))
     done = 0
 
     async def one(r: ApiResource, result: TypeResult) -> None:
+        async with waiting:
+            await _one(r, result)
+
+    async def _one(r: ApiResource, result: TypeResult) -> None:
         nonlocal done
-        async with sem:
+        await sem.acquire()
+        held = True
+        try:
             with tempfile.TemporaryFile(dir=dest.parent, prefix=".kubecare-spool-") as spool:
                 frame = TypeFrame(spool, mtime, tmpdir=str(dest.parent))
                 try:
@@ -362,12 +390,19 @@ async def create_backup(
                 sums = checksums_path(r.group, r.resource)
                 sums_sha = frame.finish(sums)
                 if frame.count:
+                    # Listed: the next type may start while this one waits for the archive
+                    # (a volume copy holds it for as long as its stream lasts).
+                    sem.release()
+                    held = False
                     async with lock:
                         offset, length, sha = writer.append(spool)
                     frames[result.name] = {
                         "frame": {"offset": offset, "length": length, "sha256": sha},
                         "checksums": {"path": sums, "sha256": sums_sha},
                     }
+        finally:
+            if held:
+                sem.release()
         done += 1
         on_event(
             Event(
@@ -384,9 +419,21 @@ async def create_backup(
             )
         )
 
+    volumes: list[JSON] = []
+    skipped_volumes: list[JSON] = []
+
+    async def copy_volumes() -> None:
+        # While the types are listed: a helper pod's start and the copy overlap the lists (the
+        # helper pods themselves are never backed up: rules.skip_reason).
+        found = await _back_up_volumes(kube, writer, lock, dest.parent, mtime, options, on_event)
+        volumes.extend(found[0])
+        skipped_volumes.extend(found[1])
+
     try:
         try:
             async with asyncio.TaskGroup() as tg:
+                if options.volumes:
+                    tg.create_task(copy_volumes())
                 for r, result in zip(types, results, strict=True):
                     tg.create_task(one(r, result))
         except BaseExceptionGroup as group:
@@ -414,6 +461,7 @@ async def create_backup(
                 "recipients": list(options.recipients),
             },
             "warnings": warnings,
+            **({"volumes": volumes, "volumesSkipped": skipped_volumes} if options.volumes else {}),
             # partial: these types are not in it (restore, retention and upgrades know)
             "missing": [{"type": t, "reason": missing[t]} for t in sorted(missing)],
             "types": [
@@ -469,7 +517,61 @@ async def create_backup(
         missing=dict(sorted(missing.items())),
         cluster_uid=uid,
         server=kube.server,
+        volumes=volumes,
+        volumes_skipped=skipped_volumes,
     )
+
+
+async def _back_up_volumes(
+    kube: Kube,
+    writer: ArchiveWriter,
+    lock: asyncio.Lock,
+    directory: Path,
+    mtime: int,
+    options: CreateOptions,
+    on_event: EventSink,
+) -> tuple[list[JSON], list[JSON]]:
+    """Every claim in scope, one after another (one helper pod at a time: the data path, not
+    the API, is what a volume copy waits on); the first that fails fails the backup."""
+    from .volumes import back_up_volume, helper_image, list_claims, plan_volumes
+
+    claims, pvs, pods = await list_claims(kube, options.filters)
+    plans = plan_volumes(claims, pvs, pods, set(options.exclude_volumes))
+    unknown = set(options.exclude_volumes) - {p.key for p in plans}
+    if unknown:
+        raise UsageError(
+            f"--exclude-volume {sorted(unknown)[0]}: no such claim in the backup's scope "
+            "(give it as NAMESPACE/CLAIM)"
+        )
+    recipients = parse_recipients(options.recipients) if options.recipients else None
+    image = options.helper_image or helper_image()
+    records, skipped = [], []
+    for plan in plans:
+        if plan.skip:
+            skipped.append({"claim": plan.key, "reason": plan.skip})
+            on_event(Event("volume-skipped", f"volume {plan.key}: {plan.skip}",
+                           data={"claim": plan.key, "reason": plan.skip}))  # fmt: skip
+            continue
+        result = await back_up_volume(
+            kube, plan, directory, mtime, image=image, recipients=recipients, on_event=on_event,
+            writer=writer, lock=lock,
+        )  # fmt: skip
+        records.append(result.entry)
+        on_event(
+            Event(
+                "volume-done",
+                f"volume {plan.key}: {result.bytes / 2**20:.1f} MiB from {result.node} in "
+                f"{result.seconds:.1f}s",
+                data={
+                    "claim": plan.key,
+                    "bytes": result.bytes,
+                    "seconds": result.seconds,
+                    "node": result.node,
+                    "method": "fs",
+                },
+            )
+        )
+    return records, skipped
 
 
 async def _custom_types(kube: Kube) -> set[tuple[str, str]]:

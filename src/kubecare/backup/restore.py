@@ -63,6 +63,8 @@ class RestoreOptions:
     order: tuple[str, ...] = ()
     concurrency: int = 16
     crd_timeout: float = 60.0
+    volumes: bool = True  # unpack the archive's volume data into the claims it creates
+    helper_image: str = ""  # the volume helper pods' image ("": $KUBECARE_HELPER_IMAGE or busybox)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class RestoreResult:
     dry_run: bool
     objects: list[ObjectResult]
     seconds: float = 0.0
+    volumes: list[JSON] = field(default_factory=list)  # {claim, outcome, reason, bytes, node}
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for o in self.objects if o.outcome == outcome)
@@ -155,6 +158,19 @@ class _Restore:
         self.served: set[str] = set()
         self.versions: set[tuple[str, str]] = set()  # (type, version) served
         self.pending_crds: set[str] = set()  # dry run: CRDs in the archive not in the cluster
+        # claims whose data the archive holds: restored as new claims (a new volume each)
+        self.volume_claims: set[tuple[str, str]] = (
+            {(str(v["namespace"]), str(v["claim"])) for v in reader.manifest.get("volumes") or []}
+            if options.volumes
+            else set()
+        )
+        self.volumes: list[JSON] = []
+        # those of them this restore will create (their namespace taken, the claim not in the
+        # cluster): a restored PV must not catch them (found before the PVs are restored)
+        self.new_volume_claims: set[tuple[str, str]] = set()
+        # why the types after the claims are not restored (a volume's data failed): a database
+        # restored onto an empty volume would start a new, empty one
+        self.halted = ""
 
     def result(self, entry: JSON, ns: str, name: str, outcome: Outcome, why: str = "") -> None:
         gr = type_name(str(entry.get("group") or ""), str(entry["resource"]))
@@ -210,7 +226,19 @@ class _Restore:
                 continue
             if not labels.matches(self.selector, (obj.get("metadata") or {}).get("labels")):
                 continue
+            ref = (
+                ((obj.get("spec") or {}).get("claimRef") or {}) if gr == "persistentvolumes" else {}
+            )
+            if ref and (ref.get("namespace"), ref.get("name")) in self.new_volume_claims:
+                # Its claim's data comes back in a new volume: this one (its storage may still
+                # hold the old data, a Retain policy) must not catch the new claim.
+                self.result(entry, "", name, Outcome.SKIPPED,
+                            "its claim's data is restored into a new volume")  # fmt: skip
+                continue
             sent, _ = for_restore(gr, obj, self.options.namespace_map)
+            if gr == "persistentvolumeclaims" and (path_ns, name) in self.volume_claims:
+                # the old volume went with the old claim: the data comes back in a new one
+                (sent.get("spec") or {}).pop("volumeName", None)
             meta = sent.get("metadata") or {}
             target_ns = str(meta.get("namespace") or "") if entry.get("namespaced") else ""
             yield target_ns, str(meta.get("name") or name), sent
@@ -296,6 +324,9 @@ class _Restore:
             return
         served = gr in self.served or (self.options.dry_run and gr in self.pending_crds)
         why = f"{gr} is not served by this cluster (no such API or CRD)"
+        if self.halted:
+            await self._send_all(entry, False, set(), self.halted)  # each object: failed, why
+            return
         if gr in self.served and (gr, str(entry["version"])) not in self.versions:
             served, why = False, f"{gr} is not served at {entry['version']} by this cluster"
         existing: set[tuple[str, str]] = set()
@@ -342,6 +373,81 @@ class _Restore:
                 tg.create_task(send(ns, name, obj))
         return count
 
+    async def find_new_volume_claims(self) -> None:
+        """Which of the archive's volume claims this restore will create: taken by the
+        filters and not in the cluster now."""
+        from urllib.parse import quote
+
+        mapping = self.options.namespace_map
+        for ns, claim in sorted(self.volume_claims):
+            if not self.options.filters.namespace_ok(ns):
+                continue
+            target = mapping.get(ns, ns)
+            path = (f"/api/v1/namespaces/{quote(target, safe='')}/persistentvolumeclaims/"
+                    f"{quote(claim, safe='')}")  # fmt: skip
+            if (await self.kube.http.get(path)).status_code == 404:
+                self.new_volume_claims.add((ns, claim))
+
+    async def restore_volumes(self, identities: list[Any] | None) -> None:
+        """Each volume in the archive into the claim this restore created for it, before
+        any workload that mounts it is restored."""
+        import tempfile
+        from pathlib import Path
+
+        from .volumes import helper_image, restore_volume
+
+        filters, mapping = self.options.filters, self.options.namespace_map
+        created = {
+            (o.namespace, o.name): o.outcome
+            for o in self.results
+            if o.type == "persistentvolumeclaims"
+        }
+        image = self.options.helper_image or helper_image()
+        # where a decrypted volume waits: beside the archive (a disk), not /tmp (often RAM)
+        here = Path(self.reader.name).parent
+        scratch = here if here.is_dir() else Path(tempfile.gettempdir())
+        for entry in self.reader.manifest.get("volumes") or []:
+            ns, claim = str(entry["namespace"]), str(entry["claim"])
+            if not filters.namespace_ok(ns):
+                continue
+            target = mapping.get(ns, ns)
+            key = f"{target}/{claim}"
+            record: JSON = {"claim": key, "bytes": int(entry.get("bytes") or 0)}
+            outcome = created.get((target, claim))
+            if self.options.dry_run:
+                new = outcome == Outcome.CREATED
+                record |= {"outcome": "would restore" if new else "skipped",
+                           "reason": "" if new else "its claim is not created by the restore"}  # fmt: skip
+            elif outcome is None:
+                record |= {"outcome": "skipped", "reason": "its claim is not restored"}
+            elif outcome != Outcome.CREATED:
+                record |= {
+                    "outcome": "skipped",
+                    "reason": "the claim already existed: its data was left as it is",
+                }
+            else:
+                try:
+                    done = await restore_volume(
+                        self.kube, self.reader, entry, target, image=image,
+                        identities=identities, tmpdir=scratch,
+                    )  # fmt: skip
+                    record |= {"outcome": "restored", "reason": "", "node": done["node"],
+                               "seconds": done["seconds"]}  # fmt: skip
+                except UsageError:
+                    raise
+                except KubecareError as e:
+                    # the apiserver away included: the claim exists now, empty, and a rerun
+                    # would leave it so: the workloads are halted and the message names it
+                    record |= {"outcome": "failed", "reason": e.message}
+            self.volumes.append(record)
+            self.on_event(Event("volume", f"volume {key}: {record['outcome']}", data=record))
+            if record["outcome"] == "failed" and not self.halted:
+                self.halted = (
+                    f"not restored: the data of claim {key} could not be restored; fix that "
+                    f"(see its volume's reason), delete the claim (kubectl -n {target} delete "
+                    f"pvc {claim}) and run the restore again"
+                )
+
     async def wait_established(self, names: list[str]) -> None:
         deadline = time.monotonic() + self.options.crd_timeout
         for name in names:
@@ -370,6 +476,7 @@ async def restore_backup(
     options: RestoreOptions,
     *,
     decrypt: Callable[[bytes, str], bytes] | None = None,
+    identities: list[Any] | None = None,  # the age identities, for encrypted volume data
     on_event: EventSink = ignore,
 ) -> RestoreResult:
     started = time.monotonic()
@@ -396,15 +503,28 @@ async def restore_backup(
             "the archive's Secrets are encrypted; pass --identity FILE (an age identity of "
             "one of its recipients) or --exclude-resources secrets"
         )
+    if (
+        options.volumes
+        and identities is None
+        and any(v.get("encrypted") for v in manifest.get("volumes") or [])
+    ):
+        raise UsageError(
+            "the archive's volume data is encrypted; pass --identity FILE (an age identity of "
+            "one of its recipients) or --no-volumes"
+        )
     if decrypt is not None:
         _check_identity(reader, entries, decrypt)
     by_name = {type_name(str(e.get("group") or ""), str(e["resource"])): e for e in entries}
     custom = {n for n, e in by_name.items() if e.get("custom")}
     run = _Restore(kube, reader, options, decrypt, on_event)
     await run.refresh()
+    if run.volume_claims:
+        await run.find_new_volume_claims()
     for name in restore_order(by_name, custom, options.order):
         entry = by_name[name]
         await run.one_type(entry)
+        if name == "persistentvolumeclaims" and run.volume_claims:
+            await run.restore_volumes(identities)
         if name == _CRDS:
             crds = [o.name for o in run.results if o.type == _CRDS and o.outcome != Outcome.FAILED]
             if options.dry_run:
@@ -421,6 +541,7 @@ async def restore_backup(
         dry_run=options.dry_run,
         objects=run.results,
         seconds=time.monotonic() - started,
+        volumes=run.volumes,
     )
 
 

@@ -67,6 +67,7 @@ _PVC_BINDING_ANNOTATIONS = (
     "volume.beta.kubernetes.io/storage-provisioner",
     "volume.kubernetes.io/selected-node",
 )
+_VOLUME_HELPER = "kubecare.io/volume-helper"  # kubecare.backup.volumes.HELPER_LABEL
 _OWNED_KINDS_SKIPPED = {"pods", "replicasets.apps", "jobs.batch", "endpointslices.discovery.k8s.io"}
 
 
@@ -98,6 +99,8 @@ def skip_reason(gr: str, obj: JSON) -> str | None:
         return "maintained by the apiserver"
     if gr == "pods" and _MIRROR in annotations:
         return "mirror pod of a static pod (the manifest on the node is the source)"
+    if gr == "pods" and _VOLUME_HELPER in labels:
+        return "a helper pod of a kubecare volume backup or restore"
     status = obj.get("status") or {}
     if gr == "pods" and status.get("phase") in ("Succeeded", "Failed"):
         return "finished: restoring it would run it again"

@@ -108,6 +108,24 @@ def verify(reader: ArchiveReader) -> VerifyReport:
                 report.objects += 1
         except ArchiveError as e:
             report.problems.append(e.message.removeprefix(f"{reader.name}: "))
+    for vol in manifest.get("volumes") or []:
+        what = f"volume {vol['namespace']}/{vol['claim']}"
+        changed = False
+        for span in (vol["header"], vol["frame"]):
+            spans.append((int(span["offset"]), int(span["length"])))
+            changed = changed or (
+                _frame_sha(reader, int(span["offset"]), int(span["length"])) != span["sha256"]
+            )
+        if changed:
+            report.problems.append(f"{what}: the compressed data does not match its sha256")
+            continue
+        from .volumes import volume_chunks
+
+        try:
+            for _ in volume_chunks(reader, vol):
+                pass
+        except ArchiveError as e:
+            report.problems.append(e.message.removeprefix(f"{reader.name} "))
     # The frames, then the manifest frame and the footer, must cover the file exactly.
     pos = 0
     for offset, length in sorted(spans):

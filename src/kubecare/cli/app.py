@@ -16,16 +16,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kubecare import __version__
-from kubecare.cli import backup, completion, drain, etcd, nodes, outage, sandbox, upgrade
+from kubecare.cli import (
+    backup,
+    certs,
+    completion,
+    drain,
+    etcd,
+    fleet,
+    nodes,
+    outage,
+    sandbox,
+    upgrade,
+)
 from kubecare.cli.args import add_global_flags
 
 DESCRIPTION = (
     "Kubernetes node maintenance: cordon, drain, maintain, node outages and risks, "
-    "versions and cluster upgrades, etcd snapshots, resource backups, and a local sandbox "
+    "versions and cluster upgrades, etcd snapshots and care, certificates, resource backups, "
+    "and a local sandbox "
     "control plane."
 )
 # Commands that take a command line after `--` (it is split off before parsing).
-TAKES_COMMAND = {"maintain"}
+TAKES_COMMAND = {"maintain", "fleet"}
 
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 MODULES: tuple[Register, ...] = (
@@ -33,8 +45,10 @@ MODULES: tuple[Register, ...] = (
     drain.register,
     outage.register,
     etcd.register,
+    certs.register,
     backup.register,
     upgrade.register,
+    fleet.register,
     sandbox.register,
     completion.register,
 )

@@ -87,8 +87,9 @@ def _sandbox_addresses(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     import os
 
     from kubecare.sandbox.state import state_root
+    from kubecare.sandbox.target import api_addresses, sandbox_of_context
 
-    name = getattr(args, "sandbox", None)
+    name = getattr(args, "sandbox", None) or sandbox_of_context(getattr(args, "context", None))
     if not name:
         path = args.kubeconfig or os.environ.get("KUBECONFIG", "")
         if not path or os.pathsep in path:
@@ -97,8 +98,6 @@ def _sandbox_addresses(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
         if where.parent.parent != state_root().absolute():
             return ()
         name = where.parent.name
-    from kubecare.sandbox.target import api_addresses
-
     return api_addresses(name)
 
 

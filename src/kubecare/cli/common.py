@@ -42,3 +42,20 @@ def with_cluster(args: argparse.Namespace, body: Callable[[Kube], Awaitable[T]])
                 Path(count_file).write_text(str(kube.requests))  # noqa: ASYNC240 (once, at exit)
 
     return run(main())
+
+
+def confirm(yes: bool, refusal: str) -> None:
+    """Ask on the terminal before a change, unless ``--yes``. Without a terminal there is no
+    one to ask: ``refusal`` (which names --yes) is the error, and nothing was done."""
+    import sys
+
+    from kubecare.errors import UsageError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(refusal)
+    sys.stderr.write("go on? [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise UsageError("nothing done")

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 
 def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    group = subs.add_parser("etcd", help="etcd snapshots: save, status; member status")
+    group = subs.add_parser(
+        "etcd", help="etcd: snapshots, members, health, compaction, defragmentation, alarms"
+    )
     group.set_defaults(handler=lambda _a: group.print_help())
     cmds = group.add_subparsers(dest="etcd_command", metavar="COMMAND")
 
@@ -31,6 +33,10 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     _add_target(st)
     add_output(st)
     st.set_defaults(handler=member_status_cmd)
+
+    from kubecare.cli import etcd_care
+
+    etcd_care.register(cmds)
 
     snap = cmds.add_parser("snapshot", help="save a snapshot, or look inside one")
     snap.set_defaults(handler=lambda _a: snap.print_help())

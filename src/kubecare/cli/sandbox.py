@@ -68,6 +68,18 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         action="store_true",
         help="write the apiserver's audit log (logs/audit.log): who sent which request",
     )
+    u.add_argument(
+        "--etcd-quota",
+        metavar="BYTES",
+        help="etcd's --quota-backend-bytes (e.g. 64Mi; default etcd's 2Gi, at most 8Gi): "
+        "a small one fills up and raises NOSPACE",
+    )
+    u.add_argument(
+        "--cert-validity",
+        metavar="DURATION",
+        help="how long kubeadm's control-plane certificates are valid (e.g. 2h, 10d; default "
+        "kubeadm's 365d): short ones show as expiring in `kubecare certs check`",
+    )
     u.set_defaults(handler=up_cmd)
 
     d = named("down", "stop every process of the sandbox and remove its state (unless --keep)")
@@ -160,12 +172,32 @@ def build_cmd(args: argparse.Namespace) -> None:
             print(f"{name}\t{path}")
 
 
+def _cert_validity(value: str | None) -> int | None:
+    from kubecare.durations import parse_age
+    from kubecare.errors import UsageError
+
+    if not value:
+        return None
+    seconds = parse_age(value, "--cert-validity")
+    if seconds < 600:
+        # kubeadm backdates certificates 5 minutes; under 10 minutes the sandbox could expire
+        # while it starts
+        raise UsageError(f"--cert-validity {value} is too short; give at least 10m")
+    if seconds > 10 * 365 * 86400:
+        raise UsageError(
+            f"--cert-validity {value} outlives the CA (kubeadm's CAs are valid 10 years)"
+        )
+    return seconds
+
+
 def up_cmd(args: argparse.Namespace) -> None:
     from kubecare.cli.common import run
     from kubecare.cli.render import say
     from kubecare.durations import parse_duration
     from kubecare.errors import UsageError
+    from kubecare.etcd.maintenance import check_quota
     from kubecare.sandbox.lifecycle import SandboxOptions
+    from kubecare.sizes import parse_size
 
     if not 0 <= args.nodes <= 200:
         raise UsageError(f"--nodes must be between 0 and 200 (got {args.nodes})")
@@ -185,6 +217,10 @@ def up_cmd(args: argparse.Namespace) -> None:
         ),
         audit_log=args.audit_log,
         real_nodes=args.real_nodes,
+        cert_validity=_cert_validity(args.cert_validity),
+        etcd_quota=check_quota(parse_size(args.etcd_quota, "--etcd-quota"))
+        if args.etcd_quota
+        else None,
     )
     sb = _sandbox(args.name)
     seconds = run(sb.up(opts, _progress))
@@ -209,8 +245,14 @@ def down_cmd(args: argparse.Namespace) -> None:
 
 def env_cmd(args: argparse.Namespace) -> None:
     sb = _sandbox(args.name)
-    sb.load()
+    state = sb.load()
     print(f"export KUBECONFIG={sb.kubeconfig}")
+    if state.real_nodes:
+        from kubecare.backup.volumes import IMAGE_ENV
+        from kubecare.sandbox.images import TOOLS
+
+        # volume helper pods use the image the real nodes have (there is no registry here)
+        print(f"export {IMAGE_ENV}={TOOLS}")
 
 
 def list_cmd(_args: argparse.Namespace) -> None:

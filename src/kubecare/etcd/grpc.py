@@ -39,6 +39,9 @@ class MemberStatus:
     is_learner: bool
     errors: list[str] = field(default_factory=list)
     cluster_id: int = 0
+    raft_term: int = 0
+    raft_applied_index: int = 0
+    db_size_quota: int = 0  # etcd 3.6 reports its --quota-backend-bytes (0: an older etcd)
 
     @property
     def healthy(self) -> bool:
@@ -58,6 +61,9 @@ class MemberStatus:
             "raftIndex": self.raft_index,
             "isLearner": self.is_learner,
             "errors": self.errors,
+            "raftTerm": self.raft_term,
+            "raftAppliedIndex": self.raft_applied_index,
+            "dbSizeQuota": self.db_size_quota,
         }
 
 
@@ -147,6 +153,11 @@ def describe(ep: Endpoint, e: Exception) -> EtcdError:
                 f"etcd at {ep.url} is unreachable ({details.splitlines()[0] if details else 'unavailable'}); "
                 "check --endpoints and that etcd runs"
             )
+        if "database space exceeded" in lower:
+            return EtcdError(
+                f"etcd at {ep.url}: the database is over its space quota (the NOSPACE alarm) "
+                "and takes no writes; run `kubecare etcd alarm recover`"
+            )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return EtcdError(f"etcd at {ep.url} did not answer in time; check --endpoints")
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
@@ -182,6 +193,9 @@ async def member_status(ep: Endpoint, timeout: float = STATUS_TIMEOUT) -> Member
         is_learner=resp.isLearner,
         errors=list(resp.errors),
         cluster_id=resp.header.cluster_id,
+        raft_term=resp.raftTerm,
+        raft_applied_index=resp.raftAppliedIndex,
+        db_size_quota=resp.dbSizeQuota,
     )
 
 
@@ -242,6 +256,7 @@ class ClusterMember:
     name: str
     peer_urls: tuple[str, ...]
     is_learner: bool
+    client_urls: tuple[str, ...] = ()
 
 
 async def member_list(ep: Endpoint, timeout: float = STATUS_TIMEOUT) -> list[ClusterMember]:
@@ -254,7 +269,10 @@ async def member_list(ep: Endpoint, timeout: float = STATUS_TIMEOUT) -> list[Clu
             resp = await rpc.ClusterStub(ch).MemberList(pb.MemberListRequest(), timeout=timeout)  # type: ignore[no-untyped-call]
     except Exception as e:
         raise describe(ep, e) from None
-    return [ClusterMember(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members]
+    return [
+        ClusterMember(m.ID, m.name, tuple(m.peerURLs), m.isLearner, tuple(m.clientURLs))
+        for m in resp.members
+    ]
 
 
 async def member_add(
@@ -271,7 +289,10 @@ async def member_add(
             resp = await rpc.ClusterStub(ch).MemberAdd(request, timeout=timeout)  # type: ignore[no-untyped-call]
     except Exception as e:
         raise describe(ep, e) from None
-    members = [ClusterMember(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members]
+    members = [
+        ClusterMember(m.ID, m.name, tuple(m.peerURLs), m.isLearner, tuple(m.clientURLs))
+        for m in resp.members
+    ]
     return resp.member.ID, members
 
 

@@ -242,7 +242,10 @@ def pointed_at(text: str, member: Member, new_dir: Path) -> str:
     volumes = spec.setdefault("volumes", [])
     target = node_new  # the path --data-dir must name, as the container sees it
     if member.data_volume:
-        volume = next(v for v in volumes if v.get("name") == member.data_volume)
+        # (a manifest's lists may hold anything; the member was read from the dicts in them)
+        volume = next(
+            v for v in volumes if isinstance(v, dict) and v.get("name") == member.data_volume
+        )
         root = tree.local(Path(volume["hostPath"]["path"]))
         if os.path.normpath(member.data_dir) == os.path.normpath(root):
             volume["hostPath"]["path"] = node_new
@@ -250,7 +253,7 @@ def pointed_at(text: str, member: Member, new_dir: Path) -> str:
         mount = next(
             m["mountPath"]
             for m in container.get("volumeMounts") or []
-            if m.get("name") == member.data_volume
+            if isinstance(m, dict) and m.get("name") == member.data_volume
         )
         inside = os.path.relpath(new_dir, root)
         if inside.startswith(".."):

@@ -245,6 +245,22 @@ def load_connection(options: ClientOptions) -> Connection:
     )
 
 
+def context_names(kubeconfig: str | None) -> list[str]:
+    """The contexts of the merged kubeconfig (``--kubeconfig``, $KUBECONFIG or ~/.kube/config),
+    in file order: what a fleet is chosen from."""
+    paths = kubeconfig_paths(kubeconfig)
+    if not paths:
+        raise ConfigError(
+            "no kubeconfig found: pass --kubeconfig, set KUBECONFIG, or create ~/.kube/config"
+        )
+    merged = merge_kubeconfigs([(p, _read(p)) for p in paths])
+    return [
+        str(c["name"])
+        for c in merged.get("contexts") or []
+        if isinstance(c, dict) and c.get("name")
+    ]
+
+
 def from_kubeconfig(merged: dict[str, Any], context: str | None, *, source: str) -> Connection:
     """Pure: resolve ``context`` (default: current-context) of a merged kubeconfig."""
     context = context or merged.get("current-context")
@@ -407,3 +423,40 @@ def in_cluster(sa_dir: Path) -> Connection:
 
 def _with_namespace(conn: Connection, namespace: str | None) -> Connection:
     return replace(conn, namespace=namespace) if namespace else conn
+
+
+def shadowed(kubeconfig: str | None, contexts: list[str]) -> list[str]:
+    """Where kubectl's merge (the first file to name a user or a cluster wins) gives a chosen
+    context another file's user or cluster: each such name, said once. A fleet must know,
+    since those contexts would reach their clusters with another cluster's credentials."""
+    paths = kubeconfig_paths(kubeconfig)
+    owners: dict[tuple[str, str], list[Path]] = {}
+    uses: dict[Path, set[tuple[str, str]]] = {}
+    for path in paths:
+        doc = _read(path)
+        for section in ("users", "clusters"):
+            for entry in doc.get(section) or []:
+                if isinstance(entry, dict) and entry.get("name"):
+                    owners.setdefault((section, str(entry["name"])), []).append(path)
+        for ctx in doc.get("contexts") or []:
+            if isinstance(ctx, dict) and ctx.get("name") in contexts:
+                body = ctx.get("context") or {}
+                uses.setdefault(path, set()).update(
+                    {
+                        ("users", str(body.get("user", ""))),
+                        ("clusters", str(body.get("cluster", ""))),
+                    }
+                )
+    out = []
+    for (section, name), files in owners.items():
+        if len(files) < 2:
+            continue
+        losers = [f for f in files[1:] if (section, name) in uses.get(f, set())]
+        if losers:
+            kind = section.rstrip("s")
+            out.append(
+                f"{kind} {name!r} is defined in {files[0]} and in {', '.join(map(str, losers))}: "
+                f"kubectl's merge gives every context the first one; rename it in one file, or "
+                "give each cluster its own kubeconfig in a fleet file"
+            )
+    return out

@@ -447,6 +447,44 @@ class HttpClient:
         finally:
             self._release(conn, done and _keep_alive(response_headers))
 
+    async def upgrade(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str],
+        timeout: float | None = None,
+    ) -> tuple[Response, asyncio.StreamReader | None, asyncio.StreamWriter | None]:
+        """Ask for a protocol switch (a WebSocket, for exec). On 101 the connection is the
+        caller's from then on (never pooled again): ``(response, reader, writer)``; any other
+        answer is read whole and returned as ``(response, None, None)``."""
+        target = self._target(path, params)
+        timeout = self.read_timeout if timeout is None else timeout
+        refused: dict[str, str] | None = None
+        while True:
+            auth = await self.credentials.headers(refused=refused)
+            conn, status, response_headers = await self._exchange(
+                "GET", target, {**headers, **auth}, None, timeout
+            )
+            if status == 101:
+                return Response(status, response_headers, b""), conn.reader, conn.writer
+            try:
+                async with asyncio.timeout(timeout):
+                    data = b"".join(
+                        [c async for c in _body(conn.reader, "GET", status, response_headers)]
+                    )
+            except TimeoutError:
+                conn.close()
+                raise ReadTimeout(f"GET {target}: body not complete within {timeout:g}s") from None
+            except BaseException:
+                conn.close()
+                raise
+            self._release(conn, _keep_alive(response_headers))
+            if status == 401 and refused is None and self.credentials.can_refresh():
+                refused = auth  # as request(): an expired credential is fetched again, once
+                continue
+            return Response(status, response_headers, data), None, None
+
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     try:

@@ -26,3 +26,17 @@ def is_pod_ready(pod: JSON) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in (pod.get("status") or {}).get("conditions") or []
     )
+
+
+def volume_node(volume: JSON) -> str | None:
+    """The one node a PersistentVolume's required node affinity names
+    (``kubernetes.io/hostname In [node]``, as a local or hostPath volume is pinned), or None."""
+    spec = volume.get("spec") or {}
+    terms = ((spec.get("nodeAffinity") or {}).get("required") or {}).get("nodeSelectorTerms")
+    for term in terms or []:
+        for expr in term.get("matchExpressions") or []:
+            values = expr.get("values") or []
+            key, op = expr.get("key"), expr.get("operator")
+            if key == "kubernetes.io/hostname" and op == "In" and len(values) == 1:
+                return str(values[0])
+    return None

@@ -75,6 +75,8 @@ class SandboxOptions:
     audit_log: bool = False  # the apiserver writes logs/audit/audit.log
     crash_backoff: float = 10.0  # the runner's first restart delay (the kubelet's is 10 s)
     real_nodes: int = 0  # workers with a real kubelet and containerd (real-1, real-2, ...)
+    etcd_quota: int | None = None  # etcd's --quota-backend-bytes (None: etcd's 2 GiB)
+    cert_validity: int | None = None  # seconds kubeadm's leaf certificates are valid (1 year)
 
 
 def control_plane_names(count: int) -> list[str]:
@@ -127,9 +129,16 @@ class Bootstrap:
             pod_eviction_timeout=opts.pod_eviction_timeout,
             node_monitor_grace_period=opts.node_monitor_grace_period,
             audit=opts.audit_log,
+            etcd_quota=opts.etcd_quota,
         )
         return ClusterShape(
-            version, tuple(nodes), endpoint, extra, self.dir, opts.audit_log
+            version,
+            tuple(nodes),
+            endpoint,
+            extra,
+            self.dir,
+            opts.audit_log,
+            cert_validity=opts.cert_validity,
         ), balancer
 
     async def _up_locked(

@@ -74,6 +74,7 @@ class ClusterShape:
     sandbox_dir: Path
     audit: bool = False
     pod_subnet: str | None = POD_SUBNET  # kubeadm init --pod-network-cidr
+    cert_validity: int | None = None  # seconds: certificateValidityPeriod (None: kubeadm's year)
 
     @property
     def minor(self) -> int:
@@ -90,7 +91,11 @@ class Mount:
 
 
 def sandbox_extra_args(
-    *, pod_eviction_timeout: int | None, node_monitor_grace_period: int | None, audit: bool
+    *,
+    pod_eviction_timeout: int | None,
+    node_monitor_grace_period: int | None,
+    audit: bool,
+    etcd_quota: int | None = None,
 ) -> dict[str, tuple[tuple[str, str], ...]]:
     """The sandbox's own settings, as a kubeadm user writes them in ClusterConfiguration
     extraArgs (the single source of both the manifests and kubeadm-config)."""
@@ -119,8 +124,16 @@ def sandbox_extra_args(
         "kube-apiserver": tuple(api),
         "kube-controller-manager": tuple(cm),
         "kube-scheduler": (("profiling", "false"),),
-        "etcd": (("log-level", "warn"), ("unsafe-no-fsync", "true")),
+        "etcd": (("log-level", "warn"), ("unsafe-no-fsync", "true"))
+        + ((("quota-backend-bytes", str(etcd_quota)),) if etcd_quota else ()),
     }
+
+
+def go_duration(seconds: int) -> str:
+    """Seconds as Go's time.Duration.String() writes whole seconds ("8760h0m0s")."""
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m}m{s}s"
 
 
 def audit_mounts(shape: ClusterShape) -> tuple[Mount, ...]:
@@ -167,7 +180,7 @@ def cluster_configuration(shape: ClusterShape) -> dict[str, Any]:
             ),
         },
         "caCertificateValidityPeriod": "87600h0m0s",
-        "certificateValidityPeriod": "8760h0m0s",
+        "certificateValidityPeriod": go_duration(shape.cert_validity or 8760 * 3600),
         "certificatesDir": PKI,
         "clusterName": CLUSTER_NAME,
         "controlPlaneEndpoint": shape.endpoint,

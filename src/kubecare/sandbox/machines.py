@@ -64,6 +64,7 @@ class NodeMachines:
         def real_init(self, state: SandboxState, node: str) -> int | None: ...
         async def reboot(self, node: str, *, timeout: float = 120, wait: bool = True) -> None: ...
         def power_off(self, state: SandboxState, node: str, *, hard: bool) -> bool: ...
+        def route_pods(self, state: SandboxState, node: str, *, remove: bool = False) -> None: ...
 
     def node_root(self, node: str) -> Path:
         """A control-plane node's kubeadm-shaped tree (``etc/kubernetes``, ``var/lib/etcd``)."""
@@ -381,6 +382,7 @@ class NodeMachines:
             self._check_node(state, name)
             if name in state.real_nodes:
                 await asyncio.to_thread(self.power_off, state, name, hard=False)
+                self.route_pods(state, name, remove=True)
                 state.real_nodes.pop(name)
                 state.components.pop(f"realnode-{name}", None)
             state.nodes.remove(name)

@@ -88,6 +88,7 @@ def boot(spec: RealNodeSpec) -> None:
     view = plan(spec.name, root, sandbox=spec.sandbox)
     prepare(view)
     (root / realnode.CONTAINERD_ROOT).mkdir(parents=True, exist_ok=True)
+    (root / realnode.VOLUMES.lstrip("/")).mkdir(parents=True, exist_ok=True)
     q = shlex.quote
     overlays = []
     for target in realnode.EXTRA_OVERLAYS:
@@ -116,6 +117,10 @@ def boot(spec: RealNodeSpec) -> None:
         + f"mount --bind {q(str(boot_id))} /proc/sys/kernel/random/boot_id\n"
         + "".join(binds)
         + f"mount --bind {q(str(root / realnode.CONTAINERD_ROOT))} /var/lib/containerd\n"
+        # the provisioner's volumes: their data in the tree itself, not in an overlay's upper
+        # dir, so the runner can remove a reclaimed one from outside (sandbox.localpath)
+        + f"mkdir -p {realnode.VOLUMES}\n"
+        + f"mount --bind {q(str(root / realnode.VOLUMES.lstrip('/')))} {realnode.VOLUMES}\n"
         # projected volumes (service-account tokens) reach containers only through a shared
         # mount of the kubelet's root dir
         + "mount --make-rshared /var/lib/kubelet\n"

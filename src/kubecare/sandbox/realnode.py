@@ -37,6 +37,7 @@ POD_RANGE = "198.51.100"  # RFC 5737 TEST-NET-2: never routed anywhere
 #: containerd's root, bound from the node's tree (not the /var overlay: overlayfs cannot be
 #: the upper layer of containerd's own overlay snapshots)
 CONTAINERD_ROOT = "var/lib/containerd"
+VOLUMES = "/var/lib/kubecare/volumes"  # the sandbox provisioner's hostPaths (sandbox.localpath)
 #: what the node's init reads and the host writes (in the node's tree)
 SPEC = ".ns/node.json"
 BOOT_ID = ".ns/boot_id"
@@ -209,11 +210,14 @@ def containerd_config(spec: RealNodeSpec) -> str:
 
 
 def cni_config(spec: RealNodeSpec) -> str:
-    """One bridge for the node's pods, their gateway the node; no masquerade, no port maps."""
+    """One bridge for the node's pods, their gateway the node (their default route: Services,
+    the apiserver, the other nodes' pods go through the node, whose own routes go nowhere out
+    of the sandbox); no masquerade, no port maps."""
     gateway = f"{POD_RANGE}.{32 * spec.index + 1}"
     ipam = {
         "type": "host-local",
         "ranges": [[{"subnet": pod_cidr(spec.index), "gateway": gateway}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
     }
     bridge = {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
               "hairpinMode": True, "ipam": ipam}  # fmt: skip

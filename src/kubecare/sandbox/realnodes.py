@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -88,6 +89,7 @@ class RealNodes:
         def node_view(self, node: str) -> NodeView: ...
         def installed(self, state: SandboxState, node: str, package: str) -> str: ...
         def _check_node(self, state: SandboxState, node: str) -> None: ...
+        def netns(self, state: SandboxState, node: str) -> str | None: ...
 
     # -- queries -------------------------------------------------------------------------------
     def is_real(self, state: SandboxState, node: str) -> bool:
@@ -285,9 +287,28 @@ class RealNodes:
         state.nodes.append(node)
         self.save(state)  # before anything runs: `down` must know the node
         await asyncio.to_thread(self._write_tree, spec, kubelet, kubeadm)
+        self.route_pods(state, node)
         t0 = time.monotonic()
         await asyncio.to_thread(self._power_on, state, node)
         return t0
+
+    def route_pods(self, state: SandboxState, node: str, *, remove: bool = False) -> None:
+        """The node's pod range routed to it from every control plane, as a cluster's pod
+        network is: the apiserver reaches pods (its pod proxy, webhooks) and their answers to
+        it come back. Gone with the control plane's namespace; best effort on removal."""
+        index = int(state.real_nodes[node]["index"])
+        for cp in state.control_planes:
+            ns = self.netns(state, cp["node"])
+            if ns is None:
+                continue
+            verb = ["del"] if remove else ["replace"]
+            argv = [shutil.which("nsenter") or "nsenter", f"--net={ns}", "ip", "route", *verb,
+                    realnode.pod_cidr(index), "via", realnode.node_ip(index)]  # fmt: skip
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if done.returncode != 0 and not remove:
+                raise SandboxError(
+                    f"cannot route {node}'s pods from {cp['node']}: {done.stderr.strip()}"
+                )
 
     async def _join(self, state: SandboxState, node: str) -> None:
         """A token and the CA hash from the real ``kubeadm token create --print-join-command``

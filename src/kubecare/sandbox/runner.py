@@ -653,6 +653,10 @@ class Runner:
 
         mirrors = MirrorSync(self)
         syncing = asyncio.create_task(mirrors.run())
+        from kubecare.sandbox.localpath import LocalPath
+
+        volumes = LocalPath(mirrors._client, self._node_tree, self._log)
+        provisioning = asyncio.create_task(volumes.run())
         try:
             while not done.is_set():
                 await self.reconcile()
@@ -667,6 +671,7 @@ class Runner:
             self.stopping = True
             watcher.cancel()
             syncing.cancel()
+            provisioning.cancel()
             every = list(self.pods.values()) + [p for ps in self.terminating.values() for p in ps]
             # The control-plane components together, etcd last (nothing writes to it while it
             # stops, and it gets the full grace period: its data is what must not be torn).
@@ -693,6 +698,13 @@ class Runner:
             for ns in self.netns.values():
                 ns.close()
             self.write_status()
+
+    def _node_tree(self, node: str) -> Path | None:
+        """A real node's tree (where its volumes' directories are); None for any other."""
+        if "/" in node or node in ("", ".", ".."):
+            return None
+        root = self.config.dir / "nodes" / node
+        return root if (root / ".ns").is_dir() else None
 
     async def _serve(self) -> list[Balancer]:
         """The cluster endpoint and the host's forwarded ports (see :mod:`.network`)."""

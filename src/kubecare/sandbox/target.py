@@ -124,6 +124,15 @@ def _state(name: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def sandbox_of_context(context: str | None) -> str | None:
+    """The sandbox a kubeconfig context names, when it is one of this machine's: a sandbox's
+    context is ``kubecare-<name>`` (sandbox.kubeconfigs), however the file was merged."""
+    if not context or not context.startswith("kubecare-"):
+        return None
+    name = context.removeprefix("kubecare-")
+    return name if _state(name) is not None else None
+
+
 def api_addresses(name: str) -> tuple[tuple[str, str], ...]:
     """Each control plane's apiserver (``192.0.2.x:6443``, as its mirror pod names it) ->
     the host's forward to it; nothing for a sandbox that is not there."""

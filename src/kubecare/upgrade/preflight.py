@@ -298,6 +298,15 @@ async def read_preflight(
 
 
 async def make_plan(
+    kube: Kube, target: Version | None, drain_opts: DrainOptions, **options: Any
+) -> tuple[UpgradePlan, Inventory]:
+    """Read the cluster and compute the plan (changes nothing): :func:`plan_with_preflight`'s
+    plan and inventory (``options`` are its keywords)."""
+    plan, inventory, _ = await plan_with_preflight(kube, target, drain_opts, **options)
+    return plan, inventory
+
+
+async def plan_with_preflight(
     kube: Kube,
     target: Version | None,
     drain_opts: DrainOptions,
@@ -311,9 +320,10 @@ async def make_plan(
     allow_experimental: bool = False,
     allow_rc: bool = False,
     exempt: frozenset[str] = frozenset(),
-) -> tuple[UpgradePlan, Inventory]:
-    """Read the cluster and compute the plan (changes nothing). With no ``target``, the next
-    minor's newest release kubecare knows (:func:`kubecare.versions.releases.default_target`)."""
+) -> tuple[UpgradePlan, Inventory, Preflight]:
+    """Read the cluster and compute the plan (changes nothing), with what was read for it.
+    With no ``target``, the next minor's newest release kubecare knows
+    (:func:`kubecare.versions.releases.default_target`)."""
     from kubecare.versions.inventory import collect, etcd_statuses
 
     statuses = await etcd_statuses(etcd_endpoints) if etcd_endpoints else []
@@ -352,7 +362,7 @@ async def make_plan(
         exempt=exempt,
     )
     plan.target_reason = reason
-    return plan, inventory
+    return plan, inventory, pre
 
 
 def static_pod_nodes(inventory: Inventory) -> set[str]:
