@@ -5,7 +5,8 @@ pods' manifests and the runner restarts each component at the new binary.
 
 One sandbox for the module, in this order (each later test needs the earlier state): versions and
 skew, plan refusals and bad input, a deprecated CRD version in use, the full rolling upgrade with
-the sandbox executor (workloads under a PDB watched throughout), then — on nodes added at the old
+the sandbox executor (workloads under a PDB watched throughout; run as the second wave of a fleet
+upgrade after a one-node canary), then — on nodes added at the old
 version — a failing executor step and its resume, kill -9 and resume, the ssh executor against
 Debian's OpenSSH server, and the job executor.
 """
@@ -469,48 +470,106 @@ async def test_a_deprecated_crd_version_in_use_is_found(usb: Sandbox, ukube: Kub
 
 
 # -- 4. the full rolling upgrade ------------------------------------------------------------------
-async def test_rolling_ha_upgrade_through_real_kubeadm(
+def fleet_file(tmp_path: Path, *clusters: tuple[str, Sandbox, list[str]]) -> Path:
+    """A fleet file: each sandbox a cluster (its own kubeconfig, its sandbox executor and its
+    own flags), one wave each, in order."""
+    import yaml
+
+    doc = {
+        "clusters": [
+            {"name": name, "context": f"kubecare-{sb.name}", "kubeconfig": str(sb.kubeconfig),
+             "upgrade": ["--executor", "sandbox", "--sandbox", sb.name, *flags]}
+            for name, sb, flags in clusters
+        ],
+        "waves": [{"name": name, "clusters": [name]} for name, _, _ in clusters],
+    }  # fmt: skip
+    f = tmp_path / "fleet.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    return f
+
+
+async def test_rolling_ha_upgrade_through_real_kubeadm_as_the_second_wave_of_a_fleet(
     usb: Sandbox, ukube: Kube, tmp_path: Path
 ) -> None:
+    """A fleet of two: a one-node canary, then this HA cluster. The canary's gate fails after
+    its upgrade, so the second wave does not start; the rerun only gates the canary again, then
+    upgrades this cluster for real (the rest of the test checks that upgrade)."""
     import pyrage
 
-    ns = await new_namespace(ukube, "upgrade-web")
-    await apply(ukube, ns, deployment("web", 4), pdb("web", {"app": "web"}, min_available=3))
-    await wait_running(ukube, ns, 4)
-    lowest: list[int] = []
-    stop = asyncio.Event()
-
-    async def watch_ready() -> None:
-        # The PDB allows one disruption at a time: never fewer than 3 ready web pods.
-        while not stop.is_set():
-            try:
-                ps = await pods(ukube, ns, "app=web")
-            except KubecareError:  # the apiserver it reached is restarting: ask again
-                await asyncio.sleep(0.1)
-                continue
-            lowest.append(
-                sum(1 for p in ps if is_ready(p) and not p["metadata"].get("deletionTimestamp"))
-            )
-            await asyncio.sleep(0.1)
-
-    watcher = asyncio.create_task(watch_ready())
     recipient = str(pyrage.x25519.Identity.generate().to_public())
     snaps, store = tmp_path / "snapshots", tmp_path / "backups"
-    argv = cli_argv(
-        "upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox", usb.name,
-        "--yes", "--ignore-daemonsets", "--encrypt-to", recipient, "--snapshot-dir", str(snaps),
-        "--backup-store", str(store), "-o", "json",
-        kubeconfig=usb.kubeconfig,
-    )  # fmt: skip
-    try:
-        res = await asyncio.to_thread(
-            subprocess.run, argv, capture_output=True, text=True, timeout=600, check=False
+    async with own_sandbox("canary", SandboxOptions(workers=0, version=OLD)) as canary:
+        fleet = fleet_file(
+            tmp_path,
+            ("canary", canary, ["--no-snapshot", "--no-backup"]),
+            ("upgrade", usb, ["--encrypt-to", recipient, "--snapshot-dir", str(snaps),
+                              "--backup-store", str(store)]),
+        )  # fmt: skip
+        stop = tmp_path / "stop-canary"
+        stop.touch()
+        gate = (
+            f'{KUBECTL} --context "$KUBECARE_CONTEXT" get nodes >/dev/null && '
+            f'if [ -e {tmp_path}/stop-"$KUBECARE_CLUSTER" ]; then echo "canary told to fail"; '
+            "exit 3; fi"
         )
-    finally:
-        stop.set()
-        await watcher
-    assert res.returncode == 0, res.stderr[-3000:]
-    done = json.loads(res.stdout)
+        base = ["fleet", "upgrade", "apply", "--fleet", str(fleet), "--to", f"v{NEW}", "--gate",
+                gate]  # fmt: skip
+        fleet_argv = cli_argv(*base, "--yes", "--", "--ignore-daemonsets")
+        # without --yes and without a terminal: nothing runs
+        res = run_cli(*base, "--", "--ignore-daemonsets")
+        assert res.returncode == 2 and "add --yes" in res.stderr, res.stderr
+        first = await asyncio.to_thread(
+            subprocess.run, fleet_argv, capture_output=True, text=True, timeout=600, check=False
+        )
+        assert first.returncode == 1, first.stderr[-3000:]
+        said = first.stdout + first.stderr
+        assert "wave canary failed: canary: the gate command exited 3: canary told to fail" in (
+            said
+        ), said[-3000:]
+        assert "wave upgrade not run: wave canary failed" in said
+        assert by(versions(canary), "kubelet") == {"control-plane-1": f"v{NEW}"}
+        assert set(by(versions(usb), "kubelet").values()) == {f"v{OLD}"}  # the second wave waited
+        res = run_cli("fleet", "upgrade", "status", "--fleet", str(fleet), "-o", "json")
+        assert res.returncode == 0, res.stderr
+        canary_row, usb_row = json.loads(res.stdout)
+        assert canary_row["journal"]["state"] == "done" and usb_row["journal"] is None
+        assert canary_row["fleet"]["gate"].startswith("failed: the gate command exited 3")
+        stop.unlink()
+
+        ns = await new_namespace(ukube, "upgrade-web")
+        await apply(ukube, ns, deployment("web", 4), pdb("web", {"app": "web"}, min_available=3))
+        await wait_running(ukube, ns, 4)
+        lowest: list[int] = []
+        watching = asyncio.Event()
+
+        async def watch_ready() -> None:
+            # The PDB allows one disruption at a time: never fewer than 3 ready web pods.
+            while not watching.is_set():
+                try:
+                    ps = await pods(ukube, ns, "app=web")
+                except KubecareError:  # the apiserver it reached is restarting: ask again
+                    await asyncio.sleep(0.1)
+                    continue
+                lowest.append(
+                    sum(1 for p in ps if is_ready(p) and not p["metadata"].get("deletionTimestamp"))
+                )
+                await asyncio.sleep(0.1)
+
+        watcher = asyncio.create_task(watch_ready())
+        try:
+            res = await asyncio.to_thread(
+                subprocess.run, fleet_argv, capture_output=True, text=True, timeout=600,
+                check=False,
+            )  # fmt: skip
+        finally:
+            watching.set()
+            await watcher
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "canary  : already upgraded to v1.37.2 (its journal is done)" in res.stderr
+        assert f"every wave passed: the fleet is at v{NEW}" in res.stdout
+    status = cli(usb, "upgrade", "status", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    done = json.loads(status.stdout)
     assert done["state"] == "done" and done["target"] == f"v{NEW}"
     assert [n["name"] for n in done["nodes"]] == [
         "control-plane-1", "control-plane-2", "control-plane-3", "worker-1", "worker-2", "worker-3",
@@ -569,8 +628,6 @@ async def test_rolling_ha_upgrade_through_real_kubeadm(
     assert proxy["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f":v{NEW}")
     worker_tmp = usb.dir / "nodes" / "worker-1" / "etc" / "kubernetes" / "tmp"
     assert any(p.name.startswith("kubeadm-kubelet-config-") for p in worker_tmp.iterdir())
-    status = cli(usb, "upgrade", "status", "-o", "json")
-    assert json.loads(status.stdout)["state"] == "done"
 
     # Again: nothing to do, nothing touched.
     again = cli(usb, "upgrade", "apply", "--to", f"v{NEW}", "--executor", "sandbox", "--sandbox",

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from kubecare.cli.args import add_output
 
 if TYPE_CHECKING:
-    from kubecare.fleet.fleetfile import Fleet
+    from kubecare.fleet.fleetfile import Fleet, Wave
     from kubecare.fleet.runner import RunResult
     from kubecare.fleet.status import ClusterStatus
+    from kubecare.fleet.upgrade import ClusterPlan, ClusterUpgradeStatus, FleetUpgradeResult
 
 from kubecare.cli.upgrade import SNAPSHOT_DIR  # the same place upgrade plan looks
 
@@ -63,6 +64,69 @@ def register(subs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     )
     add_output(run)
     run.set_defaults(handler=run_cmd)
+    _register_upgrade(cmds)
+
+
+def _register_upgrade(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    up = cmds.add_parser(
+        "upgrade", help="upgrade the fleet one minor, wave by wave, each wave gated"
+    )
+    up.set_defaults(handler=lambda _a: up.print_help())
+    ucmds = up.add_subparsers(dest="fleet_upgrade_command", metavar="COMMAND")
+
+    def waves(p: argparse.ArgumentParser) -> None:
+        _add_selection(p)
+        p.add_argument(
+            "--waves",
+            metavar="SPEC",
+            help="waves in order, e.g. canary=dev-*,rest=* (default: the fleet file's, or one)",
+        )
+
+    plan = ucmds.add_parser("plan", help="each wave's clusters planned as `upgrade plan` does")
+    waves(plan)
+    plan.add_argument("--to", metavar="VERSION", help="target (default: the next minor)")
+    plan.add_argument("--snapshot-dir", default=SNAPSHOT_DIR, help="where etcd snapshots are")
+    plan.add_argument("--backup-store", metavar="STORE", help="resource backups' store")
+    add_output(plan)
+    plan.set_defaults(handler=upgrade_plan_cmd)
+
+    apply = ucmds.add_parser(
+        "apply",
+        help="fleet upgrade apply [PATTERN...] --to V [-- UPGRADE-APPLY-FLAGS...]",
+        description="Run `kubecare upgrade apply --to V` on every cluster, wave by wave; the "
+        "flags after -- go to every cluster's run, a fleet file's `upgrade:` list to its own.",
+    )
+    waves(apply)
+    apply.add_argument("--to", required=True, metavar="VERSION", help="target, e.g. v1.37.2")
+    apply.add_argument(
+        "--parallel",
+        type=int,
+        default=5,
+        metavar="N",
+        help="clusters of a wave at once (default 5)",
+    )
+    apply.add_argument(
+        "--soak", default="0s", metavar="DURATION",
+        help="after a wave, how long each of its clusters must stay healthy (default: one look)",
+    )  # fmt: skip
+    apply.add_argument(
+        "--gate-interval", default="10s", metavar="DURATION",
+        help="between two looks during the soak (default 10s)",
+    )  # fmt: skip
+    apply.add_argument(
+        "--gate", metavar="CMD",
+        help="a command that must exit 0 for each cluster (sh -c, with KUBECONFIG, "
+        "KUBECARE_CONTEXT and KUBECARE_CLUSTER set)",
+    )  # fmt: skip
+    apply.add_argument("--gate-timeout", default="5m", metavar="DURATION")
+    apply.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_output(apply)
+    apply.set_defaults(handler=upgrade_apply_cmd)
+
+    status = ucmds.add_parser("status", help="every cluster's upgrade journal and gate")
+    waves(status)
+    add_output(status)
+    status.set_defaults(handler=upgrade_status_cmd)
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -247,3 +311,160 @@ def _record(r: RunResult) -> dict[str, Any]:
         "error": r.error or None,
         "output": output,
     }
+
+
+# -- fleet upgrade ------------------------------------------------------------------------------
+def _waves(args: argparse.Namespace) -> tuple[Fleet, list[Wave]]:
+    from kubecare.fleet.upgrade import fleet_waves
+
+    fleet = resolve(args)
+    return fleet, fleet_waves(fleet, args.waves)
+
+
+def plan_table(rows: list[ClusterPlan]) -> str:
+    from kubecare.cli.render import simple_table
+
+    table = simple_table(
+        ("WAVE", "CONTEXT", "CURRENT", "TARGET", "PENDING", "GO", "ERROR"),
+        [
+            (r.wave, r.cluster, r.current or "-", r.target or "-", r.pending if not r.error
+             else "-", "-" if r.error else "go" if r.go else "NO-GO", r.error or "-")
+            for r in rows
+        ],
+    )  # fmt: skip
+    return "\n".join([table, *(f"{r.cluster}: NO-GO: {why}" for r in rows for why in r.reasons)])
+
+
+def upgrade_plan_cmd(args: argparse.Namespace) -> int:
+    from kubecare.cli.common import run as run_async
+    from kubecare.cli.render import emit
+    from kubecare.fleet.upgrade import plan_fleet
+    from kubecare.versions.semver import parse_target
+
+    target = parse_target(args.to) if args.to else None
+    fleet, waves = _waves(args)
+    rows = run_async(
+        plan_fleet(
+            list(fleet.clusters),
+            waves,
+            target,
+            snapshot_dir=Path(args.snapshot_dir).expanduser(),
+            backup_store=args.backup_store,
+        )
+    )
+    emit([r.as_dict() for r in rows], args.output, lambda: plan_table(rows))
+    return 0 if all(r.go and not r.error for r in rows) else 1
+
+
+def upgrade_apply_cmd(args: argparse.Namespace) -> int:
+    from kubecare.cli.common import confirm
+    from kubecare.cli.common import run as run_async
+    from kubecare.cli.render import emit, say
+    from kubecare.durations import parse_duration
+    from kubecare.errors import UsageError
+    from kubecare.fleet.gate import GateCommand
+    from kubecare.fleet.upgrade import GateOptions, apply_fleet, check_upgrade_args
+    from kubecare.versions.semver import parse_target
+
+    target = str(parse_target(args.to))
+    common = list(args.command_line)
+    check_upgrade_args(common, "the flags after --")
+    if args.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
+    soak = float(parse_duration(args.soak, "--soak") or 0)
+    interval = float(parse_duration(args.gate_interval, "--gate-interval") or 0)
+    if interval <= 0:
+        raise UsageError("--gate-interval must be positive")
+    gate_timeout = float(parse_duration(args.gate_timeout, "--gate-timeout") or 0)
+    if args.gate is not None and not args.gate.strip():
+        raise UsageError("--gate needs a command")
+    fleet, waves = _waves(args)
+    for c in fleet.clusters:
+        check_upgrade_args(c.upgrade_args, f"the fleet file's upgrade flags of {c.name}")
+    for i, w in enumerate(waves, 1):
+        say(f"wave {i} {w.name}: {', '.join(w.clusters)}")
+    names = [n for w in waves for n in w.clusters]
+    confirm(args.yes, f"fleet upgrade to {target} changes {len(names)} cluster(s): add --yes")
+    width = max(len(n) for n in names)
+
+    def on_line(name: str, which: str, line: str) -> None:
+        sys.stderr.write(f"{name.ljust(width)} | {line}\n")
+        sys.stderr.flush()
+
+    result = run_async(
+        apply_fleet(
+            list(fleet.clusters),
+            waves,
+            target,
+            common_args=common,
+            parallel=args.parallel,
+            gate=GateOptions(
+                soak=soak,
+                interval=interval,
+                command=GateCommand(args.gate, gate_timeout or 300) if args.gate else None,
+            ),
+            on_line=on_line,
+            on_event=lambda who, msg: say(f"{who.ljust(width)} : {msg}"),
+        )
+    )
+    emit(
+        {"target": target, "ok": result.ok,
+         "waves": [w.__dict__ for w in result.waves],
+         "clusters": [c.as_dict() for c in result.clusters]},
+        args.output,
+        lambda: apply_summary(result),
+    )  # fmt: skip
+    return 0 if result.ok else 1
+
+
+def apply_summary(result: FleetUpgradeResult) -> str:
+    from kubecare.cli.render import simple_table
+
+    table = simple_table(
+        ("WAVE", "CONTEXT", "STATE", "EXIT", "SECONDS", "GATE", "ERROR"),
+        [
+            (c.wave, c.cluster, c.state, "-" if c.code is None else c.code, f"{c.seconds:.0f}",
+             c.gate or "-", c.error or "-")
+            for c in result.clusters
+        ],
+    )  # fmt: skip
+    out = ["", table]
+    for w in result.waves:
+        if w.state == "failed":
+            out.append(f"wave {w.name} failed: {w.reason}")
+        elif w.state != "passed":
+            out.append(f"wave {w.name} not run: {w.reason}")
+    if result.ok:
+        out.append(f"every wave passed: the fleet is at {result.target}")
+    else:
+        out.append("run the same command again to resume: finished clusters are only gated again")
+    return "\n".join(out)
+
+
+def upgrade_status_table(rows: list[ClusterUpgradeStatus]) -> str:
+    from kubecare.cli.render import simple_table
+
+    def cells(r: ClusterUpgradeStatus) -> tuple[Any, ...]:
+        j = r.journal or {}
+        nodes = j.get("nodes") or []
+        done = sum(1 for n in nodes if n.get("state") == "done")
+        gate = r.record.gate if r.record and r.record.target == j.get("target") else ""
+        return (r.wave, r.cluster, j.get("target") or "-", j.get("state") or "-",
+                f"{done}/{len(nodes)}" if j else "-", gate or "-", j.get("updated") or "-",
+                r.error or j.get("message") or "-")  # fmt: skip
+
+    return simple_table(
+        ("WAVE", "CONTEXT", "TARGET", "STATE", "NODES", "GATE", "UPDATED", "MESSAGE"),
+        [cells(r) for r in rows],
+    )
+
+
+def upgrade_status_cmd(args: argparse.Namespace) -> int:
+    from kubecare.cli.common import run as run_async
+    from kubecare.cli.render import emit
+    from kubecare.fleet.upgrade import status_fleet
+
+    fleet, waves = _waves(args)
+    rows = run_async(status_fleet(list(fleet.clusters), waves))
+    emit([r.as_dict() for r in rows], args.output, lambda: upgrade_status_table(rows))
+    return 1 if any(r.error for r in rows) else 0

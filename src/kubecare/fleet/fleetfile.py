@@ -10,6 +10,7 @@
         name: prod-eu                     # optional: the row's name (default: the context)
         kubeconfig: ~/.kube/prod.yaml     # optional: this cluster's own kubeconfig
         labels: {env: prod}
+        upgrade: [--executor, ssh, --ssh-user, admin]   # optional: its `upgrade apply` flags
     groups:                               # optional: named sets, by patterns or a selector
       prod: {selector: env=prod}
     waves:                                # optional: for fleet upgrade
@@ -40,6 +41,7 @@ class FleetCluster:
     context: str
     kubeconfig: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    upgrade_args: tuple[str, ...] = ()  # this cluster's own `upgrade apply` flags (executor...)
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ def parse_fleet(doc: Any, source: str) -> Fleet:
     for i, entry in enumerate(raw):
         where = f"{source}: clusters[{i}]"
         entry = _mapping(entry, where)
-        _only(entry, {"context", "name", "kubeconfig", "labels"}, where)
+        _only(entry, {"context", "name", "kubeconfig", "labels", "upgrade"}, where)
         context = entry.get("context")
         if not isinstance(context, str) or not context:
             raise FleetFileError(f"{where} needs a context")
@@ -196,8 +198,17 @@ def parse_fleet(doc: Any, source: str) -> Fleet:
         kc = entry.get("kubeconfig", default_kc)
         if kc is not None and not isinstance(kc, str):
             raise FleetFileError(f"{where}: kubeconfig must be a path")
+        upgrade = entry.get("upgrade") or []
+        if not isinstance(upgrade, list) or not all(isinstance(a, str | int) for a in upgrade):
+            raise FleetFileError(f"{where}.upgrade must be a list of `upgrade apply` flags")
         clusters.append(
-            FleetCluster(name, context, kc, {str(k): _label(v) for k, v in labels.items()})
+            FleetCluster(
+                name,
+                context,
+                kc,
+                {str(k): _label(v) for k, v in labels.items()},
+                tuple(str(a) for a in upgrade),
+            )
         )
     groups: dict[str, list[str]] = {}
     for gname, spec in _mapping(doc.get("groups") or {}, f"{source}: groups").items():
