@@ -527,7 +527,7 @@ async def test_rolling_ha_upgrade_through_real_kubeadm_as_the_second_wave_of_a_f
             said
         ), said[-3000:]
         assert "wave upgrade not run: wave canary failed" in said
-        assert by(versions(canary), "kubelet") == {"control-plane-1": f"v{NEW}"}
+        assert set(by(versions(canary), "kubelet").values()) == {f"v{NEW}"}
         assert set(by(versions(usb), "kubelet").values()) == {f"v{OLD}"}  # the second wave waited
         res = run_cli("fleet", "upgrade", "status", "--fleet", str(fleet), "-o", "json")
         assert res.returncode == 0, res.stderr

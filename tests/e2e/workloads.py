@@ -172,9 +172,26 @@ async def system_pods(kube: Kube, node: str) -> dict[str, str]:
     }
 
 
-async def wait_system_pods(kube: Kube, node: str, timeout: float = 60) -> dict[str, str]:
-    """Wait until kube-proxy runs on ``node`` (a joined node gets it from its DaemonSet)."""
-    result: dict[str, str] = await wait_for(lambda: system_pods(kube, node), timeout)
+async def wait_system_pods(kube: Kube, node: str, timeout: float = 120) -> dict[str, str]:
+    """Wait until kube-proxy runs on ``node`` (a joined node gets it from its DaemonSet). On a
+    loaded machine the DaemonSet controller, the scheduler and kwok can each lag; when it never
+    comes, the error says where it stopped."""
+    try:
+        result: dict[str, str] = await wait_for(lambda: system_pods(kube, node), timeout)
+    except AssertionError:
+        ds = await kube.get_json("/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy")
+        mine = [
+            (p["metadata"]["name"], p["status"].get("phase"), p["spec"].get("nodeName"))
+            for p in await pods(kube, "kube-system", "k8s-app=kube-proxy")
+            if node in (p["spec"].get("nodeName"), str(p["spec"].get("affinity")))
+        ]
+        n = await kube.get_json(f"/api/v1/nodes/{node}")
+        raise AssertionError(
+            f"no running kube-proxy on {node} within {timeout}s: DaemonSet status "
+            f"{ds.get('status')}; its pods for the node {mine}; the node's conditions "
+            f"{[(c['type'], c['status']) for c in n['status'].get('conditions', [])]}, "
+            f"taints {n['spec'].get('taints')}"
+        ) from None
     return result
 
 
