@@ -507,10 +507,12 @@ async def test_rolling_ha_upgrade_through_real_kubeadm_as_the_second_wave_of_a_f
         )  # fmt: skip
         stop = tmp_path / "stop-canary"
         stop.touch()
+        # a smoke test after the upgrade: plain kubectl (the gate's KUBECONFIG makes the
+        # cluster's context current); the canary fails it once at the new version
         gate = (
-            f'{KUBECTL} --context "$KUBECARE_CONTEXT" get nodes >/dev/null && '
-            f'if [ -e {tmp_path}/stop-"$KUBECARE_CLUSTER" ]; then echo "canary told to fail"; '
-            "exit 3; fi"
+            f"v=$({KUBECTL} get nodes -o jsonpath='{{.items[*].status.nodeInfo.kubeletVersion}}')"
+            f' || exit 1; if [ -e {tmp_path}/stop-"$KUBECARE_CLUSTER" ] && [ "$v" = v{NEW} ]; '
+            'then echo "canary told to fail"; exit 3; fi'
         )
         base = ["fleet", "upgrade", "apply", "--fleet", str(fleet), "--to", f"v{NEW}", "--gate",
                 gate]  # fmt: skip
@@ -534,6 +536,8 @@ async def test_rolling_ha_upgrade_through_real_kubeadm_as_the_second_wave_of_a_f
         canary_row, usb_row = json.loads(res.stdout)
         assert canary_row["journal"]["state"] == "done" and usb_row["journal"] is None
         assert canary_row["fleet"]["gate"].startswith("failed: the gate command exited 3")
+        # the gate judges against the canary as it was before its upgrade, on the rerun too
+        baseline = canary_row["fleet"]["baseline"]
         stop.unlink()
 
         ns = await new_namespace(ukube, "upgrade-web")
@@ -565,8 +569,12 @@ async def test_rolling_ha_upgrade_through_real_kubeadm_as_the_second_wave_of_a_f
             watching.set()
             await watcher
         assert res.returncode == 0, res.stderr[-3000:]
-        assert "canary  : already upgraded to v1.37.2 (its journal is done)" in res.stderr
+        assert f"canary  : already upgraded to v{NEW} (its journal is done)" in res.stderr
         assert f"every wave passed: the fleet is at v{NEW}" in res.stdout
+        res = run_cli("fleet", "upgrade", "status", "--fleet", str(fleet), "-o", "json")
+        canary_row, usb_row = json.loads(res.stdout)
+        assert canary_row["fleet"]["gate"] == "passed" and usb_row["fleet"]["gate"] == "passed"
+        assert canary_row["fleet"]["baseline"] == baseline  # kept from before its upgrade
     status = cli(usb, "upgrade", "status", "-o", "json")
     assert status.returncode == 0, status.stderr
     done = json.loads(status.stdout)

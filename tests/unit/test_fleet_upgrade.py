@@ -4,6 +4,7 @@ and the order of the run (each cluster's steps replaced: the real ones run in th
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,11 +58,19 @@ def test_a_clusters_own_upgrade_flags_are_read_from_the_fleet_file() -> None:
 
 
 @pytest.mark.parametrize(
-    "flag", ["--to", "--yes", "-o", "--journal=j", "--context", "--kubeconfig"]
-)
-def test_flags_the_fleet_sets_itself_are_refused(flag: str) -> None:
+    "flag", ["--to", "--yes", "-o", "-ojson", "--journal=j", "--context", "--kubeconfig",
+             "--cont", "--kubec=/tmp/k", "--jour", "--outp"],
+)  # fmt: skip
+def test_flags_the_fleet_sets_itself_are_refused_abbreviated_too(flag: str) -> None:
     with pytest.raises(UsageError, match="fleet upgrade sets --to"):
-        fu.check_upgrade_args([flag, "x"], "the flags after --")
+        fu.check_upgrade_args([flag, "x"], "the flags after --", shared=False)
+
+
+@pytest.mark.parametrize("flag", ["--sandbox", "--sand", "--etcd-endpoints=x", "--etcd-key"])
+def test_flags_aiming_at_one_place_are_a_clusters_own_never_shared(flag: str) -> None:
+    with pytest.raises(UsageError, match="in each cluster's own `upgrade:` list"):
+        fu.check_upgrade_args([flag, "x"], "the flags after --", shared=True)
+    fu.check_upgrade_args([flag, "x"], "the fleet file's upgrade flags of a", shared=False)
 
 
 def pod(name: str, *, owner: str | None = None, waiting: str | None = None,
@@ -82,6 +91,29 @@ def node(name: str, ready: str | None = "True") -> dict[str, Any]:
 def test_a_workload_is_its_controller_or_the_bare_pod() -> None:
     assert workload(pod("web-1", owner="web-abc")) == "ns/ReplicaSet/web-abc"
     assert workload(pod("bare")) == "ns/Pod/bare"
+    rolled = pod("coredns-7d9-x", owner="coredns-7d9")
+    rolled["metadata"]["labels"] = {"pod-template-hash": "7d9"}
+    assert workload(rolled) == "ns/Deployment/coredns"  # a new ReplicaSet is the same workload
+    mirror = pod("kube-apiserver-cp1")
+    mirror["metadata"]["ownerReferences"] = [{"kind": "Node", "name": "cp1", "controller": True}]
+    assert workload(mirror) == "ns/Pod/kube-apiserver-cp1"  # not every static pod of the node
+
+
+def test_the_gate_command_talks_to_its_cluster_and_says_why_it_failed(tmp_path: Path) -> None:
+    from kubecare.fleet.gate import GateCommand, run_gate
+
+    c = FleetCluster("edge", "ctx-edge", str(tmp_path / "kc.yaml"))
+    out = tmp_path / "env"
+    ok = asyncio.run(run_gate(GateCommand(
+        f'cat "${{KUBECONFIG%%:*}}" > {out}; echo >> {out}; echo "$KUBECONFIG $KUBECARE_CONTEXT '
+        f'$KUBECARE_CLUSTER" >> {out}'), c))  # fmt: skip
+    first, env = out.read_text().splitlines()
+    assert ok == "" and '"current-context": "ctx-edge"' in first
+    assert env.endswith(f":{tmp_path / 'kc.yaml'} ctx-edge edge")
+    failed = asyncio.run(run_gate(GateCommand("echo one; echo two >&2; exit 4"), c))
+    assert failed == "the gate command exited 4: two"
+    slow = asyncio.run(run_gate(GateCommand("sleep 5", timeout=0.2), c))
+    assert slow == "the gate command did not finish within 0s"
 
 
 def test_crash_looping_is_kubelets_back_off_in_any_container() -> None:
@@ -122,6 +154,8 @@ class Steps:
         async def prepare(c: FleetCluster, target: str, wave: str) -> tuple[bool, Any]:
             return c.name in self.done, fu.FleetRecord(target, wave)
 
+        self.looks: list[str] = []
+
         async def run_one(c: FleetCluster, argv: list[str], on_line: Any, **_: Any) -> RunResult:
             self.ran.append(c.name)
             await asyncio.sleep(0)
@@ -129,7 +163,11 @@ class Steps:
             return RunResult(c.name, code, 0.1, "" if code == 0 else f"{c.name} broke")
 
         async def health(c: FleetCluster, baseline: list[str], gate: Any) -> list[str]:
-            return [self.unhealthy[c.name]] if c.name in self.unhealthy else []
+            self.looks.append(c.name)
+            # healthy before its upgrade; after it, as told
+            return (
+                [self.unhealthy[c.name]] if c.name in self.unhealthy and c.name in self.ran else []
+            )
 
         async def set_gate(c: FleetCluster, verdict: str) -> None:
             self.gates[c.name] = verdict
@@ -180,3 +218,59 @@ def test_a_failed_upgrade_stops_before_its_gate(monkeypatch: pytest.MonkeyPatch)
     assert sorted(steps.ran) == ["a", "b"] and steps.gates == {}  # the wave finished, no gate
     assert result.waves[0].state == "failed" and result.waves[0].reason == "b: b broke"
     assert [c.state for c in result.clusters] == [fu.UPGRADED, fu.FAILED, fu.NOT_RUN]
+
+
+def test_after_a_failure_no_waiting_cluster_of_the_wave_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps = Steps(set(), {"a": 1}, {})
+    steps.install(monkeypatch)
+    f = fleet("a", "b", "c")
+    result = asyncio.run(fu.apply_fleet(f.clusters, fu.fleet_waves(f, None), "v1.37.2",
+                                        parallel=1, on_line=lambda *_: None,
+                                        on_event=lambda *_: None))  # fmt: skip
+    assert steps.ran == ["a"]
+    assert [c.error for c in result.clusters] == ["a broke"] + [
+        "not run: another cluster of its wave failed"] * 2  # fmt: skip
+
+
+def test_a_cluster_unhealthy_before_its_upgrade_is_not_touched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps = Steps(set(), {}, {})
+    steps.install(monkeypatch)
+
+    async def health(c: FleetCluster, baseline: list[str], gate: Any) -> list[str]:
+        return ["node n1 is not Ready (Ready=False)"]
+
+    monkeypatch.setattr(fu, "_health", health)
+    result = run(fleet("a", "b"), "canary=a,rest=b")
+    assert steps.ran == [] and not result.ok
+    assert result.clusters[0].error == (
+        "not healthy before its upgrade: node n1 is not Ready (Ready=False)"
+    )
+
+
+def test_a_stopped_child_gets_one_sigint_to_stop_as_on_ctrl_c(tmp_path: Path) -> None:
+    import sys
+
+    from kubecare.fleet.runner import _stop
+
+    seen = tmp_path / "seen"
+    code = (
+        "import signal, sys, time\n"
+        f"def stop(*_):\n    open({str(seen)!r}, 'a').write('int ')\n    sys.exit(3)\n"
+        "signal.signal(signal.SIGINT, stop)\nprint('ready', flush=True)\ntime.sleep(30)\n"
+    )
+
+    async def main() -> int | None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, start_new_session=True
+        )
+        assert proc.stdout is not None
+        await proc.stdout.readline()
+        await _stop(proc)
+        return proc.returncode
+
+    assert asyncio.run(main()) == 3
+    assert seen.read_text() == "int "

@@ -335,25 +335,93 @@ def plan_table(rows: list[ClusterPlan]) -> str:
     return "\n".join([table, *(f"{r.cluster}: NO-GO: {why}" for r in rows for why in r.reasons)])
 
 
+def _is_flag(arg: str, flag: str) -> bool:
+    return arg.split("=", 1)[0] == flag
+
+
+def _cluster_args(
+    target: str, common: list[str], fleet: Fleet, names: list[str], *, planning: bool = False
+) -> dict[str, argparse.Namespace]:
+    """Each cluster's `upgrade apply` command line, parsed by the real parser before anything
+    runs: a bad flag is an error naming the cluster, and nothing is changed."""
+    import contextlib
+    import io
+
+    from kubecare.cli.app import build_parser
+    from kubecare.errors import UsageError
+    from kubecare.fleet.upgrade import apply_argv, check_upgrade_args
+
+    check_upgrade_args(common, "the flags after --", shared=True)
+    parser = build_parser()
+    out: dict[str, argparse.Namespace] = {}
+    by_name = {c.name: c for c in fleet.clusters}
+    for name in names:
+        c = by_name[name]
+        check_upgrade_args(
+            c.upgrade_args, f"the fleet file's upgrade flags of {name}", shared=False
+        )
+        argv = [a.replace("{context}", name) for a in apply_argv(target, common, c)]
+        if planning and not any(_is_flag(a, "--executor") for a in argv):
+            argv += ["--executor", "command"]  # a plan needs no executor; apply's parser does
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                out[name] = parser.parse_args(argv)
+        except SystemExit:
+            said = next((ln for ln in reversed(err.getvalue().splitlines()) if ln.strip()), "")
+            raise UsageError(
+                f"{name}: kubecare {' '.join(argv[:2])} refuses its flags: "
+                f"{said.split(': error: ', 1)[-1]}"
+            ) from None
+    return out
+
+
 def upgrade_plan_cmd(args: argparse.Namespace) -> int:
+    from kubecare.cli.args import drain_options
     from kubecare.cli.common import run as run_async
     from kubecare.cli.render import emit
+    from kubecare.cli.upgrade import _etcd_endpoints, _plan_inputs
     from kubecare.fleet.upgrade import plan_fleet
     from kubecare.versions.semver import parse_target
 
     target = parse_target(args.to) if args.to else None
     fleet, waves = _waves(args)
-    rows = run_async(
-        plan_fleet(
-            list(fleet.clusters),
-            waves,
-            target,
-            snapshot_dir=Path(args.snapshot_dir).expanduser(),
-            backup_store=args.backup_store,
-        )
+    names = [n for w in waves for n in w.clusters]
+    # the flags each cluster's apply will get decide its plan (snapshot place, strategy...)
+    parsed = _cluster_args(
+        str(target or "v1.0.0"), list(args.command_line), fleet, names, planning=True
     )
+    inputs = {
+        n: (drain_options(a), {**_plan_inputs(a), "etcd_endpoints": _etcd_endpoints(a)})
+        for n, a in parsed.items()
+    }
+    rows = run_async(plan_fleet(list(fleet.clusters), waves, target, inputs))
     emit([r.as_dict() for r in rows], args.output, lambda: plan_table(rows))
     return 0 if all(r.go and not r.error for r in rows) else 1
+
+
+class _Printer:
+    """Prefixed lines to stderr; a closed pipe stops the printing, never the supervision of
+    upgrades in flight (the exit code then says output was lost)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.lost = False
+
+    def write(self, text: str) -> None:
+        if self.lost:
+            return
+        try:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except OSError:
+            self.lost = True
+
+    def line(self, name: str, _which: str, line: str) -> None:
+        self.write(f"{name.ljust(self.width)} | {line}")
+
+    def event(self, who: str, message: str) -> None:
+        self.write(f"{who.ljust(self.width)} : {message}")
 
 
 def upgrade_apply_cmd(args: argparse.Namespace) -> int:
@@ -363,12 +431,11 @@ def upgrade_apply_cmd(args: argparse.Namespace) -> int:
     from kubecare.durations import parse_duration
     from kubecare.errors import UsageError
     from kubecare.fleet.gate import GateCommand
-    from kubecare.fleet.upgrade import GateOptions, apply_fleet, check_upgrade_args
+    from kubecare.fleet.upgrade import GateOptions, apply_fleet
     from kubecare.versions.semver import parse_target
 
     target = str(parse_target(args.to))
     common = list(args.command_line)
-    check_upgrade_args(common, "the flags after --")
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
     soak = float(parse_duration(args.soak, "--soak") or 0)
@@ -376,37 +443,40 @@ def upgrade_apply_cmd(args: argparse.Namespace) -> int:
     if interval <= 0:
         raise UsageError("--gate-interval must be positive")
     gate_timeout = float(parse_duration(args.gate_timeout, "--gate-timeout") or 0)
+    if gate_timeout <= 0:
+        raise UsageError("--gate-timeout must be positive")
     if args.gate is not None and not args.gate.strip():
         raise UsageError("--gate needs a command")
     fleet, waves = _waves(args)
-    for c in fleet.clusters:
-        check_upgrade_args(c.upgrade_args, f"the fleet file's upgrade flags of {c.name}")
+    names = [n for w in waves for n in w.clusters]
+    _cluster_args(target, common, fleet, names)
     for i, w in enumerate(waves, 1):
         say(f"wave {i} {w.name}: {', '.join(w.clusters)}")
-    names = [n for w in waves for n in w.clusters]
     confirm(args.yes, f"fleet upgrade to {target} changes {len(names)} cluster(s): add --yes")
-    width = max(len(n) for n in names)
-
-    def on_line(name: str, which: str, line: str) -> None:
-        sys.stderr.write(f"{name.ljust(width)} | {line}\n")
-        sys.stderr.flush()
-
-    result = run_async(
-        apply_fleet(
-            list(fleet.clusters),
-            waves,
-            target,
-            common_args=common,
-            parallel=args.parallel,
-            gate=GateOptions(
-                soak=soak,
-                interval=interval,
-                command=GateCommand(args.gate, gate_timeout or 300) if args.gate else None,
-            ),
-            on_line=on_line,
-            on_event=lambda who, msg: say(f"{who.ljust(width)} : {msg}"),
+    printer = _Printer(max(len(n) for n in names))
+    try:
+        result = run_async(
+            apply_fleet(
+                list(fleet.clusters),
+                waves,
+                target,
+                common_args=common,
+                parallel=args.parallel,
+                gate=GateOptions(
+                    soak=soak,
+                    interval=interval,
+                    command=GateCommand(args.gate, gate_timeout) if args.gate else None,
+                ),
+                on_line=printer.line,
+                on_event=printer.event,
+            )
         )
-    )
+    except KeyboardInterrupt:
+        printer.write(
+            "interrupted: each cluster's upgrade was asked to stop as on Ctrl-C (a node in "
+            "progress may be cordoned); run the same command again to resume"
+        )
+        return 130
     emit(
         {"target": target, "ok": result.ok,
          "waves": [w.__dict__ for w in result.waves],
@@ -414,7 +484,7 @@ def upgrade_apply_cmd(args: argparse.Namespace) -> int:
         args.output,
         lambda: apply_summary(result),
     )  # fmt: skip
-    return 0 if result.ok else 1
+    return 0 if result.ok and not printer.lost else 1
 
 
 def apply_summary(result: FleetUpgradeResult) -> str:

@@ -136,43 +136,61 @@ async def _pump(
         on_line(name, which, line)
 
 
-#: After Ctrl-C the children have had their own SIGINT (same terminal): time to stop as they
-#: do on an interrupt (a drain says what it did, leaves the node cordoned) before SIGTERM.
+#: After Ctrl-C (or any reason the parent stops) each child gets one SIGINT and this long to
+#: stop as it does on an interrupt (a drain says what it did and leaves the node cordoned)
+#: before SIGTERM. The children run in their own sessions, so the terminal's Ctrl-C reaches
+#: only the parent, and each child gets exactly one SIGINT (a second one stops its own
+#: clean-up at once).
 INTERRUPT_GRACE = 30.0
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
+    import contextlib
+    import signal
+
     if proc.returncode is not None:
         return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
     try:
         await asyncio.wait_for(proc.wait(), INTERRUPT_GRACE)
         return
     except TimeoutError:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
     try:
         await asyncio.wait_for(proc.wait(), 10)
     except TimeoutError:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
         await proc.wait()
+
+
+def _quiet(_cluster: str, _which: str, _line: str) -> None:
+    """Lines not shown as they come (the merged output is printed at the end)."""
 
 
 async def run_one(
     cluster: FleetCluster, command: Sequence[str], on_line: OnLine, *, keep_stdout: bool
 ) -> RunResult:
+    """``kubecare COMMAND`` on ``cluster``; a child that cannot start is exit code 127."""
     t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv_for(cluster, command),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv_for(cluster, command),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as e:
+        return RunResult(cluster.name, 127, 0.0, f"could not start kubecare: {e}")
     out: list[str] = []
     err: list[str] = []
     assert proc.stdout is not None and proc.stderr is not None
-    quiet: OnLine = lambda _c, _w, _l: None  # noqa: E731 (the merged output is printed later)
     try:
         await asyncio.gather(
-            _pump(proc.stdout, cluster.name, "out", quiet if keep_stdout else on_line, out),
+            _pump(proc.stdout, cluster.name, "out", _quiet if keep_stdout else on_line, out),
             _pump(proc.stderr, cluster.name, "err", on_line, err),
         )
         code = await proc.wait()
@@ -206,10 +224,7 @@ async def run_fleet(
         async with slots:
             if fail_fast and failed.is_set():
                 return RunResult(c.name, None, 0.0, "not run: an earlier cluster failed")
-            try:
-                res = await run_one(c, command, on_line, keep_stdout=keep_stdout)
-            except OSError as e:
-                res = RunResult(c.name, 127, 0.0, f"could not start kubecare: {e}")
+            res = await run_one(c, command, on_line, keep_stdout=keep_stdout)
             if not res.ok:
                 failed.set()
             return res

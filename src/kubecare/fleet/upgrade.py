@@ -40,7 +40,10 @@ RECORD_KEY = "record.json"
 CLIENT_TIMEOUT = 30.0
 
 #: Flags ``fleet upgrade apply`` sets itself, or that would make every cluster's run the same.
-OWN_FLAGS = ("--to", "--yes", "-o", "--output", "--journal", "--context", "--kubeconfig")
+OWN_FLAGS = ("--to", "--yes", "--output", "--journal", "--context", "--kubeconfig")
+#: Flags that aim a run at one place: a cluster's own (its ``upgrade:`` list), never shared.
+PER_CLUSTER_FLAGS = ("--sandbox", "--etcd-endpoints", "--etcd-cacert", "--etcd-cert",
+                     "--etcd-key")  # fmt: skip
 
 OnEvent = Callable[[str, str], None]  # (cluster or wave, message)
 
@@ -74,14 +77,36 @@ def fleet_waves(fleet: Fleet, waves_text: str | None) -> list[Wave]:
     return waves
 
 
-def check_upgrade_args(args: Sequence[str], where: str) -> None:
+def _long(flag: str, known: Sequence[str]) -> str | None:
+    """The flag of ``known`` that ``flag`` names, abbreviations included (argparse takes an
+    unambiguous prefix of a long flag as that flag)."""
+    if flag in known:
+        return flag
+    if flag.startswith("--") and len(flag) > 2:
+        return next((k for k in known if k.startswith(flag)), None)
+    return None
+
+
+def check_upgrade_args(args: Sequence[str], where: str, *, shared: bool) -> None:
+    """Refuse what the fleet sets itself, and (in the flags every cluster gets) what would aim
+    every cluster's run at one place."""
     for a in args:
+        if not a.startswith("-"):
+            continue
         flag = a.split("=", 1)[0]
-        if flag in OWN_FLAGS:
+        own = "-o" if flag == "-o" or (flag.startswith("-o") and not flag.startswith("--")) \
+            else _long(flag, OWN_FLAGS)  # fmt: skip
+        if own:
             raise UsageError(
                 f"{flag} in {where}: fleet upgrade sets --to, --yes and -o itself, gives each "
                 "cluster its own --kubeconfig and --context, and reads each cluster's journal "
                 "from its ConfigMap"
+            )
+        target = _long(flag, PER_CLUSTER_FLAGS) if shared else None
+        if target:
+            raise UsageError(
+                f"{target} in {where} would aim every cluster's run at the same place; give "
+                "it in each cluster's own `upgrade:` list of the fleet file"
             )
 
 
@@ -219,21 +244,35 @@ def _kube(cluster: FleetCluster) -> Kube:
 
 
 async def _prepare(cluster: FleetCluster, target: str, wave: str) -> tuple[bool, FleetRecord]:
-    """Whether the cluster's journal says it is done at ``target``; its record, written now
-    with the baseline when this is the first run of this upgrade on it."""
+    """Whether the cluster is done at ``target`` (its journal done, every kubelet there); its
+    record, written now with the baseline on the first run of this upgrade on it. An unfinished
+    upgrade to another version is refused before anything is written."""
     from ..upgrade.journal import ConfigMapStore
 
     async with _kube(cluster) as kube:
         journal: Journal | None = await ConfigMapStore(kube).load()
+        if journal is not None and journal.state != "done" and journal.target != target:
+            raise UsageError(
+                f"an upgrade to {journal.target} is unfinished ({journal.state}); finish it "
+                f"with --to {journal.target}, or forget it with kubecare upgrade reset --yes"
+            )
         record, rv = await load_record(kube)
         if record is None or record.target != target:
+            # before this upgrade touches the cluster, or (an unfinished journal at this
+            # target, the record lost) as near to that as can be had now
             pods = await kube.list_objects("/api/v1/pods")
             record = FleetRecord(target, wave, sorted(crash_looping(pods)))
             await save_record(kube, record, rv)
         elif record.wave != wave:  # moved to another wave by the fleet file: keep the baseline
             record.wave = wave
             await save_record(kube, record, rv)
-    done = journal is not None and journal.state == "done" and journal.target == target
+        done = journal is not None and journal.state == "done" and journal.target == target
+        if done:  # a node joined at an old version since is still to do
+            nodes = await kube.list_objects("/api/v1/nodes")
+            done = all(
+                ((n.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion") == target
+                for n in nodes
+            )
     return done, record
 
 
@@ -243,13 +282,15 @@ async def _health(cluster: FleetCluster, baseline: list[str], gate: GateOptions)
             nodes, pods = await asyncio.gather(
                 kube.list_objects("/api/v1/nodes"), kube.list_objects("/api/v1/pods")
             )
+        reasons = judge(nodes, pods, baseline)
+        if not reasons and gate.command is not None:
+            failed = await run_gate(gate.command, cluster)
+            if failed:
+                reasons.append(failed)
     except KubecareError as e:
         return [f"could not be read: {e.message}"]
-    reasons = judge(nodes, pods, baseline)
-    if not reasons and gate.command is not None:
-        failed = await run_gate(gate.command, cluster)
-        if failed:
-            reasons.append(failed)
+    except Exception as e:  # a defect with this cluster: its verdict, not every cluster's
+        return [f"kubecare failed unexpectedly ({type(e).__name__}: {e}); please report it"]
     return reasons
 
 
@@ -270,31 +311,45 @@ async def _upgrade_one(
     target: str,
     common_args: Sequence[str],
     slots: asyncio.Semaphore,
+    failed: asyncio.Event,
     records: dict[str, FleetRecord],
+    gate: GateOptions,
     on_line: OnLine,
     on_event: OnEvent,
 ) -> None:
-    """The cluster's record (and baseline), then its `upgrade apply` unless its journal says
-    it is done at the target; the outcome in ``o``."""
+    """The cluster's record (and baseline), a look at its health, then its `upgrade apply`
+    unless it is done at the target; the outcome in ``o``. Once a cluster of the wave has
+    failed, none that has not started yet starts."""
     async with slots:
+        if failed.is_set():
+            o.error = "not run: another cluster of its wave failed"
+            return
         t0 = time.monotonic()
         try:
             done, records[c.name] = await _prepare(c, target, o.wave)
+            if done:
+                o.state, o.code = ALREADY, 0
+                on_event(c.name, f"already upgraded to {target} (its journal is done)")
+                return
+            # not healthy before its upgrade (or the gate itself broken): nothing is touched
+            before = await _health(c, records[c.name].baseline, gate)
+            if before:
+                o.state, o.error = FAILED, f"not healthy before its upgrade: {before[0]}"
+                failed.set()
+                return
+            res = await run_one(c, apply_argv(target, common_args, c), on_line, keep_stdout=True)
         except KubecareError as e:
             o.state, o.error = FAILED, e.message
-            return
-        if done:
-            o.state, o.code = ALREADY, 0
-            on_event(c.name, f"already upgraded to {target} (its journal is done)")
-            return
-        try:
-            res = await run_one(c, apply_argv(target, common_args, c), on_line, keep_stdout=True)
-        except OSError as e:
-            o.state, o.error = FAILED, f"could not start kubecare: {e}"
-            return
-        o.code, o.seconds = res.code, time.monotonic() - t0
-        o.state = UPGRADED if res.ok else FAILED
-        o.error = res.error
+        except Exception as e:  # a defect with this cluster: its row, the others go on
+            o.state = FAILED
+            o.error = f"kubecare failed unexpectedly ({type(e).__name__}: {e}); please report it"
+        else:
+            o.code = res.code
+            o.state = UPGRADED if res.ok else FAILED
+            o.error = res.error
+        o.seconds = time.monotonic() - t0
+        if o.state == FAILED:
+            failed.set()
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -321,10 +376,11 @@ async def apply_fleet(
     for wave in result.waves:
         on_event(wave.name, f"wave {wave.name}: {', '.join(wave.clusters)}")
         slots = asyncio.Semaphore(max(1, parallel))
+        stop = asyncio.Event()
         records: dict[str, FleetRecord] = {}
         await asyncio.gather(
-            *(_upgrade_one(by_name[n], outcome[n], target, common_args, slots, records,
-                           on_line, on_event) for n in wave.clusters)
+            *(_upgrade_one(by_name[n], outcome[n], target, common_args, slots, stop, records,
+                           gate, on_line, on_event) for n in wave.clusters)
         )  # fmt: skip
         failed = [outcome[n] for n in wave.clusters if outcome[n].state == FAILED]
         if failed:
@@ -405,17 +461,14 @@ class ClusterPlan:
 
 
 async def _plan_one(
-    cluster: FleetCluster, wave: str, target: Any, options: dict[str, Any]
+    cluster: FleetCluster, wave: str, target: Any, drain: Any, options: dict[str, Any]
 ) -> ClusterPlan:
-    from ..nodes.drain_options import DrainOptions
     from ..upgrade.preflight import plan_with_preflight
 
     row = ClusterPlan(cluster.name, wave)
     try:
         async with _kube(cluster) as kube:
-            plan, _, _ = await plan_with_preflight(
-                kube, target, DrainOptions(ignore_daemonsets=True), **options
-            )
+            plan, _, _ = await plan_with_preflight(kube, target, drain, **options)
     except KubecareError as e:
         row.error = e.message
         return row
@@ -425,13 +478,18 @@ async def _plan_one(
 
 
 async def plan_fleet(
-    clusters: Sequence[FleetCluster], waves: Sequence[Wave], target: Any, **options: Any
+    clusters: Sequence[FleetCluster],
+    waves: Sequence[Wave],
+    target: Any,
+    inputs: dict[str, tuple[Any, dict[str, Any]]],
 ) -> list[ClusterPlan]:
-    """Each cluster planned as ``upgrade plan`` plans it, all at once, in wave order."""
+    """Each cluster planned as its ``upgrade apply`` will plan it (``inputs``: its drain
+    options and :func:`plan_with_preflight`'s keywords, from its flags), all at once, in wave
+    order."""
     by_name = {c.name: c for c in clusters}
     return list(
         await asyncio.gather(
-            *(_plan_one(by_name[n], w.name, target, options) for w in waves for n in w.clusters)
+            *(_plan_one(by_name[n], w.name, target, *inputs[n]) for w in waves for n in w.clusters)
         )
     )
 
