@@ -143,6 +143,7 @@ class FaultProxy:
                 await t
         if self._client:
             await self._client.aclose()
+            self._client = None  # stopped once by a test, and again by its fixture
         self.kubeconfig.unlink(missing_ok=True)
 
     def count(self, method: str | None, path: str) -> int:

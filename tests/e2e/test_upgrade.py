@@ -571,8 +571,8 @@ async def test_rolling_ha_upgrade_through_real_kubeadm_as_the_second_wave_of_a_f
         assert res.returncode == 0, res.stderr[-3000:]
         assert f"canary  : already upgraded to v{NEW} (its journal is done)" in res.stderr
         assert f"every wave passed: the fleet is at v{NEW}" in res.stdout
-        res = run_cli("fleet", "upgrade", "status", "--fleet", str(fleet), "-o", "json")
-        canary_row, usb_row = json.loads(res.stdout)
+        after = run_cli("fleet", "upgrade", "status", "--fleet", str(fleet), "-o", "json")
+        canary_row, usb_row = json.loads(after.stdout)
         assert canary_row["fleet"]["gate"] == "passed" and usb_row["fleet"]["gate"] == "passed"
         assert canary_row["fleet"]["baseline"] == baseline  # kept from before its upgrade
     status = cli(usb, "upgrade", "status", "-o", "json")
