@@ -13,7 +13,7 @@ import pytest
 
 from kubecare.kube import Kube
 from kubecare.nodes.cordon import set_unschedulable
-from kubecare.sandbox import Sandbox, SandboxOptions
+from kubecare.sandbox import Sandbox
 
 from .conftest import cli_argv, run_cli
 from .scenarios import in_namespace, mixed_node, roles_on, uids
@@ -558,58 +558,6 @@ async def test_parallel_nodes_drain_together_within_the_lock_limit(
         a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
     )  # they overlapped
     assert await pods(kube, namespace) == []
-
-
-async def test_an_apiserver_outage_mid_drain_is_retried_then_reported_and_the_rerun_resumes(
-    sandbox: Sandbox,
-) -> None:
-    import uuid
-
-    from kubecare.kube import ClientOptions
-
-    sb = Sandbox(
-        f"flaky-{uuid.uuid4().hex[:6]}"
-    )  # its own control plane: this test stops the apiserver
-    try:
-        await sb.up(SandboxOptions(workers=2))
-        async with Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as k:
-            await set_unschedulable(k, "worker-2", True)
-            await apply(
-                k,
-                "default",
-                deployment(
-                    "web",
-                    2,
-                    {
-                        "containers": [{"name": "c", "image": "pause"}],
-                        "terminationGracePeriodSeconds": 0,
-                    },
-                ),
-            )
-            await apply(k, "default", pdb("web", {"app": "web"}, max_unavailable=0))
-            await wait_running(k, "default", 2)
-            await wait_for(lambda: _pdb_observed(k, "default", "web"))
-        argv = cli_argv("drain", "worker-1", DS, kubeconfig=sb.kubeconfig)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        await asyncio.sleep(4)  # the drain is now waiting on the PDB
-        sb.stop_component("kube-apiserver")
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 1
-        assert "retrying pod default/" in err
-        assert 'drain of node "worker-1" stopped: apiserver at https://127.0.0.1:' in err
-        assert "the node stays cordoned; run the same drain again to resume" in err
-        assert "Traceback" not in err
-        await sb.start_component("kube-apiserver")
-        async with Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as k:
-            assert await cordoned(k, "worker-1")
-            await k.request_json(
-                "DELETE", "/apis/policy/v1/namespaces/default/poddisruptionbudgets/web"
-            )
-        res = run_cli("drain", "worker-1", DS, "-o", "json", kubeconfig=sb.kubeconfig, timeout=120)
-        assert res.returncode == 0, res.stderr
-        assert set(states(json.loads(res.stdout)[0], "default")) == {"evicted"}
-    finally:
-        sb.down()
 
 
 async def test_chunk_size_pages_the_node_list_as_kubectl_does(sandbox: Sandbox, pool: Pool) -> None:

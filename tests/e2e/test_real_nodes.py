@@ -1,7 +1,9 @@
 """Real nodes: a real kubelet and containerd, joined by the real kubeadm, running real containers.
 
 One sandbox for the module (one control plane, one kwok worker for CoreDNS, two real nodes);
-the test of `sandbox down`'s cleanup makes its own.
+the test of `sandbox down`'s cleanup makes its own. A real node's upgrade (the real `kubeadm
+upgrade node`, the kubelet package swapped and restarted) is tested as the canary of the fleet
+upgrade in test_upgrade.py.
 """
 
 from __future__ import annotations
@@ -701,45 +703,6 @@ async def test_a_cut_exec_stream_fails_the_volume_backup_and_writes_nothing(
     assert "cut" in str(e.value) and "run it again" in str(e.value)
     assert list(tmp_path.iterdir()) == []
     assert await helpers_left(rkube, ns) == []
-
-
-async def test_an_upgrade_runs_the_new_kubelet_binary_on_a_real_node(
-    sandbox_state_dir: Path,
-) -> None:
-    """`kubecare upgrade apply` 1.36 -> 1.37 through the sandbox executor: on the real worker
-    the real `kubeadm upgrade node`, the kubelet package swapped, `systemctl restart kubelet` —
-    and the node then reports what its new binary says, not what anyone told it."""
-    from kubecare.sandbox.binaries import KUBE_VERSIONS
-
-    new, old = KUBE_VERSIONS[0], KUBE_VERSIONS[1]
-    opts = SandboxOptions(version=old, workers=1, real_nodes=1)
-    async with (
-        own_sandbox("realup", opts) as sb,
-        Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as kube,
-    ):
-        obj = await node(kube, "real-1")
-        assert obj["status"]["nodeInfo"]["kubeletVersion"] == f"v{old}"
-        ns = await new_namespace(kube)
-        await apply(kube, ns, web("web", 1, "real-1"))
-        await wait_for(lambda: ready_on(kube, ns, "real-1"), timeout=60)
-        res = await asyncio.to_thread(
-                run_cli, "upgrade", "apply", "--to", f"v{new}", "--executor", "sandbox",
-                "--sandbox", sb.name, "--yes", "--no-snapshot", "--no-backup",
-                "--ignore-daemonsets", kubeconfig=sb.kubeconfig, timeout=600,
-            )  # fmt: skip
-        assert res.returncode == 0, res.stderr
-        obj = await node(kube, "real-1")
-        assert obj["status"]["nodeInfo"]["kubeletVersion"] == f"v{new}"
-        assert not obj["spec"].get("unschedulable")
-        ps = run_cli(
-            "sandbox", "exec", "--name", sb.name, "real-1", "--", "ps", "-ww", "-o", "args"
-        )
-        running = [x for x in ps.stdout.splitlines() if "kubelet --" in x]
-        assert len(running) == 1
-        binary = Path(running[0].split()[0]).resolve()
-        assert binary.parent.name == f"kubelet-v{new}"  # the new package's binary runs
-        # its workload was drained away and can come back: the node schedules real pods again
-        await wait_for(lambda: ready_on(kube, ns), timeout=60)
 
 
 async def test_maintain_drains_a_real_node_through_a_real_reboot(

@@ -16,7 +16,7 @@ import pytest
 from kubecare.errors import SandboxError
 from kubecare.kube import ClientOptions, Kube
 from kubecare.sandbox import Sandbox, SandboxOptions, network, process
-from kubecare.sandbox.binaries import DEFAULT_KUBE_VERSION, KUBE_VERSIONS, ensure_binaries
+from kubecare.sandbox.binaries import DEFAULT_KUBE_VERSION
 
 pytestmark = pytest.mark.e2e
 
@@ -121,26 +121,6 @@ async def test_a_second_sandbox_runs_beside_the_first_and_stops_cleanly(sandbox:
     ]
     assert left == []  # fmt: skip
     assert all(c.healthy for c in sandbox.status()[1])  # the first one is untouched
-
-
-async def test_kube_apiserver_can_run_the_previous_minor_by_its_image_tag(sandbox: Sandbox) -> None:
-    older = KUBE_VERSIONS[1]
-    ensure_binaries(older)
-    sb = Sandbox(f"skew-{uuid.uuid4().hex[:6]}")
-    try:
-        await sb.up(SandboxOptions(workers=1))
-        await sb.restart_component("kube-apiserver", version=older)
-        async with Kube(ClientOptions(kubeconfig=str(sb.kubeconfig))) as kube:
-            assert (await kube.version())["gitVersion"] == f"v{older}"
-            node = await kube.get_json("/api/v1/nodes/worker-1")
-            assert node["status"]["nodeInfo"]["kubeletVersion"] == f"v{DEFAULT_KUBE_VERSION}"
-        status = {c.name: c for c in sb.status()[1]}["kube-apiserver-control-plane"]
-        assert (status.version, status.image) == (
-            f"v{older}",
-            f"registry.k8s.io/kube-apiserver:v{older}",
-        )
-    finally:
-        sb.down()
 
 
 def test_status_of_a_missing_sandbox_says_how_to_start_one(sandbox_state_dir: Path) -> None:

@@ -333,6 +333,13 @@ async def test_the_previous_minors_image_tag_runs_that_version_and_back(
     await kubeadm_sb.restart_component("kube-apiserver", version=older)
     async with Kube(kubeadm_sb.client_options()) as kube:
         assert (await kube.version())["gitVersion"] == f"v{older}"
+        node = await kube.get_json("/api/v1/nodes/worker-1")  # the kubelets are not touched
+        assert node["status"]["nodeInfo"]["kubeletVersion"] == f"v{DEFAULT_KUBE_VERSION}"
+    status = {c.name: c for c in kubeadm_sb.status()[1]}["kube-apiserver-control-plane"]
+    assert (status.version, status.image) == (
+        f"v{older}",
+        f"registry.k8s.io/kube-apiserver:v{older}",
+    )
     await kubeadm_sb.restart_component("kube-apiserver", version=DEFAULT_KUBE_VERSION)
     async with Kube(kubeadm_sb.client_options()) as kube:
         assert (await kube.version())["gitVersion"] == f"v{DEFAULT_KUBE_VERSION}"
@@ -465,6 +472,60 @@ async def test_an_image_never_built_shows_the_build_command_on_its_mirror_pod(
         return "second-scheduler-control-plane" not in await mirror_pods(kubeadm_sb)
 
     await wait_for(gone, timeout=30)  # manifest removed: mirror pod removed
+
+
+async def test_an_apiserver_outage_mid_drain_is_retried_then_reported_and_the_rerun_resumes(
+    kubeadm_sb: Sandbox,
+) -> None:
+    """A drain waiting on a PDB when the apiserver process stops (on this module's sandbox,
+    whose control plane the tests stop and start): retried for the whole transient budget,
+    then reported; the node stays cordoned, and the same drain again finishes."""
+    from kubecare.nodes.cordon import set_unschedulable
+
+    from .conftest import cli_argv
+    from .test_drain import DS, _pdb_observed, states
+    from .workloads import apply, cordoned, deployment, pdb, wait_running
+
+    ns, node = "outage-drain", "worker-1"  # the control plane is tainted: web lands here
+    async with Kube(kubeadm_sb.client_options()) as k:
+        await k.request_json("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
+        await wait_for(lambda: _account(k, ns), timeout=60)
+        await apply(k, ns, deployment("web", 2, {"containers": [{"name": "c", "image": "pause"}],
+                                                 "terminationGracePeriodSeconds": 0}),
+                    pdb("web", {"app": "web"}, max_unavailable=0))  # fmt: skip
+        await wait_running(k, ns, 2)
+        await wait_for(lambda: _pdb_observed(k, ns, "web"))
+    try:
+        argv = cli_argv("drain", node, DS, kubeconfig=kubeadm_sb.kubeconfig)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        await asyncio.sleep(4)  # the drain is now waiting on the PDB
+        kubeadm_sb.stop_component("kube-apiserver")
+        _, err = await asyncio.to_thread(proc.communicate, timeout=120)
+        assert proc.returncode == 1, err
+        assert f"retrying pod {ns}/" in err
+        assert f'drain of node "{node}" stopped: apiserver at https://127.0.0.1:' in err
+        assert "the node stays cordoned; run the same drain again to resume" in err
+        assert "Traceback" not in err
+        await kubeadm_sb.start_component("kube-apiserver")
+        async with Kube(kubeadm_sb.client_options()) as k:
+            assert await cordoned(k, node)
+            await k.request_json(
+                "DELETE", f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/web"
+            )
+        res = run_cli("drain", node, DS, "-o", "json", kubeconfig=kubeadm_sb.kubeconfig,
+                      timeout=120)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert set(states(json.loads(res.stdout)[0], ns)) == {"evicted"}
+    finally:
+        await kubeadm_sb.start_component("kube-apiserver")
+        async with Kube(kubeadm_sb.client_options()) as k:
+            await set_unschedulable(k, node, False)
+            await k.request_json("DELETE", f"/api/v1/namespaces/{ns}")
+
+
+async def _account(kube: Kube, ns: str) -> bool:
+    path = f"/api/v1/namespaces/{ns}/serviceaccounts/default"
+    return bool((await kube.http.get(path)).status_code == 200)
 
 
 async def test_outage_settings_come_from_the_static_pods(sandbox: Sandbox) -> None:

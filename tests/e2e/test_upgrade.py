@@ -491,14 +491,28 @@ def fleet_file(tmp_path: Path, *clusters: tuple[str, Sandbox, list[str]]) -> Pat
 async def test_rolling_ha_upgrade_through_real_kubeadm_as_the_second_wave_of_a_fleet(
     usb: Sandbox, ukube: Kube, tmp_path: Path
 ) -> None:
-    """A fleet of two: a one-node canary, then this HA cluster. The canary's gate fails after
-    its upgrade, so the second wave does not start; the rerun only gates the canary again, then
-    upgrades this cluster for real (the rest of the test checks that upgrade)."""
+    """A fleet of two: a canary with a real node (a real kubelet and containerd), then this HA
+    cluster. The canary's real node is upgraded for real (the real `kubeadm upgrade node`, the
+    kubelet package swapped, `systemctl restart kubelet`: the node then reports what its new
+    binary says); its gate fails after the upgrade, so the second wave does not start; the
+    rerun only gates the canary again, then upgrades this cluster (the rest of the test checks
+    that upgrade)."""
     import pyrage
+
+    from .test_real_nodes import new_namespace as real_namespace
+    from .test_real_nodes import ready_on, web
 
     recipient = str(pyrage.x25519.Identity.generate().to_public())
     snaps, store = tmp_path / "snapshots", tmp_path / "backups"
-    async with own_sandbox("canary", SandboxOptions(workers=0, version=OLD)) as canary:
+    opts = SandboxOptions(version=OLD, workers=1, real_nodes=1)  # a kwok worker for CoreDNS
+    async with (
+        own_sandbox("canary", opts) as canary,
+        Kube(ClientOptions(kubeconfig=str(canary.kubeconfig))) as ckube,
+    ):
+        assert await kubelet(ckube, "real-1") == f"v{OLD}"
+        real_ns = await real_namespace(ckube)
+        await apply(ckube, real_ns, web("web", 1, "real-1"))
+        await wait_for(lambda: ready_on(ckube, real_ns, "real-1"), timeout=60)
         fleet = fleet_file(
             tmp_path,
             ("canary", canary, ["--no-snapshot", "--no-backup"]),
@@ -508,11 +522,12 @@ async def test_rolling_ha_upgrade_through_real_kubeadm_as_the_second_wave_of_a_f
         stop = tmp_path / "stop-canary"
         stop.touch()
         # a smoke test after the upgrade: plain kubectl (the gate's KUBECONFIG makes the
-        # cluster's context current); the canary fails it once at the new version
+        # cluster's context current); the canary fails it once no kubelet is at the old version
         gate = (
             f"v=$({KUBECTL} get nodes -o jsonpath='{{.items[*].status.nodeInfo.kubeletVersion}}')"
-            f' || exit 1; if [ -e {tmp_path}/stop-"$KUBECARE_CLUSTER" ] && [ "$v" = v{NEW} ]; '
-            'then echo "canary told to fail"; exit 3; fi'
+            f' || exit 1; case "$v" in *v{OLD}*) exit 0;; esac; '
+            f'if [ -e {tmp_path}/stop-"$KUBECARE_CLUSTER" ]; then echo "canary told to fail"; '
+            "exit 3; fi"
         )
         base = ["fleet", "upgrade", "apply", "--fleet", str(fleet), "--to", f"v{NEW}", "--gate",
                 gate]  # fmt: skip
@@ -530,6 +545,15 @@ async def test_rolling_ha_upgrade_through_real_kubeadm_as_the_second_wave_of_a_f
         ), said[-3000:]
         assert "wave upgrade not run: wave canary failed" in said
         assert set(by(versions(canary), "kubelet").values()) == {f"v{NEW}"}
+        # the real node: uncordoned, and its new kubelet binary is what runs
+        assert not (await ckube.get_json("/api/v1/nodes/real-1"))["spec"].get("unschedulable")
+        ps = run_cli("sandbox", "exec", "--name", canary.name, "real-1", "--", "ps", "-ww", "-o",
+                     "args")  # fmt: skip
+        running = [x for x in ps.stdout.splitlines() if "kubelet --" in x]
+        assert len(running) == 1, ps.stdout + ps.stderr
+        assert Path(running[0].split()[0]).resolve().parent.name == f"kubelet-v{NEW}"
+        # its workload was drained away and comes back: the node runs real pods again
+        await wait_for(lambda: ready_on(ckube, real_ns), timeout=60)
         assert set(by(versions(usb), "kubelet").values()) == {f"v{OLD}"}  # the second wave waited
         res = run_cli("fleet", "upgrade", "status", "--fleet", str(fleet), "-o", "json")
         assert res.returncode == 0, res.stderr
