@@ -599,3 +599,45 @@ async def test_an_informer_is_not_trusted_while_its_watch_is_broken(
             await until(lambda: f"{namespace}/while-down" not in inf.objects, 20)
         finally:
             await inf.stop()
+
+
+async def test_a_budget_watch_that_cannot_start_falls_back_to_backing_off(
+    kube: Kube, namespace: str, pool: Pool, proxy: FaultProxy
+) -> None:
+    """Refused by a PDB, the drain starts a watch of the budgets; when the apiserver does not
+    answer that list (it went away at that moment), the drain backs off and retries the
+    eviction as it would without a watch, instead of failing: here until the budget is
+    deleted, when the eviction goes through."""
+    from .test_drain import _pdb_observed
+
+    await apply(kube, namespace, deployment("web", 1, pool.pod_spec()),
+                pdb("web", {"app": "web"}, max_unavailable=0))  # fmt: skip
+    await wait_running(kube, namespace, 1)
+    await wait_for(lambda: _pdb_observed(kube, namespace, "web"))
+    seen: list[str] = []
+    # the drain's first read of the budgets answers; every later one (the watch's) is cut
+    rule = proxy.add(
+        Rule("GET", r"/apis/policy/v1/poddisruptionbudgets\?", cut=True,
+             when=lambda _m, t: bool(seen.append(t)) or len(seen) > 1)
+    )  # fmt: skip
+    opts = DrainOptions(ignore_daemonsets=True, lock=False)
+    async with via(proxy) as k:
+        task = asyncio.create_task(drain_nodes(k, [pool.nodes[0]], opts))
+        try:
+            await wait_for(lambda: _async_true(rule.hits >= 1 or task.done()), timeout=30)
+            await asyncio.sleep(1.5)  # a backed-off retry or two: still refused, still going
+            assert not task.done(), task.result() if not task.exception() else task.exception()
+            await kube.request_json(
+                "DELETE", f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/web"
+            )
+            [report] = await asyncio.wait_for(task, 60)
+        finally:
+            task.cancel()
+    assert rule.hits >= 1
+    assert {o.state for k, o in report.pods.items() if k.startswith(f"{namespace}/")} == {
+        PodState.EVICTED
+    }
+
+
+async def _async_true(value: bool) -> bool:
+    return value

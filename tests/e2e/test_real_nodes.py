@@ -696,10 +696,17 @@ async def test_a_cut_exec_stream_fails_the_volume_backup_and_writes_nothing(
                          volumes="fs", helper_image=TOOLS)  # fmt: skip
     async with FaultProxy(rsb) as proxy:
         rule = proxy.add(Rule("GET", r"/exec\?command=tar", cut_after=4 << 20))
+        before = ""
         async with Kube(ClientOptions(kubeconfig=str(proxy.kubeconfig))) as k:
-            with pytest.raises(KubecareError, match=f"claim {ns}/data-cut-0: ") as e:
-                await create_backup(k, tmp_path / "b.tar.zst", "b", opts)
-        assert rule.hits == 1
+            for _ in range(2):
+                with pytest.raises(KubecareError, match=f"claim {ns}/data-cut-0: ") as e:
+                    await create_backup(k, tmp_path / "b.tar.zst", "b", opts)
+                if rule.hits:
+                    break
+                # it failed before the copy began (seen once in a full run): that is not
+                # what this test is about; once more, keeping the first reason
+                before = str(e.value)
+        assert rule.hits == 1, before
     assert "cut" in str(e.value) and "run it again" in str(e.value)
     assert list(tmp_path.iterdir()) == []
     assert await helpers_left(rkube, ns) == []

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from kubecare.errors import (
+    TRANSIENT,
     Conflict,
     Forbidden,
     KubecareError,
@@ -517,7 +518,10 @@ class NodeDrain:
         if e.retry_after:  # API priority and fairness (or a server that knows): do as it says
             await asyncio.sleep(e.retry_after)
             return None
-        await self.pdbs.ensure_started()
+        # the apiserver away this moment: back off as with no watch, then retry the eviction
+        # (whose own failures count against the transient budget)
+        with contextlib.suppress(*TRANSIENT):
+            await self.pdbs.ensure_started()
         if pod.pdbs and self.pdbs.knows(pod.pdbs):
             timeout = PDB_WATCH_FALLBACK  # the watch says when: retrying sooner only gets 429s
         else:
