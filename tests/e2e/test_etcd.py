@@ -851,11 +851,17 @@ async def _fill_and_recover(ha_sb: Sandbox, blob: str, filled: int, transient: i
         res = care(ha_sb, "alarm", "recover")
         assert res.returncode == 2 and "add --yes" in res.stderr
         assert "1. compact the key space" in res.stderr
-        assert json.loads(care(ha_sb, "alarm", "list", "-o", "json").stdout) == alarms
+        # nothing disarmed (another member may raise its own NOSPACE meanwhile: its database
+        # is at the quota too)
+        raised = json.loads(care(ha_sb, "alarm", "list", "-o", "json").stdout)
+        assert {(a["memberID"], a["alarm"]) for a in alarms} <= {
+            (a["memberID"], a["alarm"]) for a in raised
+        }, (alarms, raised)
         res = care(ha_sb, "alarm", "recover", "--yes", "-o", "json")
         assert res.returncode == 0, res.stderr
         report = json.loads(res.stdout)
-        assert len(report["disarmed"]) == len(alarms) and report["writeRevision"] > 0
+        assert len(report["disarmed"]) >= len(alarms) and report["writeRevision"] > 0
+        assert json.loads(care(ha_sb, "alarm", "list", "-o", "json").stdout) == []
         assert [d["role"] for d in report["defrag"]][-1] == "leader"
         await kube.request_json(
             "POST", "/api/v1/namespaces/default/configmaps",
