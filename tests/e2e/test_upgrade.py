@@ -307,8 +307,10 @@ async def test_the_preflight_counts_only_this_clusters_snapshot_and_backup(
 
 
 def fleet_kubeconfig(tmp_path: Path, *sandboxes: Sandbox) -> str:
-    """The sandboxes' own kubeconfigs and a context whose apiserver is not there, merged as
-    $KUBECONFIG merges them."""
+    """The sandboxes' own kubeconfigs, a context whose apiserver is not there and one whose
+    credentials the first sandbox's apiserver rejects, merged as $KUBECONFIG merges them."""
+    import yaml
+
     dead = tmp_path / "dead.yaml"
     dead.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: gone\n"
@@ -316,7 +318,17 @@ def fleet_kubeconfig(tmp_path: Path, *sandboxes: Sandbox) -> str:
         "users: [{name: gone, user: {token: x}}]\n"
         "contexts: [{name: gone, context: {cluster: gone, user: gone}}]\n"
     )
-    return os.pathsep.join([*(str(sb.kubeconfig) for sb in sandboxes), str(dead)])
+    doc = yaml.safe_load(sandboxes[0].kubeconfig.read_text())
+    cluster = doc["clusters"][0]["cluster"]
+    bad = tmp_path / "badcreds.yaml"
+    bad.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "badcreds",
+        "clusters": [{"name": "badcreds", "cluster": cluster}],
+        "users": [{"name": "badcreds", "user": {"token": "not-a-token"}}],
+        "contexts": [{"name": "badcreds", "context": {"cluster": "badcreds", "user": "badcreds"}}],
+    }))  # fmt: skip
+    bad.chmod(0o600)
+    return os.pathsep.join([*(str(sb.kubeconfig) for sb in sandboxes), str(dead), str(bad)])
 
 
 async def test_a_fleet_is_reported_and_run_per_cluster_with_the_unreachable_one_a_row(
@@ -349,8 +361,8 @@ async def test_a_fleet_is_reported_and_run_per_cluster_with_the_unreachable_one_
     )
     summary = {ln.split()[0]: ln.split()[1] for ln in res.stderr.splitlines() if ln[:1].strip()
                and len(ln.split()) > 1 and ln.split()[1].isdigit()}  # fmt: skip
-    assert summary == {mine: "0", theirs: "0", "gone": "1"}, res.stderr
-    assert all(ln.startswith((f"{mine} ", f"{theirs} ", "gone ")) for ln in
+    assert summary == {mine: "0", theirs: "0", "gone": "1", "badcreds": "1"}, res.stderr
+    assert all(ln.startswith((f"{mine} ", f"{theirs} ", "gone ", "badcreds ")) for ln in
                res.stdout.splitlines()), res.stdout  # fmt: skip
 
     t0 = time.monotonic()
@@ -359,8 +371,10 @@ async def test_a_fleet_is_reported_and_run_per_cluster_with_the_unreachable_one_
     took = time.monotonic() - t0
     assert res.returncode == 1, res.stderr  # one cluster could not be read; all are reported
     rows = {r["context"]: r for r in json.loads(res.stdout)}
-    assert list(rows) == [mine, theirs, "gone"]
+    assert list(rows) == [mine, theirs, "gone", "badcreds"]
     assert "unreachable" in rows["gone"]["error"] and rows["gone"]["version"] is None
+    assert "the credentials were rejected" in rows["badcreds"]["error"], rows["badcreds"]
+    assert rows["badcreds"]["version"] is None
     old, new = rows[mine], rows[theirs]
     assert old["error"] is None and new["error"] is None, (old, new)
     assert old["version"] == f"v{OLD}" and new["version"].startswith("v1.37."), (old, new)
