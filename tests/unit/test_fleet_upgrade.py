@@ -274,3 +274,18 @@ def test_a_stopped_child_gets_one_sigint_to_stop_as_on_ctrl_c(tmp_path: Path) ->
 
     assert asyncio.run(main()) == 3
     assert seen.read_text() == "int "
+
+
+def test_a_child_still_running_at_exit_is_stopped(tmp_path: Path) -> None:
+    """A second Ctrl-C ends the loop with the children's stops pending: the exit hook stops
+    each child left (they are in their own sessions, so no terminal signal reaches them)."""
+    import subprocess
+    import sys
+
+    from kubecare.fleet import runner
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                             start_new_session=True)  # fmt: skip
+    runner._LIVE.add(child.pid)
+    runner._stop_left()
+    assert child.wait(10) == -15 and not runner._LIVE

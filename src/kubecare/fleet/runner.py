@@ -10,6 +10,7 @@ print reaches ``on_line`` with its cluster, as it comes.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -166,6 +167,26 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
+#: Children still running. A second Ctrl-C ends the event loop during the grace above, with
+#: the stops still pending; the children, in their own sessions, would run on unwatched. At
+#: exit each one left gets SIGTERM, as the second Ctrl-C would have stopped it at once.
+_LIVE: set[int] = set()
+
+
+def _stop_left() -> None:
+    import contextlib
+    import os
+    import signal
+
+    for pid in list(_LIVE):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    _LIVE.clear()
+
+
+atexit.register(_stop_left)
+
+
 def _quiet(_cluster: str, _which: str, _line: str) -> None:
     """Lines not shown as they come (the merged output is printed at the end)."""
 
@@ -185,6 +206,7 @@ async def run_one(
         )
     except OSError as e:
         return RunResult(cluster.name, 127, 0.0, f"could not start kubecare: {e}")
+    _LIVE.add(proc.pid)
     out: list[str] = []
     err: list[str] = []
     assert proc.stdout is not None and proc.stderr is not None
@@ -197,6 +219,9 @@ async def run_one(
     except BaseException:
         await asyncio.shield(_stop(proc))
         raise
+    finally:
+        if proc.returncode is not None:  # else the exit hook still has it to stop
+            _LIVE.discard(proc.pid)
     error = next((line for line in reversed(err) if line.strip()), "") if code else ""
     return RunResult(
         cluster.name,
